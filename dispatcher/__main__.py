@@ -1,0 +1,5 @@
+"""`python -m dispatcher` runs the same entry point as the console script."""
+
+from dispatcher.cli import main
+
+raise SystemExit(main())

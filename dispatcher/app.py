@@ -1,0 +1,99 @@
+"""Wiring: one nursery holding the front door, the admin listener and the health checks.
+
+Owns: start-up order (listeners bound before `started` is reported, so a caller can connect at
+once), and graceful shutdown: stop accepting, answer what is in flight with `Connection: close`,
+close idle keep-alive connections, wait at most the grace period, then cancel the rest.
+Rules: no decisions and no protocol here; only lifetimes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import trio
+
+from dispatcher.admin import Admin
+from dispatcher.config import Address, Settings
+from dispatcher.health import log_transition, run_checks
+from dispatcher.metrics import Metrics
+from dispatcher.pool import Pool
+from dispatcher.server import FrontDoor
+
+log = logging.getLogger("dispatcher")
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What a started dispatcher tells its caller: the bound ports and its parts, for tests."""
+
+    port: int
+    admin_port: int
+    pool: Pool
+    front: FrontDoor
+    metrics: Metrics
+
+
+def _bound_port(listeners: list[trio.SocketListener]) -> int:
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+async def _serve(
+    handler: Any,
+    address: Address,
+    scope: trio.CancelScope,
+    handler_nursery: trio.Nursery | None = None,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        await trio.serve_tcp(
+            handler,
+            address.port,
+            host=address.host,
+            handler_nursery=handler_nursery,
+            task_status=task_status,
+        )
+
+
+async def run(
+    settings: Settings,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until `stop` is set, then shut down gracefully and return."""
+    pool = Pool(settings.backends, settings.health, started_at=trio.current_time())
+    front = FrontDoor(settings, pool)
+    metrics = Metrics(pool, front.stats)
+    pool.listeners.append(log_transition)
+    pool.check_listeners.append(metrics.observe_check)
+    admin = Admin(pool, metrics, lambda: front.shutting_down)
+    async with trio.open_nursery() as services:
+        admin_listeners = await services.start(
+            _serve, admin.handle, settings.admin_listen, trio.CancelScope()
+        )
+        services.start_soon(run_checks, pool, settings.health)
+        listen_scope = trio.CancelScope()
+        async with trio.open_nursery() as handlers:
+            listeners = await handlers.start(
+                partial(_serve, front.handle, settings.listen, listen_scope, handlers)
+            )
+            running = Running(_bound_port(listeners), _bound_port(admin_listeners), pool, front, metrics)
+            log.info(
+                "front door on %s, admin on %s, %d backends",
+                settings.listen,
+                settings.admin_listen,
+                len(pool.backends),
+            )
+            task_status.started(running)
+            await stop.wait()
+            log.info("shutting down: %.0fs grace for exchanges in flight", settings.grace_period)
+            listen_scope.cancel()
+            front.begin_shutdown()
+            handlers.cancel_scope.deadline = trio.current_time() + settings.grace_period
+        services.cancel_scope.cancel()
+    log.info("stopped")

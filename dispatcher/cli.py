@@ -1,0 +1,224 @@
+"""The command line: flags and the config file into Settings, signals into a graceful stop.
+
+Owns: flag names (users' scripts depend on them), reading the config file, the exit statuses
+(0 after a clean stop, 2 for a bad flag, URL or config value, with one line on stderr and never a
+traceback), logging set-up, and `--demo`.
+Rules: flags override the file; validation itself lives in `config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, NoReturn
+
+import trio
+
+from dispatcher import __version__, app, config, demo
+from dispatcher.config import ConfigError, Settings
+
+log = logging.getLogger("dispatcher")
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, not argparse's usage block: scripts and humans both read the last line."""
+        self.exit(EXIT_USAGE, f"dispatcher: {message} (see dispatcher --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="dispatcher",
+        description="A 307 front door: redirects every request to the least-loaded healthy backend.",
+    )
+    p.add_argument("--version", action="version", version=f"dispatcher {__version__}")
+    p.add_argument("--config", metavar="FILE", help="TOML file with the same settings; flags override it")
+    p.add_argument("--listen", metavar="HOST:PORT", help=f"front door (default {config.DEFAULT_LISTEN})")
+    p.add_argument(
+        "--admin-listen",
+        metavar="HOST:PORT",
+        help=f"metrics, /healthz, /readyz (default {config.DEFAULT_ADMIN_LISTEN})",
+    )
+    p.add_argument(
+        "--backend",
+        metavar="URL",
+        action="append",
+        help="backend base URL, http:// or https://, optional path prefix; repeatable",
+    )
+    p.add_argument("--health-path", metavar="PATH", help=f"(default {config.DEFAULT_HEALTH_PATH})")
+    p.add_argument("--health-interval", metavar="SECONDS", help="between checks (default 2, HAProxy inter)")
+    p.add_argument("--health-timeout", metavar="SECONDS", help="per check (default 1)")
+    p.add_argument("--health-jitter", metavar="FRACTION", help="spread of the interval (default 0.1)")
+    p.add_argument("--rise", metavar="N", help="passes in a row to come back up (default 2, HAProxy)")
+    p.add_argument("--fall", metavar="N", help="failures in a row to go down (default 3, HAProxy)")
+    p.add_argument("--header-timeout", metavar="SECONDS", help="to send a request head (default 10)")
+    p.add_argument("--keepalive-timeout", metavar="SECONDS", help="idle keep-alive (default 75)")
+    p.add_argument("--grace-period", metavar="SECONDS", help="on SIGTERM (default 10)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--demo", action="store_true", help="start three demo backends and front them")
+    return p
+
+
+# flag -> (path in the settings table, converter)
+_FLAGS: dict[str, tuple[tuple[str, ...], Any]] = {
+    "listen": (("listen",), str),
+    "admin_listen": (("admin_listen",), str),
+    "health_path": (("health", "path"), str),
+    "health_interval": (("health", "interval"), float),
+    "health_timeout": (("health", "timeout"), float),
+    "health_jitter": (("health", "jitter"), float),
+    "rise": (("health", "rise"), int),
+    "fall": (("health", "fall"), int),
+    "header_timeout": (("header_timeout",), float),
+    "keepalive_timeout": (("keepalive_timeout",), float),
+    "grace_period": (("grace_period",), float),
+}
+
+
+def _flag_settings(settings: Settings, args: argparse.Namespace) -> Settings:
+    """Lay the flags that were given over `settings`, one at a time so errors name the flag."""
+    for attr, (path, convert) in _FLAGS.items():
+        raw = getattr(args, attr)
+        if raw is None:
+            continue
+        flag = "--" + attr.replace("_", "-")
+        try:
+            value = convert(raw)
+        except ValueError:
+            expected = "a whole number" if convert is int else "a number"
+            raise ConfigError(flag, raw, f"expected {expected}") from None
+        table: dict[str, Any] = {path[-1]: value}
+        if len(path) == 2:
+            table = {path[0]: table}
+        try:
+            settings = config.apply(settings, table)
+        except ConfigError as error:
+            raise ConfigError(flag, raw, error.reason) from None
+    if args.backend:
+        try:
+            settings = config.apply(settings, {"backends": args.backend})
+        except ConfigError as error:
+            raise ConfigError("--backend", error.value, error.reason) from None
+    return settings
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """The config file (if any), then the flags."""
+    settings = Settings()
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as file:
+                text = file.read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError("--config", args.config, f"cannot read: {error}") from None
+        settings = config.apply(settings, config.parse_toml(text))
+    return _flag_settings(settings, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except ConfigError as error:
+        print(f"dispatcher: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if not settings.backends and not args.demo:
+        print(
+            "dispatcher: no backends: give --backend URL (repeatable) or a --config file "
+            "with [[backends]], or try --demo",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        trio.run(_run, settings, args.demo)
+    except (OSError, BaseExceptionGroup) as error:
+        cause = _os_error(error)
+        if cause is None:
+            raise
+        # A port in use or an address we cannot bind: say which, without a traceback.
+        print(f"dispatcher: {cause}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    if isinstance(error, OSError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _os_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def _run(settings: Settings, with_demo: bool) -> None:
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, stop, nursery.cancel_scope)
+        if with_demo:
+            backends = await demo.start_demo(nursery)
+            settings = replace(
+                settings,
+                backends=tuple(config.parse_backend("--demo", b.url, name=b.name) for b in backends),
+            )
+        done = trio.Event()
+        running = await nursery.start(_app, settings, stop, done)
+        if with_demo:
+            _print_demo(settings, running)
+        await done.wait()
+        nursery.cancel_scope.cancel()  # the app has drained: end the signal watcher and the demo
+
+
+async def _app(
+    settings: Settings,
+    stop: trio.Event,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[app.Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        await app.run(settings, stop, task_status=task_status)
+    finally:
+        done.set()
+
+
+async def _watch_signals(stop: trio.Event, scope: trio.CancelScope) -> None:
+    """First SIGTERM/SIGINT: graceful stop. A second one: stop now."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if stop.is_set():
+                log.warning("second %s: stopping now", signal.Signals(signum).name)
+                scope.cancel()
+                return
+            log.info("%s received", signal.Signals(signum).name)
+            stop.set()
+
+
+def _print_demo(settings: Settings, running: app.Running) -> None:
+    host = settings.listen.host if settings.listen.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    front = f"http://{host}:{running.port}"
+    admin = f"http://{settings.admin_listen.host}:{running.admin_port}"
+    names = ", ".join(f"{b.name} {b.spec.url}" for b in running.pool.backends)
+    print(
+        f"""
+dispatcher demo: {len(running.pool.backends)} backends ({names}), loads drifting between 0 and 20.
+Front door {front}, admin {admin}. Try:
+  curl -i {front}/hello?x=1                  # the 307 itself, Location = least-loaded backend
+  curl -L {front}/hello?x=1                  # follow it: the backend says who answered
+  curl -L -d 'a body' {front}/upload         # POST: 307 keeps the method, the body goes to the backend
+  curl -s {admin}/metrics | grep ^dispatcher_backend   # load, effective load, state per backend
+  curl {admin}/readyz
+Ctrl-C stops it.
+""",
+        flush=True,
+    )

@@ -1,0 +1,261 @@
+"""Settings: parse and validate the TOML file and the command line into one frozen `Settings`.
+
+Owns: the names of every setting (flags, TOML keys), their defaults and the precedent behind each.
+Rules: no I/O here (the caller reads the file), no trio, no sockets. Every error is a `ConfigError`
+naming the key and the value, so the CLI can print one line and exit 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+# HAProxy's `default-server` check defaults: `inter 2s`, `rise 2`, `fall 3`. Its check timeout
+# defaults to `inter`; we use 1 s so that a hung backend is noticed within one round.
+DEFAULT_HEALTH_PATH = "/health"
+DEFAULT_INTERVAL = 2.0
+DEFAULT_TIMEOUT = 1.0
+DEFAULT_RISE = 2
+DEFAULT_FALL = 3
+# Envoy's `interval_jitter_percent` and HAProxy's `spread-checks` (advised 2-5 %) both exist so that a
+# large pool is not checked in one burst; 10 % spreads 1,000 backends over 0.4 s of a 2 s interval.
+DEFAULT_JITTER = 0.1
+# HAProxy `timeout http-request` is commonly set to 10 s; a client that has not sent a complete
+# request head by then is slow or hostile (slowloris) and gets 408.
+DEFAULT_HEADER_TIMEOUT = 10.0
+# nginx `keepalive_timeout 75s`: how long an idle keep-alive connection is kept open.
+DEFAULT_KEEPALIVE_TIMEOUT = 75.0
+# How long SIGTERM waits for exchanges in flight; Kubernetes' default terminationGracePeriodSeconds
+# is 30 s, so finishing well within it leaves room for the pod's own shutdown.
+DEFAULT_GRACE_PERIOD = 10.0
+# A request body sent without `Expect: 100-continue` is read and thrown away up to this size so that
+# the connection stays usable; a larger body closes the connection (after a lingering close).
+DEFAULT_MAX_DISCARD = 64 * 1024
+
+DEFAULT_LISTEN = "0.0.0.0:8080"
+# Not 9090: that is the Prometheus server's own port.
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:8081"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; `str()` is the one line the CLI prints."""
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        self.key, self.value, self.reason = key, value, reason
+        super().__init__(f"{key} = {value!r}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A host and port to listen on."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """One configured backend. `base` is what a Location starts with: scheme://host:port/prefix."""
+
+    name: str
+    url: str
+    scheme: str
+    host: str
+    port: int
+    prefix: str
+    weight: float = 1.0
+
+    @property
+    def base(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{self.prefix}"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    path: str = DEFAULT_HEALTH_PATH
+    interval: float = DEFAULT_INTERVAL
+    timeout: float = DEFAULT_TIMEOUT
+    rise: int = DEFAULT_RISE
+    fall: int = DEFAULT_FALL
+    jitter: float = DEFAULT_JITTER
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: Address = field(default_factory=lambda: parse_address("listen", DEFAULT_LISTEN))
+    admin_listen: Address = field(default_factory=lambda: parse_address("admin_listen", DEFAULT_ADMIN_LISTEN))
+    backends: tuple[BackendSpec, ...] = ()
+    health: HealthSettings = field(default_factory=HealthSettings)
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    grace_period: float = DEFAULT_GRACE_PERIOD
+    max_discard: int = DEFAULT_MAX_DISCARD
+
+
+def parse_address(key: str, text: object) -> Address:
+    """`HOST:PORT` or `[V6]:PORT`; port 0 asks the system for a free port (tests)."""
+    if not isinstance(text, str) or ":" not in text:
+        raise ConfigError(key, text, "expected HOST:PORT")
+    host, _, port_text = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host:
+        raise ConfigError(key, text, "expected HOST:PORT")
+    return Address(host, _port(key, text, port_text))
+
+
+def _port(key: str, text: str, port_text: str) -> int:
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(key, text, "port must be a number from 0 to 65535")
+    return int(port_text)
+
+
+def parse_backend(key: str, url: object, name: object = None, weight: object = 1) -> BackendSpec:
+    """Validate one backend URL; the Location's scheme, host and port only ever come from here."""
+    if not isinstance(url, str):
+        raise ConfigError(key, url, "expected a URL string")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(key, url, "URL must start with http:// or https://")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ConfigError(key, url, "URL may hold a path prefix, not a query, fragment or user")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise ConfigError(key, url, "invalid port") from None
+    if not host or any(c in host for c in " /\\"):
+        raise ConfigError(key, url, "URL has no host")
+    port = port if port is not None else (443 if parts.scheme == "https" else 80)
+    display = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return BackendSpec(
+        name=_backend_name(key, name, display),
+        url=url,
+        scheme=parts.scheme,
+        host=host,
+        port=port,
+        prefix=parts.path.rstrip("/"),
+        weight=_positive(f"{key}.weight", weight),
+    )
+
+
+def _backend_name(key: str, name: object, default: str) -> str:
+    if name is None:
+        return default
+    if not isinstance(name, str) or not name or not name.isprintable() or "/" in name:
+        raise ConfigError(f"{key}.name", name, "must be a non-empty printable string without '/'")
+    return name
+
+
+def _positive(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(key, value, "must be a number")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(key, value, "must be greater than 0")
+    return float(value)
+
+
+def _count(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, value, "must be a whole number of at least 1")
+    return value
+
+
+def _fraction(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ConfigError(key, value, "must be a number from 0 to below 1")
+    return float(value)
+
+
+def _health_path(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or not value.isprintable():
+        raise ConfigError(key, value, "must be a path starting with '/'")
+    if any(c in value for c in " #"):
+        raise ConfigError(key, value, "must not contain spaces or '#'")
+    return value
+
+
+_HEALTH_KEYS: dict[str, Any] = {
+    "path": _health_path,
+    "interval": _positive,
+    "timeout": _positive,
+    "rise": _count,
+    "fall": _count,
+    "jitter": _fraction,
+}
+_TOP_KEYS: dict[str, Any] = {
+    "header_timeout": _positive,
+    "keepalive_timeout": _positive,
+    "grace_period": _positive,
+    "max_discard": lambda key, value: int(_count(key, value)),
+}
+_KNOWN_TOP = {"listen", "admin_listen", "health", "backends", *_TOP_KEYS}
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """TOML text to a raw table; a syntax error becomes a ConfigError naming the line."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError("config", "<file>", f"not valid TOML: {error}") from None
+
+
+def apply(settings: Settings, table: Mapping[str, Any]) -> Settings:
+    """Lay a table (from TOML, or built from flags) over `settings`, validating every key."""
+    for key in table:
+        if key not in _KNOWN_TOP:
+            raise ConfigError(key, table[key], "unknown setting")
+    changes: dict[str, Any] = {}
+    for key in ("listen", "admin_listen"):
+        if key in table:
+            changes[key] = parse_address(key, table[key])
+    for key, check in _TOP_KEYS.items():
+        if key in table:
+            changes[key] = check(key, table[key])
+    if "health" in table:
+        changes["health"] = _apply_health(settings.health, table["health"])
+    if "backends" in table:
+        changes["backends"] = _backends(table["backends"])
+    return replace(settings, **changes)
+
+
+def _apply_health(health: HealthSettings, table: object) -> HealthSettings:
+    if not isinstance(table, Mapping):
+        raise ConfigError("health", table, "must be a table")
+    changes: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in _HEALTH_KEYS:
+            raise ConfigError(f"health.{key}", value, "unknown setting")
+        changes[key] = _HEALTH_KEYS[key](f"health.{key}", value)
+    return replace(health, **changes)
+
+
+def _backends(entries: object) -> tuple[BackendSpec, ...]:
+    if not isinstance(entries, list):
+        raise ConfigError("backends", entries, "must be an array of tables ([[backends]])")
+    specs = tuple(_backend_entry(f"backends[{i}]", entry) for i, entry in enumerate(entries))
+    seen: set[str] = set()
+    for i, spec in enumerate(specs):
+        if spec.name in seen:
+            raise ConfigError(f"backends[{i}].name", spec.name, "duplicate backend name")
+        seen.add(spec.name)
+    return specs
+
+
+def _backend_entry(key: str, entry: object) -> BackendSpec:
+    if isinstance(entry, str):
+        return parse_backend(key, entry)
+    if not isinstance(entry, Mapping):
+        raise ConfigError(key, entry, "must be a table with a url")
+    for name in entry:
+        if name not in ("url", "name", "weight"):
+            raise ConfigError(f"{key}.{name}", entry[name], "unknown setting")
+    if "url" not in entry:
+        raise ConfigError(f"{key}.url", None, "missing")
+    return parse_backend(key, entry["url"], entry.get("name"), entry.get("weight", 1))

@@ -1,0 +1,141 @@
+"""Prometheus metrics: a window onto the pool and the front door, read at scrape time.
+
+Owns: the dispatcher's own `CollectorRegistry` (never the global one, so that several dispatchers
+can live in one process, as in tests), metric names, types and help texts.
+Rules: the pool and the server hold the state; this module only reads it (a custom collector),
+except the health-check duration histogram, which is observed as checks complete. Every labelled
+series exists from start. Names follow Prometheus practice: `dispatcher_` prefix, base units,
+counters end in `_total`, states as a state-set (as HAProxy's `haproxy_server_status{state}`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import trio
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from dispatcher import __version__
+from dispatcher.pool import FAILURE_REASONS, Backend, CheckResult, Pool
+from dispatcher.server import ServerStats
+from dispatcher.state import VISIBLE_STATES
+
+# Health checks take milliseconds on a LAN and up to the timeout (1 s by default) when they fail.
+CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class PoolCollector(Collector):
+    """Reads the pool and the server counters at scrape time."""
+
+    def __init__(self, pool: Pool, stats: ServerStats) -> None:
+        self.pool = pool
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._backend_metrics(self.pool.backends, _now())
+        yield from self._server_metrics()
+
+    def _backend_metrics(self, backends: list[Backend], now: float) -> Iterator[Metric]:
+        b = ["backend"]
+        redirects = CounterMetricFamily("dispatcher_redirects", "307 redirects sent to a backend.", labels=b)
+        up = GaugeMetricFamily("dispatcher_backend_up", "1 if the backend takes new redirects.", labels=b)
+        state = GaugeMetricFamily(
+            "dispatcher_backend_state",
+            "Backend state as a state-set (1 for the current state).",
+            labels=["backend", "state"],
+        )
+        changes = CounterMetricFamily("dispatcher_backend_state_changes", "Backend state changes.", labels=b)
+        load = GaugeMetricFamily("dispatcher_backend_load", "Last load the backend reported.", labels=b)
+        effective = GaugeMetricFamily(
+            "dispatcher_backend_effective_load",
+            "(Reported load + redirects sent since that report) / weight: what the choice uses.",
+            labels=b,
+        )
+        age = GaugeMetricFamily(
+            "dispatcher_backend_load_age_seconds",
+            "Age of the last load report (since start when none yet).",
+            labels=b,
+        )
+        weight = GaugeMetricFamily("dispatcher_backend_weight", "Configured backend weight.", labels=b)
+        checks = CounterMetricFamily(
+            "dispatcher_health_checks", "Health checks by result.", labels=["backend", "result"]
+        )
+        failures = CounterMetricFamily(
+            "dispatcher_health_check_failures",
+            "Failed health checks by reason.",
+            labels=["backend", "reason"],
+        )
+        for backend in backends:
+            name = [backend.name]
+            current = backend.state
+            redirects.add_metric(name, backend.redirects)
+            up.add_metric(name, 1.0 if backend.usable else 0.0)
+            for word in VISIBLE_STATES:
+                state.add_metric([backend.name, word], 1.0 if word == current else 0.0)
+            changes.add_metric(name, backend.state_changes)
+            load.add_metric(name, backend.load)
+            effective.add_metric(name, backend.effective_load)
+            report_at = backend.report.at if backend.report is not None else self.pool.started_at
+            age.add_metric(name, max(0.0, now - report_at))
+            weight.add_metric(name, backend.weight)
+            checks.add_metric([backend.name, "pass"], backend.checks_passed)
+            checks.add_metric([backend.name, "fail"], backend.checks_failed)
+            for reason in FAILURE_REASONS:
+                failures.add_metric([backend.name, reason], backend.failures[reason])
+        yield from (redirects, up, state, changes, load, effective, age, weight, checks, failures)
+
+    def _server_metrics(self) -> Iterator[Metric]:
+        stats = self.stats
+        responses = CounterMetricFamily(
+            "dispatcher_responses",
+            "Responses sent by the front door, by status code.",
+            labels=["code"],
+        )
+        for code, count in sorted(stats.responses.items()):
+            responses.add_metric([str(code)], count)
+        yield responses
+        yield GaugeMetricFamily(
+            "dispatcher_open_connections",
+            "Client connections open now.",
+            value=stats.open_connections,
+        )
+        yield CounterMetricFamily(
+            "dispatcher_connections", "Client connections accepted.", value=stats.connections_total
+        )
+        info = GaugeMetricFamily("dispatcher_build_info", "Build information.", labels=["version"])
+        info.add_metric([__version__], 1.0)
+        yield info
+
+
+def _now() -> float:
+    try:
+        return trio.current_time()
+    except RuntimeError:  # scraped from outside trio (a test calling generate_latest directly)
+        return 0.0
+
+
+class Metrics:
+    """The registry and the one metric observed as events happen."""
+
+    def __init__(self, pool: Pool, stats: ServerStats) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(PoolCollector(pool, stats))
+        self.check_duration = Histogram(
+            "dispatcher_health_check_duration_seconds",
+            "Health check duration, pass or fail.",
+            ["backend"],
+            registry=self.registry,
+            buckets=CHECK_BUCKETS,
+        )
+        self._durations = {b.name: self.check_duration.labels(b.name) for b in pool.backends}
+
+    def observe_check(self, backend: Backend, result: CheckResult) -> None:
+        self._durations[backend.name].observe(result.duration)
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The scrape body and its content type; OpenMetrics when the scraper asks for it."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type

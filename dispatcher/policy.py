@@ -1,0 +1,77 @@
+"""Choosing a backend: the least effective load, in O(log n) per request.
+
+Owns: the index that makes "least loaded" cheap whatever the pool size, and the counting of each
+redirect into the load estimate (`since`), because the dispatcher never sees the requests it
+redirects: without that correction every request between two checks would go to the same node.
+Rules: pure data structures; no I/O, no trio, no clock. It must not import `pool` (the pool owns it).
+
+The index is a heap of (effective load, random tie-break, version, backend). A redirect re-keys the
+top entry in place (`heapreplace`). A load report or a state change bumps the backend's version and
+pushes a fresh entry; stale entries are dropped when they surface, and the heap is rebuilt when they
+outnumber the live ones, so its size stays within a constant of the pool's.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from typing import Generic, Protocol, TypeVar
+
+
+class Candidate(Protocol):
+    """What the policy needs of a backend."""
+
+    version: int
+    since: int
+    redirects: int
+
+    @property
+    def usable(self) -> bool: ...
+
+    @property
+    def effective_load(self) -> float: ...
+
+
+C = TypeVar("C", bound=Candidate)
+
+
+class LeastLoaded(Generic[C]):
+    """The usable backend with the least (reported load + redirects since) / weight; ties at random."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._heap: list[tuple[float, float, int, C]] = []
+        self._random = (rng or random.Random()).random
+        self._live: dict[int, C] = {}
+
+    def update(self, backend: C) -> None:
+        """Index a backend after its load report or state changed (its version was bumped)."""
+        if backend.usable:
+            self._live[id(backend)] = backend
+            heapq.heappush(self._heap, self._entry(backend))
+        else:
+            self._live.pop(id(backend), None)
+        if len(self._heap) > 2 * len(self._live) + 16:
+            self._rebuild()
+
+    def choose(self) -> C | None:
+        """Pick and count one redirect; None when nothing is usable."""
+        heap = self._heap
+        while heap:
+            _, _, version, backend = heap[0]
+            if version == backend.version and backend.usable:
+                backend.since += 1
+                backend.redirects += 1
+                heapq.heapreplace(heap, (backend.effective_load, self._random(), version, backend))
+                return backend
+            heapq.heappop(heap)
+            if version == backend.version:  # the live entry of a backend no longer usable
+                self._live.pop(id(backend), None)
+        return None
+
+    def _entry(self, backend: C) -> tuple[float, float, int, C]:
+        return (backend.effective_load, self._random(), backend.version, backend)
+
+    def _rebuild(self) -> None:
+        self._live = {key: b for key, b in self._live.items() if b.usable}
+        self._heap = [self._entry(backend) for backend in self._live.values()]
+        heapq.heapify(self._heap)

@@ -1,0 +1,198 @@
+"""The pool: every backend's state, owned in one place.
+
+Owns: per backend the health state machine's position, the operator's state, the load reports (the
+last one and the one before, each with its time) and the redirects sent since the last report, the
+counters that metrics read, and the policy index that choosing uses.
+Rules: no I/O, no trio; time is passed in (`now`, from trio.current_time() by the caller) so that
+everything here runs under a mock clock and without sockets. Health results come in through
+`record_check` (only the health module calls it), redirects go out through `choose` (only the
+front door calls it). Metrics and the admin API read `view()` snapshots and the counters.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from dispatcher.config import BackendSpec, HealthSettings
+from dispatcher.policy import LeastLoaded
+from dispatcher.state import Admin, Health, next_health, visible_state
+
+log = logging.getLogger("dispatcher.pool")
+
+FAILURE_REASONS = ("timeout", "refused", "status", "bad_load", "protocol")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """What one health check found. `load` is None when the check failed."""
+
+    passed: bool
+    duration: float
+    load: float | None = None
+    reason: str | None = None  # one of FAILURE_REASONS when not passed
+    detail: str = ""
+    self_drain: bool = False  # the backend asked to be drained (X-Load-State: drain)
+
+
+@dataclass(slots=True)
+class LoadReport:
+    """A load figure and the time (trio clock) it was received."""
+
+    value: float
+    at: float
+
+
+@dataclass(eq=False, slots=True)
+class Backend:
+    """One backend's live state. Mutable, but only the pool mutates it."""
+
+    spec: BackendSpec
+    location_base: bytes
+    health: Health = Health.STARTING
+    streak: int = 0
+    admin: Admin = Admin.READY
+    self_drain: bool = False
+    report: LoadReport | None = None
+    previous_report: LoadReport | None = None
+    since: int = 0  # redirects sent since `report`
+    redirects: int = 0
+    version: int = 0  # bumped whenever the policy's key changes outside a redirect
+    checks_passed: int = 0
+    checks_failed: int = 0
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
+    state_changes: int = 0
+    last_check: CheckResult | None = None
+    last_check_at: float | None = None
+    next_check_at: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def weight(self) -> float:
+        return self.spec.weight
+
+    @property
+    def usable(self) -> bool:
+        """May receive new redirects: healthy, ready, not draining itself."""
+        return self.health is Health.UP and self.admin is Admin.READY and not self.self_drain
+
+    @property
+    def load(self) -> float:
+        """The last reported load; a backend that reports nothing counts as 0."""
+        return self.report.value if self.report is not None else 0.0
+
+    @property
+    def effective_load(self) -> float:
+        """Stale report corrected by what we sent since: the key the least-loaded choice uses."""
+        return (self.load + self.since) / self.spec.weight
+
+    @property
+    def state(self) -> str:
+        return visible_state(self.health, self.admin, self.self_drain)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendView:
+    """An immutable snapshot of one backend for readers (metrics, admin API, tests)."""
+
+    name: str
+    url: str
+    state: str
+    weight: float
+    load: float
+    effective_load: float
+    load_age: float | None
+    redirects: int
+    last_check_at: float | None
+    last_check: CheckResult | None
+
+
+TransitionListener = Callable[[Backend, str, str, CheckResult], None]
+CheckListener = Callable[[Backend, CheckResult], None]
+
+
+class Pool:
+    """All backends, the policy index over the usable ones, and the transitions between states."""
+
+    def __init__(self, specs: Iterable[BackendSpec], health: HealthSettings, started_at: float = 0.0) -> None:
+        self.health_settings = health
+        self.started_at = started_at
+        self.backends = [Backend(spec, spec.base.encode("ascii")) for spec in specs]
+        self.by_name = {backend.name: backend for backend in self.backends}
+        self.policy: LeastLoaded[Backend] = LeastLoaded()
+        self.listeners: list[TransitionListener] = []
+        self.check_listeners: list[CheckListener] = []
+
+    def choose(self) -> Backend | None:
+        """The backend for one redirect, counted as sent; None when no backend is usable."""
+        return self.policy.choose()
+
+    @property
+    def usable_count(self) -> int:
+        return sum(1 for backend in self.backends if backend.usable)
+
+    def record_check(self, backend: Backend, result: CheckResult, now: float) -> None:
+        """Apply one health check: counters, a new load report, and the state machine."""
+        backend.last_check, backend.last_check_at = result, now
+        for listener in self.check_listeners:
+            listener(backend, result)
+        if result.passed:
+            backend.checks_passed += 1
+            assert result.load is not None
+            backend.previous_report = backend.report
+            backend.report = LoadReport(result.load, now)
+            backend.since = 0
+        else:
+            backend.checks_failed += 1
+            backend.failures[result.reason or "protocol"] += 1
+        before = backend.state
+        settings = self.health_settings
+        backend.health, backend.streak = next_health(
+            backend.health, backend.streak, result.passed, settings.rise, settings.fall
+        )
+        if result.passed:
+            backend.self_drain = result.self_drain
+        self._changed(backend, before, result)
+
+    def set_admin(self, backend: Backend, admin: Admin) -> None:
+        """The operator's word (ready / drain / maint) for one backend."""
+        before = backend.state
+        backend.admin = admin
+        self._changed(backend, before, None)
+
+    def _changed(self, backend: Backend, before: str, result: CheckResult | None) -> None:
+        backend.version += 1
+        self.policy.update(backend)
+        after = backend.state
+        if after != before:
+            backend.state_changes += 1
+            for listener in self.listeners:
+                listener(backend, before, after, result or CheckResult(True, 0.0))
+
+    def view(self, now: float) -> list[BackendView]:
+        return [self._view(backend, now) for backend in self.backends]
+
+    @staticmethod
+    def _view(backend: Backend, now: float) -> BackendView:
+        report = backend.report
+        return BackendView(
+            name=backend.name,
+            url=backend.spec.url,
+            state=backend.state,
+            weight=backend.weight,
+            load=backend.load,
+            effective_load=backend.effective_load,
+            load_age=None if report is None else max(0.0, now - report.at),
+            redirects=backend.redirects,
+            last_check_at=backend.last_check_at,
+            last_check=backend.last_check,
+        )
+
+    def next_check_in(self, now: float) -> float:
+        """Seconds until the next health check of any backend that is being checked."""
+        times = [b.next_check_at for b in self.backends if b.admin is not Admin.MAINT]
+        return max(0.0, min(times) - now) if times else self.health_settings.interval

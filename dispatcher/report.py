@@ -1,0 +1,81 @@
+"""The load report protocol: how a backend tells us its load on its health-check response.
+
+Owns: reading a load figure and a drain request out of one health response.
+Rules: pure; no I/O. First match wins:
+  1. header `X-Load: <number>`;
+  2. a JSON object body with a numeric "load" (and optionally "state": "drain" | "ready");
+  3. a body that is only a number.
+Anything else (an empty body, "OK", HTML) reports nothing, which counts as load 0. A figure that is
+present but not a finite number >= 0 is a bad report: the check fails with reason `bad_load`, since a
+backend that lies about its load must not attract traffic by it.
+Header `X-Load-State: drain` (HAProxy agent-check's word) asks to be drained; `ready` or its absence
+on a later response ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+
+class BadLoad(ValueError):
+    """The backend sent a load figure that is not a finite number >= 0."""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    load: float
+    drain: bool
+
+
+def parse_report(headers: list[tuple[bytes, bytes]], body: bytes) -> Report:
+    """The load and drain request of one health response (headers lower-cased, as h11 gives them)."""
+    load_header = state_header = None
+    for name, value in headers:
+        if name == b"x-load":
+            load_header = value
+        elif name == b"x-load-state":
+            state_header = value
+    parsed = _json_object(body)
+    drain = _drain(state_header, parsed)
+    if load_header is not None:
+        return Report(_number(load_header.decode("latin-1").strip()), drain)
+    if parsed is not None:
+        return Report(_number(parsed["load"]) if "load" in parsed else 0.0, drain)
+    text = body.strip()
+    if text and _looks_numeric(text):
+        return Report(_number(text.decode("ascii")), drain)
+    return Report(0.0, drain)
+
+
+def _json_object(body: bytes) -> dict[str, object] | None:
+    if not body.lstrip().startswith(b"{"):
+        return None
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _drain(header: bytes | None, parsed: dict[str, object] | None) -> bool:
+    if header is not None:
+        return header.strip().lower() == b"drain"
+    return parsed is not None and parsed.get("state") == "drain"
+
+
+def _looks_numeric(text: bytes) -> bool:
+    return all(c in b"0123456789.+-eE" for c in text)
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise BadLoad(f"load {value!r} is not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadLoad(f"load {value!r} is not a number") from None
+    if not math.isfinite(number) or number < 0:
+        raise BadLoad(f"load {value!r} is not a finite number >= 0")
+    return number
