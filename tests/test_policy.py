@@ -1,0 +1,106 @@
+"""Choosing: least effective load, corrected by redirects since the report, weights respected."""
+
+from collections import Counter
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dispatcher.config import HealthSettings, parse_backend
+from dispatcher.pool import Backend, CheckResult, Pool
+from dispatcher.state import Admin
+
+
+def pool_with(loads: list[float], weights: list[float] | None = None) -> Pool:
+    """A pool whose backends are all up with the given reported loads (no sockets)."""
+    weights = weights or [1.0] * len(loads)
+    specs = [parse_backend("t", f"http://10.0.0.{i}", f"b{i}", w) for i, w in enumerate(weights)]
+    pool = Pool(specs, HealthSettings())
+    for backend, load in zip(pool.backends, loads, strict=True):
+        pool.record_check(backend, CheckResult(True, 0.01, load=load), now=1.0)
+    return pool
+
+
+def names(pool: Pool, count: int) -> Counter[str]:
+    chosen = [pool.choose() for _ in range(count)]
+    return Counter(b.name for b in chosen if b is not None)
+
+
+def test_burst_spreads_over_the_less_loaded_and_never_reaches_the_most_loaded() -> None:
+    """Loads 5, 1, 9 and no new report: eight requests go to the first two, none to the third."""
+    counts = names(pool_with([5, 1, 9]), 8)
+    assert counts["b2"] == 0
+    assert counts["b1"] >= 2 and counts["b0"] >= 2
+    assert sum(counts.values()) == 8
+
+
+def test_weights_divide_the_load() -> None:
+    """Weight 2 at the same load takes twice the redirects."""
+    counts = names(pool_with([0, 0], [2, 1]), 300)
+    assert counts == Counter({"b0": 200, "b1": 100})
+
+
+def test_ties_are_broken_at_random() -> None:
+    """Equal loads: the first pick is not always the same backend."""
+    firsts = {names(pool_with([3, 3, 3]), 1).most_common(1)[0][0] for _ in range(60)}
+    assert len(firsts) > 1
+
+
+def test_new_report_resets_the_correction() -> None:
+    """A fresh report replaces load + redirects-since; the previous report is kept."""
+    pool = pool_with([0, 4])
+    assert names(pool, 4) == Counter({"b0": 4})
+    b0 = pool.backends[0]
+    pool.record_check(b0, CheckResult(True, 0.01, load=10), now=3.0)
+    assert (b0.since, b0.load) == (0, 10)
+    assert b0.previous_report is not None and b0.previous_report.value == 0
+    assert names(pool, 1) == Counter({"b1": 1})
+
+
+def test_nothing_usable_gives_none() -> None:
+    """A pool whose backends never passed a check chooses nothing."""
+    pool = Pool([parse_backend("t", "http://a")], HealthSettings())
+    assert pool.choose() is None
+
+
+def test_large_pool_index_stays_small() -> None:
+    """Many reports without redirects do not grow the heap past a constant of the pool size."""
+    pool = pool_with([1.0] * 100)
+    for round_ in range(50):
+        for backend in pool.backends:
+            pool.record_check(backend, CheckResult(True, 0.01, load=round_ % 7), now=round_)
+    assert len(pool.policy._heap) <= 2 * 100 + 16
+
+
+actions = st.lists(
+    st.tuples(
+        st.integers(0, 4),
+        st.sampled_from(["pass", "fail", "drain", "maint", "ready", "self_drain", "choose"]),
+        st.floats(0, 50),
+    ),
+    max_size=80,
+)
+
+
+@given(actions)
+def test_choose_never_returns_an_unusable_backend(steps: list[tuple[int, str, float]]) -> None:
+    """Whatever happens to the pool, choose() returns a usable backend or None, never another."""
+    pool = Pool([parse_backend("t", f"http://10.0.0.{i}", f"b{i}") for i in range(5)], HealthSettings())
+    for now, (index, action, load) in enumerate(steps):
+        backend = pool.backends[index]
+        apply_action(pool, backend, action, load, float(now))
+        chosen = pool.choose()
+        if chosen is None:
+            assert not any(b.usable for b in pool.backends)
+        else:
+            assert chosen.usable
+            least = min(b.effective_load for b in pool.backends if b.usable)
+            assert chosen.effective_load - 1 / chosen.weight <= least + 1e-9
+
+
+def apply_action(pool: Pool, backend: Backend, action: str, load: float, now: float) -> None:
+    if action in ("pass", "self_drain"):
+        pool.record_check(backend, CheckResult(True, 0.0, load=load, self_drain=action == "self_drain"), now)
+    elif action == "fail":
+        pool.record_check(backend, CheckResult(False, 0.0, reason="status"), now)
+    elif action in ("drain", "maint", "ready"):
+        pool.set_admin(backend, Admin(action))
