@@ -1,28 +1,39 @@
-"""The admin listener: metrics, liveness and readiness, apart from the front door.
+"""The admin listener: metrics, liveness, readiness and the backends API, apart from the front door.
 
-Owns: the admin routes and their small HTTP/1.1 server (h11, whole bodies, keep-alive).
-Rules: reads the pool and the metrics; never chooses a backend. It binds to loopback by default,
-so that the scraper reaches it and the internet does not. Route functions are plain functions of
-the request, testable without sockets.
+Owns: the admin routes and their small HTTP/1.1 server (h11, whole bodies, keep-alive), and the
+bearer-token check for state-changing requests.
+Rules: reads the pool and the metrics; changes a backend only through `Pool.set_admin`; never chooses a
+backend. It binds to loopback by default. `route` is a plain function of the request and the time,
+testable without sockets. `/metrics`, `/healthz` and `/readyz` never need the token: scrapers and
+orchestrators must reach them.
 """
 
 from __future__ import annotations
 
+import hmac
+import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import h11
 import trio
 
 from dispatcher.http import Reply, text_reply
 from dispatcher.metrics import Metrics
-from dispatcher.pool import Pool
+from dispatcher.pool import BackendView, Pool
+from dispatcher.state import Admin
 
 log = logging.getLogger("dispatcher.admin")
 
 MAX_ADMIN_BODY = 64 * 1024
-ADMIN_TIMEOUT = 30.0
+# An admin connection idle this long is closed. Prometheus keeps its connection between scrapes
+# (15 s by default), so this must be longer than a scrape interval.
+ADMIN_IDLE_TIMEOUT = 120.0
+STATE_WORDS = {"ready": Admin.READY, "drain": Admin.DRAIN, "maint": Admin.MAINT}
+_JSON = (b"content-type", b"application/json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,26 +41,49 @@ class AdminRequest:
     method: str
     path: str
     headers: dict[str, str]
-    body: bytes
+    body: bytes = b""
 
 
-class Admin:
+class AdminApi:
     """Routes of the admin listener."""
 
-    def __init__(self, pool: Pool, metrics: Metrics, is_stopping: Callable[[], bool]) -> None:
+    def __init__(
+        self, pool: Pool, metrics: Metrics, is_stopping: Callable[[], bool], token: str | None = None
+    ) -> None:
         self.pool = pool
         self.metrics = metrics
         self.is_stopping = is_stopping
+        self._token = f"Bearer {token}".encode() if token else None
 
-    def route(self, request: AdminRequest) -> Reply:
-        if request.path == "/metrics" and request.method in ("GET", "HEAD"):
-            body, content_type = self.metrics.exposition(request.headers.get("accept"))
-            return _reply(200, body, content_type)
-        if request.path == "/healthz" and request.method in ("GET", "HEAD"):
-            return text_reply(200, "ok", close=False)
-        if request.path == "/readyz" and request.method in ("GET", "HEAD"):
-            return self._ready()
-        return text_reply(404, "not found: try /metrics, /healthz, /readyz", close=False)
+    def route(self, request: AdminRequest, now: float) -> Reply:
+        path, method = request.path, request.method
+        if path in ("/metrics", "/healthz", "/readyz", "/backends"):
+            if method not in ("GET", "HEAD"):
+                return _not_allowed("GET, HEAD")
+            if path == "/metrics":
+                return self._metrics(request)
+            if path == "/healthz":
+                return text_reply(200, "ok", close=False)
+            if path == "/readyz":
+                return self._ready()
+            return _json(200, [_backend_json(view, now) for view in self.pool.view(now)])
+        parts = path.split("/")
+        if len(parts) == 4 and parts[1] == "backends" and parts[3] == "state":
+            if method != "POST":
+                return _not_allowed("POST")
+            return self._set_state(request, parts[2], now)
+        if len(parts) == 3 and parts[1] == "backends" and method in ("GET", "HEAD"):
+            return self._one_backend(parts[2], now)
+        return text_reply(404, "not found: try /metrics, /healthz, /readyz, /backends", close=False)
+
+    def _metrics(self, request: AdminRequest) -> Reply:
+        body, content_type, gzipped = self.metrics.exposition(
+            request.headers.get("accept"), request.headers.get("accept-encoding")
+        )
+        headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        if gzipped:
+            headers.append((b"content-encoding", b"gzip"))
+        return Reply(200, headers, body)
 
     def _ready(self) -> Reply:
         """Ready: at least one backend takes redirects, and we are not shutting down."""
@@ -60,11 +94,48 @@ class Admin:
             return text_reply(503, "no backend is up", close=False)
         return text_reply(200, f"ready: {usable} of {len(self.pool.backends)} backends up", close=False)
 
+    def _one_backend(self, name: str, now: float) -> Reply:
+        backend = self.pool.by_name.get(name)
+        if backend is None:
+            return text_reply(404, f"no backend named {name!r}", close=False)
+        return _json(200, _backend_json(self.pool.view_of(backend, now), now))
+
+    def _set_state(self, request: AdminRequest, name: str, now: float) -> Reply:
+        if not self._authorized(request):
+            reply = text_reply(401, "a valid 'Authorization: Bearer <token>' is needed", close=False)
+            return Reply(401, [*reply.headers, (b"www-authenticate", b"Bearer")], reply.body)
+        backend = self.pool.by_name.get(name)
+        if backend is None:
+            return text_reply(404, f"no backend named {name!r}", close=False)
+        word = request.body.decode("utf-8", "replace").strip().lower()
+        if word not in STATE_WORDS:
+            return text_reply(400, "body must be one of: drain, maint, ready", close=False)
+        before = backend.state
+        self.pool.set_admin(backend, STATE_WORDS[word])
+        log.warning("backend %s set to %s by the admin API (was %s)", name, word, before)
+        return _json(200, _backend_json(self.pool.view_of(backend, now), now))
+
+    def _authorized(self, request: AdminRequest) -> bool:
+        if self._token is None:
+            return True
+        given = request.headers.get("authorization", "").encode("latin-1")
+        return hmac.compare_digest(given, self._token)  # constant time: no timing oracle on the token
+
     async def handle(self, stream: trio.SocketStream) -> None:
         """One admin connection; never raises."""
+        conn = h11.Connection(h11.SERVER)
         try:
-            with trio.move_on_after(ADMIN_TIMEOUT):
-                await self._serve(stream, h11.Connection(h11.SERVER))
+            while True:
+                request = None
+                with trio.move_on_after(ADMIN_IDLE_TIMEOUT):
+                    request = await _read_request(stream, conn)
+                if request is None:
+                    return
+                reply = self.route(request, trio.current_time())
+                await stream.send_all(_serialise(conn, reply, request.method == "HEAD"))
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             pass
         except Exception:
@@ -72,24 +143,46 @@ class Admin:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _serve(self, stream: trio.SocketStream, conn: h11.Connection) -> None:
-        while True:
-            request = await _read_request(stream, conn)
-            if request is None:
-                return
-            reply = self.route(request)
-            await stream.send_all(_serialise(conn, reply, request.method == "HEAD"))
-            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                return
-            conn.start_next_cycle()
+
+def _backend_json(view: BackendView, now: float) -> dict[str, Any]:
+    check = view.last_check
+    last_check = None
+    if check is not None and view.last_check_at is not None:
+        last_check = {
+            "time": _wall_iso(now, view.last_check_at),
+            "result": "pass" if check.passed else "fail",
+            "reason": check.reason,
+            "detail": check.detail,
+            "duration_seconds": round(check.duration, 6),
+        }
+    return {
+        "name": view.name,
+        "url": view.url,
+        "state": view.state,
+        "weight": view.weight,
+        "load": view.load,
+        "effective_load": view.effective_load,
+        "load_age_seconds": None if view.load_age is None else round(view.load_age, 3),
+        "redirects_since_report": view.since,
+        "redirects": view.redirects,
+        "last_check": last_check,
+    }
 
 
-def _reply(status: int, body: bytes, content_type: str) -> Reply:
-    headers = [
-        (b"content-type", content_type.encode()),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    return Reply(status, headers, body)
+def _wall_iso(now: float, at: float) -> str:
+    """A trio-clock time as UTC wall time, for humans reading the API."""
+    wall = time.time() - (now - at)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
+
+
+def _json(status: int, value: object) -> Reply:
+    body = json.dumps(value, indent=1).encode() + b"\n"
+    return Reply(status, [_JSON, (b"content-length", str(len(body)).encode())], body)
+
+
+def _not_allowed(allow: str) -> Reply:
+    reply = text_reply(405, f"method not allowed here; allowed: {allow}", close=False)
+    return Reply(405, [*reply.headers, (b"allow", allow.encode())], reply.body)
 
 
 async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> AdminRequest | None:
@@ -98,7 +191,7 @@ async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> Admi
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(65536))
+            conn.receive_data(bytes(await stream.receive_some(65536)))
         elif isinstance(event, h11.Request):
             head = event
         elif isinstance(event, h11.Data):

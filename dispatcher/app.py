@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from dispatcher.admin import Admin
+from dispatcher.admin import AdminApi
 from dispatcher.config import Address, Settings
 from dispatcher.health import log_transition, run_checks
 from dispatcher.metrics import Metrics
@@ -71,7 +71,7 @@ async def run(
     metrics = Metrics(pool, front.stats)
     pool.listeners.append(log_transition)
     pool.check_listeners.append(metrics.observe_check)
-    admin = Admin(pool, metrics, lambda: front.shutting_down)
+    admin = AdminApi(pool, metrics, lambda: front.shutting_down, settings.admin_token)
     async with trio.open_nursery() as services:
         admin_listeners = await services.start(
             _serve, admin.handle, settings.admin_listen, trio.CancelScope()

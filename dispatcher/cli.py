@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from dispatcher.config import ConfigError, Settings
 log = logging.getLogger("dispatcher")
 
 EXIT_USAGE = 2
+# The token is better passed in the environment than as a flag, which `ps` shows to every user.
+TOKEN_ENV = "DISPATCHER_ADMIN_TOKEN"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,6 +81,7 @@ _FLAGS: dict[str, tuple[tuple[str, ...], Any]] = {
     "header_timeout": (("header_timeout",), float),
     "keepalive_timeout": (("keepalive_timeout",), float),
     "grace_period": (("grace_period",), float),
+    "admin_token": (("admin_token",), str),
 }
 
 
@@ -118,6 +122,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError("--config", args.config, f"cannot read: {error}") from None
         settings = config.apply(settings, config.parse_toml(text))
+    if args.admin_token is None and os.environ.get(TOKEN_ENV):
+        args.admin_token = os.environ[TOKEN_ENV]
     return _flag_settings(settings, args)
 
 

@@ -98,6 +98,7 @@ class Settings:
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     grace_period: float = DEFAULT_GRACE_PERIOD
     max_discard: int = DEFAULT_MAX_DISCARD
+    admin_token: str | None = None
 
 
 def parse_address(key: str, text: object) -> Address:
@@ -173,6 +174,14 @@ def _fraction(key: str, value: object) -> float:
     return float(value)
 
 
+def _token(key: str, value: object) -> str:
+    if not isinstance(value, str) or len(value) < 8 or not value.isascii() or not value.isprintable():
+        raise ConfigError(key, "<hidden>", "must be at least 8 printable ASCII characters")
+    if " " in value:
+        raise ConfigError(key, "<hidden>", "must not contain spaces")
+    return value
+
+
 def _health_path(key: str, value: object) -> str:
     if not isinstance(value, str) or not value.startswith("/") or not value.isprintable():
         raise ConfigError(key, value, "must be a path starting with '/'")
@@ -195,7 +204,7 @@ _TOP_KEYS: dict[str, Any] = {
     "grace_period": _positive,
     "max_discard": lambda key, value: int(_count(key, value)),
 }
-_KNOWN_TOP = {"listen", "admin_listen", "health", "backends", *_TOP_KEYS}
+_KNOWN_TOP = {"listen", "admin_listen", "admin_token", "health", "backends", *_TOP_KEYS}
 
 
 def parse_toml(text: str) -> dict[str, Any]:
@@ -218,6 +227,8 @@ def apply(settings: Settings, table: Mapping[str, Any]) -> Settings:
     for key, check in _TOP_KEYS.items():
         if key in table:
             changes[key] = check(key, table[key])
+    if "admin_token" in table:
+        changes["admin_token"] = _token("admin_token", table["admin_token"])
     if "health" in table:
         changes["health"] = _apply_health(settings.health, table["health"])
     if "backends" in table:

@@ -10,17 +10,19 @@ counters end in `_total`, states as a state-set (as HAProxy's `haproxy_server_st
 
 from __future__ import annotations
 
+import gzip
+import math
 from collections.abc import Iterator
 
 import trio
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from dispatcher import __version__
 from dispatcher.pool import FAILURE_REASONS, Backend, CheckResult, Pool
-from dispatcher.server import ServerStats
+from dispatcher.server import DURATION_BUCKETS, ServerStats
 from dispatcher.state import VISIBLE_STATES
 
 # Health checks take milliseconds on a LAN and up to the timeout (1 s by default) when they fail.
@@ -105,9 +107,24 @@ class PoolCollector(Collector):
         yield CounterMetricFamily(
             "dispatcher_connections", "Client connections accepted.", value=stats.connections_total
         )
+        yield _duration_histogram(stats)
         info = GaugeMetricFamily("dispatcher_build_info", "Build information.", labels=["version"])
         info.add_metric([__version__], 1.0)
         yield info
+
+
+def _duration_histogram(stats: ServerStats) -> HistogramMetricFamily:
+    """The front door's own bucket counts, made cumulative here, at scrape time."""
+    buckets, total = [], 0
+    for bound, count in zip((*DURATION_BUCKETS, math.inf), stats.duration_counts, strict=True):
+        total += count
+        buckets.append(("+Inf" if bound == math.inf else repr(bound), total))
+    return HistogramMetricFamily(
+        "dispatcher_request_duration_seconds",
+        "From a request head read to its answer written to the socket.",
+        buckets=buckets,
+        sum_value=stats.duration_sum,
+    )
 
 
 def _now() -> float:
@@ -123,6 +140,7 @@ class Metrics:
     def __init__(self, pool: Pool, stats: ServerStats) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PoolCollector(pool, stats))
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, resident memory, fds
         self.check_duration = Histogram(
             "dispatcher_health_check_duration_seconds",
             "Health check duration, pass or fail.",
@@ -135,7 +153,13 @@ class Metrics:
     def observe_check(self, backend: Backend, result: CheckResult) -> None:
         self._durations[backend.name].observe(result.duration)
 
-    def exposition(self, accept: str | None) -> tuple[bytes, str]:
-        """The scrape body and its content type; OpenMetrics when the scraper asks for it."""
+    def exposition(self, accept: str | None, accept_encoding: str | None = None) -> tuple[bytes, str, bool]:
+        """The scrape body, its content type, and whether it is gzipped (as Prometheus asks by default).
+
+        OpenMetrics when the scraper's Accept asks for it, as prometheus-client's own handlers do.
+        """
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(self.registry), content_type
+        body = encoder(self.registry)
+        if accept_encoding and "gzip" in accept_encoding:
+            return gzip.compress(body, compresslevel=1), content_type, True
+        return body, content_type, False

@@ -106,6 +106,7 @@ class BackendView:
     load: float
     effective_load: float
     load_age: float | None
+    since: int
     redirects: int
     last_check_at: float | None
     last_check: CheckResult | None
@@ -159,8 +160,14 @@ class Pool:
         self._changed(backend, before, result)
 
     def set_admin(self, backend: Backend, admin: Admin) -> None:
-        """The operator's word (ready / drain / maint) for one backend."""
+        """The operator's word (ready / drain / maint) for one backend.
+
+        Leaving maint, a backend's old health is stale (it was not checked): it starts over and takes
+        traffic again after its next passing check, as at start.
+        """
         before = backend.state
+        if backend.admin is Admin.MAINT and admin is not Admin.MAINT:
+            backend.health, backend.streak = Health.STARTING, 0
         backend.admin = admin
         self._changed(backend, before, None)
 
@@ -174,10 +181,10 @@ class Pool:
                 listener(backend, before, after, result or CheckResult(True, 0.0))
 
     def view(self, now: float) -> list[BackendView]:
-        return [self._view(backend, now) for backend in self.backends]
+        return [self.view_of(backend, now) for backend in self.backends]
 
     @staticmethod
-    def _view(backend: Backend, now: float) -> BackendView:
+    def view_of(backend: Backend, now: float) -> BackendView:
         report = backend.report
         return BackendView(
             name=backend.name,
@@ -187,6 +194,7 @@ class Pool:
             load=backend.load,
             effective_load=backend.effective_load,
             load_age=None if report is None else max(0.0, now - report.at),
+            since=backend.since,
             redirects=backend.redirects,
             last_check_at=backend.last_check_at,
             last_check=backend.last_check,
