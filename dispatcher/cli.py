@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"metrics, /healthz, /readyz (default {config.DEFAULT_ADMIN_LISTEN})",
     )
     p.add_argument(
+        "--admin-token",
+        metavar="TOKEN",
+        help="bearer token required by state-changing admin requests (or env DISPATCHER_ADMIN_TOKEN)",
+    )
+    p.add_argument(
         "--backend",
         metavar="URL",
         action="append",

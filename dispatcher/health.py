@@ -21,6 +21,7 @@ import trio
 
 from dispatcher import __version__
 from dispatcher.config import HealthSettings
+from dispatcher.http import CHECK_HEADER
 from dispatcher.pool import Backend, CheckResult, Pool
 from dispatcher.report import BadLoad, parse_report
 from dispatcher.state import Admin
@@ -81,6 +82,9 @@ class Prober:
     def _judge(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, duration: float
     ) -> CheckResult:
+        if status == 508:
+            detail = "status 508: this backend URL leads to a dispatcher's front door (a redirect loop)"
+            return CheckResult(False, duration, reason="status", detail=detail)
         if not 200 <= status < 300:
             return CheckResult(False, duration, reason="status", detail=f"status {status}")
         try:
@@ -116,7 +120,7 @@ class Prober:
         request = h11.Request(
             method="GET",
             target=self._target,
-            headers=[(b"host", self._host_header), (b"user-agent", USER_AGENT)],
+            headers=[(b"host", self._host_header), (b"user-agent", USER_AGENT), (CHECK_HEADER, b"1")],
         )
         try:
             await link.stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))

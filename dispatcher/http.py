@@ -12,7 +12,7 @@ can send a client elsewhere. h11 has already refused targets with control charac
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -38,6 +38,15 @@ class Reply:
 
 
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+# RFC 9110 renamed these; Python's http module keeps the RFC 7231 phrases.
+REASONS |= {413: b"Content Too Large", 414: b"URI Too Long"}
+# nginx's large_client_header_buffers (8k) bounds a request line; a longer target gets 414.
+MAX_TARGET = 8 * 1024
+# HAProxy's tune.http.maxhdr is 101 header lines; more is a 431 (RFC 6585 §5).
+MAX_HEADERS = 100
+# Health checks carry this header. A front door that receives one is itself configured as a backend
+# (of this dispatcher or of another): redirecting the check would make a loop, so it gets 508.
+CHECK_HEADER = b"x-dispatcher-check"
 _ZERO = (b"content-length", b"0")
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 
@@ -73,6 +82,26 @@ def path_and_query(target: bytes) -> bytes | None:
     return path
 
 
+def head_too_large(chunk: bytes, limit: int) -> bool:
+    """A complete head larger than `limit` that arrived in one chunk (h11 only bounds incomplete ones)."""
+    if len(chunk) <= limit:
+        return False
+    end = chunk.find(b"\r\n\r\n")
+    return end > limit
+
+
+def folded(chunk: bytes, mid_head: bool) -> bool:
+    """Whether the head in this chunk has an obs-fold line (RFC 9112 §5.2): we refuse it with 400.
+
+    h11 would unfold it into a space, which the RFC allows; but a front door that reads a header
+    differently from the server behind it is how request smuggling starts, so we refuse instead.
+    Only the first head of a chunk is scanned: cheap on the hot path (two C-level finds).
+    """
+    end = chunk.find(b"\r\n\r\n")
+    head = chunk if end < 0 else chunk[:end]
+    return b"\n " in head or b"\n\t" in head or (mid_head and chunk[:1] in (b" ", b"\t"))
+
+
 def text_reply(status: int, message: str, extra: Headers | None = None, close: bool = True) -> Reply:
     """A short text answer; errors close the connection (hypercorn's and HAProxy's habit)."""
     body = (message + "\n").encode()
@@ -95,6 +124,39 @@ def reply_for(method: bytes, target: bytes, pool: Pool, clock: Callable[[], floa
 
 
 ALLOWED = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+
+def screen(
+    version: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]], max_discard: int
+) -> tuple[Reply | None, bool]:
+    """Refuse what must not be redirected; and say whether the body is too large to discard.
+
+    One pass over the headers, on every request: the limits (414, 431), request smuggling
+    ambiguities (Content-Length with Transfer-Encoding: RFC 9112 §6.1, 400 and close; h11 already
+    refuses conflicting Content-Lengths and unknown codings), and a health check that looped back.
+    """
+    if version != b"1.1" and version != b"1.0":
+        # h11 parses any HTTP/d.d request line; only 1.x is ours to answer (RFC 9110 §15.6.6).
+        return text_reply(505, "only HTTP/1.0 and HTTP/1.1 are served here"), False
+    if version != b"1.1" and version != b"1.0":
+        # h11 parses any HTTP/d.d request line; only 1.x is ours to answer (RFC 9110 §15.6.6).
+        return text_reply(505, "only HTTP/1.0 and HTTP/1.1 are served here"), False
+    if len(target) > MAX_TARGET:
+        return text_reply(414, "request target too long"), False
+    if len(headers) > MAX_HEADERS:
+        return text_reply(431, "too many header fields"), False
+    length = -1
+    chunked = False
+    for name, value in headers:
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name == CHECK_HEADER:
+            return text_reply(508, "loop detected: a health check reached a dispatcher's front door"), False
+    if chunked and length >= 0:
+        return text_reply(400, "both Content-Length and Transfer-Encoding: refused (RFC 9112 6.1)"), False
+    return None, length > max_discard
 
 
 def _not_redirected(method: bytes, target: bytes) -> Reply:

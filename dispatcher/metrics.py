@@ -108,6 +108,11 @@ class PoolCollector(Collector):
             "dispatcher_connections", "Client connections accepted.", value=stats.connections_total
         )
         yield _duration_histogram(stats)
+        yield CounterMetricFamily(
+            "dispatcher_redirect_loops",
+            "Requests refused with 508: a dispatcher's health check reached this front door.",
+            value=stats.loops,
+        )
         info = GaugeMetricFamily("dispatcher_build_info", "Build information.", labels=["version"])
         info.add_metric([__version__], 1.0)
         yield info

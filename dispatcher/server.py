@@ -28,7 +28,7 @@ import h11
 import trio
 
 from dispatcher.config import Settings
-from dispatcher.http import DateHeader, Reply, reply_for, text_reply
+from dispatcher.http import DateHeader, Reply, folded, head_too_large, reply_for, screen, text_reply
 from dispatcher.pool import Pool
 
 log = logging.getLogger("dispatcher.server")
@@ -53,6 +53,7 @@ class ServerStats:
 
     open_connections: int = 0
     connections_total: int = 0
+    loops: int = 0  # health checks of a dispatcher that reached this front door (508)
     responses: dict[int, int] = field(default_factory=lambda: dict.fromkeys(RESPONSE_CODES, 0))
     # Per bucket of DURATION_BUCKETS (plus +Inf last), not cumulative; metrics accumulates at scrape.
     duration_counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
@@ -156,6 +157,12 @@ class FrontDoor:
                 client.idle = waiting
                 data = await stream.receive_some(RECEIVE_SIZE)
                 client.idle = False
+                if conn.their_state is h11.IDLE:
+                    refusal = _refuse_chunk(data, not waiting)
+                    if refusal is not None:
+                        out += self._reply_bytes(conn, refusal, close=True)
+                        await flush()
+                        return True
                 if waiting and data and kept_alive:
                     scope.deadline = trio.current_time() + settings.header_timeout
                 conn.receive_data(data)
@@ -183,18 +190,18 @@ class FrontDoor:
                 return conn.their_state is not h11.CLOSED
 
     def _answer(self, conn: h11.Connection, request: h11.Request) -> bytes:
+        """The bytes of one answer. With `Expect: 100-continue` the body goes to the backend (close);
+        a body too large to discard closes too."""
+        refusal, big_body = screen(
+            request.http_version, request.target, request.headers, self.settings.max_discard
+        )
+        if refusal is not None:
+            if refusal.status == 508:
+                self.stats.loops += 1
+            return self._reply_bytes(conn, refusal, close=True)
         reply = reply_for(request.method, request.target, self.pool, trio.current_time)
-        close = reply.close or self.shutting_down or self._body_forces_close(conn, request)
+        close = reply.close or big_body or self.shutting_down or conn.they_are_waiting_for_100_continue
         return self._reply_bytes(conn, reply, close, head=request.method == b"HEAD")
-
-    def _body_forces_close(self, conn: h11.Connection, request: h11.Request) -> bool:
-        """Expect: 100-continue (the body goes to the backend) or a body too large to discard."""
-        if conn.they_are_waiting_for_100_continue:
-            return True
-        for name, value in request.headers:
-            if name == b"content-length":
-                return int(value) > self.settings.max_discard
-        return False
 
     def _reply_bytes(self, conn: h11.Connection, reply: Reply, close: bool, head: bool = False) -> bytes:
         headers = [*reply.headers, (b"date", self._date.at(time.time()))]
@@ -218,6 +225,15 @@ class FrontDoor:
         with trio.move_on_after(1):
             await stream.send_all(self._reply_bytes(conn, reply, close=True))
             await _lingering_close(stream)
+
+
+def _refuse_chunk(data: bytes, mid_head: bool) -> Reply | None:
+    """What a raw chunk of request head shows before h11 parses it: 431 or obs-fold."""
+    if head_too_large(data, MAX_HEAD):
+        return text_reply(431, "request header block too large")
+    if folded(data, mid_head):
+        return text_reply(400, "obsolete line folding refused (RFC 9112 5.2)")
+    return None
 
 
 async def _lingering_close(stream: trio.SocketStream) -> None:
