@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import time
+from urllib.parse import unquote
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,7 @@ class AdminApi:
         self.pool = pool
         self.metrics = metrics
         self.is_stopping = is_stopping
-        self._token = f"Bearer {token}".encode() if token else None
+        self._token = token.encode() if token else None
 
     def route(self, request: AdminRequest, now: float) -> Reply:
         path, method = request.path, request.method
@@ -67,7 +68,7 @@ class AdminApi:
             if path == "/readyz":
                 return self._ready()
             return _json(200, [_backend_json(view, now) for view in self.pool.view(now)])
-        parts = path.split("/")
+        parts = [unquote(part) for part in path.split("/")]
         if len(parts) == 4 and parts[1] == "backends" and parts[3] == "state":
             if method != "POST":
                 return _not_allowed("POST")
@@ -118,8 +119,11 @@ class AdminApi:
     def _authorized(self, request: AdminRequest) -> bool:
         if self._token is None:
             return True
-        given = request.headers.get("authorization", "").encode("latin-1")
-        return hmac.compare_digest(given, self._token)  # constant time: no timing oracle on the token
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer":  # RFC 9110 §11.1: the scheme is case-insensitive
+            return False
+        # Constant time: no timing oracle on the token.
+        return hmac.compare_digest(given.strip().encode("latin-1"), self._token)
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """One admin connection; never raises."""

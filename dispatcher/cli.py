@@ -108,7 +108,7 @@ def _flag_settings(settings: Settings, args: argparse.Namespace) -> Settings:
         try:
             settings = config.apply(settings, table)
         except ConfigError as error:
-            raise ConfigError(flag, raw, error.reason) from None
+            raise ConfigError(flag, error.value if attr == "admin_token" else raw, error.reason) from None
     if args.backend:
         try:
             settings = config.apply(settings, {"backends": args.backend})

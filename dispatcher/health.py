@@ -52,8 +52,13 @@ class _Link:
 class Prober:
     """Checks one backend, reusing its connection between checks."""
 
-    def __init__(self, backend: Backend, settings: HealthSettings) -> None:
+    def __init__(
+        self, backend: Backend, settings: HealthSettings, connect_limiter: trio.CapacityLimiter | None = None
+    ) -> None:
         self.backend = backend
+        # Bounds connection bursts (TCP and TLS handshakes) across the pool, never a wait for an answer:
+        # a hung backend must only ever delay its own checks.
+        self._connect_limiter = connect_limiter or trio.CapacityLimiter(1)
         self.settings = settings
         spec = backend.spec
         host = f"[{spec.host}]" if ":" in spec.host else spec.host
@@ -106,11 +111,12 @@ class Prober:
     async def _connect(self) -> _Link:
         spec = self.backend.spec
         try:
-            stream: trio.abc.Stream = await trio.open_tcp_stream(spec.host, spec.port)
-            if self._tls is not None:
-                tls = trio.SSLStream(stream, self._tls, server_hostname=spec.host)
-                await tls.do_handshake()
-                stream = tls
+            async with self._connect_limiter:
+                stream: trio.abc.Stream = await trio.open_tcp_stream(spec.host, spec.port)
+                if self._tls is not None:
+                    tls = trio.SSLStream(stream, self._tls, server_hostname=spec.host)
+                    await tls.do_handshake()
+                    stream = tls
         except (OSError, trio.BrokenResourceError, ssl.SSLError) as error:
             raise CheckFailed("refused", f"cannot connect: {error}") from None
         return _Link(stream, h11.Connection(h11.CLIENT))
@@ -173,7 +179,7 @@ async def check_forever(
     jitter: Callable[[], float],
 ) -> None:
     """Check one backend for as long as the pool runs; maint pauses checking (HAProxy MAINT)."""
-    prober = Prober(backend, settings)
+    prober = Prober(backend, settings, limiter)
     next_at = trio.current_time() + settings.interval * settings.jitter * jitter()
     try:
         while True:
@@ -181,8 +187,7 @@ async def check_forever(
             await trio.sleep_until(next_at)
             started = trio.current_time()
             if backend.admin is not Admin.MAINT:
-                async with limiter:
-                    result = await prober.check()
+                result = await prober.check()
                 pool.record_check(backend, result, trio.current_time())
             spread = 1 + settings.jitter * (2 * jitter() - 1)
             next_at = max(started + settings.interval * spread, trio.current_time())
@@ -197,7 +202,7 @@ async def run_checks(
     max_concurrent: int = 100,
     rng: random.Random | None = None,
 ) -> None:
-    """Check every backend of the pool, each on its own schedule, at most `max_concurrent` at once."""
+    """Check every backend of the pool, each on its own schedule, at most `max_concurrent` connecting at once."""
     limiter = trio.CapacityLimiter(max_concurrent)
     jitter = (rng or random.Random()).random
     async with trio.open_nursery() as nursery:

@@ -132,6 +132,19 @@ def _duration_histogram(stats: ServerStats) -> HistogramMetricFamily:
     )
 
 
+def _accepts_gzip(accept_encoding: str) -> bool:
+    """RFC 9110 §12.5.3: `gzip` listed with a q-value above 0."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            q = params.strip().removeprefix("q=").strip() if params else "1"
+            try:
+                return float(q) > 0
+            except ValueError:
+                return False
+    return False
+
+
 def _now() -> float:
     try:
         return trio.current_time()
@@ -165,6 +178,6 @@ class Metrics:
         """
         encoder, content_type = choose_encoder(accept or "")
         body = encoder(self.registry)
-        if accept_encoding and "gzip" in accept_encoding:
+        if accept_encoding and _accepts_gzip(accept_encoding):
             return gzip.compress(body, compresslevel=1), content_type, True
         return body, content_type, False

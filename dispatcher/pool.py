@@ -150,6 +150,7 @@ class Pool:
         else:
             backend.checks_failed += 1
             backend.failures[result.reason or "protocol"] += 1
+        starting = backend.health is Health.STARTING
         before = backend.state
         settings = self.health_settings
         backend.health, backend.streak = next_health(
@@ -157,7 +158,7 @@ class Pool:
         )
         if result.passed:
             backend.self_drain = result.self_drain
-        self._changed(backend, before, result)
+        self._changed(backend, before, result, starting)
 
     def set_admin(self, backend: Backend, admin: Admin) -> None:
         """The operator's word (ready / drain / maint) for one backend.
@@ -171,14 +172,22 @@ class Pool:
         backend.admin = admin
         self._changed(backend, before, None)
 
-    def _changed(self, backend: Backend, before: str, result: CheckResult | None) -> None:
+    def _changed(
+        self, backend: Backend, before: str, result: CheckResult | None, starting: bool = False
+    ) -> None:
+        """Re-index the backend; count and announce a change of its visible state.
+
+        A first check result is always announced ("was starting"), so a backend that is dead at start
+        is logged too, though the state-set shows it as down before and after.
+        """
         backend.version += 1
         self.policy.update(backend)
         after = backend.state
         if after != before:
             backend.state_changes += 1
+        if after != before or starting:
             for listener in self.listeners:
-                listener(backend, before, after, result or CheckResult(True, 0.0))
+                listener(backend, "starting" if starting else before, after, result or CheckResult(True, 0.0))
 
     def view(self, now: float) -> list[BackendView]:
         return [self.view_of(backend, now) for backend in self.backends]

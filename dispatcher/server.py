@@ -28,7 +28,7 @@ import h11
 import trio
 
 from dispatcher.config import Settings
-from dispatcher.http import DateHeader, Reply, folded, head_too_large, reply_for, screen, text_reply
+from dispatcher.http import DateHeader, Reply, folded, head_size, reply_for, screen, text_reply
 from dispatcher.pool import Pool
 
 log = logging.getLogger("dispatcher.server")
@@ -139,6 +139,9 @@ class FrontDoor:
                 stats.observe(started, trio.current_time())
 
         discarded = 0
+        # Bytes received while a head was being read. h11 bounds only incomplete heads, so a head sent
+        # in pieces could pass whole; past MAX_HEAD received, the parsed head is measured.
+        head_bytes = 0
         kept_alive = False  # a first request's head deadline runs from the accept, not its 1st byte
         settings = self.settings
         scope = client.scope
@@ -158,8 +161,9 @@ class FrontDoor:
                 data = await stream.receive_some(RECEIVE_SIZE)
                 client.idle = False
                 if conn.their_state is h11.IDLE:
-                    refusal = _refuse_chunk(data, not waiting)
-                    if refusal is not None:
+                    head_bytes += len(data)
+                    if folded(data, not waiting):
+                        refusal = text_reply(400, "obsolete line folding refused (RFC 9112 5.2)")
                         out += self._reply_bytes(conn, refusal, close=True)
                         await flush()
                         return True
@@ -170,8 +174,8 @@ class FrontDoor:
             kind = type(event)
             if kind is h11.Request:
                 started.append(trio.current_time())
-                out += self._answer(conn, event)  # type: ignore[arg-type]
-                discarded = 0
+                out += self._answer(conn, event, head_bytes > MAX_HEAD)  # type: ignore[arg-type]
+                discarded = head_bytes = 0
             elif kind is h11.Data:
                 discarded += len(event.data)  # type: ignore[union-attr]
                 if discarded > settings.max_discard:
@@ -189,12 +193,14 @@ class FrontDoor:
                 await flush()
                 return conn.their_state is not h11.CLOSED
 
-    def _answer(self, conn: h11.Connection, request: h11.Request) -> bytes:
+    def _answer(self, conn: h11.Connection, request: h11.Request, maybe_large: bool) -> bytes:
         """The bytes of one answer. With `Expect: 100-continue` the body goes to the backend (close);
         a body too large to discard closes too."""
         refusal, big_body = screen(
             request.http_version, request.target, request.headers, self.settings.max_discard
         )
+        if maybe_large and head_size(request.method, request.target, request.headers) > MAX_HEAD:
+            refusal = text_reply(431, "request header block too large")
         if refusal is not None:
             if refusal.status == 508:
                 self.stats.loops += 1
@@ -225,15 +231,6 @@ class FrontDoor:
         with trio.move_on_after(1):
             await stream.send_all(self._reply_bytes(conn, reply, close=True))
             await _lingering_close(stream)
-
-
-def _refuse_chunk(data: bytes, mid_head: bool) -> Reply | None:
-    """What a raw chunk of request head shows before h11 parses it: 431 or obs-fold."""
-    if head_too_large(data, MAX_HEAD):
-        return text_reply(431, "request header block too large")
-    if folded(data, mid_head):
-        return text_reply(400, "obsolete line folding refused (RFC 9112 5.2)")
-    return None
 
 
 async def _lingering_close(stream: trio.SocketStream) -> None:

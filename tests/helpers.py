@@ -8,6 +8,7 @@ sleeping. `exchange` is a raw socket client for bytes that no polite client woul
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -174,3 +175,168 @@ async def exchange(port: int, data: bytes, *, read_until_close: bool = True, tim
 def status_lines(raw: bytes) -> list[bytes]:
     """The status lines of every response in a raw byte stream, in order."""
     return [line for line in raw.split(b"\r\n") if line.startswith(b"HTTP/1.")]
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """One response as it came off the wire: status line, headers in order, body."""
+
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        """The value of header `name` (lower case); fails if the header is sent more than once."""
+        values = [value for key, value in self.headers if key == name]
+        assert len(values) <= 1, f"header {name!r} sent {len(values)} times"
+        return values[0] if values else None
+
+    @property
+    def closes(self) -> bool:
+        return (self.header(b"connection") or b"").lower() == b"close"
+
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9]) ([\x20-\x7e]*)\r\n")
+_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x20-\x7e]*?)[ \t]*")
+
+
+def parse_responses(raw: bytes, *, bodyless: bool = False) -> tuple[list[RawResponse], bytes]:
+    """Every complete response in a raw byte stream, in order, and the bytes after the last one.
+
+    Strict on purpose: a status line or header line that is not well formed raises ValueError.
+    Bodies are framed by Content-Length (the front door always sends one); `bodyless` is for
+    answers to HEAD, whose Content-Length announces a body that is not sent.
+    """
+    responses: list[RawResponse] = []
+    while (end := raw.find(b"\r\n\r\n")) >= 0:
+        status_line = _STATUS_LINE.match(raw)
+        if status_line is None:
+            raise ValueError(f"not a status line: {raw[:80]!r}")
+        headers: list[tuple[bytes, bytes]] = []
+        for line in raw[status_line.end() : end].split(b"\r\n") if end > status_line.end() else []:
+            header = _HEADER_LINE.fullmatch(line)
+            if header is None:
+                raise ValueError(f"not a header line: {line[:80]!r}")
+            headers.append((header[1].lower(), header[2]))
+        lengths = [value for name, value in headers if name == b"content-length"]
+        if len(lengths) != 1 or not lengths[0].isdigit():
+            raise ValueError(f"no single Content-Length in {raw[:end]!r}")
+        start = end + 4
+        stop = start if bodyless else start + int(lengths[0])
+        if len(raw) < stop:
+            break
+        status, reason = int(status_line[1]), status_line[2]
+        responses.append(RawResponse(status, reason, headers, raw[start:stop]))
+        raw = raw[stop:]
+    return responses, raw
+
+
+async def receive_responses(
+    stream: trio.abc.ReceiveStream, count: int, *, bodyless: bool = False, timeout: float = 10.0
+) -> list[RawResponse]:
+    """Read from `stream` until `count` complete responses have arrived; fails on EOF or timeout."""
+    received = b""
+    with trio.fail_after(timeout):
+        while True:
+            responses, rest = parse_responses(received, bodyless=bodyless)
+            if len(responses) >= count:
+                assert len(responses) == count and not rest, f"more than asked for: {received!r}"
+                return responses
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                raise AssertionError(f"closed after {len(responses)} of {count} responses: {received!r}")
+            received += chunk
+
+
+async def read_until_close(stream: trio.abc.ReceiveStream, *, timeout: float = 10.0) -> bytes:
+    """Everything the peer sends until it closes its side; fails if it has not closed by `timeout`.
+
+    A reset (the peer closed without reading what we sent) fails too: only a clean close passes.
+    """
+    received = bytearray()
+    with trio.fail_after(timeout):
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+    return bytes(received)
+
+
+# Health-check and metrics helpers (tests/test_health.py, tests/test_admin_metrics.py).
+
+
+@dataclass(eq=False)
+class CountingBackend(TestBackend):
+    """A TestBackend that counts the connections it accepts, records the health requests it answers,
+    and can close its open connections the way a backend's idle timeout does."""
+
+    __test__ = False
+    connections: int = 0
+    health_requests: list[Received] = field(default_factory=list)
+    open_streams: set[trio.SocketStream] = field(default_factory=set, repr=False)
+
+    def health_answer(self, request: Received) -> Answer:
+        self.health_requests.append(request)
+        return super().health_answer(request)
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        self.open_streams.add(stream)
+        try:
+            await super().handle(stream)
+        finally:
+            self.open_streams.discard(stream)
+
+    async def drop_connections(self) -> None:
+        """Close every open connection from the backend's side (as an idle timeout would)."""
+        for stream in list(self.open_streams):
+            await trio.aclose_forcefully(stream)
+
+
+def unused_port() -> int:
+    """A loopback port with nothing listening on it: connecting to it is refused."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def pool_for(backends: list[LoadReportingBackend], settings: HealthSettings) -> Pool:
+    """A pool over `backends` (named by their `name`), started now, for running `health.run_checks`."""
+    specs = [config.parse_backend("test", b.url, name=b.name) for b in backends]
+    return Pool(specs, settings, started_at=trio.current_time())
+
+
+@dataclass(frozen=True)
+class CheckSeen:
+    """One health check result as the pool received it, with the trio time it arrived."""
+
+    backend: str
+    at: float
+    passed: bool
+    reason: str | None
+    duration: float
+
+
+def record_checks(pool: Pool) -> list[CheckSeen]:
+    """A list that fills with every check result the pool receives, in order."""
+    seen: list[CheckSeen] = []
+
+    def on_check(backend: Backend, result: CheckResult) -> None:
+        now = trio.current_time()
+        seen.append(CheckSeen(backend.name, now, result.passed, result.reason, result.duration))
+
+    pool.check_listeners.append(on_check)
+    return seen
+
+
+def record_transitions(pool: Pool) -> list[tuple[str, str, str, float]]:
+    """A list that fills with every visible state change: (backend, before, after, trio time)."""
+    seen: list[tuple[str, str, str, float]] = []
+
+    def on_change(backend: Backend, before: str, after: str, result: CheckResult) -> None:
+        seen.append((backend.name, before, after, trio.current_time()))
+
+    pool.listeners.append(on_change)
+    return seen

@@ -1,0 +1,517 @@
+"""The probe loop and its HTTP client: real `health.run_checks` against real backends on loopback.
+
+Every interval and timeout runs in virtual time (`autojump_clock`); with no jitter the check times
+are exact, so the tests assert them exactly. A check over loopback takes no virtual time.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import replace
+from itertools import pairwise
+from typing import TypeVar
+
+import pytest
+import trio
+import trio.testing
+
+from dispatcher import config
+from dispatcher.health import run_checks
+from dispatcher.pool import FAILURE_REASONS, Backend, CheckResult, LoadReport, Pool
+from tests.helpers import (
+    CountingBackend,
+    TestBackend,
+    health,
+    pool_for,
+    record_checks,
+    record_transitions,
+    settings_for,
+    start_dispatcher,
+    unused_port,
+    wait_for,
+    wait_for_state,
+)
+
+AnyBackend = TypeVar("AnyBackend", bound=TestBackend)
+
+
+async def started(nursery: trio.Nursery, backend: AnyBackend) -> AnyBackend:
+    await nursery.start(backend.serve)
+    return backend
+
+
+def checked(backend: Backend) -> int:
+    return backend.checks_passed + backend.checks_failed
+
+
+def script_modes(pool: Pool, backend: TestBackend, modes: list[str]) -> None:
+    """After each check of `backend`, switch its mode to the next of `modes` (then stay on the last)."""
+    upcoming: Iterator[str] = iter(modes)
+
+    def on_check(checked_backend: Backend, result: CheckResult) -> None:
+        if checked_backend.name == backend.name:
+            backend.mode = next(upcoming, backend.mode)
+
+    pool.check_listeners.append(on_check)
+
+
+# --- start ------------------------------------------------------------------------------------------
+
+
+async def test_backend_is_usable_after_its_first_passing_check_and_not_before(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """At start nothing is chosen; the first passing check (at once) makes the backend usable."""
+    backend = await started(nursery, TestBackend("b1", load=2))
+    settings = health(interval=2.0)
+    pool = pool_for([backend], settings)
+    chosen_while_checking: list[Backend | None] = []
+    pool.check_listeners.append(lambda b, r: chosen_while_checking.append(pool.choose()))
+    t0 = trio.current_time()
+    assert pool.choose() is None
+    nursery.start_soon(run_checks, pool, settings)
+    assert await wait_for_state(pool, "b1", "up") == t0
+    assert chosen_while_checking == [None]  # while the first result was being recorded
+    assert pool.choose() is pool.by_name["b1"]
+
+
+async def test_backend_whose_first_check_fails_needs_rise_passes(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A first failing check leaves the backend down; it comes up only after `rise` passes in a row."""
+    backend = await started(nursery, TestBackend("b1", mode="status"))
+    settings = health(interval=2.0, rise=2, fall=3)
+    pool = pool_for([backend], settings)
+    script_modes(pool, backend, ["ok"])
+    seen = record_checks(pool)
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings)
+    assert await wait_for_state(pool, "b1", "up") == t0 + 4
+    assert [(c.at - t0, c.passed) for c in seen] == [(0, False), (2, True), (4, True)]
+    assert pool.choose() is pool.by_name["b1"]
+
+
+# --- failure reasons --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason", "fails_after"),
+    [
+        ("status", "status", 0.0),
+        ("hang", "timeout", 1.5),  # exactly the timeout
+        ("garbage", "protocol", 0.0),
+        ("close", "protocol", 0.0),
+    ],
+)
+async def test_failed_check_is_counted_with_its_reason(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, mode: str, reason: str, fails_after: float
+) -> None:
+    """Each way a backend can misbehave fails the check with its own reason, at the right time."""
+    backend = await started(nursery, TestBackend("b1", mode=mode))
+    settings = health(interval=5.0, timeout=1.5)
+    pool = pool_for([backend], settings)
+    seen = record_checks(pool)
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 1)
+    state = pool.by_name["b1"]
+    assert [(c.at - t0, c.passed, c.reason, c.duration) for c in seen] == [
+        (fails_after, False, reason, fails_after)
+    ]
+    assert state.failures == {r: int(r == reason) for r in FAILURE_REASONS}
+    assert (state.checks_passed, state.checks_failed, state.state) == (0, 1, "down")
+    assert pool.choose() is None
+
+
+async def test_nothing_listening_fails_as_refused(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A backend address where nothing listens fails the check with reason `refused`, at once."""
+    spec = config.parse_backend("test", f"http://127.0.0.1:{unused_port()}", name="gone")
+    settings = health(interval=5.0, timeout=1.5)
+    pool = Pool([spec], settings)
+    seen = record_checks(pool)
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for(pool, lambda: checked(pool.by_name["gone"]) == 1)
+    assert [(c.at - t0, c.reason) for c in seen] == [(0.0, "refused")]
+    assert pool.by_name["gone"].failures == {r: int(r == "refused") for r in FAILURE_REASONS}
+
+
+async def test_backend_that_went_away_fails_as_refused_not_protocol(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """When an up backend stops listening, its stale kept-alive connection is not blamed: `refused`."""
+    backend = TestBackend("b1")
+    backend_scope = trio.CancelScope()
+
+    async def serve_until_cancelled(*, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        with backend_scope:
+            await backend.serve(task_status=task_status)
+
+    await nursery.start(serve_until_cancelled)
+    settings = health(interval=2.0)
+    pool = pool_for([backend], settings)
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for_state(pool, "b1", "up")
+    backend_scope.cancel()
+    await wait_for(pool, lambda: pool.by_name["b1"].checks_failed == 1)
+    assert trio.current_time() == t0 + 2
+    assert pool.by_name["b1"].failures == {r: int(r == "refused") for r in FAILURE_REASONS}
+
+
+@pytest.mark.parametrize(
+    ("status", "passes"), [(200, True), (202, True), (301, False), (404, False), (500, False)]
+)
+async def test_only_2xx_passes(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, status: int, passes: bool
+) -> None:
+    """A 2xx answer passes the check; any other status fails it with reason `status`."""
+    backend = await started(nursery, TestBackend("b1", mode="status", status=status))
+    settings = health()
+    pool = pool_for([backend], settings)
+    seen = record_checks(pool)
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 1)
+    assert [(c.passed, c.reason) for c in seen] == [(passes, None if passes else "status")]
+    assert pool.by_name["b1"].state == ("up" if passes else "down")
+
+
+# --- rise and fall ----------------------------------------------------------------------------------
+
+
+async def test_fall_failures_take_a_backend_down_and_rise_passes_bring_it_back(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Interval 2, fall 3, rise 2: down at the 3rd failing check, up again at the 2nd passing one."""
+    backend = await started(nursery, TestBackend("b1"))
+    settings = health(interval=2.0, fall=3, rise=2)
+    pool = pool_for([backend], settings)
+    transitions = record_transitions(pool)
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings)
+    assert await wait_for_state(pool, "b1", "up") == t0
+    backend.mode = "status"  # checks at t0+2, t0+4, t0+6 fail
+    assert await wait_for_state(pool, "b1", "down") == t0 + 6
+    backend.mode = "ok"  # checks at t0+8, t0+10 pass
+    assert await wait_for_state(pool, "b1", "up") == t0 + 10
+    assert transitions == [
+        ("b1", "starting", "up", t0),
+        ("b1", "up", "down", t0 + 6),
+        ("b1", "down", "up", t0 + 10),
+    ]
+    assert pool.by_name["b1"].failures["status"] == 3
+
+
+async def test_streaks_must_be_unbroken(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A pass resets the failure streak and a failure resets the pass streak: flapping moves nothing."""
+    backend = await started(nursery, TestBackend("b1"))
+    settings = health(interval=2.0, fall=3, rise=2)
+    pool = pool_for([backend], settings)
+    transitions = record_transitions(pool)
+    # checks: ok | status status ok status status ok | status status status | ok status ok status ok ok
+    modes = ["status", "status", "ok", "status", "status", "ok", "status", "status", "status"]
+    script_modes(pool, backend, [*modes, "ok", "status", "ok", "status", "ok", "ok"])
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 16)
+    assert transitions == [
+        ("b1", "starting", "up", t0),
+        ("b1", "up", "down", t0 + 2 * 9),  # the 3rd failure in a row (the 7th overall)
+        ("b1", "down", "up", t0 + 2 * 15),  # the 2nd pass in a row (the 4th since down)
+    ]
+
+
+async def test_state_changes_are_logged_one_line_each(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The running app logs each state change as one line naming backend, new and old state and why."""
+    caplog.set_level(logging.INFO, logger="dispatcher.health")
+    backend = await started(nursery, TestBackend("b1"))
+    dispatcher = await start_dispatcher(nursery, settings_for([backend], health=health(fall=2, rise=2)))
+    pool = dispatcher.pool
+    await wait_for_state(pool, "b1", "up")
+    backend.mode = "status"
+    await wait_for_state(pool, "b1", "down")
+    backend.mode = "ok"
+    await wait_for_state(pool, "b1", "up")
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "dispatcher.health"]
+    assert len(lines) == 3
+    assert lines[0][0] == logging.INFO and lines[0][1].startswith("backend b1 is up (was ")
+    assert lines[1:] == [
+        (logging.WARNING, "backend b1 is down (was up): status (status 503)"),
+        (logging.INFO, "backend b1 is up (was down)"),
+    ]
+    assert all("\n" not in message for _, message in lines)
+
+
+async def test_backend_down_from_the_start_is_logged(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A backend whose first check fails gets a log line saying it is down, and why."""
+    caplog.set_level(logging.INFO, logger="dispatcher.health")
+    spec = config.parse_backend("test", f"http://127.0.0.1:{unused_port()}", name="gone")
+    dispatcher = await start_dispatcher(nursery, replace(settings_for([]), backends=(spec,)))
+    gone = dispatcher.pool.by_name["gone"]
+    await wait_for(dispatcher.pool, lambda: gone.checks_failed == 1)
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "dispatcher.health"]
+    assert len(lines) == 1, f"expected one line for the first failed check, got {lines}"
+    [(level, message)] = lines
+    assert level == logging.WARNING
+    assert message.startswith("backend gone is down (was ") and "refused" in message
+
+
+# --- schedule ---------------------------------------------------------------------------------------
+
+
+async def test_checks_run_every_interval_exactly_without_jitter(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """With no jitter, the first check is at once and the next ones exactly one interval apart."""
+    backend = await started(nursery, TestBackend("b1"))
+    settings = health(interval=3.0)
+    pool = pool_for([backend], settings)
+    seen = record_checks(pool)
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 5)
+    assert [c.at - t0 for c in seen] == [0.0, 3.0, 6.0, 9.0, 12.0]
+    assert backend.health_checks == 5
+
+
+async def test_jitter_spreads_checks_and_keeps_each_interval_within_bounds(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """With jitter, a large pool is not checked in one burst, and every interval is interval*(1±jitter)."""
+    backend = await started(nursery, TestBackend("shared"))
+    interval, jitter, count = 2.0, 0.25, 40
+    specs = [config.parse_backend("test", backend.url, name=f"b{i}") for i in range(count)]
+    settings = health(interval=interval, jitter=jitter)
+    pool = Pool(specs, settings)
+    seen = record_checks(pool)
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings, 100, random.Random(1))
+    await wait_for(pool, lambda: all(checked(b) >= 6 for b in pool.backends))
+    times = {name: [c.at - t0 for c in seen if c.backend == name] for name in pool.by_name}
+    first = [t[0] for t in times.values()]
+    assert all(0 <= f < interval * jitter for f in first)
+    assert len(set(first)) == count, "first checks at the same instant"
+    assert max(first) - min(first) > interval * jitter / 2, "first checks bunched together"
+    gaps = [later - earlier for t in times.values() for earlier, later in pairwise(t)]
+    assert all(interval * (1 - jitter) - 1e-9 <= gap <= interval * (1 + jitter) + 1e-9 for gap in gaps)
+    assert len({round(gap, 9) for gap in gaps}) > len(gaps) // 2, "intervals not jittered"
+
+
+async def test_hanging_backend_does_not_delay_another_backends_checks(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """While other backends hang until the timeout, a healthy backend is checked exactly on time."""
+    hanging = await started(nursery, TestBackend("hang", mode="hang"))
+    healthy = await started(nursery, TestBackend("ok"))
+    specs = [config.parse_backend("test", hanging.url, name=f"hang{i}") for i in range(3)]
+    specs.insert(1, config.parse_backend("test", healthy.url, name="ok"))
+    settings = health(interval=2.0, timeout=1.5)
+    pool = Pool(specs, settings)
+    seen = record_checks(pool)
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for(pool, lambda: checked(pool.by_name["ok"]) == 4)
+    assert [c.at - t0 for c in seen if c.backend == "ok"] == [0.0, 2.0, 4.0, 6.0]
+    assert [c.at - t0 for c in seen if c.backend == "hang0"] == [1.5, 3.5, 5.5]
+
+
+async def test_many_hanging_backends_do_not_delay_a_healthy_backends_checks(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """More hanging backends than the app's check concurrency (100) still do not delay a healthy one."""
+    hanging = await started(nursery, TestBackend("hang", mode="hang"))
+    healthy = await started(nursery, TestBackend("ok"))
+    specs = [config.parse_backend("test", hanging.url, name=f"hang{i}") for i in range(200)]
+    specs.insert(100, config.parse_backend("test", healthy.url, name="ok"))
+    # All 201 are due at t0, t0+2, t0+4; each hanging check takes its 1.5 s timeout. Were checks
+    # capped at 100 at once, some hanging ones would hold every slot whenever the healthy one is due.
+    settings = health(interval=2.0, timeout=1.5)
+    pool = Pool(specs, settings)
+    seen = record_checks(pool)
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings)  # as the app calls it
+    await wait_for(pool, lambda: checked(pool.by_name["ok"]) == 3)
+    assert [c.at - t0 for c in seen if c.backend == "ok"] == [0.0, 2.0, 4.0]
+
+
+# --- the request and its connection -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prefix", "path", "target"),
+    [
+        ("", "/health", "/health"),
+        ("/app", "/health", "/app/health"),
+        ("/app/", "/health", "/app/health"),
+        ("/app", "/ping", "/app/ping"),
+    ],
+)
+async def test_check_is_get_of_backend_prefix_plus_health_path(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, prefix: str, path: str, target: str
+) -> None:
+    """The check is `GET <backend URL path><health path>` with the backend's Host, e.g. /app/health."""
+    backend = await started(nursery, CountingBackend("b1", health_path=target))
+    settings = health(path=path)
+    pool = Pool([config.parse_backend("test", backend.url + prefix, name="b1")], settings)
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for_state(pool, "b1", "up")
+    [request] = backend.health_requests
+    assert (request.method, request.target) == ("GET", target)
+    assert request.headers["host"] == f"127.0.0.1:{backend.port}"
+    assert backend.received == []  # nothing reached a non-health path
+
+
+async def test_connection_is_kept_alive_between_checks(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Successive checks of one backend reuse one connection."""
+    backend = await started(nursery, CountingBackend("b1"))
+    settings = health(interval=2.0)
+    pool = pool_for([backend], settings)
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for(pool, lambda: pool.by_name["b1"].checks_passed == 5)
+    assert (backend.connections, backend.health_checks) == (1, 5)
+
+
+async def test_connection_closed_by_backend_is_reopened_without_a_failed_check(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A backend that closed the idle connection is reconnected and its check passes on time."""
+    backend = await started(nursery, CountingBackend("b1"))
+    settings = health(interval=2.0, fall=1)
+    pool = pool_for([backend], settings)
+    seen = record_checks(pool)
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for_state(pool, "b1", "up")
+    await backend.drop_connections()
+    await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 3)
+    assert [(c.at - t0, c.passed) for c in seen] == [(0.0, True), (2.0, True), (4.0, True)]
+    assert pool.by_name["b1"].state == "up"
+    assert backend.connections == 2
+
+
+async def test_failed_status_keeps_the_connection(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A well-formed non-2xx answer fails the check but does not cost a new connection."""
+    backend = await started(nursery, CountingBackend("b1", mode="status"))
+    settings = health(interval=2.0)
+    pool = pool_for([backend], settings)
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for(pool, lambda: pool.by_name["b1"].checks_failed == 3)
+    assert backend.connections == 1
+
+
+# --- load reports -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "load"),
+    [
+        ([("X-Load", "2.5")], b"", 2.5),
+        ([("X-Load", "7")], b'{"load": 3}', 7.0),  # the header wins
+        ([], b'{"load": 4, "backend": "b1"}', 4.0),
+        ([], b"12\n", 12.0),
+        ([], b"OK", 0.0),
+        ([], b"", 0.0),
+        ([], b"<html><body>fine</body></html>", 0.0),
+        ([], b'{"status": "fine"}', 0.0),
+    ],
+)
+async def test_load_report_forms(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    load: float,
+) -> None:
+    """The load comes from X-Load, else a JSON "load", else a bare number; anything else counts as 0."""
+    backend = await started(nursery, TestBackend("b1", body=body, extra_headers=headers))
+    settings = health()
+    pool = pool_for([backend], settings)
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for_state(pool, "b1", "up")
+    assert pool.by_name["b1"].report == LoadReport(load, t0)
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ([("X-Load", "busy")], b""),
+        ([("X-Load", "-1")], b""),
+        ([("X-Load", "NaN")], b""),
+        ([("X-Load", "inf")], b'{"load": 1}'),
+        ([], b'{"load": "high"}'),
+        ([], b'{"load": -2}'),
+        ([], b'{"load": NaN}'),
+        ([], b"-3"),
+    ],
+)
+async def test_bad_load_fails_the_check(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    headers: list[tuple[str, str]],
+    body: bytes,
+) -> None:
+    """A load that is present but not a finite number >= 0 fails the check as `bad_load`, not as 0."""
+    backend = await started(nursery, TestBackend("b1", body=body, extra_headers=headers))
+    settings = health()
+    pool = pool_for([backend], settings)
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 1)
+    state = pool.by_name["b1"]
+    assert state.failures == {r: int(r == "bad_load") for r in FAILURE_REASONS}
+    assert (state.report, state.state) == (None, "down")
+    assert pool.choose() is None
+
+
+async def test_passing_check_records_report_keeps_previous_and_resets_since(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A pass stores (load, time), moves the last report to `previous_report` and zeroes `since`."""
+    backend = await started(nursery, TestBackend("b1", load=3))
+    settings = health(interval=2.0)
+    pool = pool_for([backend], settings)
+    state = pool.by_name["b1"]
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for_state(pool, "b1", "up")
+    assert (state.report, state.previous_report, state.since) == (LoadReport(3, t0), None, 0)
+    for _ in range(4):
+        assert pool.choose() is state
+    assert (state.since, state.effective_load) == (4, 7.0)
+    backend.load = 5
+    await wait_for(pool, lambda: state.checks_passed == 2)
+    assert (state.report, state.previous_report) == (LoadReport(5, t0 + 2), LoadReport(3, t0))
+    assert (state.since, state.redirects, state.effective_load) == (0, 4, 5.0)
+
+
+async def test_failed_check_keeps_the_last_report_and_since(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A failing check does not touch the load report nor the redirects counted since it."""
+    backend = await started(nursery, TestBackend("b1", load=3))
+    settings = health(interval=2.0, fall=3)
+    pool = pool_for([backend], settings)
+    state = pool.by_name["b1"]
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for_state(pool, "b1", "up")
+    pool.choose()
+    pool.choose()
+    backend.mode = "status"
+    await wait_for(pool, lambda: state.checks_failed == 1)
+    assert (state.report, state.previous_report, state.since) == (LoadReport(3, t0), None, 2)
+    assert state.state == "up"  # one failure of fall 3
