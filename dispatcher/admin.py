@@ -14,10 +14,10 @@ import hmac
 import json
 import logging
 import time
-from urllib.parse import unquote
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import h11
 import trio

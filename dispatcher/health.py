@@ -202,7 +202,7 @@ async def run_checks(
     max_concurrent: int = 100,
     rng: random.Random | None = None,
 ) -> None:
-    """Check every backend of the pool, each on its own schedule, at most `max_concurrent` connecting at once."""
+    """Check every backend, each on its own schedule; at most `max_concurrent` connecting at once."""
     limiter = trio.CapacityLimiter(max_concurrent)
     jitter = (rng or random.Random()).random
     async with trio.open_nursery() as nursery:
