@@ -9,6 +9,7 @@ Rules: no decisions and no protocol here; only lifetimes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -16,8 +17,9 @@ from typing import Any
 import trio
 
 from dispatcher.admin import AdminApi
-from dispatcher.config import Address, Settings
+from dispatcher.config import Settings
 from dispatcher.health import log_transition, run_checks
+from dispatcher.listen import CappedListener, open_listeners
 from dispatcher.metrics import Metrics
 from dispatcher.pool import Pool
 from dispatcher.server import FrontDoor
@@ -36,26 +38,22 @@ class Running:
     metrics: Metrics
 
 
-def _bound_port(listeners: list[trio.SocketListener]) -> int:
+def _bound_port(listeners: Sequence[trio.SocketListener | CappedListener]) -> int:
     port: int = listeners[0].socket.getsockname()[1]
     return port
 
 
 async def _serve(
     handler: Any,
-    address: Address,
+    listeners: Sequence[trio.abc.Listener[trio.SocketStream]],
     scope: trio.CancelScope,
     handler_nursery: trio.Nursery | None = None,
     *,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with scope:
-        await trio.serve_tcp(
-            handler,
-            address.port,
-            host=address.host,
-            handler_nursery=handler_nursery,
-            task_status=task_status,
+        await trio.serve_listeners(
+            handler, list(listeners), handler_nursery=handler_nursery, task_status=task_status
         )
 
 
@@ -73,16 +71,21 @@ async def run(
     pool.check_listeners.append(metrics.observe_check)
     admin = AdminApi(pool, metrics, lambda: front.shutting_down, settings.admin_token)
     async with trio.open_nursery() as services:
-        admin_listeners = await services.start(
-            _serve, admin.handle, settings.admin_listen, trio.CancelScope()
+        admin_listeners = await trio.open_tcp_listeners(
+            settings.admin_listen.port, host=settings.admin_listen.host
         )
+        front_listeners = [
+            CappedListener(listener, front.slots)
+            for listener in await open_listeners(settings.listen, settings.reuse_port)
+        ]
+        await services.start(_serve, admin.handle, admin_listeners, trio.CancelScope())
         services.start_soon(run_checks, pool, settings.health)
         listen_scope = trio.CancelScope()
         async with trio.open_nursery() as handlers:
-            listeners = await handlers.start(
-                partial(_serve, front.handle, settings.listen, listen_scope, handlers)
+            await handlers.start(partial(_serve, front.handle, front_listeners, listen_scope, handlers))
+            running = Running(
+                _bound_port(front_listeners), _bound_port(admin_listeners), pool, front, metrics
             )
-            running = Running(_bound_port(listeners), _bound_port(admin_listeners), pool, front, metrics)
             log.info(
                 "front door on %s, admin on %s, %d backends",
                 settings.listen,
@@ -93,7 +96,11 @@ async def run(
             await stop.wait()
             log.info("shutting down: %.0fs grace for exchanges in flight", settings.grace_period)
             listen_scope.cancel()
+            for listener in front_listeners:  # refuse new connections now, not leave them in the backlog
+                await listener.aclose()
             front.begin_shutdown()
             handlers.cancel_scope.deadline = trio.current_time() + settings.grace_period
         services.cancel_scope.cancel()
+    for admin_listener in admin_listeners:
+        await admin_listener.aclose()
     log.info("stopped")

@@ -68,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--header-timeout", metavar="SECONDS", help="to send a request head (default 10)")
     p.add_argument("--keepalive-timeout", metavar="SECONDS", help="idle keep-alive (default 75)")
     p.add_argument("--grace-period", metavar="SECONDS", help="on SIGTERM (default 10)")
+    p.add_argument(
+        "--max-connections",
+        metavar="N",
+        help="open client connections at most; past it new ones wait in the backlog (default 10000)",
+    )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=None,
+        help="bind with SO_REUSEPORT, so that two instances can share the port for a rolling restart",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--demo", action="store_true", help="start three demo backends and front them")
     return p
@@ -87,6 +98,8 @@ _FLAGS: dict[str, tuple[tuple[str, ...], Any]] = {
     "keepalive_timeout": (("keepalive_timeout",), float),
     "grace_period": (("grace_period",), float),
     "admin_token": (("admin_token",), str),
+    "max_connections": (("max_connections",), int),
+    "reuse_port": (("reuse_port",), bool),
 }
 
 
@@ -146,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    _raise_file_limit(settings.max_connections + len(settings.backends) + 256)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -159,6 +173,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dispatcher: {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+def _raise_file_limit(wanted: int) -> None:
+    """Lift the soft RLIMIT_NOFILE towards the hard one, as HAProxy does from maxconn.
+
+    The usual soft limit (1024) would make the connection cap unreachable and turn load into EMFILE.
+    """
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _os_error(error: BaseException) -> OSError | None:

@@ -36,6 +36,10 @@ DEFAULT_GRACE_PERIOD = 10.0
 # the connection stays usable; a larger body closes the connection (after a lingering close).
 DEFAULT_MAX_DISCARD = 64 * 1024
 
+# HAProxy's `maxconn`, nginx's `worker_connections`: past it, new connections wait in the backlog.
+# 10,000 keep-alive connections cost about 100 MiB here (see benchmarks/), well within a small VM.
+DEFAULT_MAX_CONNECTIONS = 10_000
+
 DEFAULT_LISTEN = "0.0.0.0:8080"
 # Not 9090: that is the Prometheus server's own port.
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:8081"
@@ -99,6 +103,8 @@ class Settings:
     grace_period: float = DEFAULT_GRACE_PERIOD
     max_discard: int = DEFAULT_MAX_DISCARD
     admin_token: str | None = None
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    reuse_port: bool = False
 
 
 def parse_address(key: str, text: object) -> Address:
@@ -168,6 +174,12 @@ def _count(key: str, value: object) -> int:
     return value
 
 
+def _boolean(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "must be true or false")
+    return value
+
+
 def _fraction(key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
         raise ConfigError(key, value, "must be a number from 0 to below 1")
@@ -203,6 +215,8 @@ _TOP_KEYS: dict[str, Any] = {
     "keepalive_timeout": _positive,
     "grace_period": _positive,
     "max_discard": lambda key, value: int(_count(key, value)),
+    "max_connections": lambda key, value: int(_count(key, value)),
+    "reuse_port": lambda key, value: _boolean(key, value),
 }
 _KNOWN_TOP = {"listen", "admin_listen", "admin_token", "health", "backends", *_TOP_KEYS}
 

@@ -85,6 +85,8 @@ class FrontDoor:
         self.shutting_down = False
         self._clients: set[_Client] = set()
         self._date = DateHeader()
+        # One slot per open connection, taken by the listener before accept (listen.CappedListener).
+        self.slots = trio.Semaphore(settings.max_connections)
 
     def begin_shutdown(self) -> None:
         """Answer what is in flight with `Connection: close`; close idle keep-alive connections now."""
@@ -109,6 +111,7 @@ class FrontDoor:
             self._clients.discard(client)
             self.stats.open_connections -= 1
             await trio.aclose_forcefully(stream)
+            self.slots.release()
 
     async def _serve(self, stream: trio.SocketStream, client: _Client) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)

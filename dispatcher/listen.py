@@ -1,0 +1,72 @@
+"""Listening sockets: binding (with SO_REUSEPORT on request) and the connection cap.
+
+Owns: how the front door's sockets are opened and how many connections it holds at once.
+Rules: no HTTP here. Without `reuse_port` the sockets come from trio's own `open_tcp_listeners`.
+
+The cap works as HAProxy's `maxconn`: past it the dispatcher stops accepting, so new connections wait
+in the kernel's listen backlog until one closes, and the connections already open keep being served.
+A quick 503 would cost an accept, a file descriptor and a write per refused client at the very moment
+the process is short of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import trio
+
+from dispatcher.config import Address
+
+log = logging.getLogger("dispatcher.listen")
+
+# Linux's default somaxconn since 5.4; the kernel caps it to net.core.somaxconn anyway.
+BACKLOG = 4096
+
+
+async def open_listeners(address: Address, reuse_port: bool) -> list[trio.SocketListener]:
+    """Bound, listening sockets for `address`; with `reuse_port`, shareable with other processes."""
+    if not reuse_port:
+        return await trio.open_tcp_listeners(address.port, host=address.host, backlog=BACKLOG)
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise OSError("--reuse-port: SO_REUSEPORT is not available on this system")
+    infos = await trio.socket.getaddrinfo(
+        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = trio.socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        await sock.bind(sockaddr)
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return [trio.SocketListener(sock)]
+
+
+class CappedListener(trio.abc.Listener[trio.SocketStream]):
+    """Accepts only while a slot is free; the connection's handler gives the slot back when it closes."""
+
+    def __init__(self, inner: trio.SocketListener, slots: trio.Semaphore) -> None:
+        self.inner = inner
+        self.socket = inner.socket
+        self._slots = slots
+        self._warned = False
+
+    async def accept(self) -> trio.SocketStream:
+        if self._slots.value == 0 and not self._warned:
+            log.warning("connection cap reached: new connections wait in the listen backlog")
+            self._warned = True
+        await self._slots.acquire()
+        try:
+            stream = await self.inner.accept()
+        except BaseException:
+            self._slots.release()
+            raise
+        self._warned = False
+        return stream
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
