@@ -54,6 +54,9 @@ class AdminApi:
         self.pool = pool
         self.metrics = metrics
         self.is_stopping = is_stopping
+        self.set_token(token)
+
+    def set_token(self, token: str | None) -> None:
         self._token = token.encode() if token else None
 
     def route(self, request: AdminRequest, now: float) -> Reply:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -18,7 +18,7 @@ import trio
 
 from dispatcher.admin import AdminApi
 from dispatcher.config import Settings
-from dispatcher.health import log_transition, run_checks
+from dispatcher.health import HealthChecks, log_transition
 from dispatcher.listen import CappedListener, open_listeners
 from dispatcher.metrics import Metrics
 from dispatcher.pool import Pool
@@ -27,15 +27,51 @@ from dispatcher.server import FrontDoor
 log = logging.getLogger("dispatcher")
 
 
+# Settings that a reload cannot change in a running process: they need a restart.
+RESTART_ONLY = ("listen", "admin_listen", "max_connections", "reuse_port")
+# How often slow-start weights grow: fine enough for a ramp of seconds, nothing when none ramps.
+RAMP_STEP = 0.5
+
+
 @dataclass(frozen=True, slots=True)
 class Running:
-    """What a started dispatcher tells its caller: the bound ports and its parts, for tests."""
+    """A started dispatcher: the bound ports and its parts (for tests), and `reload`."""
 
     port: int
     admin_port: int
     pool: Pool
     front: FrontDoor
     metrics: Metrics
+    checks: HealthChecks
+    admin: AdminApi
+
+    def reload(self, new: Settings) -> None:
+        """Apply new settings without dropping a connection; backends that stay keep their state."""
+        old = self.front.settings
+        for key in RESTART_ONLY:
+            if getattr(new, key) != getattr(old, key):
+                log.warning("reload: %s changed; that takes a restart, keeping %s", key, getattr(old, key))
+        new = replace(new, **{key: getattr(old, key) for key in RESTART_ONLY})
+        self.pool.health_settings = new.health
+        self.pool.slow_start = new.slow_start
+        added, removed = self.pool.reconcile(new.backends)
+        for backend in removed:
+            self.checks.remove(backend)
+        for backend in added:
+            self.checks.add(backend)
+        self.metrics.track(added, removed)
+        self.front.settings = new
+        self.admin.set_token(new.admin_token)
+        log.info(
+            "reloaded: %d backends (%d added, %d removed)", len(self.pool.backends), len(added), len(removed)
+        )
+
+
+async def _advance_ramps(pool: Pool) -> None:
+    """Slow start: grow recovering backends' weights step by step."""
+    while True:
+        await trio.sleep(RAMP_STEP)
+        pool.advance_ramps(trio.current_time())
 
 
 def _bound_port(listeners: Sequence[trio.SocketListener | CappedListener]) -> int:
@@ -64,7 +100,7 @@ async def run(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until `stop` is set, then shut down gracefully and return."""
-    pool = Pool(settings.backends, settings.health, started_at=trio.current_time())
+    pool = Pool(settings.backends, settings.health, trio.current_time(), settings.slow_start)
     front = FrontDoor(settings, pool)
     metrics = Metrics(pool, front.stats)
     pool.listeners.append(log_transition)
@@ -79,12 +115,20 @@ async def run(
             for listener in await open_listeners(settings.listen, settings.reuse_port)
         ]
         await services.start(_serve, admin.handle, admin_listeners, trio.CancelScope())
-        services.start_soon(run_checks, pool, settings.health)
+        checks = HealthChecks(pool)
+        await services.start(checks.run)
+        services.start_soon(_advance_ramps, pool)
         listen_scope = trio.CancelScope()
         async with trio.open_nursery() as handlers:
             await handlers.start(partial(_serve, front.handle, front_listeners, listen_scope, handlers))
             running = Running(
-                _bound_port(front_listeners), _bound_port(admin_listeners), pool, front, metrics
+                _bound_port(front_listeners),
+                _bound_port(admin_listeners),
+                pool,
+                front,
+                metrics,
+                checks,
+                admin,
             )
             log.info(
                 "front door on %s, admin on %s, %d backends",

@@ -13,8 +13,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any, NoReturn
 
 import trio
@@ -79,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="bind with SO_REUSEPORT, so that two instances can share the port for a rolling restart",
     )
+    p.add_argument(
+        "--slow-start",
+        metavar="SECONDS",
+        help="ramp a recovered backend's weight from 10%% to 100%% over this time (default 0: off)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--demo", action="store_true", help="start three demo backends and front them")
     return p
@@ -100,6 +106,7 @@ _FLAGS: dict[str, tuple[tuple[str, ...], Any]] = {
     "admin_token": (("admin_token",), str),
     "max_connections": (("max_connections",), int),
     "reuse_port": (("reuse_port",), bool),
+    "slow_start": (("slow_start",), float),
 }
 
 
@@ -164,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        trio.run(_run, settings, args.demo)
+        trio.run(_run, settings, args)
     except (OSError, BaseExceptionGroup) as error:
         cause = _os_error(error)
         if cause is None:
@@ -201,11 +208,12 @@ def _os_error(error: BaseException) -> OSError | None:
     return None
 
 
-async def _run(settings: Settings, with_demo: bool) -> None:
+async def _run(settings: Settings, args: argparse.Namespace) -> None:
     stop = trio.Event()
+    reload_hook: list[Callable[[], None]] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, stop, nursery.cancel_scope)
-        if with_demo:
+        nursery.start_soon(_watch_signals, stop, nursery.cancel_scope, reload_hook)
+        if args.demo:
             backends = await demo.start_demo(nursery)
             settings = replace(
                 settings,
@@ -213,7 +221,8 @@ async def _run(settings: Settings, with_demo: bool) -> None:
             )
         done = trio.Event()
         running = await nursery.start(_app, settings, stop, done)
-        if with_demo:
+        reload_hook.append(partial(_reload, args, running, settings.backends if args.demo else None))
+        if args.demo:
             _print_demo(settings, running)
         await done.wait()
         nursery.cancel_scope.cancel()  # the app has drained: end the signal watcher and the demo
@@ -232,10 +241,31 @@ async def _app(
         done.set()
 
 
-async def _watch_signals(stop: trio.Event, scope: trio.CancelScope) -> None:
-    """First SIGTERM/SIGINT: graceful stop. A second one: stop now."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+def _reload(args: argparse.Namespace, running: app.Running, demo_backends: tuple[Any, ...] | None) -> None:
+    """SIGHUP: read the config file and the flags again; a bad file is refused in one log line."""
+    try:
+        settings = load_settings(args)
+    except ConfigError as error:
+        log.error("reload refused, the running config stays: %s", error)
+        return
+    if demo_backends is not None:
+        settings = replace(settings, backends=demo_backends)
+    if not settings.backends:
+        log.error("reload refused, the running config stays: no backends")
+        return
+    running.reload(settings)
+
+
+async def _watch_signals(
+    stop: trio.Event, scope: trio.CancelScope, reload_hook: list[Callable[[], None]]
+) -> None:
+    """SIGHUP: reload the config file. First SIGTERM/SIGINT: graceful stop. A second one: stop now."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                for reload in reload_hook:
+                    reload()
+                continue
             if stop.is_set():
                 log.warning("second %s: stopping now", signal.Signals(signum).name)
                 scope.cancel()

@@ -105,6 +105,7 @@ class Settings:
     admin_token: str | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     reuse_port: bool = False
+    slow_start: float = 0.0
 
 
 def parse_address(key: str, text: object) -> Address:
@@ -168,6 +169,12 @@ def _positive(key: str, value: object) -> float:
     return float(value)
 
 
+def _non_negative(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ConfigError(key, value, "must be a number of at least 0")
+    return float(value)
+
+
 def _count(key: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(key, value, "must be a whole number of at least 1")
@@ -217,6 +224,7 @@ _TOP_KEYS: dict[str, Any] = {
     "max_discard": lambda key, value: int(_count(key, value)),
     "max_connections": lambda key, value: int(_count(key, value)),
     "reuse_port": lambda key, value: _boolean(key, value),
+    "slow_start": lambda key, value: _non_negative(key, value),
 }
 _KNOWN_TOP = {"listen", "admin_listen", "admin_token", "health", "backends", *_TOP_KEYS}
 

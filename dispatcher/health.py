@@ -63,7 +63,6 @@ class Prober:
         spec = backend.spec
         host = f"[{spec.host}]" if ":" in spec.host else spec.host
         self._host_header = (host if spec.port in (80, 443) else f"{host}:{spec.port}").encode()
-        self._target = (spec.prefix + settings.path).encode()
         self._link: _Link | None = None
         self._tls = ssl.create_default_context() if spec.scheme == "https" else None
 
@@ -125,7 +124,7 @@ class Prober:
         conn = link.conn
         request = h11.Request(
             method="GET",
-            target=self._target,
+            target=(self.backend.spec.prefix + self.settings.path).encode(),
             headers=[(b"host", self._host_header), (b"user-agent", USER_AGENT), (CHECK_HEADER, b"1")],
         )
         try:
@@ -174,11 +173,15 @@ def log_transition(backend: Backend, before: str, after: str, result: CheckResul
 async def check_forever(
     pool: Pool,
     backend: Backend,
-    settings: HealthSettings,
     limiter: trio.CapacityLimiter,
     jitter: Callable[[], float],
 ) -> None:
-    """Check one backend for as long as the pool runs; maint pauses checking (HAProxy MAINT)."""
+    """Check one backend until cancelled; maint pauses checking (HAProxy MAINT).
+
+    Settings are read from the pool at every round, so that a reload's new interval, timeout or path
+    applies from the next check on.
+    """
+    settings = pool.health_settings
     prober = Prober(backend, settings, limiter)
     next_at = trio.current_time() + settings.interval * settings.jitter * jitter()
     try:
@@ -186,6 +189,7 @@ async def check_forever(
             backend.next_check_at = next_at
             await trio.sleep_until(next_at)
             started = trio.current_time()
+            settings = prober.settings = pool.health_settings
             if backend.admin is not Admin.MAINT:
                 result = await prober.check()
                 pool.record_check(backend, result, trio.current_time())
@@ -196,15 +200,46 @@ async def check_forever(
             await prober.close()
 
 
+class HealthChecks:
+    """One check loop per backend of the pool; loops come and go with backends on reload."""
+
+    def __init__(self, pool: Pool, max_concurrent: int = 100, rng: random.Random | None = None) -> None:
+        self.pool = pool
+        self._limiter = trio.CapacityLimiter(max_concurrent)
+        self._jitter = (rng or random.Random()).random
+        self._loops: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for backend in self.pool.backends:
+                self.add(backend)
+            task_status.started()
+            await trio.sleep_forever()
+
+    def add(self, backend: Backend) -> None:
+        assert self._nursery is not None, "HealthChecks.run has not started"
+        scope = self._loops[backend.name] = trio.CancelScope()
+        self._nursery.start_soon(self._loop, backend, scope)
+
+    def remove(self, backend: Backend) -> None:
+        scope = self._loops.pop(backend.name, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def _loop(self, backend: Backend, scope: trio.CancelScope) -> None:
+        with scope:
+            await check_forever(self.pool, backend, self._limiter, self._jitter)
+
+
 async def run_checks(
     pool: Pool,
-    settings: HealthSettings,
+    settings: HealthSettings | None = None,
     max_concurrent: int = 100,
     rng: random.Random | None = None,
 ) -> None:
     """Check every backend, each on its own schedule; at most `max_concurrent` connecting at once."""
-    limiter = trio.CapacityLimiter(max_concurrent)
-    jitter = (rng or random.Random()).random
-    async with trio.open_nursery() as nursery:
-        for backend in pool.backends:
-            nursery.start_soon(check_forever, pool, backend, settings, limiter, jitter)
+    if settings is not None:
+        pool.health_settings = settings
+    await HealthChecks(pool, max_concurrent, rng).run()

@@ -169,7 +169,18 @@ class Metrics:
         self._durations = {b.name: self.check_duration.labels(b.name) for b in pool.backends}
 
     def observe_check(self, backend: Backend, result: CheckResult) -> None:
-        self._durations[backend.name].observe(result.duration)
+        child = self._durations.get(backend.name)
+        if child is None:  # a backend added by a reload
+            child = self._durations[backend.name] = self.check_duration.labels(backend.name)
+        child.observe(result.duration)
+
+    def track(self, added: list[Backend], removed: list[Backend]) -> None:
+        """After a reload: series for new backends from now, none left behind for removed ones."""
+        for backend in removed:
+            if self._durations.pop(backend.name, None) is not None:
+                self.check_duration.remove(backend.name)
+        for backend in added:
+            self._durations[backend.name] = self.check_duration.labels(backend.name)
 
     def exposition(self, accept: str | None, accept_encoding: str | None = None) -> tuple[bytes, str, bool]:
         """The scrape body, its content type, and whether it is gzipped (as Prometheus asks by default).

@@ -12,7 +12,7 @@ front door calls it). Metrics and the admin API read `view()` snapshots and the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from dispatcher.config import BackendSpec, HealthSettings
@@ -22,6 +22,8 @@ from dispatcher.state import Admin, Health, next_health, visible_state
 log = logging.getLogger("dispatcher.pool")
 
 FAILURE_REASONS = ("timeout", "refused", "status", "bad_load", "protocol")
+# Envoy's slow start `min_weight_percent` default: a recovering backend starts at 10 % of its weight.
+MIN_RAMP = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,9 @@ class Backend:
     last_check: CheckResult | None = None
     last_check_at: float | None = None
     next_check_at: float = 0.0
+    # Slow start: the share of its weight a recovered backend gets, growing from MIN_RAMP to 1.
+    ramp: float = 1.0
+    up_at: float = 0.0
 
     @property
     def name(self) -> str:
@@ -88,7 +93,7 @@ class Backend:
     @property
     def effective_load(self) -> float:
         """Stale report corrected by what we sent since: the key the least-loaded choice uses."""
-        return (self.load + self.since) / self.spec.weight
+        return (self.load + self.since) / (self.spec.weight * self.ramp)
 
     @property
     def state(self) -> str:
@@ -119,9 +124,16 @@ CheckListener = Callable[[Backend, CheckResult], None]
 class Pool:
     """All backends, the policy index over the usable ones, and the transitions between states."""
 
-    def __init__(self, specs: Iterable[BackendSpec], health: HealthSettings, started_at: float = 0.0) -> None:
+    def __init__(
+        self,
+        specs: Iterable[BackendSpec],
+        health: HealthSettings,
+        started_at: float = 0.0,
+        slow_start: float = 0.0,
+    ) -> None:
         self.health_settings = health
         self.started_at = started_at
+        self.slow_start = slow_start
         self.backends = [Backend(spec, spec.base.encode("ascii")) for spec in specs]
         self.by_name = {backend.name: backend for backend in self.backends}
         self.policy: LeastLoaded[Backend] = LeastLoaded()
@@ -158,7 +170,27 @@ class Pool:
         )
         if result.passed:
             backend.self_drain = result.self_drain
+        if not starting and before == "down" and backend.health is Health.UP:
+            self._begin_ramp(backend, now)
         self._changed(backend, before, result, starting)
+
+    def _begin_ramp(self, backend: Backend, now: float) -> None:
+        """A backend back from down reports a low load and would take every request: ramp its weight
+        (HAProxy `slowstart`, Envoy `slow_start_window`). At start all backends begin together: no ramp."""
+        if self.slow_start > 0:
+            backend.ramp, backend.up_at = MIN_RAMP, now
+
+    def advance_ramps(self, now: float) -> bool:
+        """Grow the ramping backends' weights to `now`; True while any is still ramping."""
+        ramping = False
+        for backend in self.backends:
+            if backend.ramp < 1.0:
+                progress = (now - backend.up_at) / self.slow_start if self.slow_start > 0 else 1.0
+                backend.ramp = min(1.0, max(MIN_RAMP, progress))
+                backend.version += 1
+                self.policy.update(backend)
+                ramping = ramping or backend.ramp < 1.0
+        return ramping
 
     def set_admin(self, backend: Backend, admin: Admin) -> None:
         """The operator's word (ready / drain / maint) for one backend.
@@ -188,6 +220,37 @@ class Pool:
         if after != before or starting:
             for listener in self.listeners:
                 listener(backend, "starting" if starting else before, after, result or CheckResult(True, 0.0))
+
+    def reconcile(self, specs: Sequence[BackendSpec]) -> tuple[list[Backend], list[Backend]]:
+        """Apply a reloaded backend list; returns (added, removed).
+
+        A backend is the same backend when its name and URL are unchanged: it keeps its health, load
+        reports, counters and operator state (drain survives a reload, unlike HAProxy's). A new weight
+        applies at once. A removed backend is put in maint so that no redirect goes to it any more.
+        """
+        old = self.by_name
+        kept: list[Backend] = []
+        added: list[Backend] = []
+        for spec in specs:
+            backend = old.get(spec.name)
+            if backend is not None and backend.spec.url == spec.url:
+                if backend.spec != spec:
+                    backend.spec = spec
+                    backend.version += 1
+                    self.policy.update(backend)
+                kept.append(backend)
+            else:
+                added.append(Backend(spec, spec.base.encode("ascii")))
+        keep = {id(b) for b in kept}
+        removed = [b for b in self.backends if id(b) not in keep]
+        for backend in removed:
+            backend.admin = Admin.MAINT
+            backend.version += 1
+            self.policy.update(backend)
+        order = {spec.name: i for i, spec in enumerate(specs)}
+        self.backends = sorted(kept + added, key=lambda b: order[b.name])
+        self.by_name = {backend.name: backend for backend in self.backends}
+        return added, removed
 
     def view(self, now: float) -> list[BackendView]:
         return [self.view_of(backend, now) for backend in self.backends]

@@ -9,7 +9,7 @@ sleeping. `exchange` is a raw socket client for bytes that no polite client woul
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -74,7 +74,7 @@ def health(**overrides: Any) -> HealthSettings:
     return replace(HealthSettings(jitter=0.0), **overrides)
 
 
-def settings_for(backends: list[LoadReportingBackend], **overrides: Any) -> Settings:
+def settings_for(backends: Sequence[LoadReportingBackend], **overrides: Any) -> Settings:
     """Settings for a dispatcher on loopback port 0 in front of `backends`."""
     specs = tuple(config.parse_backend("test", b.url, name=b.name) for b in backends)
     base = Settings(
