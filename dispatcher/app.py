@@ -19,7 +19,7 @@ import trio
 from dispatcher.admin import AdminApi
 from dispatcher.config import Settings
 from dispatcher.health import HealthChecks, log_transition
-from dispatcher.listen import CappedListener, open_listeners
+from dispatcher.listen import CappedListener, drain_backlog, open_listeners
 from dispatcher.metrics import Metrics
 from dispatcher.pool import Pool
 from dispatcher.server import FrontDoor
@@ -140,9 +140,11 @@ async def run(
             await stop.wait()
             log.info("shutting down: %.0fs grace for exchanges in flight", settings.grace_period)
             listen_scope.cancel()
-            for listener in front_listeners:  # refuse new connections now, not leave them in the backlog
-                await listener.aclose()
             front.begin_shutdown()
+            for listener in front_listeners:
+                for stream in drain_backlog(listener):  # queued clients are served, not reset
+                    handlers.start_soon(front.handle, stream, False)
+                await listener.aclose()  # refuse new connections now, not leave them in the backlog
             handlers.cancel_scope.deadline = trio.current_time() + settings.grace_period
         services.cancel_scope.cancel()
     for admin_listener in admin_listeners:

@@ -12,6 +12,7 @@ the process is short of them.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 
 import trio
@@ -70,3 +71,30 @@ class CappedListener(trio.abc.Listener[trio.SocketStream]):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def drain_backlog(listener: CappedListener) -> list[trio.SocketStream]:
+    """Accept, without waiting, every connection already queued on a listener about to close.
+
+    Closing a listening socket resets the connections in its accept queue; with SO_REUSEPORT those
+    clients had been handed to this process by the kernel, and a rolling restart would refuse them.
+    They are served (with `Connection: close`, as shutdown begins) instead. The connection cap does not
+    apply here: these clients were already admitted by the kernel.
+    """
+    raw = socket.socket(fileno=os.dup(listener.socket.fileno()))
+    raw.setblocking(False)
+    streams = []
+    try:
+        while True:
+            try:
+                accepted, _ = raw.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as error:  # EMFILE and the like: what stays queued is reset at close
+                log.warning("draining the listen backlog: %s", error)
+                break
+            accepted.setblocking(False)
+            streams.append(trio.SocketStream(trio.socket.from_stdlib_socket(accepted)))
+    finally:
+        raw.close()
+    return streams

@@ -72,7 +72,8 @@ class ServerStats:
 @dataclass(eq=False, slots=True)
 class _Client:
     scope: trio.CancelScope
-    idle: bool = True  # waiting for a request that has not started: may be closed at shutdown
+    idle: bool = False  # kept alive, waiting for its next request: shutdown may close it at once
+    started: bool = False  # bytes of the current request have arrived: a timeout then deserves a 408
 
 
 class FrontDoor:
@@ -95,8 +96,11 @@ class FrontDoor:
             if client.idle:
                 client.scope.cancel()
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        """One client connection, from accept to close; never raises."""
+    async def handle(self, stream: trio.SocketStream, counted: bool = True) -> None:
+        """One client connection, from accept to close; never raises.
+
+        `counted`: the connection holds one of `slots` (taken by the listener) to give back at close.
+        """
         self.stats.open_connections += 1
         self.stats.connections_total += 1
         client = _Client(trio.CancelScope())
@@ -111,7 +115,8 @@ class FrontDoor:
             self._clients.discard(client)
             self.stats.open_connections -= 1
             await trio.aclose_forcefully(stream)
-            self.slots.release()
+            if counted:
+                self.slots.release()
 
     async def _serve(self, stream: trio.SocketStream, client: _Client) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
@@ -121,7 +126,7 @@ class FrontDoor:
             if linger:
                 await _lingering_close(stream)
             return
-        if not client.idle and conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        if client.started and conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             # Deadline hit in the middle of a request head: RFC 9110 §15.5.9.
             await self._last_word(stream, conn, text_reply(408, "request timeout"))
 
@@ -158,11 +163,15 @@ class FrontDoor:
             if event is h11.NEED_DATA:
                 await flush()
                 waiting = conn.their_state is h11.IDLE and not conn.trailing_data[0]
-                if waiting and self.shutting_down:
+                # At shutdown a kept-alive connection between requests is closed; a new one still gets
+                # its first request read (it was accepted: its client is owed an answer).
+                if waiting and kept_alive and self.shutting_down:
                     return False
-                client.idle = waiting
+                client.idle = waiting and kept_alive
+                client.started = not waiting
                 data = await stream.receive_some(RECEIVE_SIZE)
                 client.idle = False
+                client.started = True
                 if conn.their_state is h11.IDLE:
                     head_bytes += len(data)
                     if folded(data, not waiting):

@@ -1,0 +1,84 @@
+"""A rolling restart with --reuse-port: two real processes share the port, the old one stops, no client fails."""
+
+import signal
+import sys
+
+import httpx
+import trio
+
+from tests.helpers import start_backends, unused_port
+
+REQUEST = b"GET /r HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+
+
+async def _ready(admin: int) -> None:
+    """Poll another process's /readyz (bounded: a process offers no event to wait on)."""
+    async with httpx.AsyncClient() as client:
+        for _ in range(200):
+            try:
+                if (await client.get(f"http://127.0.0.1:{admin}/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await trio.sleep(0.02)
+    raise AssertionError("the dispatcher never became ready")
+
+
+async def _one_request(port: int) -> bool:
+    try:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+    except OSError:
+        return False
+    received = b""
+    try:
+        await stream.send_all(REQUEST)
+        while chunk := await stream.receive_some(4096):
+            received += chunk
+    except trio.BrokenResourceError:
+        return False
+    finally:
+        await stream.aclose()
+    return received.startswith(b"HTTP/1.1 307 Temporary Redirect")
+
+
+async def test_rolling_restart_refuses_no_connection(nursery: trio.Nursery) -> None:
+    """Old and new instance on one port; SIGTERM to the old during traffic: every request gets its 307."""
+    (backend,) = await start_backends(nursery, 0)
+    port = unused_port()
+
+    async def start(admin: int) -> trio.Process:
+        argv = [sys.executable, "-m", "dispatcher", "--reuse-port", "--listen", f"127.0.0.1:{port}"]
+        argv += ["--admin-listen", f"127.0.0.1:{admin}", "--backend", backend.url, "--log-level", "error"]
+        process = await trio.lowlevel.open_process(argv)
+        await _ready(admin)
+        return process
+
+    old = await start(unused_port())
+    new = await start(unused_port())
+    results: list[bool] = []
+    stopped = trio.Event()
+
+    async def clients() -> None:
+        while len(results) < 400 or not stopped.is_set():
+            batch = [False] * 4
+            async with trio.open_nursery() as inner:
+                for i in range(4):
+
+                    async def one(i: int = i) -> None:
+                        batch[i] = await _one_request(port)
+
+                    inner.start_soon(one)
+            results.extend(batch)
+            if len(results) == 100:
+                old.send_signal(signal.SIGTERM)
+
+    try:
+        async with trio.open_nursery() as traffic:
+            traffic.start_soon(clients)
+            assert await old.wait() == 0
+            stopped.set()
+    finally:
+        new.send_signal(signal.SIGTERM)
+        assert await new.wait() == 0
+    assert len(results) >= 400
+    assert results.count(False) == 0
