@@ -1,4 +1,4 @@
-"""A rolling restart with --reuse-port: two real processes share the port, the old one stops, no client fails."""
+"""A rolling restart with --reuse-port: two processes share the port, the old one stops, no client fails."""
 
 import signal
 import sys
@@ -64,7 +64,7 @@ async def test_rolling_restart_refuses_no_connection(nursery: trio.Nursery) -> N
             async with trio.open_nursery() as inner:
                 for i in range(4):
 
-                    async def one(i: int = i) -> None:
+                    async def one(i: int = i, batch: list[bool] = batch) -> None:
                         batch[i] = await _one_request(port)
 
                     inner.start_soon(one)
