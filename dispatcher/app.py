@@ -59,7 +59,6 @@ class Running:
             self.checks.remove(backend)
         for backend in added:
             self.checks.add(backend)
-        self.metrics.track(added, removed)
         self.front.settings = new
         self.admin.set_token(new.admin_token)
         log.info(
@@ -104,7 +103,6 @@ async def run(
     front = FrontDoor(settings, pool)
     metrics = Metrics(pool, front.stats)
     pool.listeners.append(log_transition)
-    pool.check_listeners.append(metrics.observe_check)
     admin = AdminApi(pool, metrics, lambda: front.shutting_down, settings.admin_token)
     async with trio.open_nursery() as services:
         admin_listeners = await trio.open_tcp_listeners(

@@ -25,12 +25,32 @@ log = logging.getLogger("dispatcher.listen")
 BACKLOG = 4096
 
 
+# Linux >= 5.14 moves the connections queued on a closing SO_REUSEPORT socket (SYN and accept queues)
+# to the other sockets of its group when this is 1. Without it, closing the old instance's socket
+# resets the handshakes still in flight to it, and a rolling restart refuses a few connections.
+MIGRATE_SYSCTL = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def migrate_enabled() -> bool | None:
+    """Whether the kernel migrates queued connections on close; None where it cannot tell."""
+    try:
+        with open(MIGRATE_SYSCTL, encoding="ascii") as file:
+            return file.read().strip() == "1"
+    except OSError:
+        return None
+
+
 async def open_listeners(address: Address, reuse_port: bool) -> list[trio.SocketListener]:
     """Bound, listening sockets for `address`; with `reuse_port`, shareable with other processes."""
     if not reuse_port:
         return await trio.open_tcp_listeners(address.port, host=address.host, backlog=BACKLOG)
     if not hasattr(socket, "SO_REUSEPORT"):
         raise OSError("--reuse-port: SO_REUSEPORT is not available on this system")
+    if migrate_enabled() is False:
+        log.warning(
+            "--reuse-port: net.ipv4.tcp_migrate_req is 0: a rolling restart may reset the few handshakes "
+            "in flight to the stopping instance; set it to 1 (sysctl -w net.ipv4.tcp_migrate_req=1)"
+        )
     infos = await trio.socket.getaddrinfo(
         address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )

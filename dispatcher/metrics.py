@@ -14,30 +14,27 @@ import gzip
 import math
 from collections.abc import Iterator
 
-import trio
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from dispatcher import __version__
-from dispatcher.pool import FAILURE_REASONS, Backend, CheckResult, Pool
+from dispatcher.pool import CHECK_BUCKETS, FAILURE_REASONS, Backend, Pool
 from dispatcher.server import DURATION_BUCKETS, ServerStats
 from dispatcher.state import VISIBLE_STATES
-
-# Health checks take milliseconds on a LAN and up to the timeout (1 s by default) when they fail.
-CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class PoolCollector(Collector):
     """Reads the pool and the server counters at scrape time."""
 
-    def __init__(self, pool: Pool, stats: ServerStats) -> None:
+    def __init__(self, pool: Pool, stats: ServerStats, now: float) -> None:
         self.pool = pool
         self.stats = stats
+        self.now = now  # the trio clock at the scrape: the collector may run in a worker thread
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._backend_metrics(self.pool.backends, _now())
+        yield from self._backend_metrics(self.pool.backends, self.now)
         yield from self._server_metrics()
 
     def _backend_metrics(self, backends: list[Backend], now: float) -> Iterator[Metric]:
@@ -70,8 +67,14 @@ class PoolCollector(Collector):
             "Failed health checks by reason.",
             labels=["backend", "reason"],
         )
+        durations = HistogramMetricFamily(
+            "dispatcher_health_check_duration_seconds", "Health check duration, pass or fail.", labels=b
+        )
         for backend in backends:
             name = [backend.name]
+            durations.add_metric(
+                name, _cumulative(CHECK_BUCKETS, backend.check_durations), backend.check_duration_sum
+            )
             current = backend.state
             redirects.add_metric(name, backend.redirects)
             up.add_metric(name, 1.0 if backend.usable else 0.0)
@@ -87,7 +90,7 @@ class PoolCollector(Collector):
             checks.add_metric([backend.name, "fail"], backend.checks_failed)
             for reason in FAILURE_REASONS:
                 failures.add_metric([backend.name, reason], backend.failures[reason])
-        yield from (redirects, up, state, changes, load, effective, age, weight, checks, failures)
+        yield from (redirects, up, state, changes, load, effective, age, weight, checks, failures, durations)
 
     def _server_metrics(self) -> Iterator[Metric]:
         stats = self.stats
@@ -96,7 +99,7 @@ class PoolCollector(Collector):
             "Responses sent by the front door, by status code.",
             labels=["code"],
         )
-        for code, count in sorted(stats.responses.items()):
+        for code, count in sorted(stats.responses.copy().items()):  # copy: may run in a worker thread
             responses.add_metric([str(code)], count)
         yield responses
         yield GaugeMetricFamily(
@@ -118,16 +121,21 @@ class PoolCollector(Collector):
         yield info
 
 
-def _duration_histogram(stats: ServerStats) -> HistogramMetricFamily:
-    """The front door's own bucket counts, made cumulative here, at scrape time."""
-    buckets, total = [], 0
-    for bound, count in zip((*DURATION_BUCKETS, math.inf), stats.duration_counts, strict=True):
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts (plain ints kept on the hot path) made cumulative, at scrape time."""
+    buckets: list[tuple[str, float]] = []
+    total = 0
+    for bound, count in zip((*bounds, math.inf), list(counts), strict=True):
         total += count
         buckets.append(("+Inf" if bound == math.inf else repr(bound), total))
+    return buckets
+
+
+def _duration_histogram(stats: ServerStats) -> HistogramMetricFamily:
     return HistogramMetricFamily(
         "dispatcher_request_duration_seconds",
         "From a request head read to its answer written to the socket.",
-        buckets=buckets,
+        buckets=_cumulative(DURATION_BUCKETS, stats.duration_counts),
         sum_value=stats.duration_sum,
     )
 
@@ -145,50 +153,30 @@ def _accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
-def _now() -> float:
-    try:
-        return trio.current_time()
-    except RuntimeError:  # scraped from outside trio (a test calling generate_latest directly)
-        return 0.0
-
-
 class Metrics:
-    """The registry and the one metric observed as events happen."""
+    """Scrapes of the pool and the server, with the standard process collector."""
 
     def __init__(self, pool: Pool, stats: ServerStats) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(PoolCollector(pool, stats))
-        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, resident memory, fds
-        self.check_duration = Histogram(
-            "dispatcher_health_check_duration_seconds",
-            "Health check duration, pass or fail.",
-            ["backend"],
-            registry=self.registry,
-            buckets=CHECK_BUCKETS,
-        )
-        self._durations = {b.name: self.check_duration.labels(b.name) for b in pool.backends}
+        self.pool = pool
+        self.stats = stats
 
-    def observe_check(self, backend: Backend, result: CheckResult) -> None:
-        child = self._durations.get(backend.name)
-        if child is None:  # a backend added by a reload
-            child = self._durations[backend.name] = self.check_duration.labels(backend.name)
-        child.observe(result.duration)
+    def registry(self, now: float) -> CollectorRegistry:
+        """A registry for one scrape at trio time `now` (cheap: two collectors)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(PoolCollector(self.pool, self.stats, now))
+        ProcessCollector(registry=registry)  # process_cpu_seconds_total, resident memory, fds
+        return registry
 
-    def track(self, added: list[Backend], removed: list[Backend]) -> None:
-        """After a reload: series for new backends from now, none left behind for removed ones."""
-        for backend in removed:
-            if self._durations.pop(backend.name, None) is not None:
-                self.check_duration.remove(backend.name)
-        for backend in added:
-            self._durations[backend.name] = self.check_duration.labels(backend.name)
-
-    def exposition(self, accept: str | None, accept_encoding: str | None = None) -> tuple[bytes, str, bool]:
+    def exposition(
+        self, now: float, accept: str | None, accept_encoding: str | None = None
+    ) -> tuple[bytes, str, bool]:
         """The scrape body, its content type, and whether it is gzipped (as Prometheus asks by default).
 
         OpenMetrics when the scraper's Accept asks for it, as prometheus-client's own handlers do.
+        Safe to call from a worker thread: the collector only reads plain attributes and copies.
         """
         encoder, content_type = choose_encoder(accept or "")
-        body = encoder(self.registry)
+        body = encoder(self.registry(now))
         if accept_encoding and _accepts_gzip(accept_encoding):
             return gzip.compress(body, compresslevel=1), content_type, True
         return body, content_type, False

@@ -1,11 +1,14 @@
 """A rolling restart with --reuse-port: two processes share the port, the old one stops, no client fails."""
 
+import os
 import signal
 import sys
 
 import httpx
+import pytest
 import trio
 
+from dispatcher.listen import migrate_enabled
 from tests.helpers import start_backends, unused_port
 
 REQUEST = b"GET /r HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
@@ -43,6 +46,12 @@ async def _one_request(port: int) -> bool:
 
 async def test_rolling_restart_refuses_no_connection(nursery: trio.Nursery) -> None:
     """Old and new instance on one port; SIGTERM to the old during traffic: every request gets its 307."""
+    if not migrate_enabled():
+        # Without it the kernel resets handshakes queued on the closing socket: no userspace fix exists.
+        message = "net.ipv4.tcp_migrate_req is not 1 (.ci/run sets it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     (backend,) = await start_backends(nursery, 0)
     port = unused_port()
 
