@@ -51,19 +51,47 @@ _ZERO = (b"content-length", b"0")
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 
 
+REDIRECT_START = b"HTTP/1.1 307 Temporary Redirect\r\nlocation: "
+
+
 class DateHeader:
-    """RFC 9110 §6.6.1: an origin with a clock sends Date. Formatted once a second, not per request."""
+    """RFC 9110 §6.6.1: an origin with a clock sends Date. Formatted once a second, not per request.
+
+    `tails` are the ends of a redirect after its Location (content-length, date, blank line), with
+    and without `connection: close`: built once a second, so a redirect is one join of four pieces.
+    """
 
     def __init__(self) -> None:
         self._second = -1
         self._value = b""
+        self._tails = (b"", b"")
 
     def at(self, wall_time: float) -> bytes:
         second = int(wall_time)
         if second != self._second:
             self._second = second
             self._value = formatdate(second, usegmt=True).encode()
+            start = b"\r\ncontent-length: 0\r\ndate: " + self._value
+            self._tails = (start + b"\r\n\r\n", start + b"\r\nconnection: close\r\n\r\n")
         return self._value
+
+    def tails(self, wall_time: float) -> tuple[bytes, bytes]:
+        """(keep-alive tail, closing tail) of a redirect at this wall time."""
+        self.at(wall_time)
+        return self._tails
+
+
+def serialise(reply: Reply, date: bytes, close: bool, head: bool = False) -> bytes:
+    """Any reply as HTTP/1.1 bytes; HEAD gets the headers without the body (RFC 9110 §9.3.2)."""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reply.reason)]
+    lines += [name + b": " + value + b"\r\n" for name, value in reply.headers]
+    lines.append(b"date: " + date + b"\r\n")
+    if close:
+        lines.append(b"connection: close\r\n")
+    lines.append(b"\r\n")
+    if not head:
+        lines.append(reply.body)
+    return b"".join(lines)
 
 
 def path_and_query(target: bytes) -> bytes | None:
@@ -106,10 +134,12 @@ def text_reply(status: int, message: str, extra: Headers | None = None, close: b
     return Reply(status, headers, body, close)
 
 
-def reply_for(method: bytes, target: bytes, pool: Pool, clock: Callable[[], float]) -> Reply:
+def reply_for(method: bytes, target: bytes, pool: Pool, clock: Callable[[], float]) -> Reply | bytes:
     """The answer to one request head; counts a redirect in the pool when it makes one.
 
-    `clock` (trio.current_time in the server) is read only for a 503, off the redirect's path.
+    A redirect comes back as bytes: its status line and Location, to be finished with one of
+    `DateHeader.tails`; anything else as a Reply. `clock` (trio.current_time in the server) is read
+    only for a 503, off the redirect's path.
     """
     path = path_and_query(target)
     if path is None or method == b"CONNECT":
@@ -117,7 +147,7 @@ def reply_for(method: bytes, target: bytes, pool: Pool, clock: Callable[[], floa
     backend = pool.choose()
     if backend is None:
         return unavailable(pool, clock())
-    return Reply(307, [(b"location", backend.location_base + path), _ZERO])
+    return REDIRECT_START + backend.location_base + path
 
 
 ALLOWED = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
@@ -126,11 +156,13 @@ ALLOWED = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 def screen(
     version: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]], max_discard: int
 ) -> tuple[Reply | None, bool]:
-    """Refuse what must not be redirected; and say whether the body is too large to discard.
+    """Refuse what must not be redirected; else say whether the connection must close after the answer.
 
     One pass over the headers, on every request: the limits (414, 431), request smuggling
     ambiguities (Content-Length with Transfer-Encoding: RFC 9112 §6.1, 400 and close; h11 already
-    refuses conflicting Content-Lengths and unknown codings), and a health check that looped back.
+    refuses conflicting Content-Lengths and unknown codings), a health check that looped back, and
+    what ends the connection: `Connection: close`, HTTP/1.0 (h11 keeps no 1.0 connection alive), or a
+    body larger than we are willing to read and drop.
     """
     if version != b"1.1" and version != b"1.0":
         # h11 parses any HTTP/d.d request line; only 1.x is ours to answer (RFC 9110 §15.6.6).
@@ -141,16 +173,19 @@ def screen(
         return text_reply(431, "too many header fields"), False
     length = -1
     chunked = False
+    close = version == b"1.0"
     for name, value in headers:
         if name == b"content-length":
             length = int(value)
         elif name == b"transfer-encoding":
             chunked = True
+        elif name == b"connection":
+            close = close or b"close" in value.lower()
         elif name == CHECK_HEADER:
             return text_reply(508, "loop detected: a health check reached a dispatcher's front door"), False
     if chunked and length >= 0:
         return text_reply(400, "both Content-Length and Transfer-Encoding: refused (RFC 9112 6.1)"), False
-    return None, length > max_discard
+    return None, close or length > max_discard
 
 
 def _not_redirected(method: bytes, target: bytes) -> Reply:
