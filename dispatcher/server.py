@@ -115,8 +115,8 @@ class FrontDoor:
         self._clients.add(client)
         try:
             await self._serve(stream, client)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away: nothing to answer
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client went away (reset, broken pipe): nothing to answer
         except Exception:
             log.exception("connection handler failed; closing that connection only")
         finally:
@@ -138,7 +138,14 @@ class FrontDoor:
             await self._last_word(stream, text_reply(408, "request timeout"))
 
     async def _converse(self, stream: trio.SocketStream, client: _Client) -> bool:
-        """Exchange until the connection should close; True when the client may still be sending."""
+        """Exchange until the connection should close; True when the client may still be sending.
+
+        The socket is used directly (trio.socket), not through SocketStream's error-translating
+        wrappers: on this path they cost more than the system calls' own Python. Deadlines move as
+        little as possible (each move reschedules the scope): a head's deadline is set only when a head
+        arrives in pieces, and the keep-alive deadline moves only when it has slipped by 1 %.
+        """
+        sock = stream.socket
         conn = _h11()
         out = bytearray()
         pending = 0  # answers in `out`, for the request duration histogram
@@ -146,22 +153,24 @@ class FrontDoor:
         stats = self.stats
         settings = self.settings
         scope = client.scope
+        slack = settings.keepalive_timeout / 100
+        head_deadline = scope.deadline  # the current head's; the first runs from the accept
         discarded = 0
         # Bytes received while a head was being read. h11 bounds only incomplete heads, so a head sent
         # in pieces could pass whole; past MAX_HEAD received, the parsed head is measured.
         head_bytes = 0
-        kept_alive = False  # a first request's head deadline runs from the accept, not its 1st byte
+        kept_alive = False
         while True:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as error:
                 if not client.answered:
                     out += self._refusal(_protocol_error(error))
-                await stream.send_all(out)
+                await _send(sock, out)
                 return True
             if event is h11.NEED_DATA:
                 if out:
-                    await stream.send_all(out)
+                    await _send(sock, out)
                     out.clear()
                     stats.observe(pending, trio.current_time() - arrived)
                     pending = 0
@@ -170,19 +179,21 @@ class FrontDoor:
                 # its first request read (it was accepted: its client is owed an answer).
                 if waiting and kept_alive and self.shutting_down:
                     return False
+                if not waiting and conn.their_state is h11.IDLE and scope.deadline != head_deadline:
+                    scope.deadline = head_deadline  # a head in pieces: its own deadline applies
                 client.idle = waiting and kept_alive
                 client.started = not waiting
-                data = await stream.receive_some(RECEIVE_SIZE)
+                data = await sock.recv(RECEIVE_SIZE)
                 client.idle = False
                 client.started = True
                 arrived = trio.current_time()
                 if conn.their_state is h11.IDLE:
                     head_bytes += len(data)
                     if folded(data, not waiting):
-                        await stream.send_all(self._refusal(text_reply(400, "obsolete line folding refused")))
+                        await _send(sock, self._refusal(text_reply(400, "obsolete line folding refused")))
                         return True
-                    if waiting and data and kept_alive:
-                        scope.deadline = arrived + settings.header_timeout
+                    if waiting and kept_alive:
+                        head_deadline = arrived + settings.header_timeout
                 conn.receive_data(data)
                 continue
             kind = type(event)
@@ -192,7 +203,7 @@ class FrontDoor:
                 answer, close = self._answer(conn, event, head_bytes > MAX_HEAD)  # type: ignore[arg-type]
                 out += answer
                 if close:
-                    await stream.send_all(out)
+                    await _send(sock, out)
                     stats.observe(pending, trio.current_time() - arrived)
                     return True
                 discarded = head_bytes = 0
@@ -206,15 +217,17 @@ class FrontDoor:
                     conn.receive_data(b"")
                 client.answered = False
                 kept_alive = True
-                timeout = settings.header_timeout if leftover else settings.keepalive_timeout
-                scope.deadline = arrived + timeout
+                head_deadline = arrived + settings.header_timeout  # a pipelined head started here
+                idle_deadline = arrived + settings.keepalive_timeout
+                if not idle_deadline - slack < scope.deadline <= idle_deadline:
+                    scope.deadline = idle_deadline
             elif kind is h11.Data:
                 discarded += len(event.data)  # type: ignore[union-attr]
                 if discarded > settings.max_discard:  # a chunked body that grew too large
-                    await stream.send_all(out)
+                    await _send(sock, out)
                     return True
             elif kind is h11.ConnectionClosed:
-                await stream.send_all(out)
+                await _send(sock, out)
                 return False
 
     def _answer(self, conn: h11.Connection, request: h11.Request, maybe_large: bool) -> tuple[bytes, bool]:
@@ -248,6 +261,14 @@ class FrontDoor:
         with trio.move_on_after(1):
             await stream.send_all(self._refusal(reply))
             await _lingering_close(stream)
+
+
+async def _send(sock: trio.socket.SocketType, data: bytes | bytearray) -> None:
+    """All of `data`, on the raw socket."""
+    with memoryview(data) as view:
+        sent = 0
+        while sent < len(view):
+            sent += await sock.send(view[sent:])
 
 
 def _protocol_error(error: h11.RemoteProtocolError) -> Reply:
