@@ -25,6 +25,7 @@ import trio
 from dispatcher.http import Reply, text_reply
 from dispatcher.metrics import Metrics
 from dispatcher.pool import BackendView, Pool
+from dispatcher.server import FrontDoor
 from dispatcher.state import Admin
 
 log = logging.getLogger("dispatcher.admin")
@@ -52,13 +53,13 @@ class AdminRequest:
 class AdminApi:
     """Routes of the admin listener."""
 
-    def __init__(
-        self, pool: Pool, metrics: Metrics, is_stopping: Callable[[], bool], token: str | None = None
-    ) -> None:
+    def __init__(self, pool: Pool, metrics: Metrics, front: FrontDoor, token: str | None = None) -> None:
         self.pool = pool
         self.metrics = metrics
-        self.is_stopping = is_stopping
+        self.front = front  # read for readiness: serving, shutting down
         self.set_token(token)
+        # With --workers, brings the counters in from the worker processes before each request.
+        self.refresh: Callable[[], None] | None = None
 
     def set_token(self, token: str | None) -> None:
         self._token = token.encode() if token else None
@@ -96,8 +97,10 @@ class AdminApi:
 
     def _ready(self) -> Reply:
         """Ready: at least one backend takes redirects, and we are not shutting down."""
-        if self.is_stopping():
+        if self.front.shutting_down:
             return text_reply(503, "shutting down", close=False)
+        if not self.front.serving:
+            return text_reply(503, "starting: the front door is not listening yet", close=False)
         usable = self.pool.usable_count
         if usable == 0:
             return text_reply(503, "no backend is up", close=False)
@@ -143,6 +146,8 @@ class AdminApi:
                     request = await _read_request(stream, conn)
                 if request is None:
                     return
+                if self.refresh is not None:
+                    self.refresh()
                 if request.path == "/metrics" and len(self.pool.backends) >= THREADED_SCRAPE:
                     reply = await trio.to_thread.run_sync(self._metrics, request, trio.current_time())
                 else:

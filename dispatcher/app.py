@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any
 
 import trio
@@ -19,16 +18,17 @@ import trio
 from dispatcher.admin import AdminApi
 from dispatcher.config import Settings
 from dispatcher.health import HealthChecks, log_transition
-from dispatcher.listen import CappedListener, drain_backlog, open_listeners
+from dispatcher.listen import CappedListener, open_listeners
 from dispatcher.metrics import Metrics
 from dispatcher.pool import Pool
 from dispatcher.server import FrontDoor
+from dispatcher.workers import run_workers
 
 log = logging.getLogger("dispatcher")
 
 
 # Settings that a reload cannot change in a running process: they need a restart.
-RESTART_ONLY = ("listen", "admin_listen", "max_connections", "reuse_port")
+RESTART_ONLY = ("listen", "admin_listen", "max_connections", "reuse_port", "workers")
 # How often slow-start weights grow: fine enough for a ramp of seconds, nothing when none ramps.
 RAMP_STEP = 0.5
 
@@ -52,6 +52,16 @@ class Running:
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: %s changed; that takes a restart, keeping %s", key, getattr(old, key))
         new = replace(new, **{key: getattr(old, key) for key in RESTART_ONLY})
+        if old.workers > 1 and [(b.name, b.url) for b in new.backends] != [
+            (b.name, b.url) for b in old.backends
+        ]:
+            # The workers' shared table is laid out for the backends they started with.
+            log.warning("reload: with --workers, adding or removing backends takes a restart")
+            by_name = {b.name: b for b in new.backends}
+            kept = tuple(
+                by_name.get(b.name, b) if by_name.get(b.name, b).url == b.url else b for b in old.backends
+            )
+            new = replace(new, backends=kept)
         self.pool.health_settings = new.health
         self.pool.slow_start = new.slow_start
         added, removed = self.pool.reconcile(new.backends)
@@ -73,7 +83,7 @@ async def _advance_ramps(pool: Pool) -> None:
         pool.advance_ramps(trio.current_time())
 
 
-def _bound_port(listeners: Sequence[trio.SocketListener | CappedListener]) -> int:
+def _bound_port(listeners: Sequence[trio.SocketListener]) -> int:
     port: int = listeners[0].socket.getsockname()[1]
     return port
 
@@ -98,52 +108,42 @@ async def run(
     *,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until `stop` is set, then shut down gracefully and return."""
+    """Run until `stop` is set, then shut down gracefully and return.
+
+    With `workers` > 1 the front door runs in worker processes (`dispatcher.workers`) and this
+    process keeps the health checks, the admin listener and the metrics.
+    """
     pool = Pool(settings.backends, settings.health, trio.current_time(), settings.slow_start)
     front = FrontDoor(settings, pool)
     metrics = Metrics(pool, front.stats)
     pool.listeners.append(log_transition)
-    admin = AdminApi(pool, metrics, lambda: front.shutting_down, settings.admin_token)
+    admin = AdminApi(pool, metrics, front, settings.admin_token)
     async with trio.open_nursery() as services:
         admin_listeners = await trio.open_tcp_listeners(
             settings.admin_listen.port, host=settings.admin_listen.host
         )
-        front_listeners = [
-            CappedListener(listener, front.slots)
-            for listener in await open_listeners(settings.listen, settings.reuse_port)
-        ]
         await services.start(_serve, admin.handle, admin_listeners, trio.CancelScope())
         checks = HealthChecks(pool)
         await services.start(checks.run)
         services.start_soon(_advance_ramps, pool)
-        listen_scope = trio.CancelScope()
-        async with trio.open_nursery() as handlers:
-            await handlers.start(partial(_serve, front.handle, front_listeners, listen_scope, handlers))
-            running = Running(
-                _bound_port(front_listeners),
-                _bound_port(admin_listeners),
-                pool,
-                front,
-                metrics,
-                checks,
-                admin,
-            )
+        async with trio.open_nursery() as frontline:
+            if settings.workers > 1:
+                port = await frontline.start(run_workers, settings, pool, front, admin, stop)
+            else:
+                listeners = await open_listeners(settings.listen, settings.reuse_port)
+                port = await frontline.start(
+                    front.serve, [CappedListener(listener, front.slots) for listener in listeners], stop
+                )
+            running = Running(port, _bound_port(admin_listeners), pool, front, metrics, checks, admin)
             log.info(
-                "front door on %s, admin on %s, %d backends",
+                "front door on %s (%d worker%s), admin on %s, %d backends",
                 settings.listen,
+                settings.workers,
+                "s" if settings.workers > 1 else "",
                 settings.admin_listen,
                 len(pool.backends),
             )
             task_status.started(running)
-            await stop.wait()
-            log.info("shutting down: %.0fs grace for exchanges in flight", settings.grace_period)
-            listen_scope.cancel()
-            front.begin_shutdown()
-            for listener in front_listeners:
-                for stream in drain_backlog(listener):  # queued clients are served, not reset
-                    handlers.start_soon(front.handle, stream, False)
-                await listener.aclose()  # refuse new connections now, not leave them in the backlog
-            handlers.cancel_scope.deadline = trio.current_time() + settings.grace_period
         services.cancel_scope.cancel()
     for admin_listener in admin_listeners:
         await admin_listener.aclose()

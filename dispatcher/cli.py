@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="bind with SO_REUSEPORT, so that two instances can share the port for a rolling restart",
     )
     p.add_argument(
+        "--workers",
+        metavar="N",
+        help="front-door processes sharing the port (SO_REUSEPORT); checks run once (default 1)",
+    )
+    p.add_argument(
         "--slow-start",
         metavar="SECONDS",
         help="ramp a recovered backend's weight from 10%% to 100%% over this time (default 0: off)",
@@ -107,6 +112,7 @@ _FLAGS: dict[str, tuple[tuple[str, ...], Any]] = {
     "max_connections": (("max_connections",), int),
     "reuse_port": (("reuse_port",), bool),
     "slow_start": (("slow_start",), float),
+    "workers": (("workers",), int),
 }
 
 

@@ -106,6 +106,7 @@ class Settings:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     reuse_port: bool = False
     slow_start: float = 0.0
+    workers: int = 1
 
 
 def parse_address(key: str, text: object) -> Address:
@@ -225,6 +226,7 @@ _TOP_KEYS: dict[str, Any] = {
     "max_connections": lambda key, value: int(_count(key, value)),
     "reuse_port": lambda key, value: _boolean(key, value),
     "slow_start": lambda key, value: _non_negative(key, value),
+    "workers": lambda key, value: int(_count(key, value)),
 }
 _KNOWN_TOP = {"listen", "admin_listen", "admin_token", "health", "backends", *_TOP_KEYS}
 

@@ -183,7 +183,8 @@ async def check_forever(
     """
     settings = pool.health_settings
     prober = Prober(backend, settings, limiter)
-    next_at = trio.current_time() + settings.interval * settings.jitter * jitter()
+    # The first checks are spread too, over at most a second: a pool is usable soon after start.
+    next_at = trio.current_time() + min(1.0, settings.interval * settings.jitter) * jitter()
     try:
         while True:
             backend.next_check_at = next_at

@@ -63,6 +63,7 @@ class Backend:
     report: LoadReport | None = None
     previous_report: LoadReport | None = None
     since: int = 0  # redirects sent since `report`
+    others: int = 0  # redirects other worker processes sent since `report` (--workers), as last seen
     redirects: int = 0
     version: int = 0  # bumped whenever the policy's key changes outside a redirect
     checks_passed: int = 0
@@ -100,7 +101,7 @@ class Backend:
     @property
     def effective_load(self) -> float:
         """Stale report corrected by what we sent since: the key the least-loaded choice uses."""
-        return (self.load + self.since) / (self.spec.weight * self.ramp)
+        return (self.load + self.since + self.others) / (self.spec.weight * self.ramp)
 
     @property
     def state(self) -> str:
@@ -126,6 +127,7 @@ class BackendView:
 
 TransitionListener = Callable[[Backend, str, str, CheckResult], None]
 CheckListener = Callable[[Backend, CheckResult], None]
+ChangeListener = Callable[[Backend], None]
 
 
 class Pool:
@@ -146,6 +148,8 @@ class Pool:
         self.policy: LeastLoaded[Backend] = LeastLoaded()
         self.listeners: list[TransitionListener] = []
         self.check_listeners: list[CheckListener] = []
+        # Told after anything that changes what choosing sees (a report, a state, a weight, a ramp).
+        self.change_listeners: list[ChangeListener] = []
 
     def choose(self) -> Backend | None:
         """The backend for one redirect, counted as sent; None when no backend is usable."""
@@ -196,8 +200,7 @@ class Pool:
             if backend.ramp < 1.0:
                 progress = (now - backend.up_at) / self.slow_start if self.slow_start > 0 else 1.0
                 backend.ramp = min(1.0, max(MIN_RAMP, progress))
-                backend.version += 1
-                self.policy.update(backend)
+                self._reindex(backend)
                 ramping = ramping or backend.ramp < 1.0
         return ramping
 
@@ -213,6 +216,12 @@ class Pool:
         backend.admin = admin
         self._changed(backend, before, None)
 
+    def _reindex(self, backend: Backend) -> None:
+        backend.version += 1
+        self.policy.update(backend)
+        for listener in self.change_listeners:
+            listener(backend)
+
     def _changed(
         self, backend: Backend, before: str, result: CheckResult | None, starting: bool = False
     ) -> None:
@@ -221,8 +230,7 @@ class Pool:
         A first check result is always announced ("was starting"), so a backend that is dead at start
         is logged too, though the state-set shows it as down before and after.
         """
-        backend.version += 1
-        self.policy.update(backend)
+        self._reindex(backend)
         after = backend.state
         if after != before:
             backend.state_changes += 1
@@ -245,8 +253,7 @@ class Pool:
             if backend is not None and backend.spec.url == spec.url:
                 if backend.spec != spec:
                     backend.spec = spec
-                    backend.version += 1
-                    self.policy.update(backend)
+                    self._reindex(backend)
                 kept.append(backend)
             else:
                 added.append(Backend(spec, spec.base.encode("ascii")))
@@ -254,8 +261,7 @@ class Pool:
         removed = [b for b in self.backends if id(b) not in keep]
         for backend in removed:
             backend.admin = Admin.MAINT
-            backend.version += 1
-            self.policy.update(backend)
+            self._reindex(backend)
         order = {spec.name: i for i, spec in enumerate(specs)}
         self.backends = sorted(kept + added, key=lambda b: order[b.name])
         self.by_name = {backend.name: backend for backend in self.backends}

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import h11
@@ -37,6 +38,7 @@ import trio
 
 from dispatcher.config import Settings
 from dispatcher.http import DateHeader, Reply, folded, head_size, reply_for, screen, serialise, text_reply
+from dispatcher.listen import CappedListener, drain_backlog
 from dispatcher.pool import Pool
 
 log = logging.getLogger("dispatcher.server")
@@ -92,10 +94,44 @@ class FrontDoor:
         self.pool = pool
         self.stats = ServerStats()
         self.shutting_down = False
+        self.serving = False  # listening (in this process or in its workers): /readyz needs it
         self._clients: set[_Client] = set()
         self._date = DateHeader()
         # One slot per open connection, taken by the listener before accept (listen.CappedListener).
         self.slots = trio.Semaphore(settings.max_connections)
+
+    async def serve(
+        self,
+        listeners: Sequence[CappedListener],
+        stop: trio.Event,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until `stop`, then shut down gracefully: stop accepting (serving what the kernel had
+        already queued), close idle keep-alive connections, give the rest the grace period."""
+        listen_scope = trio.CancelScope()
+        async with trio.open_nursery() as handlers:
+
+            async def accept_loop(
+                *, task_status: trio.TaskStatus[list[CappedListener]] = trio.TASK_STATUS_IGNORED
+            ) -> None:
+                with listen_scope:
+                    await trio.serve_listeners(
+                        self.handle, list(listeners), handler_nursery=handlers, task_status=task_status
+                    )
+
+            await handlers.start(accept_loop)
+            self.serving = True
+            task_status.started(listeners[0].socket.getsockname()[1])
+            await stop.wait()
+            log.info("shutting down: %.0fs grace for exchanges in flight", self.settings.grace_period)
+            listen_scope.cancel()
+            self.begin_shutdown()
+            for listener in listeners:
+                for stream in drain_backlog(listener):  # queued clients are served, not reset
+                    handlers.start_soon(self.handle, stream, False)
+                await listener.aclose()  # refuse new connections now, not leave them in the backlog
+            handlers.cancel_scope.deadline = trio.current_time() + self.settings.grace_period
 
     def begin_shutdown(self) -> None:
         """Answer what is in flight with `Connection: close`; close idle keep-alive connections now."""
