@@ -486,7 +486,7 @@ def format_table(settings: Settings, results: Sequence[ScenarioResult]) -> str:
         f"python: {platform.python_implementation()} {platform.python_version()}",
         f"load:   wrk {load} --latency {TARGET}",
         f"pinned: {describe_pinning(settings)}",
-        f"rounds: {settings.rounds} (each row is the median run)",
+        f"rounds: {settings.rounds}" + (" (each row is the median run)" if settings.rounds > 1 else ""),
         "",
         ROW.format("server", "req/s", "p50", "p99", "vs baseline", "socket errors", "others' CPU"),
         RULE,
