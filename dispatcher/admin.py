@@ -15,7 +15,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -27,6 +26,7 @@ from dispatcher.metrics import Metrics
 from dispatcher.pool import BackendView, Pool
 from dispatcher.server import FrontDoor
 from dispatcher.state import Admin
+from dispatcher.wholemessage import WholeRequest, read_request, response_bytes
 
 log = logging.getLogger("dispatcher.admin")
 
@@ -40,14 +40,6 @@ ADMIN_IDLE_TIMEOUT = 120.0
 THREADED_SCRAPE = 100
 STATE_WORDS = {"ready": Admin.READY, "drain": Admin.DRAIN, "maint": Admin.MAINT}
 _JSON = (b"content-type", b"application/json")
-
-
-@dataclass(frozen=True, slots=True)
-class AdminRequest:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes = b""
 
 
 class AdminApi:
@@ -64,7 +56,7 @@ class AdminApi:
     def set_token(self, token: str | None) -> None:
         self._token = token.encode() if token else None
 
-    def route(self, request: AdminRequest, now: float) -> Reply:
+    def route(self, request: WholeRequest, now: float) -> Reply:
         path, method = request.path, request.method
         if path in ("/metrics", "/healthz", "/readyz", "/backends"):
             if method not in ("GET", "HEAD"):
@@ -85,7 +77,7 @@ class AdminApi:
             return self._one_backend(parts[2], now)
         return text_reply(404, "not found: try /metrics, /healthz, /readyz, /backends", close=False)
 
-    def _metrics(self, request: AdminRequest, now: float) -> Reply:
+    def _metrics(self, request: WholeRequest, now: float) -> Reply:
         """The scrape; `handle` runs it in a worker thread for large pools (THREADED_SCRAPE)."""
         body, content_type, gzipped = self.metrics.exposition(
             now, request.headers.get("accept"), request.headers.get("accept-encoding")
@@ -112,7 +104,7 @@ class AdminApi:
             return text_reply(404, f"no backend named {name!r}", close=False)
         return _json(200, _backend_json(self.pool.view_of(backend, now), now))
 
-    def _set_state(self, request: AdminRequest, name: str, now: float) -> Reply:
+    def _set_state(self, request: WholeRequest, name: str, now: float) -> Reply:
         if not self._authorized(request):
             reply = text_reply(401, "a valid 'Authorization: Bearer <token>' is needed", close=False)
             return Reply(401, [*reply.headers, (b"www-authenticate", b"Bearer")], reply.body)
@@ -127,7 +119,7 @@ class AdminApi:
         log.warning("backend %s set to %s by the admin API (was %s)", name, word, before)
         return _json(200, _backend_json(self.pool.view_of(backend, now), now))
 
-    def _authorized(self, request: AdminRequest) -> bool:
+    def _authorized(self, request: WholeRequest) -> bool:
         if self._token is None:
             return True
         scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
@@ -143,7 +135,7 @@ class AdminApi:
             while True:
                 request = None
                 with trio.move_on_after(ADMIN_IDLE_TIMEOUT):
-                    request = await _read_request(stream, conn)
+                    request = await read_request(stream, conn, MAX_ADMIN_BODY)
                 if request is None:
                     return
                 if self.refresh is not None:
@@ -205,32 +197,6 @@ def _not_allowed(allow: str) -> Reply:
     return Reply(405, [*reply.headers, (b"allow", allow.encode())], reply.body)
 
 
-async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> AdminRequest | None:
-    head: h11.Request | None = None
-    body = bytearray()
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(bytes(await stream.receive_some(65536)))
-        elif isinstance(event, h11.Request):
-            head = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > MAX_ADMIN_BODY:
-                return None
-        elif isinstance(event, h11.EndOfMessage) and head is not None:
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}
-            path = head.target.decode("ascii", "replace").split("?", 1)[0]
-            return AdminRequest(head.method.decode("ascii"), path, headers, bytes(body))
-        elif isinstance(event, h11.ConnectionClosed):
-            return None
-
-
 def _serialise(conn: h11.Connection, reply: Reply, head: bool) -> bytes:
-    headers = list(reply.headers)
-    if reply.close:
-        headers.append((b"connection", b"close"))
-    data = conn.send(h11.Response(status_code=reply.status, headers=headers, reason=reply.reason))
-    if reply.body and not head:
-        data += conn.send(h11.Data(data=reply.body))
-    return data + conn.send(h11.EndOfMessage())
+    headers = [*reply.headers, (b"connection", b"close")] if reply.close else list(reply.headers)
+    return response_bytes(conn, reply.status, reply.reason, headers, reply.body, head)

@@ -3,7 +3,8 @@
 Owns: a small, real HTTP backend that speaks our load protocol (header `X-Load` and a JSON body on
 its health path) and answers every other request with who it is and what it received, so that a
 user can watch redirects spread and a POST body arrive. Tests build their backends on it too.
-Rules: this is a backend, not part of the dispatcher: it imports nothing from the dispatcher's core.
+Rules: this is a backend, not part of the dispatcher: it imports nothing from the dispatcher's core
+(only `wholemessage`, the small whole-request server it shares with the admin listener).
 """
 
 from __future__ import annotations
@@ -17,19 +18,14 @@ from http import HTTPStatus
 import h11
 import trio
 
+from dispatcher.wholemessage import WholeRequest, read_request, response_bytes
+
 log = logging.getLogger("dispatcher.demo")
 
 MAX_BODY = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
-    """A request as the backend saw it, body included."""
-
-    method: str
-    target: str
-    headers: dict[str, str]
-    body: bytes
+Received = WholeRequest  # a request as the backend saw it, body included
 
 
 @dataclass(slots=True)
@@ -69,7 +65,7 @@ class LoadReportingBackend:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
         try:
             while True:
-                request = await _read(stream, conn)
+                request = await read_request(stream, conn, MAX_BODY, send_continue=True)
                 if request is None:
                     return
                 answer = self.answer(request)
@@ -100,42 +96,11 @@ class LoadReportingBackend:
         return f"http://127.0.0.1:{self.port}"
 
 
-async def _read(stream: trio.SocketStream, conn: h11.Connection) -> Received | None:
-    head: h11.Request | None = None
-    body = bytearray()
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            if conn.they_are_waiting_for_100_continue:
-                await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-            conn.receive_data(await stream.receive_some(65536))
-        elif isinstance(event, h11.Request):
-            head = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > MAX_BODY:
-                return None
-        elif isinstance(event, h11.EndOfMessage) and head is not None:
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}
-            return Received(
-                head.method.decode(), head.target.decode("ascii", "replace"), headers, bytes(body)
-            )
-        elif isinstance(event, h11.ConnectionClosed):
-            return None
-
-
 async def _write(stream: trio.SocketStream, conn: h11.Connection, answer: Answer, head: bool) -> None:
-    headers = [*answer.headers, ("content-length", str(len(answer.body)))]
-    data = conn.send(
-        h11.Response(
-            status_code=answer.status,
-            headers=headers,
-            reason=HTTPStatus(answer.status).phrase.encode(),
-        )
-    )
-    if not head:
-        data += conn.send(h11.Data(data=answer.body))
-    await stream.send_all(data + conn.send(h11.EndOfMessage()))
+    headers = [(k.encode(), v.encode()) for k, v in answer.headers]
+    headers.append((b"content-length", str(len(answer.body)).encode()))
+    reason = HTTPStatus(answer.status).phrase.encode()
+    await stream.send_all(response_bytes(conn, answer.status, reason, headers, answer.body, head))
 
 
 async def wander(backends: list[LoadReportingBackend], seed: int | None = None) -> None:
