@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import trio
 
@@ -52,16 +51,12 @@ class Running:
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: %s changed; that takes a restart, keeping %s", key, getattr(old, key))
         new = replace(new, **{key: getattr(old, key) for key in RESTART_ONLY})
-        if old.workers > 1 and [(b.name, b.url) for b in new.backends] != [
-            (b.name, b.url) for b in old.backends
-        ]:
-            # The workers' shared table is laid out for the backends they started with.
-            log.warning("reload: with --workers, adding or removing backends takes a restart")
-            by_name = {b.name: b for b in new.backends}
-            kept = tuple(
-                by_name.get(b.name, b) if by_name.get(b.name, b).url == b.url else b for b in old.backends
-            )
-            new = replace(new, backends=kept)
+        if old.workers > 1:
+            # Workers keep the front-door settings they started with, and their shared table is laid
+            # out for the backends they started with; weights and health settings still apply.
+            log.warning("reload: with --workers, timeouts, limits and the backend list take a restart")
+            by_key = {(b.name, b.url): b for b in new.backends}
+            new = replace(new, backends=tuple(by_key.get((b.name, b.url), b) for b in old.backends))
         self.pool.health_settings = new.health
         self.pool.slow_start = new.slow_start
         added, removed = self.pool.reconcile(new.backends)
@@ -88,20 +83,6 @@ def _bound_port(listeners: Sequence[trio.SocketListener]) -> int:
     return port
 
 
-async def _serve(
-    handler: Any,
-    listeners: Sequence[trio.abc.Listener[trio.SocketStream]],
-    scope: trio.CancelScope,
-    handler_nursery: trio.Nursery | None = None,
-    *,
-    task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    with scope:
-        await trio.serve_listeners(
-            handler, list(listeners), handler_nursery=handler_nursery, task_status=task_status
-        )
-
-
 async def run(
     settings: Settings,
     stop: trio.Event,
@@ -122,7 +103,7 @@ async def run(
         admin_listeners = await trio.open_tcp_listeners(
             settings.admin_listen.port, host=settings.admin_listen.host
         )
-        await services.start(_serve, admin.handle, admin_listeners, trio.CancelScope())
+        await services.start(trio.serve_listeners, admin.handle, admin_listeners)
         checks = HealthChecks(pool)
         await services.start(checks.run)
         services.start_soon(_advance_ramps, pool)
