@@ -49,6 +49,8 @@ MAX_HEAD = 16 * 1024
 RECEIVE_SIZE = 64 * 1024
 # nginx lingering_timeout: how long a closing connection waits for the client's remaining bytes.
 LINGER_SECONDS = 5.0
+# How long a request that arrived as its connection was being closed may take to be answered.
+RESCUE_SECONDS = 1.0
 # Status codes the front door can send, created at start so that every series exists.
 RESPONSE_CODES = (200, 307, 400, 405, 408, 413, 414, 431, 501, 503, 505, 508)
 # Request duration (head read to answer written) buckets: a redirect takes tens of microseconds when the
@@ -80,6 +82,7 @@ class _Client:
     idle: bool = False  # kept alive, waiting for its next request: shutdown may close it at once
     started: bool = False  # bytes of the current request have arrived: a timeout then deserves a 408
     answered: bool = False  # the current request has its answer: no other may be sent for it
+    rescued: bytes | None = None  # bytes that arrived as the idle wait was cancelled
 
 
 def _h11() -> h11.Connection:
@@ -166,8 +169,17 @@ class FrontDoor:
         client.scope.deadline = trio.current_time() + self.settings.header_timeout
         with client.scope:
             linger = await self._converse(stream, client)
-            if linger:
-                await _lingering_close(stream)
+            if client.rescued is None:
+                if linger:
+                    await _lingering_close(stream)
+                return
+        if client.rescued is not None:
+            # The idle wait was cancelled (shutdown, or its deadline) just as a request arrived: the
+            # client sent it on a connection we had not closed yet, so it is owed an answer.
+            client.scope = trio.CancelScope(deadline=trio.current_time() + RESCUE_SECONDS)
+            with client.scope:
+                if await self._converse(stream, client):
+                    await _lingering_close(stream)
             return
         if client.started and not client.answered:
             # Deadline hit in the middle of a request head: RFC 9110 §15.5.9.
@@ -183,6 +195,9 @@ class FrontDoor:
         """
         sock = stream.socket
         conn = _h11()
+        if client.rescued is not None:
+            conn.receive_data(client.rescued)
+            client.rescued = None
         out = bytearray()
         pending = 0  # answers in `out`, for the request duration histogram
         arrived = trio.current_time()  # when the bytes being parsed were received
@@ -220,6 +235,9 @@ class FrontDoor:
                 client.idle = waiting and kept_alive
                 client.started = not waiting
                 data = await sock.recv(RECEIVE_SIZE)
+                if scope.cancel_called and data and client.idle:
+                    client.rescued = data  # cancelled, but the bytes came first: see _serve
+                    return False
                 client.idle = False
                 client.started = True
                 arrived = trio.current_time()
@@ -248,6 +266,10 @@ class FrontDoor:
                 leftover, closed = conn.trailing_data
                 conn = _h11()
                 if leftover:
+                    if folded(leftover, False):  # a pipelined head: scanned before h11 unfolds it
+                        out += self._refusal(text_reply(400, "obsolete line folding refused"))
+                        await _send(sock, out)
+                        return True
                     conn.receive_data(leftover)
                 if closed:
                     conn.receive_data(b"")

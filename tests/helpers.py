@@ -340,3 +340,108 @@ def record_transitions(pool: Pool) -> list[tuple[str, str, str, float]]:
 
     pool.listeners.append(on_change)
     return seen
+
+
+# Hostile clients, failing backends and dispatcher processes (tests/test_hostile.py, tests/test_failover.py).
+
+
+def request_head(target: str, *headers: str, method: str = "GET", version: str = "1.1") -> bytes:
+    """A raw request head: request line, header lines, blank line."""
+    return "\r\n".join([f"{method} {target} HTTP/{version}", *headers, "", ""]).encode()
+
+
+def raise_file_limit(wanted: int) -> None:
+    """Lift this process's soft RLIMIT_NOFILE to `wanted` (within the hard limit) for many sockets."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def metric(text: str, name: str) -> float:
+    """The value of the unlabelled sample `name` in a Prometheus text exposition."""
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == name:
+            return float(value)
+    raise AssertionError(f"no sample {name} in the scrape")
+
+
+async def poll_admin(
+    admin_port: int, path: str, accept: Callable[[int, str], bool], *, limit: float = 10.0
+) -> str:
+    """GET `path` on another process's admin listener until `accept(status, body)`; returns the body.
+
+    Polling is bounded by `limit`: another process offers no event to wait on.
+    """
+    import httpx
+
+    async with httpx.AsyncClient(trust_env=False) as client:
+        with trio.fail_after(limit):
+            while True:
+                try:
+                    response = await client.get(f"http://127.0.0.1:{admin_port}{path}")
+                    if accept(response.status_code, response.text):
+                        return response.text
+                except httpx.TransportError:
+                    pass
+                await trio.sleep(0.02)
+
+
+def dispatcher_command(port: int, admin_port: int, backends: Sequence[str], *flags: str) -> list[str]:
+    """`python -m dispatcher` on loopback ports in front of `backends` (URLs), with extra `flags`."""
+    import sys
+
+    command = [sys.executable, "-m", "dispatcher", f"--listen=127.0.0.1:{port}"]
+    command += [f"--admin-listen=127.0.0.1:{admin_port}", *(f"--backend={url}" for url in backends)]
+    return [*command, *flags]
+
+
+@dataclass(eq=False)
+class ProcessBackend:
+    """A real backend process: `python -m http.server` serving a directory whose `health` file says `0`.
+
+    `GET /health` answers 200 with the body `0` (load 0 in the load protocol); it can be killed with
+    SIGKILL and started again on the same port (http.server binds with SO_REUSEADDR).
+    """
+
+    directory: str
+    port: int = field(default_factory=unused_port)
+    process: trio.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the process and return once it accepts connections (bounded polling: another process)."""
+        import subprocess
+        import sys
+        from functools import partial
+
+        with open(f"{self.directory}/health", "w", encoding="ascii") as health_file:
+            health_file.write("0\n")
+        command = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(self.port)]
+        command += ["--directory", str(self.directory)]
+        run = partial(
+            trio.run_process, command, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.process = await nursery.start(run)
+        with trio.fail_after(10):
+            while True:
+                assert self.process.returncode is None, "the backend process exited"
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+                except OSError:
+                    await trio.sleep(0.02)
+                    continue
+                await stream.aclose()
+                return
+
+    async def kill(self) -> None:
+        """SIGKILL, as `kill -9`; returns once the process is gone."""
+        assert self.process is not None
+        self.process.kill()
+        await self.process.wait()
