@@ -11,6 +11,7 @@ backend only ever delays its own loop.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import ssl
 from collections.abc import Callable
@@ -31,6 +32,8 @@ log = logging.getLogger("dispatcher.health")
 # A health response is small; anything past this is not read (the check fails as `protocol`).
 MAX_HEALTH_BODY = 64 * 1024
 USER_AGENT = f"dispatcher-health/{__version__}".encode()
+# Check times are rounded up to this grid (see _on_grid): 20 ms is far below any interval's precision.
+CHECK_GRID = 0.02
 
 
 class CheckFailed(Exception):
@@ -170,6 +173,14 @@ def log_transition(backend: Backend, before: str, after: str, result: CheckResul
     log.log(level, "backend %s is %s (was %s)%s", backend.name, after, before, why)
 
 
+def _on_grid(at: float) -> float:
+    """The next multiple of CHECK_GRID. Checks due within the same few milliseconds then wake, send
+    and get their answers in the same scheduler passes: with 1,000 backends most of a check's cost is
+    per wake-up (timers, epoll, scheduling), not per check. Jitter still spreads them over the interval.
+    """
+    return math.ceil(at / CHECK_GRID - 1e-9) * CHECK_GRID
+
+
 async def check_forever(
     pool: Pool,
     backend: Backend,
@@ -187,15 +198,16 @@ async def check_forever(
     next_at = trio.current_time() + min(1.0, settings.interval * settings.jitter) * jitter()
     try:
         while True:
+            next_at = _on_grid(next_at)
             backend.next_check_at = next_at
             await trio.sleep_until(next_at)
-            started = trio.current_time()
             settings = prober.settings = pool.health_settings
             if backend.admin is not Admin.MAINT:
                 result = await prober.check()
                 pool.record_check(backend, result, trio.current_time())
+            # From the time it was due, not when it woke: wake-up delays must not add up into drift.
             spread = 1 + settings.jitter * (2 * jitter() - 1)
-            next_at = max(started + settings.interval * spread, trio.current_time())
+            next_at = max(next_at + settings.interval * spread, trio.current_time())
     finally:
         with trio.CancelScope(shield=True):
             await prober.close()
