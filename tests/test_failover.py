@@ -74,7 +74,11 @@ DETECTION_MARGIN = 0.5
 
 @dataclass
 class Traffic:
-    """What the clients saw: (trio time received, status, Location port) per request."""
+    """What the clients saw: (trio time the request was sent, status, Location port) per request.
+
+    The send time, not the receive time: a redirect chosen just before the backend was marked down
+    may arrive just after it, and that is no fault.
+    """
 
     seen: list[tuple[float, int, int | None]] = field(default_factory=list)
     stop: trio.Event = field(default_factory=trio.Event)
@@ -85,9 +89,10 @@ async def keep_alive_client(port: int, traffic: Traffic) -> None:
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         sent = 0
         while not traffic.stop.is_set():
+            sent_at = trio.current_time()
             await stream.send_all(request_head(f"/load/{sent}", "Host: f"))
             [response] = await receive_responses(stream, 1, timeout=5)
-            traffic.seen.append((trio.current_time(), response.status, port_of(response)))
+            traffic.seen.append((sent_at, response.status, port_of(response)))
             sent += 1
 
 
