@@ -135,7 +135,7 @@ async def test_choice_counts_the_other_workers_redirects(nursery: trio.Nursery) 
         # Shared: the first reaches 20 after ~20 redirects in all, then they alternate (~10 to the
         # second). Unshared, with the kernel's spread even, each worker would send ~20 to the first and
         # none to the second; the spread is the kernel's, so the exact mechanism is tested above.
-        assert to_second >= 5
+        assert to_second >= 3
     finally:
         await _stop(process)
 
