@@ -172,10 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    _raise_file_limit(settings.max_connections + len(settings.backends) + 256)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    settings = _fit_connection_cap(settings)
     try:
         trio.run(_run, settings, args)
     except (OSError, BaseExceptionGroup) as error:
@@ -188,19 +188,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _raise_file_limit(wanted: int) -> None:
-    """Lift the soft RLIMIT_NOFILE towards the hard one, as HAProxy does from maxconn.
+# Descriptors kept for everything but client connections: listeners, backends' check connections,
+# the admin listener and its clients, logs.
+SPARE_DESCRIPTORS = 64
 
-    The usual soft limit (1024) would make the connection cap unreachable and turn load into EMFILE.
+
+def _fit_connection_cap(settings: Settings) -> Settings:
+    """Lift the soft RLIMIT_NOFILE towards the hard one for the connection cap, as HAProxy does.
+
+    Where the hard limit is too low, HAProxy's rules: the default cap is lowered to fit (new connections
+    then wait in the backlog instead of accept failing with EMFILE); a cap the operator set is kept, with
+    a warning ("FD limit too low for maxconn"), and EMFILE is survived if it comes.
     """
     try:
         import resource
     except ImportError:  # not on this platform
-        return
+        return settings
+    spare = len(settings.backends) + SPARE_DESCRIPTORS
+    wanted = settings.max_connections + spare
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return settings
+    if settings.max_connections != config.DEFAULT_MAX_CONNECTIONS:
+        log.warning(
+            "the file descriptor limit (%d) is too low for max_connections %d: raise it with ulimit -n "
+            "to %d or more, or expect accept to fail with EMFILE under load",
+            soft,
+            settings.max_connections,
+            wanted,
+        )
+        return settings
+    cap = max(1, soft - spare)
+    log.warning("max_connections lowered to %d to fit the file descriptor limit (%d)", cap, soft)
+    return replace(settings, max_connections=cap)
 
 
 def _os_error(error: BaseException) -> OSError | None:

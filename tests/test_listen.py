@@ -1,5 +1,8 @@
 """Listening: the connection cap (HAProxy maxconn: wait in the backlog) and SO_REUSEPORT."""
 
+import subprocess
+import sys
+
 import trio
 import trio.testing
 
@@ -48,3 +51,27 @@ async def test_two_listeners_share_a_port_with_reuse_port() -> None:
     assert second[0].socket.getsockname()[1] == port
     for listener in first + second:
         await listener.aclose()
+
+
+def _file_limit_300() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
+
+
+async def test_default_cap_is_lowered_to_fit_a_low_descriptor_limit() -> None:
+    """HAProxy's rule: with ulimit -n 300 the default cap of 10,000 is lowered to fit, and it says so."""
+    argv = [sys.executable, "-m", "dispatcher", "--backend", "http://127.0.0.1:9"]
+    argv += ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+    process = await trio.lowlevel.open_process(argv, stderr=subprocess.PIPE, preexec_fn=_file_limit_300)
+    assert process.stderr is not None
+    text = b""
+    try:
+        with trio.fail_after(10):
+            while b"front door on" not in text:
+                text += await process.stderr.receive_some(4096)
+    finally:
+        process.terminate()
+        await process.wait()
+        await process.stderr.aclose()
+    assert b"max_connections lowered to 235 to fit the file descriptor limit (300)" in text
