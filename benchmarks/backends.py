@@ -21,8 +21,8 @@ import resource
 
 import h11
 import trio
+from baseline import next_event  # the same event reader as the baseline server (benchmarks/ is on the path)
 
-MAX_RECEIVE_BYTES = 64 * 1024
 # The dispatcher keeps one connection per backend: 1,000 backends are 1,000 sockets here, past the usual
 # soft limit of 1,024 file descriptors with the listener and stdio. Raised to the hard limit or to this.
 WANTED_FILES = 65536
@@ -63,19 +63,6 @@ def answer_for(target: bytes, counter: Counter) -> tuple[int, list[tuple[bytes, 
     if path == CHECKS_PATH:
         return 200, [(b"Content-Type", b"text/plain")], f"{counter.checks}\n".encode()
     return 404, [(b"Content-Type", b"text/plain")], b"not found: try <prefix>/health or /checks\n"
-
-
-async def next_event(stream: trio.SocketStream, conn: h11.Connection) -> h11.Event:
-    """The next h11 event, receiving from the stream as long as h11 needs data."""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(MAX_RECEIVE_BYTES))
-        elif event is h11.PAUSED:
-            raise h11.LocalProtocolError("paused: the previous cycle was not finished")
-        else:
-            assert isinstance(event, h11.Event)
-            return event
 
 
 async def answer_one_request(stream: trio.SocketStream, conn: h11.Connection, counter: Counter) -> bool:

@@ -4,27 +4,13 @@ import os
 import signal
 import sys
 
-import httpx
 import pytest
 import trio
 
 from dispatcher.listen import migrate_enabled
-from tests.helpers import start_backends, unused_port
+from tests.helpers import poll_admin, start_backends, unused_port
 
 REQUEST = b"GET /r HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
-
-
-async def _ready(admin: int) -> None:
-    """Poll another process's /readyz (bounded: a process offers no event to wait on)."""
-    async with httpx.AsyncClient() as client:
-        for _ in range(200):
-            try:
-                if (await client.get(f"http://127.0.0.1:{admin}/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await trio.sleep(0.02)
-    raise AssertionError("the dispatcher never became ready")
 
 
 async def _one_request(port: int) -> bool:
@@ -59,7 +45,7 @@ async def test_rolling_restart_refuses_no_connection(nursery: trio.Nursery) -> N
         argv = [sys.executable, "-m", "dispatcher", "--reuse-port", "--listen", f"127.0.0.1:{port}"]
         argv += ["--admin-listen", f"127.0.0.1:{admin}", "--backend", backend.url, "--log-level", "error"]
         process = await trio.lowlevel.open_process(argv)
-        await _ready(admin)
+        await poll_admin(admin, "/readyz", lambda status, _: status == 200)
         return process
 
     old = await start(unused_port())

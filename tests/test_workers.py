@@ -4,7 +4,6 @@ import signal
 import sys
 from pathlib import Path
 
-import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -12,23 +11,9 @@ from dispatcher.config import HealthSettings, parse_backend
 from dispatcher.pool import CheckResult, Pool
 from dispatcher.server import ServerStats
 from dispatcher.shared import Layout, SharedTable
-from tests.helpers import TestBackend, start_backends, unused_port
+from tests.helpers import TestBackend, poll_admin, start_backends, unused_port
 
 GET = b"GET /w HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
-
-
-async def _poll(admin: int, path: str, ok: object) -> httpx.Response:
-    """Poll another process's admin route until `ok(response)` (bounded: no event crosses processes)."""
-    async with httpx.AsyncClient() as client:
-        for _ in range(300):
-            try:
-                response = await client.get(f"http://127.0.0.1:{admin}{path}")
-                if ok(response):  # type: ignore[operator]
-                    return response
-            except httpx.TransportError:
-                pass
-            await trio.sleep(0.02)
-    raise AssertionError(f"{path} never matched")
 
 
 async def _start(backends: list[TestBackend], *extra: str) -> tuple[trio.Process, int, int]:
@@ -38,7 +23,7 @@ async def _start(backends: list[TestBackend], *extra: str) -> tuple[trio.Process
     for backend in backends:
         argv += ["--backend", backend.url]
     process = await trio.lowlevel.open_process(argv)
-    await _poll(admin, "/readyz", lambda r: r.status_code == 200)
+    await poll_admin(admin, "/readyz", lambda status, _: status == 200)
     return process, port, admin
 
 
@@ -76,13 +61,13 @@ async def test_two_workers_share_checks_and_add_up_metrics(nursery: trio.Nursery
     try:
         for _ in range(60):
             await _redirect(port)
-        response = await _poll(
-            admin, "/metrics", lambda r: 'dispatcher_responses_total{code="307"} 60.0' in r.text
+        text = await poll_admin(
+            admin, "/metrics", lambda _, text: 'dispatcher_responses_total{code="307"} 60.0' in text
         )
-        redirects = _samples(response.text, "dispatcher_redirects_total")
+        redirects = _samples(text, "dispatcher_redirects_total")
         assert sum(redirects.values()) == 60
-        assert _samples(response.text, "dispatcher_connections_total") == {"": 60.0}
-        checks = _samples(response.text, "dispatcher_health_checks_total")
+        assert _samples(text, "dispatcher_connections_total") == {"": 60.0}
+        checks = _samples(text, "dispatcher_health_checks_total")
         reported = sum(v for k, v in checks.items() if "result=pass" in k)
         # Each backend counted its own checks: one prober, so they match the master's count, not twice it.
         assert sum(b.health_checks for b in backends) <= reported + len(backends)
@@ -129,7 +114,7 @@ async def test_choice_counts_the_other_workers_redirects(nursery: trio.Nursery) 
     backends = await start_backends(nursery, 0, 20)
     process, port, admin = await _start(backends, "--health-interval", "60")
     try:
-        await _poll(admin, "/readyz", lambda r: r.text.startswith("ready: 2 of 2"))
+        await poll_admin(admin, "/readyz", lambda _, text: text.startswith("ready: 2 of 2"))
         locations = [await _redirect(port) for _ in range(40)]
         to_second = sum(1 for location in locations if location.startswith(backends[1].url.encode()))
         # Shared: the first reaches 20 after ~20 redirects in all, then they alternate (~10 to the
@@ -149,15 +134,15 @@ async def test_a_killed_worker_is_started_again(nursery: trio.Nursery) -> None:
         workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
         assert len(workers) == 2
         await trio.run_process(["kill", "-9", workers[0]])
-        await _poll(admin, "/readyz", lambda r: r.status_code == 200)
+        await poll_admin(admin, "/readyz", lambda status, _: status == 200)
         for _ in range(20):
             await _redirect(port)
 
-        def replaced(_: httpx.Response) -> bool:
+        def replaced(status: int, text: str) -> bool:
             now = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
             spawned = [p for p in now if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
             return len(spawned) == 2 and workers[0] not in spawned
 
-        await _poll(admin, "/healthz", replaced)
+        await poll_admin(admin, "/healthz", replaced)
     finally:
         await _stop(process)
