@@ -27,7 +27,9 @@ close, as nginx's `lingering_close`), or the kernel's RST could destroy the 307 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import time
 from bisect import bisect_left
 from collections.abc import Sequence
@@ -79,6 +81,7 @@ class ServerStats:
 @dataclass(eq=False, slots=True)
 class _Client:
     scope: trio.CancelScope
+    sock: trio.socket.SocketType
     idle: bool = False  # kept alive, waiting for its next request: shutdown may close it at once
     started: bool = False  # bytes of the current request have arrived: a timeout then deserves a 408
     answered: bool = False  # the current request has its answer: no other may be sent for it
@@ -137,11 +140,17 @@ class FrontDoor:
             handlers.cancel_scope.deadline = trio.current_time() + self.settings.grace_period
 
     def begin_shutdown(self) -> None:
-        """Answer what is in flight with `Connection: close`; close idle keep-alive connections now."""
+        """Answer what is in flight with `Connection: close`; close idle keep-alive connections now.
+
+        An idle connection is ended by shutting down its reading side, not by cancelling its task: its
+        waiting recv then returns end-of-stream, after any request that had already arrived (which is
+        answered). Cancelling cost trio about 90 us a connection; 10,000 idle ones took seconds.
+        """
         self.shutting_down = True
         for client in self._clients:
             if client.idle:
-                client.scope.cancel()
+                with contextlib.suppress(OSError):
+                    client.sock.shutdown(socket.SHUT_RD)
 
     async def handle(self, stream: trio.SocketStream, counted: bool = True) -> None:
         """One client connection, from accept to close; never raises.
@@ -150,7 +159,7 @@ class FrontDoor:
         """
         self.stats.open_connections += 1
         self.stats.connections_total += 1
-        client = _Client(trio.CancelScope())
+        client = _Client(trio.CancelScope(), stream.socket)
         self._clients.add(client)
         try:
             await self._serve(stream, client)
@@ -161,7 +170,9 @@ class FrontDoor:
         finally:
             self._clients.discard(client)
             self.stats.open_connections -= 1
-            await trio.aclose_forcefully(stream)
+            # A plain close: trio.aclose_forcefully closes inside a cancelled scope, and creating that
+            # Cancelled costs trio ~90 us, on every connection.
+            stream.socket.close()
             if counted:
                 self.slots.release()
 
