@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import httpx
 import trio
 
 from dispatcher import app, config
@@ -376,8 +377,6 @@ async def poll_admin(
 
     Polling is bounded by `limit`: another process offers no event to wait on.
     """
-    import httpx
-
     async with httpx.AsyncClient(trust_env=False) as client:
         with trio.fail_after(limit):
             while True:
@@ -445,3 +444,18 @@ class ProcessBackend:
         assert self.process is not None
         self.process.kill()
         await self.process.wait()
+
+
+def one_response(raw: bytes, *, bodyless: bool = False) -> RawResponse:
+    """The only response in `raw`; fails if there are more, fewer, or bytes left over."""
+    responses, rest = parse_responses(raw, bodyless=bodyless)
+    assert len(responses) == 1 and not rest, raw
+    return responses[0]
+
+
+async def admin_get(
+    dispatcher: Dispatcher, path: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """GET `path` on an in-process dispatcher's admin listener."""
+    async with httpx.AsyncClient(trust_env=False) as client:
+        return await client.get(dispatcher.admin_url + path, headers=headers)

@@ -24,6 +24,7 @@ from dispatcher.state import VISIBLE_STATES
 from tests.helpers import (
     Dispatcher,
     TestBackend,
+    admin_get,
     health,
     settings_for,
     start_backends,
@@ -40,13 +41,6 @@ SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 def loopback_client() -> httpx.AsyncClient:
     """A plain-HTTP client for loopback: no TLS context to build, no proxy taken from the environment."""
     return httpx.AsyncClient(verify=False, trust_env=False)
-
-
-async def admin_get(
-    dispatcher: Dispatcher, path: str, headers: dict[str, str] | None = None
-) -> httpx.Response:
-    async with loopback_client() as client:
-        return await client.get(dispatcher.admin_url + path, headers=headers)
 
 
 def parse_openmetrics(text: str) -> list[Metric]:

@@ -17,7 +17,6 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 import trio
 import trio.testing
@@ -25,13 +24,14 @@ import trio.testing
 from dispatcher import config
 from dispatcher.pool import Backend, CheckResult
 from tests.helpers import (
-    Dispatcher,
     ProcessBackend,
     RawResponse,
+    admin_get,
     dispatcher_command,
     exchange,
     health,
     metric,
+    one_response,
     parse_responses,
     poll_admin,
     receive_responses,
@@ -47,20 +47,9 @@ from tests.helpers import (
 )
 
 
-def one_response(raw: bytes) -> RawResponse:
-    responses, rest = parse_responses(raw)
-    assert len(responses) == 1 and not rest, raw
-    return responses[0]
-
-
 def port_of(response: RawResponse) -> int | None:
     location = response.header(b"location")
     return None if location is None else urlsplit(location.decode()).port
-
-
-async def admin_get(dispatcher: Dispatcher, path: str) -> httpx.Response:
-    async with httpx.AsyncClient(trust_env=False) as client:
-        return await client.get(dispatcher.admin_url + path)
 
 
 # --- kill -9 under load ---------------------------------------------------------------------------

@@ -26,12 +26,12 @@ from hypothesis import strategies as st
 
 from tests.helpers import (
     Dispatcher,
-    RawResponse,
     TestBackend,
     dispatcher_command,
     exchange,
     health,
     metric,
+    one_response,
     parse_responses,
     poll_admin,
     raise_file_limit,
@@ -80,12 +80,6 @@ async def start_front(nursery: trio.Nursery, **overrides: Any) -> Front:
     dispatcher = await start_dispatcher(nursery, settings)
     await wait_all_up(dispatcher)
     return Front(dispatcher, backend)
-
-
-def one_response(raw: bytes) -> RawResponse:
-    responses, rest = parse_responses(raw)
-    assert len(responses) == 1 and not rest, raw
-    return responses[0]
 
 
 def dispatcher_errors(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -6,7 +6,6 @@ in virtual time (`autojump_clock`) and assert the exact moment a connection was 
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -25,15 +24,16 @@ from dispatcher import config
 from dispatcher.demo import LoadReportingBackend
 from tests.helpers import (
     Dispatcher,
-    RawResponse,
     TestBackend,
     health,
+    one_response,
     parse_responses,
     read_until_close,
     receive_responses,
     settings_for,
     start_backends,
     start_dispatcher,
+    unused_port,
     wait_all_up,
     wait_for,
 )
@@ -94,19 +94,6 @@ def get(target: str, *headers: str, method: str = "GET", version: str = "1.1") -
     """A raw request head."""
     lines = [f"{method} {target} HTTP/{version}", *headers, "", ""]
     return "\r\n".join(lines).encode()
-
-
-def one_response(raw: bytes, *, bodyless: bool = False) -> RawResponse:
-    responses, rest = parse_responses(raw, bodyless=bodyless)
-    assert len(responses) == 1 and not rest, raw
-    return responses[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # --- every method: 307, the exact reason phrase, Location, Content-Length: 0 ----------------------
@@ -364,7 +351,7 @@ async def test_no_healthy_backend_gets_503_with_retry_after(nursery: trio.Nurser
 
 async def test_no_backend_listening_gets_503(nursery: trio.Nursery) -> None:
     """A backend nobody listens on is never up: the answer is 503 with an integer Retry-After >= 1."""
-    spec = config.parse_backend("test", f"http://127.0.0.1:{free_port()}", name="gone")
+    spec = config.parse_backend("test", f"http://127.0.0.1:{unused_port()}", name="gone")
     settings = replace(settings_for([], health=health(interval=30)), backends=(spec,))
     dispatcher = await start_dispatcher(nursery, settings)
     await wait_for(dispatcher.pool, lambda: dispatcher.pool.backends[0].last_check is not None)

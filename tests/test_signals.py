@@ -17,16 +17,14 @@ import httpx
 import pytest
 import trio
 
-from tests.helpers import TestBackend, read_until_close, receive_responses
+from tests.helpers import (
+    TestBackend,
+    read_until_close,
+    receive_responses,
+    unused_port,
+)
 
 DISPATCHER = [sys.executable, "-m", "dispatcher"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def wait_ready(admin_port: int, process: trio.Process, limit: float = 5.0) -> None:
@@ -55,7 +53,7 @@ async def test_signal_stops_gracefully_with_exit_status_0(
     """SIGTERM/SIGINT: idle keep-alive closed, the request in flight answered with close, exit status 0."""
     backend = TestBackend("b1")
     await nursery.start(backend.serve)
-    port, admin_port = free_port(), free_port()
+    port, admin_port = unused_port(), unused_port()
     command = [
         *DISPATCHER,
         f"--listen=127.0.0.1:{port}",
@@ -129,7 +127,7 @@ async def test_listen_address_in_use_exits_without_traceback(tmp_path: Path) -> 
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        command = [*DISPATCHER, f"--listen=127.0.0.1:{port}", f"--admin-listen=127.0.0.1:{free_port()}"]
+        command = [*DISPATCHER, f"--listen=127.0.0.1:{port}", f"--admin-listen=127.0.0.1:{unused_port()}"]
         with trio.fail_after(10):
             result = await trio.run_process(
                 [*command, "--backend=http://127.0.0.1:1", "--log-level=error"],
