@@ -1,0 +1,200 @@
+# The cost of one /metrics scrape of a 1,000-backend pool, in process (issue 3: "a scrape with 1,000
+# backends stays fast (well under 100 ms) and never stalls the front door").
+#
+# How: a `Pool` of 1,000 backends and a `Metrics` over it, built here without sockets or trio. Between two
+# scrapes the pool changes as a real one does between two Prometheus scrapes (every 15 s, checks every 2 s):
+# every backend gets 7 check results (new load reports, check durations, pass counts) and some of 20,000
+# redirects; 2 backends go down and 2 down ones come back, and every down backend keeps failing its checks.
+# Each round then times, in turn and in the same process:
+#   - the baseline: prometheus-client's own encoder over `Metrics.registry(now)`, the registry of the
+#     uncached `PoolCollector` (what every scrape did before `Metrics.exposition` kept anything);
+#   - `Metrics.exposition(now, accept)`, what the admin listener serves;
+# for the text format and for OpenMetrics (what Prometheus asks for first), then each side once more at the
+# same time with nothing changed in between (the best case: a second scraper of an HA pair). Both sides'
+# bodies must be the same bytes (the process_* families aside: CPU time moves between two calls).
+#
+# Owns: the simulated pool and its changes, the timing and the table. Rules: in process, no I/O; both sides
+# are timed in the same invocation; a full garbage collection before each timed call so that garbage left
+# by the simulation is not charged to either side; a warning when other processes took CPU meanwhile
+# (harness.py's accounting).
+#
+#   python benchmarks/scrape.py [--backends 1000] [--rounds 20] [--seed 1]
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from importlib.metadata import version
+
+from harness import busy_warning, cpu_snapshot, others_cpu_percent
+from prometheus_client.exposition import choose_encoder
+
+from dispatcher.config import BackendSpec, HealthSettings
+from dispatcher.metrics import Metrics
+from dispatcher.pool import Backend, CheckResult, Pool
+from dispatcher.server import ServerStats
+
+SCRAPE_INTERVAL = 15.0  # Prometheus' default scrape_interval
+CHECK_INTERVAL = 2.0  # the dispatcher's default health interval
+REDIRECTS_PER_SCRAPE = 20_000  # about 1,300 redirects a second
+STATE_CHANGES_PER_SCRAPE = 2  # backends going down, and as many coming back
+GOAL_MS, AIM_MS = 100.0, 60.0
+# What Prometheus 2 and 3 send by default: OpenMetrics first, then the text format.
+ACCEPTS = {
+    "text": "text/plain;version=0.0.4",
+    "OpenMetrics": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+}
+PROCESS_FAMILIES = b"# HELP process_"
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds of each round, for one format and one case, on both sides."""
+
+    baseline: list[float]
+    exposition: list[float]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Time one /metrics scrape of a large pool, in process.")
+    parser.add_argument("--backends", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1)
+    return parser.parse_args(argv)
+
+
+def build_pool(count: int) -> Pool:
+    specs = [
+        BackendSpec(f"b{i:04d}", f"http://127.0.0.1:{10000 + i}/", "http", "127.0.0.1", 10000 + i, "/")
+        for i in range(count)
+    ]
+    return Pool(specs, HealthSettings())
+
+
+class Simulation:
+    """A pool that lives through scrape intervals: checks, load reports, redirects, a few state changes."""
+
+    def __init__(self, pool: Pool, rng: random.Random) -> None:
+        self.pool = pool
+        self.rng = rng
+        self.now = 0.0
+        self.down: set[str] = set()
+
+    def interval(self) -> None:
+        """One scrape interval of checks and redirects."""
+        self._change_states()
+        checks = round(SCRAPE_INTERVAL / CHECK_INTERVAL)
+        for step in range(checks):
+            at = self.now + step * CHECK_INTERVAL
+            for backend in self.pool.backends:
+                self.pool.record_check(backend, self._result(backend), at)
+        for _ in range(REDIRECTS_PER_SCRAPE):
+            self.pool.choose()
+        self.now += SCRAPE_INTERVAL
+
+    def _change_states(self) -> None:
+        names = [backend.name for backend in self.pool.backends]
+        back = self.rng.sample(sorted(self.down), min(len(self.down), STATE_CHANGES_PER_SCRAPE))
+        self.down.difference_update(back)
+        self.down.update(self.rng.sample([n for n in names if n not in self.down], STATE_CHANGES_PER_SCRAPE))
+
+    def _result(self, backend: Backend) -> CheckResult:
+        if backend.name in self.down:
+            return CheckResult(False, 1.0, reason="timeout")
+        return CheckResult(True, self.rng.uniform(0.0005, 0.008), load=float(self.rng.randint(0, 40)))
+
+
+def timed(scrape: Callable[[], bytes]) -> tuple[float, bytes]:
+    gc.collect()
+    started = time.perf_counter()
+    body = scrape()
+    return (time.perf_counter() - started) * 1000, body
+
+
+def pool_part(body: bytes) -> bytes:
+    """The body up to the process collector's families, which differ between any two calls."""
+    return body.split(PROCESS_FAMILIES, 1)[0]
+
+
+def baseline_scrape(metrics: Metrics, now: float, accept: str) -> bytes:
+    """prometheus-client's encoder for `accept` over the uncached collector's registry."""
+    encoder, _ = choose_encoder(accept)
+    return encoder(metrics.registry(now))
+
+
+def exposition_scrape(metrics: Metrics, now: float, accept: str) -> bytes:
+    return metrics.exposition(now, accept)[0]
+
+
+def scrape_round(metrics: Metrics, now: float, results: dict[tuple[str, str], Timings]) -> int:
+    """Time both sides for each format, changed and then unchanged; returns the text body's samples."""
+    lines = 0
+    for label, accept in ACCEPTS.items():
+        for case in ("realistic change", "nothing changed"):
+            timings = results.setdefault((label, case), Timings([], []))
+            base_ms, base_body = timed(partial(baseline_scrape, metrics, now, accept))
+            ours_ms, ours_body = timed(partial(exposition_scrape, metrics, now, accept))
+            if pool_part(base_body) != pool_part(ours_body):
+                raise SystemExit(f"scrape: {label} bodies differ ({case}): the exposition is wrong")
+            timings.baseline.append(base_ms)
+            timings.exposition.append(ours_ms)
+            lines = base_body.count(b"\n")
+    return lines
+
+
+def p90(values: list[float]) -> float:
+    return statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
+
+
+def report(results: dict[tuple[str, str], Timings], backends: int, rounds: int, lines: int) -> None:
+    print(
+        f"scrape of {backends:,} backends (about {lines:,} lines), {rounds} rounds; "
+        f"Python {platform.python_version()}, prometheus-client {version('prometheus-client')}, "
+        f"{os.cpu_count()} cores"
+    )
+    header = f"  {'format':<12} {'case':<17} {'baseline median':>15} {'p90':>8}   {'exposition median':>17} "
+    print(header + f"{'p90':>8}   {'speed-up':>8}   goal")
+    print("  " + "-" * (len(header) + 28))
+    for (label, case), timings in results.items():
+        base, ours = statistics.median(timings.baseline), statistics.median(timings.exposition)
+        verdict = "met" if ours < GOAL_MS else "MISSED"
+        if case != "realistic change":
+            verdict = ""
+        print(
+            f"  {label:<12} {case:<17} {base:12.1f} ms {p90(timings.baseline):5.1f} ms   "
+            f"{ours:14.1f} ms {p90(timings.exposition):5.1f} ms   {base / ours:7.2f} x   "
+            + (f"< {GOAL_MS:.0f} ms (aim {AIM_MS:.0f})  {verdict}" if verdict else "")
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    pool = build_pool(args.backends)
+    metrics = Metrics(pool, ServerStats())
+    simulation = Simulation(pool, random.Random(args.seed))
+    simulation.interval()  # all up, and a first scrape of each format fills whatever is kept
+    for accept in ACCEPTS.values():
+        metrics.exposition(simulation.now, accept)
+    results: dict[tuple[str, str], Timings] = {}
+    lines = 0
+    before = cpu_snapshot(os.getpid())
+    for _ in range(args.rounds):
+        simulation.interval()
+        lines = scrape_round(metrics, simulation.now, results)
+    warning = busy_warning(others_cpu_percent(before, cpu_snapshot(os.getpid())), "the scrapes")
+    report(results, args.backends, args.rounds, lines)
+    if warning:
+        print(warning)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
