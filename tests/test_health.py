@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import TypeVar
 
@@ -415,6 +415,56 @@ async def test_failed_status_keeps_the_connection(
     nursery.start_soon(run_checks, pool, settings)
     await wait_for(pool, lambda: pool.by_name["b1"].checks_failed == 3)
     assert backend.connections == 1
+
+
+@dataclass(eq=False)
+class ClosingUnanswered(TestBackend):
+    """Answers the first `answered` checks on a connection, then closes it when the next one arrives,
+    unanswered: as a backend whose idle timeout fires just as the check is sent."""
+
+    __test__ = False
+    answered: int = 1
+    connections: int = 0
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        try:
+            for _ in range(self.answered):
+                await stream.receive_some(65536)
+                self.health_checks += 1
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nx-load: 1\r\ncontent-length: 0\r\n\r\n")
+            await stream.receive_some(65536)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
+async def test_kept_alive_connection_closed_unanswered_is_retried_once_fresh(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A reused connection that ends before any answer is retried on a new one: the check passes."""
+    backend = await started(nursery, ClosingUnanswered("b1"))
+    settings = health(interval=2.0, fall=1)
+    pool = pool_for([backend], settings)
+    seen = record_checks(pool)
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 4)
+    assert [(c.at - t0, c.passed) for c in seen] == [(0.0, True), (2.0, True), (4.0, True), (6.0, True)]
+    assert (backend.connections, backend.health_checks) == (4, 4)
+
+
+async def test_fresh_connection_closed_unanswered_fails_as_protocol_without_retry(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Only a reused connection earns a retry: a new one closed unanswered is the backend's fault."""
+    backend = await started(nursery, ClosingUnanswered("b1", answered=0))
+    settings = health(interval=2.0)
+    pool = pool_for([backend], settings)
+    seen = record_checks(pool)
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 2)
+    assert [(c.passed, c.reason) for c in seen] == [(False, "protocol"), (False, "protocol")]
+    assert backend.connections == 2
 
 
 # --- load reports -----------------------------------------------------------------------------------
