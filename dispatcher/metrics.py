@@ -294,20 +294,60 @@ def _accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
+# Rendered families are kept per encoding (format, version and escaping, as named by the content type
+# that choose_encoder gives with it) for this many encodings: Prometheus' choice and a person's curl.
+KEPT_ENCODINGS = 2
+
+Encoder = Callable[[Collector], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One per-backend family as prometheus-client rendered it, and the figures it was rendered from."""
+
+    names: tuple[str, ...]
+    values: list[float]
+    text: bytes
+
+
+class Families(Collector):
+    """Metric families already built: lets the encoder render one family on its own."""
+
+    def __init__(self, *families: Metric) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
 class Metrics:
-    """Scrapes of the pool and the server, with the standard process collector."""
+    """Scrapes of the pool and the server, with the standard process collector.
+
+    Between two scrapes (every 15 s or so) most per-backend families of a large pool do not change
+    (states, weights, failures), yet prometheus-client formats every sample of every scrape: 3 us a
+    sample in the text format, 6 us in OpenMetrics, for 30,000 samples with 1,000 backends. So each
+    per-backend family is rendered by prometheus-client's encoder on its own, kept with the figures it
+    was rendered from, and rendered again only when they differ. An encoder's body is one block per
+    family, in order, then its end (`# EOF` in OpenMetrics): joining the blocks gives the same bytes.
+    """
 
     def __init__(self, pool: Pool, stats: ServerStats) -> None:
         self.pool = pool
         self.stats = stats
+        # By content type, the most recently used last. Replaced as a whole, never changed in place:
+        # a scrape in a worker thread reads one version of it, and two scrapes at once both stay right.
+        self._blocks: dict[str, tuple[Block, ...]] = {}
 
     def registry(self, now: float) -> CollectorRegistry:
-        """A registry for one scrape at trio time `now` (cheap: two collectors)."""
+        """A registry for one scrape at trio time `now`, kept nowhere: what `exposition` must equal."""
         registry = CollectorRegistry(auto_describe=False)
         registry.register(PoolCollector(self.pool, now))
+        self._register_rest(registry)
+        return registry
+
+    def _register_rest(self, registry: CollectorRegistry) -> None:
         registry.register(ServerCollector(self.stats))
         ProcessCollector(registry=registry)  # process_cpu_seconds_total, resident memory, fds
-        return registry
 
     def exposition(
         self, now: float, accept: str | None, accept_encoding: str | None = None
@@ -315,10 +355,39 @@ class Metrics:
         """The scrape body, its content type, and whether it is gzipped (as Prometheus asks by default).
 
         OpenMetrics when the scraper's Accept asks for it, as prometheus-client's own handlers do.
-        Safe to call from a worker thread: the collector only reads plain attributes and copies.
+        Safe to call from a worker thread: the collectors only read plain attributes and copies.
         """
         encoder, content_type = choose_encoder(accept or "")
-        body = encoder(self.registry(now))
+        kept = self._blocks
+        blocks = self._pool_blocks(encoder, kept.get(content_type, ()), now)
+        self._keep(kept, content_type, blocks)
+        rest = CollectorRegistry(auto_describe=False)
+        self._register_rest(rest)
+        body = b"".join(block.text for block in blocks) + encoder(rest)
         if accept_encoding and _accepts_gzip(accept_encoding):
             return gzip.compress(body, compresslevel=1), content_type, True
         return body, content_type, False
+
+    def _pool_blocks(self, encoder: Encoder, previous: tuple[Block, ...], now: float) -> tuple[Block, ...]:
+        """Every per-backend family rendered, reusing each previous block whose figures are the same."""
+        backends = list(self.pool.backends)  # the list the pool holds now, even if a reload replaces it
+        names = tuple(backend.name for backend in backends)
+        time = ScrapeTime(now, self.pool.started_at)
+        end = encoder(Families())  # what the encoder ends a body with, after the last family
+        labels: list[BackendLabels] = []
+        blocks: list[Block] = []
+        for family, old in zip(BACKEND_FAMILIES, previous or [None] * len(BACKEND_FAMILIES), strict=True):
+            values = family.read(backends, time)
+            if old is not None and old.names == names and old.values == values:
+                blocks.append(old)
+                continue
+            labels = labels or [BackendLabels.of(name) for name in names]
+            text = encoder(Families(family.metric(labels, values))).removesuffix(end)
+            blocks.append(Block(names, values, text))
+        return tuple(blocks)
+
+    def _keep(self, kept: dict[str, tuple[Block, ...]], content_type: str, blocks: tuple[Block, ...]) -> None:
+        """Keep `blocks` as the most recent encoding's, forgetting the least recent beyond KEPT_ENCODINGS."""
+        others = [(other, old) for other, old in kept.items() if other != content_type]
+        del others[: max(0, len(others) + 1 - KEPT_ENCODINGS)]
+        self._blocks = dict([*others, (content_type, blocks)])

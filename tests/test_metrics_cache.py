@@ -1,0 +1,205 @@
+"""Metrics.exposition keeps rendered families between scrapes: what it serves must be, byte for byte,
+what prometheus-client's own encoder makes of the uncached registry at that moment.
+
+A pool in process, changed the ways a running dispatcher changes it (checks, redirects, the operator, a
+reload, a new pool), scraped after each change in the text format and in OpenMetrics. A kept block that
+was not rendered again after its figures changed would show the old figures and fail the comparison.
+The process_* families differ between any two calls (CPU time, memory) and are compared for presence only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from dataclasses import replace
+
+import pytest
+from prometheus_client.exposition import choose_encoder
+
+from dispatcher.config import BackendSpec, HealthSettings
+from dispatcher.metrics import KEPT_ENCODINGS, Metrics
+from dispatcher.pool import CheckResult, Pool
+from dispatcher.server import ServerStats
+from dispatcher.state import Admin
+
+TEXT = "text/plain;version=0.0.4"
+TEXT_UTF8 = "text/plain;version=1.0.0;escaping=allow-utf-8"
+OPENMETRICS = "application/openmetrics-text;version=1.0.0"
+ACCEPTS = (TEXT, OPENMETRICS)  # no more than are kept, or each scrape would find its blocks forgotten
+PROCESS = b"# HELP process_"
+HEALTH = HealthSettings(rise=1, fall=1)
+
+
+def specs(*names: str) -> list[BackendSpec]:
+    return [
+        BackendSpec(name, f"http://127.0.0.1:{9000 + i}/", "http", "127.0.0.1", 9000 + i, "")
+        for i, name in enumerate(names)
+    ]
+
+
+def check_ok(load: float) -> CheckResult:
+    return CheckResult(True, 0.003, load=load)
+
+
+def check_fail(reason: str) -> CheckResult:
+    return CheckResult(False, 0.25, reason=reason)
+
+
+def plain(metrics: Metrics, now: float, accept: str) -> bytes:
+    """prometheus-client's encoder for `accept` over the registry of a scrape that keeps nothing."""
+    encoder, _ = choose_encoder(accept)
+    return encoder(metrics.registry(now))
+
+
+def split_process(body: bytes) -> tuple[bytes, bytes]:
+    """The body before the process collector's families, and the end: `# EOF` for OpenMetrics."""
+    before, found, after = body.partition(PROCESS)
+    return before, after.rpartition(b"\n# ")[2] if found else b""
+
+
+def assert_served_as_plain(metrics: Metrics, now: float) -> list[bytes]:
+    """Every encoding's exposition equals prometheus-client's plain output; returns the bodies."""
+    bodies = []
+    for accept in ACCEPTS:
+        served = metrics.exposition(now, accept)[0]
+        expected = plain(metrics, now, accept)
+        assert split_process(served) == split_process(expected), accept
+        assert served.count(b"# EOF") == expected.count(b"# EOF") == (accept == OPENMETRICS)
+        bodies.append(served)
+    return bodies
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    pool = Pool(specs("a", "b", "c"), HEALTH, started_at=1.0)
+    return Metrics(pool, ServerStats())
+
+
+def test_a_fresh_pool_is_served_as_prometheus_client_renders_it(metrics: Metrics) -> None:
+    """Before any check, every encoding's body is prometheus-client's own, `# EOF` once in OpenMetrics."""
+    assert_served_as_plain(metrics, 2.0)
+
+
+def test_each_kind_of_change_shows_in_the_next_scrape(metrics: Metrics) -> None:
+    """Load reports, failed checks, redirects, the operator and the clock: each shows in the next body."""
+    pool = metrics.pool
+    a, b, c = pool.backends
+    changes = [
+        lambda: pool.record_check(a, check_ok(load=3.0), 3.0),  # a load report: load, age, checks, durations
+        lambda: pool.record_check(b, check_ok(load=0.5), 3.5),
+        lambda: [pool.choose() for _ in range(5)],  # redirects and effective load
+        lambda: pool.record_check(c, check_fail("timeout"), 4.0),  # a state change and a failure reason
+        lambda: pool.set_admin(a, Admin.DRAIN),
+        lambda: pool.set_admin(b, Admin.MAINT),
+        lambda: pool.set_admin(a, Admin.READY),
+        lambda: pool.record_check(c, check_ok(load=0.0), 5.0),
+        lambda: None,  # only the clock moves: the load ages
+    ]
+    previous = assert_served_as_plain(metrics, 2.0)
+    for step, change in enumerate(changes):
+        change()
+        bodies = assert_served_as_plain(metrics, 6.0 + step)
+        assert [split_process(body) for body in bodies] != [split_process(body) for body in previous]
+        previous = bodies
+
+
+def test_a_figure_back_to_an_earlier_value_is_served_as_it_is_now(metrics: Metrics) -> None:
+    """A load going 1 -> 2 -> 1 shows 1, 2, 1: blocks are kept for the figures, not for the moment."""
+    a = metrics.pool.backends[0]
+    for load in (1.0, 2.0, 1.0, 2.0):
+        metrics.pool.record_check(a, check_ok(load=load), 3.0)
+        a.check_durations[:] = [0] * len(a.check_durations)  # only the load differs between rounds
+        a.check_duration_sum, a.checks_passed = 0.0, 0
+        body = assert_served_as_plain(metrics, 3.0)[0]
+        assert f'dispatcher_backend_load{{backend="a"}} {load}\n'.encode() in body
+
+
+def test_a_reload_that_adds_removes_and_reorders_backends(metrics: Metrics) -> None:
+    """Pool.reconcile with a backend gone, one new, the order changed and a new weight: served as plain."""
+    pool = metrics.pool
+    pool.record_check(pool.backends[0], check_ok(load=2.0), 2.0)
+    assert_served_as_plain(metrics, 3.0)
+    a, _, c = specs("a", "b", "c")
+    (d,) = [replace(spec, port=9100, url="http://127.0.0.1:9100/") for spec in specs("d")]
+    pool.reconcile([c, replace(a, weight=2.0), d])
+    assert [backend.name for backend in pool.backends] == ["c", "a", "d"]
+    body = assert_served_as_plain(metrics, 4.0)[0]
+    assert b'backend="b"' not in body
+    assert b'dispatcher_backend_weight{backend="a"} 2.0\n' in body
+
+
+def test_a_reload_that_only_renames(metrics: Metrics) -> None:
+    """Backend c replaced by d, every figure the same (all 0): the body names d, not c."""
+    assert_served_as_plain(metrics, 2.0)
+    a, b, _ = specs("a", "b", "c")
+    (d,) = [replace(spec, port=9100, url="http://127.0.0.1:9100/") for spec in specs("d")]
+    metrics.pool.reconcile([a, b, d])
+    body = assert_served_as_plain(metrics, 2.0)[0]
+    assert b'backend="c"' not in body
+    assert b'backend="d"' in body
+
+
+def test_a_new_pool_of_the_same_names_is_read_afresh(metrics: Metrics) -> None:
+    """A new Pool object with the same backend names: its figures, not the kept ones of the old pool."""
+    old = metrics.pool
+    for backend in old.backends:
+        old.record_check(backend, check_ok(load=7.0), 2.0)
+    assert_served_as_plain(metrics, 3.0)
+    metrics.pool = Pool(specs("a", "b", "c"), HEALTH, started_at=2.5)
+    body = assert_served_as_plain(metrics, 3.0)[0]
+    assert b"7.0" not in split_process(body)[0]
+
+
+def test_a_pool_emptied_and_filled_again(metrics: Metrics) -> None:
+    """No backend at all (every family with its header only), then backends again."""
+    metrics.pool.reconcile([])
+    assert_served_as_plain(metrics, 2.0)
+    metrics.pool.reconcile(specs("x", "y"))
+    assert_served_as_plain(metrics, 3.0)
+
+
+def test_more_encodings_than_are_kept(metrics: Metrics) -> None:
+    """Scrapers asking for more encodings than KEPT_ENCODINGS in turn, the pool changing between them."""
+    accepts = (*ACCEPTS, TEXT_UTF8)
+    assert len(ACCEPTS) == KEPT_ENCODINGS < len(accepts)
+    a = metrics.pool.backends[0]
+    for round_ in range(3):
+        for accept in (*accepts, *reversed(accepts)):
+            metrics.pool.record_check(a, check_ok(load=float(round_)), 2.0 + round_)
+            now = 3.0 + round_
+            served = metrics.exposition(now, accept)[0]
+            assert split_process(served) == split_process(plain(metrics, now, accept)), accept
+
+
+def test_gzip_holds_the_same_body(metrics: Metrics) -> None:
+    """With Accept-Encoding: gzip the body decompresses to what prometheus-client renders."""
+    metrics.pool.record_check(metrics.pool.backends[1], check_ok(load=1.5), 2.0)
+    for accept in ACCEPTS:
+        body, _, gzipped = metrics.exposition(3.0, accept, "gzip")
+        assert gzipped
+        assert split_process(gzip.decompress(body)) == split_process(plain(metrics, 3.0, accept))
+
+
+def test_scrapes_from_several_threads_at_once_leave_nothing_wrong() -> None:
+    """Worker threads scraping at once, each at its own time: later scrapes are still served as plain."""
+    pool = Pool(specs(*(f"b{i:03d}" for i in range(150))), HEALTH, started_at=0.0)
+    for i, backend in enumerate(pool.backends):
+        pool.record_check(backend, check_ok(load=float(i % 7)), float(i % 5))
+    metrics = Metrics(pool, ServerStats())
+    errors: list[BaseException] = []
+
+    def scrape(offset: int) -> None:
+        try:
+            for round_ in range(20):
+                metrics.exposition(10.0 + (offset + round_) % 3, ACCEPTS[(offset + round_) % 2])
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=scrape, args=(offset,)) for offset in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for now in (10.0, 11.0, 12.0, 10.0):
+        assert_served_as_plain(metrics, now)
