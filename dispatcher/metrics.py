@@ -46,8 +46,8 @@ Read = Callable[[list[Backend], ScrapeTime], list[float]]
 
 @dataclass(frozen=True, slots=True)
 class BackendLabels:
-    """The label sets of one backend's samples, made once per scrape and shared by every family
-    (prometheus-client only reads them)."""
+    """The label sets of one backend's samples, shared by every family (prometheus-client only reads
+    them): `{"backend": name}` is one dict for all the families that have no other label."""
 
     backend: Labels
     states: tuple[Labels, ...]  # one per VISIBLE_STATES
@@ -83,12 +83,37 @@ class BackendFamily:
     labels: Callable[[BackendLabels], tuple[Labels, ...]]
     read: Read
 
-    def metric(self, labels: list[BackendLabels], values: list[float]) -> Metric:
+    def metric(self, label_sets: list[Labels], values: list[float], only: list[int] | None = None) -> Metric:
+        """The family with every sample, or `only` the samples of these indexes."""
         family = self.kind(self.name, self.documentation, labels=self.label_names)
         names = [self.name + suffix for suffix in self.suffixes]
-        label_sets = [label_set for backend in labels for label_set in self.labels(backend)]
-        family.samples = list(map(Sample, cycle(names), label_sets, values))
+        if only is None:
+            family.samples = list(map(Sample, cycle(names), label_sets, values))
+        else:
+            per_backend = len(names)
+            family.samples = [Sample(names[i % per_backend], label_sets[i], values[i]) for i in only]
         return family
+
+
+@dataclass(frozen=True, slots=True)
+class SampleLabels:
+    """The pool's backend names and, for each of BACKEND_FAMILIES, the label set of every sample in order.
+
+    Made once per pool membership (at start, after a reload) and shared by every scrape: 22 dicts a
+    backend, which cost more to make than a scrape of what changed takes to format.
+    """
+
+    names: tuple[str, ...]
+    families: tuple[list[Labels], ...]
+
+    @classmethod
+    def of(cls, names: tuple[str, ...]) -> SampleLabels:
+        backends = [BackendLabels.of(name) for name in names]
+        families = tuple(
+            [label_set for backend in backends for label_set in family.labels(backend)]
+            for family in BACKEND_FAMILIES
+        )
+        return cls(names, families)
 
 
 def _one(labels: BackendLabels) -> tuple[Labels, ...]:
@@ -163,7 +188,8 @@ BACKEND_FAMILIES = (
         GaugeMetricFamily,
         "dispatcher_backend_load",
         "Last load the backend reported.",
-        lambda backends, _: [b.load for b in backends],
+        # + 0.0 makes a report of -0 a 0: the two compare equal, so a kept line could not tell them apart.
+        lambda backends, _: [b.load + 0.0 for b in backends],
     ),
     _per_backend(
         GaugeMetricFamily,
@@ -222,9 +248,9 @@ class PoolCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         backends = list(self.pool.backends)  # the list the pool holds now, even if a reload replaces it
-        labels = [BackendLabels.of(backend.name) for backend in backends]
-        for family in BACKEND_FAMILIES:
-            yield family.metric(labels, family.read(backends, self.time))
+        labels = SampleLabels.of(tuple(backend.name for backend in backends))
+        for family, label_sets in zip(BACKEND_FAMILIES, labels.families, strict=True):
+            yield family.metric(label_sets, family.read(backends, self.time))
 
 
 class ServerCollector(Collector):
@@ -303,11 +329,19 @@ Encoder = Callable[[Collector], bytes]
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """One per-backend family as prometheus-client rendered it, and the figures it was rendered from."""
+    """One per-backend family as prometheus-client rendered it: its header (HELP, TYPE) and a line for
+    each sample (without its newline); and the backends and figures it shows."""
 
     names: tuple[str, ...]
     values: list[float]
-    text: bytes
+    header: bytes
+    lines: list[bytes]
+
+    def parts(self) -> Iterator[bytes]:
+        yield self.header
+        if self.lines:
+            yield b"\n".join(self.lines)
+            yield b"\n"
 
 
 class Families(Collector):
@@ -323,20 +357,24 @@ class Families(Collector):
 class Metrics:
     """Scrapes of the pool and the server, with the standard process collector.
 
-    Between two scrapes (every 15 s or so) most per-backend families of a large pool do not change
-    (states, weights, failures), yet prometheus-client formats every sample of every scrape: 3 us a
-    sample in the text format, 6 us in OpenMetrics, for 30,000 samples with 1,000 backends. So each
-    per-backend family is rendered by prometheus-client's encoder on its own, kept with the figures it
-    was rendered from, and rendered again only when they differ. An encoder's body is one block per
-    family, in order, then its end (`# EOF` in OpenMetrics): joining the blocks gives the same bytes.
+    prometheus-client formats every sample of every scrape: about 3 us a sample in the text format,
+    6 us in OpenMetrics with the `underscores` escaping that Prometheus 2 gets, for the 30,000 samples
+    of 1,000 backends. Yet between two scrapes (every 15 s or so) many of them do not change: states,
+    weights, failure counts, the fail count of a backend that passes, the low buckets of a histogram.
+    So each per-backend family is kept as prometheus-client's encoder rendered it, a line per sample,
+    with the figures it shows; the next scrape of that encoding has the encoder render only the samples
+    whose figures differ, and takes their new lines in place of the old ones. Both encoders write a
+    family as its header then one line per sample, and a body as its families in order then an end
+    (`# EOF` in OpenMetrics): so the same bytes.
     """
 
     def __init__(self, pool: Pool, stats: ServerStats) -> None:
         self.pool = pool
         self.stats = stats
-        # By content type, the most recently used last. Replaced as a whole, never changed in place:
-        # a scrape in a worker thread reads one version of it, and two scrapes at once both stay right.
-        self._blocks: dict[str, tuple[Block, ...]] = {}
+        # Both replaced as a whole, never changed in place: a scrape in a worker thread reads one
+        # version, and two scrapes at once both stay right (the later one's blocks are kept).
+        self._labels = SampleLabels.of(())
+        self._blocks: dict[str, tuple[Block, ...]] = {}  # by content type, the most recently used last
 
     def registry(self, now: float) -> CollectorRegistry:
         """A registry for one scrape at trio time `now`, kept nowhere: what `exposition` must equal."""
@@ -355,39 +393,93 @@ class Metrics:
         """The scrape body, its content type, and whether it is gzipped (as Prometheus asks by default).
 
         OpenMetrics when the scraper's Accept asks for it, as prometheus-client's own handlers do.
-        Safe to call from a worker thread: the collectors only read plain attributes and copies.
+        Safe to call from worker threads, several at once: the collectors only read plain attributes
+        and copies, and what is kept between scrapes is replaced, never changed.
         """
         encoder, content_type = choose_encoder(accept or "")
         kept = self._blocks
         blocks = self._pool_blocks(encoder, kept.get(content_type, ()), now)
-        self._keep(kept, content_type, blocks)
-        rest = CollectorRegistry(auto_describe=False)
-        self._register_rest(rest)
-        body = b"".join(block.text for block in blocks) + encoder(rest)
+        if blocks is None:  # a prometheus-client that lays its output out otherwise: keep nothing
+            body = encoder(self.registry(now))
+        else:
+            self._keep(kept, content_type, tuple(blocks))
+            rest = CollectorRegistry(auto_describe=False)
+            self._register_rest(rest)
+            body = b"".join(part for block in blocks for part in block.parts()) + encoder(rest)
         if accept_encoding and _accepts_gzip(accept_encoding):
             return gzip.compress(body, compresslevel=1), content_type, True
         return body, content_type, False
 
-    def _pool_blocks(self, encoder: Encoder, previous: tuple[Block, ...], now: float) -> tuple[Block, ...]:
-        """Every per-backend family rendered, reusing each previous block whose figures are the same."""
+    def _pool_blocks(self, encoder: Encoder, previous: tuple[Block, ...], now: float) -> list[Block] | None:
+        """Every per-backend family rendered, from the previous blocks and the samples that changed;
+        None if the encoder's output is not laid out as a header and one line per sample."""
         backends = list(self.pool.backends)  # the list the pool holds now, even if a reload replaces it
         names = tuple(backend.name for backend in backends)
+        labels = self._labels  # read once: a scrape in another thread may replace it
+        if labels.names != names:
+            labels = self._labels = SampleLabels.of(names)
         time = ScrapeTime(now, self.pool.started_at)
-        end = encoder(Families())  # what the encoder ends a body with, after the last family
-        labels: list[BackendLabels] = []
         blocks: list[Block] = []
-        for family, old in zip(BACKEND_FAMILIES, previous or [None] * len(BACKEND_FAMILIES), strict=True):
+        for family, label_sets, old in zip(
+            BACKEND_FAMILIES, labels.families, previous or [None] * len(BACKEND_FAMILIES), strict=True
+        ):
             values = family.read(backends, time)
             if old is not None and old.names == names and old.values == values:
                 blocks.append(old)
                 continue
-            labels = labels or [BackendLabels.of(name) for name in names]
-            text = encoder(Families(family.metric(labels, values))).removesuffix(end)
-            blocks.append(Block(names, values, text))
-        return tuple(blocks)
+            same_backends = old if old is not None and old.names == names else None
+            block = _render(encoder, family, names, label_sets, values, same_backends)
+            if block is None:
+                return None
+            blocks.append(block)
+        return blocks
 
     def _keep(self, kept: dict[str, tuple[Block, ...]], content_type: str, blocks: tuple[Block, ...]) -> None:
         """Keep `blocks` as the most recent encoding's, forgetting the least recent beyond KEPT_ENCODINGS."""
         others = [(other, old) for other, old in kept.items() if other != content_type]
         del others[: max(0, len(others) + 1 - KEPT_ENCODINGS)]
         self._blocks = dict([*others, (content_type, blocks)])
+
+
+def _render(
+    encoder: Encoder,
+    family: BackendFamily,
+    names: tuple[str, ...],
+    label_sets: list[Labels],
+    values: list[float],
+    old: Block | None,
+) -> Block | None:
+    """`family` rendered by the encoder: the samples whose figures differ from `old`'s (a block of the
+    same backends), the other lines taken from `old`; None if the layout is not as expected."""
+    if old is None:
+        changed = None
+    else:
+        changed = [i for i, (was, now) in enumerate(zip(old.values, values, strict=True)) if was != now]
+    rendered = _sample_lines(encoder, family.metric([], []), family.metric(label_sets, values, changed))
+    if rendered is None:
+        return None
+    header, fresh = rendered
+    if old is None or changed is None:
+        return Block(names, values, header, fresh)
+    lines = list(old.lines)  # a copy: another scrape may be reading the old block
+    for i, line in zip(changed, fresh, strict=True):
+        lines[i] = line
+    return Block(names, values, header, lines)
+
+
+def _sample_lines(encoder: Encoder, empty: Metric, metric: Metric) -> tuple[bytes, list[bytes]] | None:
+    """The encoder's header of `metric` (what it makes of the family with no samples) and its one line
+    per sample; None if its output is not that, then its end (`# EOF` in OpenMetrics).
+
+    Both of prometheus-client's encoders write a family as HELP and TYPE then one line per sample:
+    label values and help texts have their newlines escaped.
+    """
+    end = encoder(Families())
+    header = encoder(Families(empty)).removesuffix(end)
+    text = encoder(Families(metric))
+    if not (text.startswith(header) and text.endswith(end)):
+        return None
+    lines = text[len(header) : len(text) - len(end)].split(b"\n")
+    if lines.pop() != b"" or len(lines) != len(metric.samples):
+        return None
+    return header, lines

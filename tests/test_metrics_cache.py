@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import gzip
 import threading
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import pytest
-from prometheus_client.exposition import choose_encoder
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.registry import Collector
 
 from dispatcher.config import BackendSpec, HealthSettings
-from dispatcher.metrics import KEPT_ENCODINGS, Metrics
-from dispatcher.pool import CheckResult, Pool
+from dispatcher.metrics import BACKEND_FAMILIES, KEPT_ENCODINGS, Metrics, SampleLabels, _sample_lines
+from dispatcher.pool import FAILURE_REASONS, Backend, CheckResult, Pool
 from dispatcher.server import ServerStats
 from dispatcher.state import Admin
 
@@ -84,7 +88,7 @@ def test_each_kind_of_change_shows_in_the_next_scrape(metrics: Metrics) -> None:
     """Load reports, failed checks, redirects, the operator and the clock: each shows in the next body."""
     pool = metrics.pool
     a, b, c = pool.backends
-    changes = [
+    changes: list[Callable[[], object]] = [
         lambda: pool.record_check(a, check_ok(load=3.0), 3.0),  # a load report: load, age, checks, durations
         lambda: pool.record_check(b, check_ok(load=0.5), 3.5),
         lambda: [pool.choose() for _ in range(5)],  # redirects and effective load
@@ -112,6 +116,16 @@ def test_a_figure_back_to_an_earlier_value_is_served_as_it_is_now(metrics: Metri
         a.check_duration_sum, a.checks_passed = 0.0, 0
         body = assert_served_as_plain(metrics, 3.0)[0]
         assert f'dispatcher_backend_load{{backend="a"}} {load}\n'.encode() in body
+
+
+def test_a_load_of_minus_zero_is_served_as_zero(metrics: Metrics) -> None:
+    """-0.0 == 0.0, so a kept line could not tell them apart: a report of -0 shows as 0, plain or kept."""
+    a = metrics.pool.backends[0]
+    metrics.pool.record_check(a, check_ok(load=0.0), 2.0)
+    assert_served_as_plain(metrics, 2.0)
+    metrics.pool.record_check(a, check_ok(load=-0.0), 2.0)
+    for body in assert_served_as_plain(metrics, 2.0):
+        assert b'dispatcher_backend_load{backend="a"} 0.0\n' in body
 
 
 def test_a_reload_that_adds_removes_and_reorders_backends(metrics: Metrics) -> None:
@@ -203,3 +217,89 @@ def test_scrapes_from_several_threads_at_once_leave_nothing_wrong() -> None:
     assert errors == []
     for now in (10.0, 11.0, 12.0, 10.0):
         assert_served_as_plain(metrics, now)
+
+
+@dataclass(frozen=True)
+class Report:
+    load: float
+
+    def apply(self, pool: Pool, backend: Backend, now: float) -> float:
+        pool.record_check(backend, check_ok(self.load), now)
+        return now
+
+
+@dataclass(frozen=True)
+class Fail:
+    reason: str
+
+    def apply(self, pool: Pool, backend: Backend, now: float) -> float:
+        pool.record_check(backend, check_fail(self.reason), now)
+        return now
+
+
+@dataclass(frozen=True)
+class Operator:
+    admin: Admin
+
+    def apply(self, pool: Pool, backend: Backend, now: float) -> float:
+        pool.set_admin(backend, self.admin)
+        return now
+
+
+@dataclass(frozen=True)
+class Redirects:
+    count: int
+
+    def apply(self, pool: Pool, backend: Backend, now: float) -> float:
+        for _ in range(self.count):
+            pool.choose()
+        return now
+
+
+@dataclass(frozen=True)
+class Tick:
+    seconds: float
+
+    def apply(self, pool: Pool, backend: Backend, now: float) -> float:
+        return now + self.seconds
+
+
+# One change to one of 12 backends: a load report, a failed check, the operator, redirects, the clock.
+changes = st.tuples(
+    st.integers(0, 11),
+    st.one_of(
+        st.builds(Report, st.floats(0.0, 1000.0)),
+        st.builds(Fail, st.sampled_from(FAILURE_REASONS)),
+        st.builds(Operator, st.sampled_from(list(Admin))),
+        st.builds(Redirects, st.integers(1, 30)),
+        st.builds(Tick, st.floats(0.0, 20.0)),
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(changes, max_size=6), min_size=1, max_size=8))
+def test_any_changes_between_scrapes_are_served_as_plain(
+    rounds: list[list[tuple[int, Report | Fail | Operator | Redirects | Tick]]],
+) -> None:
+    """Whatever changes between scrapes, each scrape is prometheus-client's plain output of that moment."""
+    pool = Pool(specs(*(f"b{i:02d}" for i in range(12))), HealthSettings(rise=2, fall=2), started_at=0.0)
+    metrics = Metrics(pool, ServerStats())
+    now = 1.0
+    for round_ in rounds:
+        for index, change in round_:
+            now = change.apply(pool, pool.backends[index], now)
+        assert_served_as_plain(metrics, now)
+
+
+def test_an_encoder_without_a_line_per_sample_is_not_spliced() -> None:
+    """Output that is not a header and one line per sample is refused (exposition then keeps nothing)."""
+    family = BACKEND_FAMILIES[0]
+    (label_sets, *_) = SampleLabels.of(("a", "b")).families
+    metric = family.metric(label_sets, [1.0, 2.0])
+
+    def two_lines_a_sample(registry: Collector) -> bytes:
+        return generate_latest(registry).replace(b"} ", b"}\n ")
+
+    assert _sample_lines(generate_latest, family.metric([], []), metric) is not None
+    assert _sample_lines(two_lines_a_sample, family.metric([], []), metric) is None
