@@ -1,11 +1,15 @@
 """Prometheus metrics: a window onto the pool and the front door, read at scrape time.
 
 Owns: the dispatcher's own `CollectorRegistry` (never the global one, so that several dispatchers
-can live in one process, as in tests), metric names, types and help texts.
+can live in one process, as in tests), metric names, types and help texts, and the per-backend
+lines kept between scrapes (see `Metrics`).
 Rules: the pool and the server hold the state; this module only reads it (a custom collector),
 except the health-check duration histogram, which is observed as checks complete. Every labelled
 series exists from start. Names follow Prometheus practice: `dispatcher_` prefix, base units,
 counters end in `_total`, states as a state-set (as HAProxy's `haproxy_server_status{state}`).
+Every byte of a scrape is written by prometheus-client's encoders, never by hand: a scrape of
+1,000 backends must stay well under 100 ms (issue 3), so lines it wrote are kept and only the
+samples whose figures changed are given to it again (benchmarks/scrape.py measures it).
 """
 
 from __future__ import annotations
