@@ -18,11 +18,13 @@ import gzip
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import accumulate, cycle
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
@@ -401,6 +403,7 @@ class Metrics:
         and copies, and what is kept between scrapes is replaced, never changed.
         """
         encoder, content_type = choose_encoder(accept or "")
+        encoder = _without_needless_escaping(encoder)
         kept = self._blocks
         blocks = self._pool_blocks(encoder, kept.get(content_type, ()), now)
         if blocks is None:  # a prometheus-client that lays its output out otherwise: keep nothing
@@ -443,6 +446,23 @@ class Metrics:
         others = [(other, old) for other, old in kept.items() if other != content_type]
         del others[: max(0, len(others) + 1 - KEPT_ENCODINGS)]
         self._blocks = dict([*others, (content_type, blocks)])
+
+
+def _without_needless_escaping(encoder: Encoder) -> Encoder:
+    """The same encoder with `allow-utf-8` escaping where `underscores` or `values` was negotiated.
+
+    Prometheus 2 asks for OpenMetrics without an escaping, so it gets `underscores`; prometheus-client
+    0.26 then rewrites every sample's name a character at a time, though names in the legacy character
+    set come out unchanged: twice the cost of a scrape. Every name and label name here is in that set
+    (a test checks it), and for such names `allow-utf-8` writes the same bytes without the walk. The
+    content type still names the escaping that was negotiated.
+    """
+    if isinstance(encoder, partial) and encoder.keywords.get("escaping") in NEEDLESS_ESCAPINGS:
+        return partial(encoder.func, *encoder.args, **{**encoder.keywords, "escaping": openmetrics.ALLOWUTF8})
+    return encoder
+
+
+NEEDLESS_ESCAPINGS = (openmetrics.UNDERSCORES, openmetrics.VALUES)
 
 
 def _render(

@@ -10,6 +10,7 @@ The process_* families differ between any two calls (CPU time, memory) and are c
 from __future__ import annotations
 
 import gzip
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -303,3 +304,27 @@ def test_an_encoder_without_a_line_per_sample_is_not_spliced() -> None:
 
     assert _sample_lines(generate_latest, family.metric([], []), metric) is not None
     assert _sample_lines(two_lines_a_sample, family.metric([], []), metric) is None
+
+
+PROMETHEUS_2 = (
+    "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,"
+    "text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+LEGACY_METRIC_NAME = re.compile(rb"[a-zA-Z_:][a-zA-Z0-9_:]*")
+LEGACY_LABEL_NAME = re.compile(rb"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def test_prometheus_2s_accept_gets_what_underscores_escaping_renders_and_is_told_so(metrics: Metrics) -> None:
+    """Prometheus 2 negotiates `underscores`: the body is what that escaping renders, the type names it,
+    and every metric and label name needs no escaping (else allow-utf-8 would differ)."""
+    metrics.pool.record_check(metrics.pool.by_name["a"], check_ok(2.0), 3.0)
+    body, content_type, _ = metrics.exposition(5.0, PROMETHEUS_2)
+    assert content_type == choose_encoder(PROMETHEUS_2)[1]
+    assert "escaping=underscores" in content_type
+    assert split_process(body) == split_process(plain(metrics, 5.0, PROMETHEUS_2))
+    lines = [line for line in body.splitlines() if line and not line.startswith(b"#")]
+    names = {line.partition(b"{")[0].partition(b" ")[0] for line in lines}
+    labels = set(re.findall(rb'[{,]([^={},"]+)="', body))
+    assert names and labels >= {b"backend", b"state", b"le", b"code"}
+    assert all(LEGACY_METRIC_NAME.fullmatch(name) for name in names), names
+    assert all(LEGACY_LABEL_NAME.fullmatch(label) for label in labels), labels
