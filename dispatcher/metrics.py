@@ -14,12 +14,13 @@ samples whose figures changed are given to it again (benchmarks/scrape.py measur
 
 from __future__ import annotations
 
-import gzip
 import math
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from itertools import accumulate, cycle
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -38,7 +39,7 @@ Labels = dict[str, str]
 
 @dataclass(frozen=True, slots=True)
 class ScrapeTime:
-    """The trio clock at the scrape (the collector may run in a worker thread) and at the pool's start."""
+    """The trio clock when the scrape began (it runs in steps) and at the pool's start."""
 
     now: float
     started_at: float
@@ -147,7 +148,7 @@ def _check_durations(backends: list[Backend], _: ScrapeTime) -> list[float]:
     """Per backend: the cumulative bucket counts (+Inf last), the count, the sum."""
     values: list[float] = []
     for backend in backends:
-        values += accumulate(list(backend.check_durations))  # a copy: may run in a worker thread
+        values += accumulate(backend.check_durations)
         values += (values[-1], backend.check_duration_sum)
     return values
 
@@ -272,7 +273,7 @@ class ServerCollector(Collector):
             "Responses sent by the front door, by status code.",
             labels=["code"],
         )
-        for code, count in sorted(stats.responses.copy().items()):  # copy: may run in a worker thread
+        for code, count in sorted(stats.responses.items()):
             responses.add_metric([str(code)], count)
         yield responses
         yield GaugeMetricFamily(
@@ -326,6 +327,14 @@ def _accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
+# A scrape yields after this many samples given to the encoder (1-2 ms of CPU) and after this many bytes
+# gzipped (~1 ms), so that the front door never waits longer for the admin listener.
+RENDER_STEP = 500
+GZIP_STEP = 256 * 1024
+T = TypeVar("T")
+Steps = Generator[None, None, T]  # a computation in steps: the caller may run other work at each yield
+Scrape = tuple[bytes, str, bool]
+
 # Rendered families are kept per encoding (format, version and escaping, as named by the content type
 # that choose_encoder gives with it) for this many encodings: Prometheus' choice and a person's curl.
 KEPT_ENCODINGS = 2
@@ -377,7 +386,7 @@ class Metrics:
     def __init__(self, pool: Pool, stats: ServerStats) -> None:
         self.pool = pool
         self.stats = stats
-        # Both replaced as a whole, never changed in place: a scrape in a worker thread reads one
+        # Both replaced as a whole, never changed in place: a scrape that is between steps reads one
         # version, and two scrapes at once both stay right (the later one's blocks are kept).
         self._labels = SampleLabels.of(())
         self._blocks: dict[str, tuple[Block, ...]] = {}  # by content type, the most recently used last
@@ -396,35 +405,51 @@ class Metrics:
     def exposition(
         self, now: float, accept: str | None, accept_encoding: str | None = None
     ) -> tuple[bytes, str, bool]:
-        """The scrape body, its content type, and whether it is gzipped (as Prometheus asks by default).
+        """The whole scrape at once (tests, benchmarks): `scrape` run to its end."""
+        steps = self.scrape(now, accept, accept_encoding)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                result: Scrape = done.value
+                return result
 
+    def scrape(self, now: float, accept: str | None, accept_encoding: str | None = None) -> Steps[Scrape]:
+        """The scrape body, its content type, and whether it is gzipped (as Prometheus asks by default),
+        in steps of a millisecond or two: the admin listener lets the front door run between them.
+
+        A scrape of 1,000 backends is 50 ms or more of CPU. In one piece it would hold every client's
+        redirect back that long; in a worker thread it would be worse, as the thread keeps the GIL for
+        up to 5 ms each time the event loop makes a system call.
         OpenMetrics when the scraper's Accept asks for it, as prometheus-client's own handlers do.
-        Safe to call from worker threads, several at once: the collectors only read plain attributes
-        and copies, and what is kept between scrapes is replaced, never changed.
+        Several scrapes may interleave: what is kept between scrapes is replaced, never changed.
         """
         encoder, content_type = choose_encoder(accept or "")
         encoder = _without_needless_escaping(encoder)
         kept = self._blocks
-        blocks = self._pool_blocks(encoder, kept.get(content_type, ()), now)
+        blocks = yield from self._pool_blocks(encoder, kept.get(content_type, ()), now)
         if blocks is None:  # a prometheus-client that lays its output out otherwise: keep nothing
-            body = encoder(self.registry(now))
+            parts = [encoder(self.registry(now))]
         else:
             self._keep(kept, content_type, tuple(blocks))
             rest = CollectorRegistry(auto_describe=False)
             self._register_rest(rest)
-            body = b"".join(part for block in blocks for part in block.parts()) + encoder(rest)
+            parts = [part for block in blocks for part in block.parts()] + [encoder(rest)]
         if accept_encoding and _accepts_gzip(accept_encoding):
-            return gzip.compress(body, compresslevel=1), content_type, True
-        return body, content_type, False
+            return (yield from _gzip(parts)), content_type, True
+        return b"".join(parts), content_type, False
 
-    def _pool_blocks(self, encoder: Encoder, previous: tuple[Block, ...], now: float) -> list[Block] | None:
+    def _pool_blocks(
+        self, encoder: Encoder, previous: tuple[Block, ...], now: float
+    ) -> Steps[list[Block] | None]:
         """Every per-backend family rendered, from the previous blocks and the samples that changed;
         None if the encoder's output is not laid out as a header and one line per sample."""
         backends = list(self.pool.backends)  # the list the pool holds now, even if a reload replaces it
         names = tuple(backend.name for backend in backends)
-        labels = self._labels  # read once: a scrape in another thread may replace it
+        labels = self._labels  # read once: another scrape may replace it
         if labels.names != names:
             labels = self._labels = SampleLabels.of(names)
+            yield
         time = ScrapeTime(now, self.pool.started_at)
         blocks: list[Block] = []
         for family, label_sets, old in zip(
@@ -435,7 +460,7 @@ class Metrics:
                 blocks.append(old)
                 continue
             same_backends = old if old is not None and old.names == names else None
-            block = _render(encoder, family, names, label_sets, values, same_backends)
+            block = yield from _render(encoder, family, names, label_sets, values, same_backends)
             if block is None:
                 return None
             blocks.append(block)
@@ -472,38 +497,58 @@ def _render(
     label_sets: list[Labels],
     values: list[float],
     old: Block | None,
-) -> Block | None:
+) -> Steps[Block | None]:
     """`family` rendered by the encoder: the samples whose figures differ from `old`'s (a block of the
-    same backends), the other lines taken from `old`; None if the layout is not as expected."""
+    same backends), the other lines taken from `old`; None if the layout is not as expected. The
+    encoder gets RENDER_STEP samples at a time."""
+    header, end = _framing(encoder, family)
     if old is None:
-        changed = None
+        todo: Sequence[int] = range(len(values))
+        lines = [b""] * len(values)
     else:
-        changed = [i for i, (was, now) in enumerate(zip(old.values, values, strict=True)) if was != now]
-    rendered = _sample_lines(encoder, family.metric([], []), family.metric(label_sets, values, changed))
-    if rendered is None:
-        return None
-    header, fresh = rendered
-    if old is None or changed is None:
-        return Block(names, values, header, fresh)
-    lines = list(old.lines)  # a copy: another scrape may be reading the old block
-    for i, line in zip(changed, fresh, strict=True):
-        lines[i] = line
+        todo = [i for i, (was, now) in enumerate(zip(old.values, values, strict=True)) if was != now]
+        lines = list(old.lines)  # a copy: another scrape may be reading the old block
+    for start in range(0, len(todo), RENDER_STEP):
+        part = list(todo[start : start + RENDER_STEP])
+        fresh = _sample_lines(encoder, header, end, family.metric(label_sets, values, part))
+        if fresh is None:
+            return None
+        for i, line in zip(part, fresh, strict=True):
+            lines[i] = line
+        yield
     return Block(names, values, header, lines)
 
 
-def _sample_lines(encoder: Encoder, empty: Metric, metric: Metric) -> tuple[bytes, list[bytes]] | None:
-    """The encoder's header of `metric` (what it makes of the family with no samples) and its one line
-    per sample; None if its output is not that, then its end (`# EOF` in OpenMetrics).
+def _framing(encoder: Encoder, family: BackendFamily) -> tuple[bytes, bytes]:
+    """What the encoder writes before a family's samples (HELP, TYPE) and after the last family."""
+    end = encoder(Families())
+    return encoder(Families(family.metric([], []))).removesuffix(end), end
+
+
+def _sample_lines(encoder: Encoder, header: bytes, end: bytes, metric: Metric) -> list[bytes] | None:
+    """The encoder's one line per sample of `metric`; None if its output is not `header` (what it makes
+    of the family with no samples), a line per sample, then `end` (`# EOF` in OpenMetrics).
 
     Both of prometheus-client's encoders write a family as HELP and TYPE then one line per sample:
     label values and help texts have their newlines escaped.
     """
-    end = encoder(Families())
-    header = encoder(Families(empty)).removesuffix(end)
     text = encoder(Families(metric))
     if not (text.startswith(header) and text.endswith(end)):
         return None
     lines = text[len(header) : len(text) - len(end)].split(b"\n")
     if lines.pop() != b"" or len(lines) != len(metric.samples):
         return None
-    return header, lines
+    return lines
+
+
+def _gzip(parts: list[bytes]) -> Steps[bytes]:
+    """The body gzipped (level 1: Prometheus asks for gzip for the bytes on the wire, not for the last
+    percent of them), GZIP_STEP bytes at a time: 2 MB in one call holds the event loop for ~10 ms."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16 +: a gzip header
+    body = b"".join(parts)
+    out = []
+    for start in range(0, len(body), GZIP_STEP):
+        out.append(compressor.compress(body[start : start + GZIP_STEP]))
+        yield
+    out.append(compressor.flush())
+    return b"".join(out)

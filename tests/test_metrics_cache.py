@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -22,7 +21,15 @@ from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.registry import Collector
 
 from dispatcher.config import BackendSpec, HealthSettings
-from dispatcher.metrics import BACKEND_FAMILIES, KEPT_ENCODINGS, Metrics, SampleLabels, _sample_lines
+from dispatcher.metrics import (
+    BACKEND_FAMILIES,
+    KEPT_ENCODINGS,
+    RENDER_STEP,
+    Metrics,
+    SampleLabels,
+    _framing,
+    _sample_lines,
+)
 from dispatcher.pool import FAILURE_REASONS, Backend, CheckResult, Pool
 from dispatcher.server import ServerStats
 from dispatcher.state import Admin
@@ -195,27 +202,26 @@ def test_gzip_holds_the_same_body(metrics: Metrics) -> None:
         assert split_process(gzip.decompress(body)) == split_process(plain(metrics, 3.0, accept))
 
 
-def test_scrapes_from_several_threads_at_once_leave_nothing_wrong() -> None:
-    """Worker threads scraping at once, each at its own time: later scrapes are still served as plain."""
-    pool = Pool(specs(*(f"b{i:03d}" for i in range(150))), HEALTH, started_at=0.0)
-    for i, backend in enumerate(pool.backends):
-        pool.record_check(backend, check_ok(load=float(i % 7)), float(i % 5))
+def test_scrapes_interleaved_step_by_step_with_changes_leave_nothing_wrong() -> None:
+    """Several scrapes in steps at once (the admin listener runs them on one event loop), each at its
+    own time and encoding, with checks landing between steps: each ends whole, later ones are exact."""
+    pool = Pool(specs(*(f"b{i:04d}" for i in range(1200))), HEALTH, started_at=0.0)
     metrics = Metrics(pool, ServerStats())
-    errors: list[BaseException] = []
-
-    def scrape(offset: int) -> None:
-        try:
-            for round_ in range(20):
-                metrics.exposition(10.0 + (offset + round_) % 3, ACCEPTS[(offset + round_) % 2])
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=scrape, args=(offset,)) for offset in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    scrapes = [metrics.scrape(10.0 + offset % 3, ACCEPTS[offset % 2]) for offset in range(4)]
+    finished = 0
+    step = 0
+    while scrapes:
+        for scrape in list(scrapes):
+            try:
+                next(scrape)
+            except StopIteration as done:
+                assert done.value[0].count(b"dispatcher_backend_up{") == 1200
+                scrapes.remove(scrape)
+                finished += 1
+        backend = pool.backends[step % len(pool.backends)]
+        pool.record_check(backend, check_ok(load=float(step % 7)), float(step % 5))
+        step += 1
+    assert finished == 4 and step > 4
     for now in (10.0, 11.0, 12.0, 10.0):
         assert_served_as_plain(metrics, now)
 
@@ -302,8 +308,8 @@ def test_an_encoder_without_a_line_per_sample_is_not_spliced() -> None:
     def two_lines_a_sample(registry: Collector) -> bytes:
         return generate_latest(registry).replace(b"} ", b"}\n ")
 
-    assert _sample_lines(generate_latest, family.metric([], []), metric) is not None
-    assert _sample_lines(two_lines_a_sample, family.metric([], []), metric) is None
+    assert _sample_lines(generate_latest, *_framing(generate_latest, family), metric) is not None
+    assert _sample_lines(two_lines_a_sample, *_framing(two_lines_a_sample, family), metric) is None
 
 
 PROMETHEUS_2 = (
@@ -328,3 +334,23 @@ def test_prometheus_2s_accept_gets_what_underscores_escaping_renders_and_is_told
     assert names and labels >= {b"backend", b"state", b"le", b"code"}
     assert all(LEGACY_METRIC_NAME.fullmatch(name) for name in names), names
     assert all(LEGACY_LABEL_NAME.fullmatch(label) for label in labels), labels
+
+
+def test_a_large_scrape_comes_in_steps_of_at_most_render_step_samples() -> None:
+    """The admin listener runs the front door between steps: a first scrape of 1,000 backends (every
+    sample rendered) must give it control at least once per RENDER_STEP samples, and end as one piece."""
+    names = [f"b{i:04d}" for i in range(1000)]
+    metrics = Metrics(Pool(specs(*names), HEALTH, started_at=1.0), ServerStats())
+    steps = metrics.scrape(2.0, OPENMETRICS, "gzip")
+    yields = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            body, _, gzipped = done.value
+            break
+        yields += 1
+    samples = sum(len(family.suffixes) for family in BACKEND_FAMILIES) * len(names)
+    assert yields >= samples / RENDER_STEP
+    assert gzipped
+    assert split_process(gzip.decompress(body)) == split_process(plain(metrics, 2.0, OPENMETRICS))
