@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import trio
 
-from dispatcher import __version__, app, config, demo
+from dispatcher import __version__, app, config, demo, health
 from dispatcher.config import ConfigError, Settings
 
 log = logging.getLogger("dispatcher")
@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-interval", metavar="SECONDS", help="between checks (default 2, HAProxy inter)")
     p.add_argument("--health-timeout", metavar="SECONDS", help="per check (default 1)")
     p.add_argument("--health-jitter", metavar="FRACTION", help="spread of the interval (default 0.1)")
+    p.add_argument(
+        "--health-ca-file",
+        metavar="PEM",
+        help="verify https backends against these CA certificates, not the system's (HAProxy ca-file)",
+    )
     p.add_argument("--rise", metavar="N", help="passes in a row to come back up (default 2, HAProxy)")
     p.add_argument("--fall", metavar="N", help="failures in a row to go down (default 3, HAProxy)")
     p.add_argument("--header-timeout", metavar="SECONDS", help="to send a request head (default 10)")
@@ -103,6 +108,7 @@ _FLAGS: dict[str, tuple[tuple[str, ...], Any]] = {
     "health_interval": (("health", "interval"), float),
     "health_timeout": (("health", "timeout"), float),
     "health_jitter": (("health", "jitter"), float),
+    "health_ca_file": (("health", "ca_file"), str),
     "rise": (("health", "rise"), int),
     "fall": (("health", "fall"), int),
     "header_timeout": (("header_timeout",), float),
@@ -155,7 +161,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
         settings = config.apply(settings, config.parse_toml(text))
     if args.admin_token is None and os.environ.get(TOKEN_ENV):
         args.admin_token = os.environ[TOKEN_ENV]
-    return _flag_settings(settings, args)
+    settings = _flag_settings(settings, args)
+    if settings.health.ca_file is not None:
+        health.tls_context(settings.health.ca_file)  # a file that cannot be used is refused now, by name
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -90,6 +90,9 @@ class HealthSettings:
     rise: int = DEFAULT_RISE
     fall: int = DEFAULT_FALL
     jitter: float = DEFAULT_JITTER
+    # https backends are verified against the system's CA store, or against this PEM bundle instead
+    # (HAProxy's `ca-file`): backends on an internal CA. The CLI loads it, so a bad file is refused.
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +213,12 @@ def _health_path(key: str, value: object) -> str:
     return value
 
 
+def _file_path(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value or not value.isprintable():
+        raise ConfigError(key, value, "must be a file path")
+    return value
+
+
 _HEALTH_KEYS: dict[str, Any] = {
     "path": _health_path,
     "interval": _positive,
@@ -217,6 +226,7 @@ _HEALTH_KEYS: dict[str, Any] = {
     "rise": _count,
     "fall": _count,
     "jitter": _fraction,
+    "ca_file": _file_path,
 }
 _TOP_KEYS: dict[str, Any] = {
     "header_timeout": _positive,

@@ -27,13 +27,14 @@ import random
 import select
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import h11
 import trio
 
 from dispatcher import __version__
-from dispatcher.config import HealthSettings
+from dispatcher.config import ConfigError, HealthSettings
 from dispatcher.http import CHECK_HEADER
 from dispatcher.pool import Backend, CheckResult, Pool
 from dispatcher.report import BadLoad, parse_report
@@ -46,6 +47,15 @@ MAX_HEALTH_BODY = 64 * 1024
 USER_AGENT = f"dispatcher-health/{__version__}".encode()
 # Check times are rounded up to this grid (see _on_grid): 20 ms is far below any interval's precision.
 CHECK_GRID = 0.02
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """What https checks verify backends with: the system's CA store, or only the certificates in
+    `ca_file` (HAProxy `ca-file`). A file that cannot be used is a ConfigError naming the key."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError("health.ca_file", ca_file, f"cannot load CA certificates: {error}") from None
 
 
 class CheckFailed(Exception):
@@ -69,7 +79,11 @@ class Prober:
     sweep, and the verdict on an answer."""
 
     def __init__(
-        self, backend: Backend, settings: HealthSettings, connect_limiter: trio.CapacityLimiter | None = None
+        self,
+        backend: Backend,
+        settings: HealthSettings,
+        connect_limiter: trio.CapacityLimiter | None = None,
+        tls: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
         self.backend = backend
         # Bounds connection bursts (TCP and TLS handshakes) across the pool, never a wait for an answer:
@@ -80,12 +94,10 @@ class Prober:
         host = f"[{spec.host}]" if ":" in spec.host else spec.host
         self._host_header = (host if spec.port in (80, 443) else f"{host}:{spec.port}").encode()
         self._link: _Link | None = None
-        self._tls = ssl.create_default_context() if spec.scheme == "https" else None
+        self.tls = spec.scheme == "https"
+        # One context for the pool (loading a CA store per backend would take seconds for 1,000).
+        self._tls_context = tls or (lambda: tls_context(self.settings.ca_file))
         self._check_request: tuple[str, h11.Request] | None = None  # (health path, the request for it)
-
-    @property
-    def tls(self) -> bool:
-        return self._tls is not None
 
     @property
     def connected(self) -> bool:
@@ -161,13 +173,22 @@ class Prober:
         try:
             async with self._connect_limiter:
                 stream: trio.abc.Stream = await trio.open_tcp_stream(spec.host, spec.port)
-                if self._tls is not None:
-                    tls = trio.SSLStream(stream, self._tls, server_hostname=spec.host)
-                    await tls.do_handshake()
-                    stream = tls
-        except (OSError, trio.BrokenResourceError, ssl.SSLError) as error:
-            raise CheckFailed("refused", f"cannot connect: {error}") from None
+                if self.tls:
+                    stream = await self._handshake(stream)
+        except (OSError, trio.BrokenResourceError, ssl.SSLError, ConfigError) as error:
+            # trio reports a failed handshake as BrokenResourceError; the SSL error it wraps says why.
+            raise CheckFailed("refused", f"cannot connect: {error.__cause__ or error}") from None
         return _Link(stream, h11.Connection(h11.CLIENT))
+
+    async def _handshake(self, stream: trio.abc.Stream) -> trio.SSLStream[trio.abc.Stream]:
+        """TLS over a new connection, which is closed if the handshake fails (or is cancelled)."""
+        try:
+            tls = trio.SSLStream(stream, self._tls_context(), server_hostname=self.backend.spec.host)
+            await tls.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return tls
 
     async def _request(self, link: _Link) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         conn = link.conn
@@ -278,6 +299,7 @@ class HealthChecks:
         self._epoll = select.epoll()
         self._waiting: trio.CancelScope | None = None  # the sweep's wait, while it waits
         self._nursery: trio.Nursery | None = None
+        self._tls: tuple[HealthSettings, ssl.SSLContext] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -299,11 +321,19 @@ class HealthChecks:
     def add(self, backend: Backend) -> None:
         assert self._nursery is not None, "HealthChecks.run has not started"
         settings = self.pool.health_settings
-        probe = _Probe(backend, Prober(backend, settings, self._limiter))
+        probe = _Probe(backend, Prober(backend, settings, self._limiter, self._tls_context))
         self._probes[backend.name] = probe
         # The first checks are spread too, over at most a second: a pool is usable soon after start.
         first = min(1.0, settings.interval * settings.jitter) * self._jitter()
         self._schedule(probe, trio.current_time() + first)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The pool's TLS context, loaded again after a reload: a CA bundle rotated in place and a
+        SIGHUP apply to the next connection."""
+        settings = self.pool.health_settings
+        if self._tls is None or self._tls[0] is not settings:
+            self._tls = (settings, tls_context(settings.ca_file))
+        return self._tls[1]
 
     def remove(self, backend: Backend) -> None:
         probe = self._probes.pop(backend.name, None)
