@@ -74,6 +74,44 @@ class _Link:
     conn: h11.Connection
 
 
+class _HealthAnswer:
+    """One health answer being read: h11's events gathered into status, headers and body. Sans-IO, so
+    that the sweep (bytes from its own epoll set) and a TLS check (bytes from an SSLStream) share it."""
+
+    __slots__ = ("body", "conn", "headers", "status")
+
+    def __init__(self, conn: h11.Connection) -> None:
+        self.conn = conn
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = bytearray()
+
+    def feed(self, data: bytes) -> bool:
+        """Take bytes received (b"" at the end of the stream); True once the answer is whole.
+        Raises CheckFailed or h11.ProtocolError for an answer that is not a health answer."""
+        conn = self.conn
+        conn.receive_data(data)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                return False
+            if isinstance(event, h11.Response):
+                self.status, self.headers = event.status_code, list(event.headers)
+            elif isinstance(event, h11.Data):
+                self.body += event.data
+                if len(self.body) > MAX_HEALTH_BODY:
+                    raise CheckFailed("protocol", "health response body too large")
+            elif isinstance(event, h11.EndOfMessage):
+                return True
+            elif isinstance(event, h11.ConnectionClosed):
+                raise CheckFailed("protocol", "connection closed mid-response")
+
+    @property
+    def reusable(self) -> bool:
+        """Both sides done: the connection may carry the next check (no `Connection: close`)."""
+        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+
+
 class Prober:
     """One backend's check request and connections: a whole check over TLS, a plain connection for the
     sweep, and the verdict on an answer."""
@@ -192,35 +230,20 @@ class Prober:
 
     async def _request(self, link: _Link) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         conn = link.conn
+        answer = _HealthAnswer(conn)
         try:
             await link.stream.send_all(conn.send(self.request()) + conn.send(h11.EndOfMessage()))
-            status, headers, body = await self._read_response(link)
+            while not answer.feed(bytes(await link.stream.receive_some(65536))):
+                pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
             raise CheckFailed("protocol", f"connection lost: {error}") from None
         except h11.ProtocolError as error:
             raise CheckFailed("protocol", f"bad response: {error}") from None
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        if answer.reusable:
             conn.start_next_cycle()
         else:
             await self.close()
-        return status, headers, body
-
-    async def _read_response(self, link: _Link) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        status, headers, body = 0, [], bytearray()
-        while True:
-            event = link.conn.next_event()
-            if event is h11.NEED_DATA:
-                link.conn.receive_data(bytes(await link.stream.receive_some(65536)))
-            elif isinstance(event, h11.Response):
-                status, headers = event.status_code, list(event.headers)
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > MAX_HEALTH_BODY:
-                    raise CheckFailed("protocol", "health response body too large")
-            elif isinstance(event, h11.EndOfMessage):
-                return status, headers, bytes(body)
-            elif isinstance(event, h11.ConnectionClosed):
-                raise CheckFailed("protocol", "connection closed mid-response")
+        return answer.status, answer.headers, bytes(answer.body)
 
     async def close(self) -> None:
         if self._link is not None:
@@ -248,19 +271,16 @@ class _Probe:
 
     __slots__ = (
         "active",
+        "answer",
         "backend",
-        "body",
-        "conn",
         "deadline",
         "due",
-        "headers",
         "prober",
         "received",
         "reused",
         "scope",
         "sock",
         "started",
-        "status",
     )
 
     def __init__(self, backend: Backend, prober: Prober) -> None:
@@ -269,14 +289,11 @@ class _Probe:
         self.active = True  # False once removed (a reload): late results are dropped
         self.due = 0.0  # when the current or next check was due, on the grid
         self.sock: socket.socket | None = None
-        self.conn = h11.Connection(h11.CLIENT)
+        self.answer = _HealthAnswer(h11.Connection(h11.CLIENT))  # of the check in flight
         self.started: float | None = None  # when the check in flight on `sock` began
         self.deadline = math.inf
         self.reused = False  # the check in flight went over a kept-alive connection
         self.received = False  # any byte of its answer arrived
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body = bytearray()
         self.scope: trio.CancelScope | None = None  # a connect or a TLS check running as a task
 
 
@@ -453,10 +470,10 @@ class HealthChecks:
     def _send(self, probe: _Probe, start: float, *, reused: bool) -> None:
         assert probe.sock is not None
         # A fresh state machine per check: h11 needs the request sent to read the response.
-        conn = probe.conn = h11.Connection(h11.CLIENT)
+        conn = h11.Connection(h11.CLIENT)
         data = conn.send(probe.prober.request()) + conn.send(h11.EndOfMessage())
+        probe.answer = _HealthAnswer(conn)
         probe.started, probe.reused, probe.received = start, reused, False
-        probe.status, probe.headers, probe.body = 0, [], bytearray()
         probe.deadline = start + probe.prober.settings.timeout
         heapq.heappush(self._deadlines, (probe.deadline, next(self._order), probe))
         self._wake_by(probe.deadline)
@@ -485,36 +502,20 @@ class HealthChecks:
         else:
             probe.received = True
             try:
-                self._parse(probe, data, now)
+                whole = probe.answer.feed(data)
             except h11.ProtocolError as error:
                 self._fail(probe, now, probe.started, "protocol", f"bad response: {error}")
             except CheckFailed as failure:
                 self._fail(probe, now, probe.started, failure.reason, failure.detail)
-
-    def _parse(self, probe: _Probe, data: bytes, now: float) -> None:
-        conn = probe.conn
-        conn.receive_data(data)
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                return
-            if isinstance(event, h11.Response):
-                probe.status, probe.headers = event.status_code, list(event.headers)
-            elif isinstance(event, h11.Data):
-                probe.body += event.data
-                if len(probe.body) > MAX_HEALTH_BODY:
-                    raise CheckFailed("protocol", "health response body too large")
-            elif isinstance(event, h11.EndOfMessage):
-                self._answered(probe, now)
-                return
-            elif isinstance(event, h11.ConnectionClosed):
-                raise CheckFailed("protocol", "connection closed mid-response")
+            else:
+                if whole:
+                    self._answered(probe, now)
 
     def _answered(self, probe: _Probe, now: float) -> None:
         assert probe.started is not None
-        conn = probe.conn
-        result = probe.prober.judge(probe.status, probe.headers, bytes(probe.body), now - probe.started)
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        answer = probe.answer
+        result = probe.prober.judge(answer.status, answer.headers, bytes(answer.body), now - probe.started)
+        if answer.reusable:
             probe.started, probe.deadline = None, math.inf  # the connection stays for the next check
         else:
             self._close(probe)  # `Connection: close`, or a body framed by the close
