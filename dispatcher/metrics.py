@@ -372,14 +372,14 @@ class Families(Collector):
 class Metrics:
     """Scrapes of the pool and the server, with the standard process collector.
 
-    prometheus-client formats every sample of every scrape: about 3 us a sample (6 us in OpenMetrics
-    with the `underscores` escaping Prometheus 2 gets, hence `_without_needless_escaping`), for the
-    30,000 samples of 1,000 backends. Yet between two scrapes (every 15 s or so) many of them do not change: states,
-    weights, failure counts, the fail count of a backend that passes, the low buckets of a histogram.
-    So each per-backend family is kept as prometheus-client's encoder rendered it, a line per sample,
-    with the figures it shows; the next scrape of that encoding has the encoder render only the samples
-    whose figures differ, and takes their new lines in place of the old ones. Both encoders write a
-    family as its header then one line per sample, and a body as its families in order then an end
+    prometheus-client formats every sample of every scrape: about 3 us a sample (6 us in OpenMetrics with
+    the `underscores` escaping Prometheus 2 gets, hence `_without_needless_escaping`), for the 30,000
+    samples of 1,000 backends. Yet between two scrapes (every 15 s or so) many of them do not change:
+    states, weights, failure counts, the fail count of a backend that passes, the low buckets of a
+    histogram. So each per-backend family is kept as prometheus-client's encoder rendered it, a line per
+    sample, with the figures it shows; the next scrape of that encoding has the encoder render only the
+    samples whose figures differ, and takes their new lines in place of the old ones. Both encoders write
+    a family as its header then one line per sample, and a body as its families in order then an end
     (`# EOF` in OpenMetrics): so the same bytes.
     """
 
