@@ -120,21 +120,21 @@ class Prober:
         self,
         backend: Backend,
         settings: HealthSettings,
-        connect_limiter: trio.CapacityLimiter | None = None,
-        tls: Callable[[], ssl.SSLContext] | None = None,
+        connect_limiter: trio.CapacityLimiter,
+        tls: Callable[[], ssl.SSLContext],
     ) -> None:
         self.backend = backend
         # Bounds connection bursts (TCP and TLS handshakes) across the pool, never a wait for an answer:
         # a hung backend must only ever delay its own checks.
-        self._connect_limiter = connect_limiter or trio.CapacityLimiter(1)
+        self._connect_limiter = connect_limiter
         self.settings = settings
         spec = backend.spec
         host = f"[{spec.host}]" if ":" in spec.host else spec.host
         self._host_header = (host if spec.port in (80, 443) else f"{host}:{spec.port}").encode()
         self._link: _Link | None = None
         self.tls = spec.scheme == "https"
-        # One context for the pool (loading a CA store per backend would take seconds for 1,000).
-        self._tls_context = tls or (lambda: tls_context(self.settings.ca_file))
+        # The pool's one context (loading a CA store per backend would take seconds for 1,000).
+        self._tls_context = tls
         self._check_request: tuple[str, h11.Request] | None = None  # (health path, the request for it)
 
     @property
