@@ -54,18 +54,20 @@ class LoadReport:
 class Backend:
     """One backend's live state. Mutable, but only the pool mutates it."""
 
+    # What a redirect reads and writes comes first, beside the object's header: in a pool of 1,000 the
+    # backend a redirect goes to is cold in the CPU cache, and these then share one cache line or two.
     spec: BackendSpec
     location_base: bytes
+    version: int = 0  # bumped whenever the policy's key or the backend's usability changes
+    since: int = 0  # redirects sent since `report`
+    redirects: int = 0
     health: Health = Health.STARTING
     streak: int = 0
     admin: Admin = Admin.READY
     self_drain: bool = False
     report: LoadReport | None = None
     previous_report: LoadReport | None = None
-    since: int = 0  # redirects sent since `report`
     others: int = 0  # redirects other worker processes sent since `report` (--workers), as last seen
-    redirects: int = 0
-    version: int = 0  # bumped whenever the policy's key changes outside a redirect
     checks_passed: int = 0
     checks_failed: int = 0
     failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
