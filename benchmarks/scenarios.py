@@ -18,6 +18,7 @@ import functools
 import os
 import re
 import selectors
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -164,6 +165,18 @@ def median_run(runs: Sequence[Run], name: str, key: Callable[[Run], float] | Non
         (run for run in runs if run.name == name), key=key or (lambda run: run.figures.requests_per_second)
     )
     return chosen[(len(chosen) - 1) // 2]
+
+
+def round_ratios(scenario: str, runs: Sequence[Run], name: str, reference: str) -> list[str]:
+    """A note with the req/s ratio of each round: the two sides of a round ran one after the other, so
+    their ratio is spared the machine's slow drifts, which the medians of each side are not."""
+    mine = [run.figures.requests_per_second for run in runs if run.name == name]
+    theirs = [run.figures.requests_per_second for run in runs if run.name == reference]
+    ratios = [a / b for a, b in zip(mine, theirs, strict=True) if b]
+    if len(ratios) < 2:
+        return []
+    each = " ".join(f"{value:.2f}" for value in ratios)
+    return [f"{scenario}: req/s ratio round by round {each} (median {statistics.median(ratios):.2f})"]
 
 
 def in_turn(rounds: int, measures: Sequence[Callable[[], Run]]) -> list[Run]:
@@ -396,6 +409,11 @@ class ThroughputResult(Report):
     def warnings(self) -> list[str]:
         return run_warnings(self.runs, "1")
 
+    def notes(self) -> list[str]:
+        if self.baseline is None or self.dispatcher is None:
+            return []
+        return round_ratios("1", self.runs, self.dispatcher.name, self.baseline.name)
+
 
 def throughput(bench: Bench) -> ThroughputResult:
     """1. The dispatcher (3 backends, default checks, metrics) and the baseline, saturated by wrk."""
@@ -537,6 +555,9 @@ class PoolSizeResult(Report):
     def warnings(self) -> list[str]:
         return run_warnings(self.runs, "2")
 
+    def notes(self) -> list[str]:
+        return round_ratios("2", self.runs, self.large.name, self.small.name)
+
 
 def pool_size(bench: Bench) -> PoolSizeResult:
     """2. The same dispatcher over 3 and over 1,000 backends of backends.py, default health interval."""
@@ -628,6 +649,9 @@ class HealthCostResult(Report):
             p50,
             p99,
         ]
+
+    def notes(self) -> list[str]:
+        return round_ratios("3b", self.runs, self.large.name, self.small.name)
 
     def warnings(self) -> list[str]:
         warnings = run_warnings(self.runs, "3b")
