@@ -45,6 +45,12 @@ def test_ties_are_broken_at_random() -> None:
     assert len(firsts) > 1
 
 
+def test_a_tie_break_never_overrides_a_difference_in_load() -> None:
+    """Ties are broken by a nudge inside the key: a load lower by a ten-thousandth still always wins."""
+    firsts = {names(pool_with([1.0001, 1.0, 1.0001]), 1).most_common(1)[0][0] for _ in range(60)}
+    assert firsts == {"b1"}
+
+
 def test_new_report_resets_the_correction() -> None:
     """A fresh report replaces load + redirects-since; the previous report is kept."""
     pool = pool_with([0, 4])
