@@ -49,8 +49,8 @@ class Candidate(Protocol):
 C = TypeVar("C", bound=Candidate)
 
 
-# Random tie-breaks move a key by less than this share of one redirect's step: an order among exact
-# ties, never a different choice between loads that differ.
+# Random tie-breaks move a key by less than this share of one redirect's step: they order exact ties,
+# and never change a choice between loads further apart than that (a millionth of a redirect).
 TIE = 2.0**-20
 
 
