@@ -23,24 +23,25 @@ class BadLoad(ValueError):
     """The backend sent a load figure that is not a finite number >= 0."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per check (see pool.CheckResult)
 class Report:
     load: float
     drain: bool
 
 
 def parse_report(headers: list[tuple[bytes, bytes]], body: bytes) -> Report:
-    """The load and drain request of one health response (headers lower-cased, as h11 gives them)."""
+    """The load and drain request of one health response (header names in any case)."""
     load_header = state_header = None
     for name, value in headers:
+        name = name.lower()
         if name == b"x-load":
             load_header = value
         elif name == b"x-load-state":
             state_header = value
-    parsed = _json_object(body)
+    parsed = _json_object(body) if body else None
     drain = _drain(state_header, parsed)
     if load_header is not None:
-        return Report(_number(load_header.decode("latin-1").strip()), drain)
+        return Report(_number(load_header.decode("latin-1")), drain)
     if parsed is not None:
         return Report(_number(parsed["load"]) if "load" in parsed else 0.0, drain)
     text = body.strip()

@@ -1,7 +1,9 @@
 """The probe loop and its HTTP client: real `health.run_checks` against real backends on loopback.
 
 Every interval and timeout runs in virtual time (`autojump_clock`); with no jitter the check times
-are exact, so the tests assert them exactly. A check over loopback takes no virtual time.
+are exact, so the tests assert them exactly. A check over loopback takes no virtual time; the sweep
+reads its answer, and the pool gets its result, at the next grid step: READ after it was sent.
+A timeout is applied at the deadline itself.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from tests.helpers import (
 )
 
 AnyBackend = TypeVar("AnyBackend", bound=TestBackend)
+# When an answered check's result is applied: the sweep reads answers on the grid of check times.
+READ = CHECK_GRID
 
 
 async def started(nursery: trio.Nursery, backend: AnyBackend) -> AnyBackend:
@@ -72,7 +76,7 @@ async def test_backend_is_usable_after_its_first_passing_check_and_not_before(
     t0 = trio.current_time()
     assert pool.choose() is None
     nursery.start_soon(run_checks, pool, settings)
-    assert await wait_for_state(pool, "b1", "up") == t0
+    assert await wait_for_state(pool, "b1", "up") == t0 + READ
     assert chosen_while_checking == [None]  # while the first result was being recorded
     assert pool.choose() is pool.by_name["b1"]
 
@@ -88,8 +92,8 @@ async def test_backend_whose_first_check_fails_needs_rise_passes(
     seen = record_checks(pool)
     t0 = trio.current_time()
     nursery.start_soon(run_checks, pool, settings)
-    assert await wait_for_state(pool, "b1", "up") == t0 + 4
-    assert [(c.at - t0, c.passed) for c in seen] == [(0, False), (2, True), (4, True)]
+    assert await wait_for_state(pool, "b1", "up") == t0 + 4 + READ
+    assert [(c.at - t0, c.passed) for c in seen] == [(READ, False), (2 + READ, True), (4 + READ, True)]
     assert pool.choose() is pool.by_name["b1"]
 
 
@@ -99,10 +103,10 @@ async def test_backend_whose_first_check_fails_needs_rise_passes(
 @pytest.mark.parametrize(
     ("mode", "reason", "fails_after"),
     [
-        ("status", "status", 0.0),
+        ("status", "status", READ),
         ("hang", "timeout", 1.5),  # exactly the timeout
-        ("garbage", "protocol", 0.0),
-        ("close", "protocol", 0.0),
+        ("garbage", "protocol", READ),
+        ("close", "protocol", READ),
     ],
 )
 async def test_failed_check_is_counted_with_its_reason(
@@ -117,9 +121,10 @@ async def test_failed_check_is_counted_with_its_reason(
     nursery.start_soon(run_checks, pool, settings)
     await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 1)
     state = pool.by_name["b1"]
-    assert [(c.at - t0, c.passed, c.reason, c.duration) for c in seen] == [
-        (fails_after, False, reason, fails_after)
-    ]
+    assert [(c.at - t0, c.passed, c.reason) for c in seen] == [(fails_after, False, reason)]
+    # A timeout lasts its whole time; an answer's duration runs until the kernel received it (real
+    # time: the bytes came at once), not until the sweep read it.
+    assert seen[0].duration == 1.5 if mode == "hang" else 0 <= seen[0].duration < READ
     assert state.failures == {r: int(r == reason) for r in FAILURE_REASONS}
     assert (state.checks_passed, state.checks_failed, state.state) == (0, 1, "down")
     assert pool.choose() is None
@@ -193,15 +198,15 @@ async def test_fall_failures_take_a_backend_down_and_rise_passes_bring_it_back(
     transitions = record_transitions(pool)
     t0 = trio.current_time()
     nursery.start_soon(run_checks, pool, settings)
-    assert await wait_for_state(pool, "b1", "up") == t0
+    assert await wait_for_state(pool, "b1", "up") == t0 + READ
     backend.mode = "status"  # checks at t0+2, t0+4, t0+6 fail
-    assert await wait_for_state(pool, "b1", "down") == t0 + 6
+    assert await wait_for_state(pool, "b1", "down") == t0 + 6 + READ
     backend.mode = "ok"  # checks at t0+8, t0+10 pass
-    assert await wait_for_state(pool, "b1", "up") == t0 + 10
+    assert await wait_for_state(pool, "b1", "up") == t0 + 10 + READ
     assert transitions == [
-        ("b1", "starting", "up", t0),
-        ("b1", "up", "down", t0 + 6),
-        ("b1", "down", "up", t0 + 10),
+        ("b1", "starting", "up", t0 + READ),
+        ("b1", "up", "down", t0 + 6 + READ),
+        ("b1", "down", "up", t0 + 10 + READ),
     ]
     assert pool.by_name["b1"].failures["status"] == 3
 
@@ -221,9 +226,9 @@ async def test_streaks_must_be_unbroken(
     nursery.start_soon(run_checks, pool, settings)
     await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 16)
     assert transitions == [
-        ("b1", "starting", "up", t0),
-        ("b1", "up", "down", t0 + 2 * 9),  # the 3rd failure in a row (the 7th overall)
-        ("b1", "down", "up", t0 + 2 * 15),  # the 2nd pass in a row (the 4th since down)
+        ("b1", "starting", "up", t0 + READ),
+        ("b1", "up", "down", t0 + 2 * 9 + READ),  # the 3rd failure in a row (the 7th overall)
+        ("b1", "down", "up", t0 + 2 * 15 + READ),  # the 2nd pass in a row (the 4th since down)
     ]
 
 
@@ -280,7 +285,7 @@ async def test_checks_run_every_interval_exactly_without_jitter(
     t0 = trio.current_time()
     nursery.start_soon(run_checks, pool, settings)
     await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 5)
-    assert [c.at - t0 for c in seen] == [0.0, 3.0, 6.0, 9.0, 12.0]
+    assert [c.at - t0 for c in seen] == [t + READ for t in (0.0, 3.0, 6.0, 9.0, 12.0)]
     assert backend.health_checks == 5
 
 
@@ -325,7 +330,7 @@ async def test_hanging_backend_does_not_delay_another_backends_checks(
     t0 = trio.current_time()
     nursery.start_soon(run_checks, pool, settings)
     await wait_for(pool, lambda: checked(pool.by_name["ok"]) == 4)
-    assert [c.at - t0 for c in seen if c.backend == "ok"] == [0.0, 2.0, 4.0, 6.0]
+    assert [c.at - t0 for c in seen if c.backend == "ok"] == [t + READ for t in (0.0, 2.0, 4.0, 6.0)]
     assert [c.at - t0 for c in seen if c.backend == "hang0"] == [1.5, 3.5, 5.5]
 
 
@@ -345,7 +350,7 @@ async def test_many_hanging_backends_do_not_delay_a_healthy_backends_checks(
     t0 = trio.current_time()
     nursery.start_soon(run_checks, pool, settings)  # as the app calls it
     await wait_for(pool, lambda: checked(pool.by_name["ok"]) == 3)
-    assert [c.at - t0 for c in seen if c.backend == "ok"] == [0.0, 2.0, 4.0]
+    assert [c.at - t0 for c in seen if c.backend == "ok"] == [t + READ for t in (0.0, 2.0, 4.0)]
 
 
 # --- the request and its connection -----------------------------------------------------------------
@@ -400,7 +405,7 @@ async def test_connection_closed_by_backend_is_reopened_without_a_failed_check(
     await wait_for_state(pool, "b1", "up")
     await backend.drop_connections()
     await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 3)
-    assert [(c.at - t0, c.passed) for c in seen] == [(0.0, True), (2.0, True), (4.0, True)]
+    assert [(c.at - t0, c.passed) for c in seen] == [(t + READ, True) for t in (0.0, 2.0, 4.0)]
     assert pool.by_name["b1"].state == "up"
     assert backend.connections == 2
 
@@ -449,8 +454,43 @@ async def test_kept_alive_connection_closed_unanswered_is_retried_once_fresh(
     t0 = trio.current_time()
     nursery.start_soon(run_checks, pool, settings)
     await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 4)
-    assert [(c.at - t0, c.passed) for c in seen] == [(0.0, True), (2.0, True), (4.0, True), (6.0, True)]
+    # The retry's answer is read a grid step after the closed connection was seen.
+    assert [(c.at - t0, c.passed) for c in seen] == [(READ, True)] + [
+        (t + 2 * READ, True) for t in (2.0, 4.0, 6.0)
+    ]
     assert (backend.connections, backend.health_checks) == (4, 4)
+
+
+@dataclass(eq=False)
+class CloseFramed(TestBackend):
+    """Answers like an HTTP/1.0 server of old: no length, the body ends when the connection does."""
+
+    __test__ = False
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        try:
+            await stream.receive_some(65536)
+            self.health_checks += 1
+            await stream.send_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+            await stream.send_all(b"6\n")
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
+async def test_answer_framed_by_the_close_passes_and_reconnects(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A body that ends with the connection is whole at the close: the check passes, the next one
+    opens a new connection."""
+    backend = await started(nursery, CloseFramed("b1"))
+    settings = health(interval=2.0)
+    pool = pool_for([backend], settings)
+    seen = record_checks(pool)
+    t0 = trio.current_time()
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 2)
+    assert [(c.at - t0, c.passed) for c in seen] == [(READ, True), (2 + READ, True)]
+    assert pool.by_name["b1"].load == 6.0
 
 
 async def test_fresh_connection_closed_unanswered_fails_as_protocol_without_retry(
@@ -497,7 +537,7 @@ async def test_load_report_forms(
     t0 = trio.current_time()
     nursery.start_soon(run_checks, pool, settings)
     await wait_for_state(pool, "b1", "up")
-    assert pool.by_name["b1"].report == LoadReport(load, t0)
+    assert pool.by_name["b1"].report == LoadReport(load, t0 + READ)
 
 
 @pytest.mark.parametrize(
@@ -542,13 +582,14 @@ async def test_passing_check_records_report_keeps_previous_and_resets_since(
     t0 = trio.current_time()
     nursery.start_soon(run_checks, pool, settings)
     await wait_for_state(pool, "b1", "up")
-    assert (state.report, state.previous_report, state.since) == (LoadReport(3, t0), None, 0)
+    assert (state.report, state.previous_report, state.since) == (LoadReport(3, t0 + READ), None, 0)
     for _ in range(4):
         assert pool.choose() is state
     assert (state.since, state.effective_load) == (4, 7.0)
     backend.load = 5
     await wait_for(pool, lambda: state.checks_passed == 2)
-    assert (state.report, state.previous_report) == (LoadReport(5, t0 + 2), LoadReport(3, t0))
+    first, second = LoadReport(3, t0 + READ), LoadReport(5, t0 + 2 + READ)
+    assert (state.report, state.previous_report) == (second, first)
     assert (state.since, state.redirects, state.effective_load) == (0, 4, 5.0)
 
 
@@ -567,5 +608,5 @@ async def test_failed_check_keeps_the_last_report_and_since(
     pool.choose()
     backend.mode = "status"
     await wait_for(pool, lambda: state.checks_failed == 1)
-    assert (state.report, state.previous_report, state.since) == (LoadReport(3, t0), None, 2)
+    assert (state.report, state.previous_report, state.since) == (LoadReport(3, t0 + READ), None, 2)
     assert state.state == "up"  # one failure of fall 3
