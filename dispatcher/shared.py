@@ -153,8 +153,7 @@ class SharedTable:
                 backend.health, backend.others, backend.ramp = health, others, ramp
                 if weight != backend.spec.weight:
                     backend.spec = replace(backend.spec, weight=weight)
-                backend.version += 1
-                pool.policy.update(backend)
+                pool.reindex(backend)
         self._publish_stats(mine + 2 * layout.backends, stats)
 
     def set_ready(self, worker: int, ready: bool) -> None:

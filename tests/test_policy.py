@@ -68,13 +68,31 @@ def test_nothing_usable_gives_none() -> None:
     assert pool.choose() is None
 
 
+def test_equal_loads_take_turns() -> None:
+    """Equal loads and weights: every backend gets one redirect before any gets a second (a rotation)."""
+    pool = pool_with([2.0] * 7)
+    rounds = [names(pool, 7) for _ in range(5)]
+    assert all(counts == Counter({f"b{i}": 1 for i in range(7)}) for counts in rounds)
+
+
+def test_report_below_every_key_takes_the_next_redirect() -> None:
+    """A fresh report lower than all the others' loads is chosen next, though redirects had moved on."""
+    pool = pool_with([0.0] * 4)
+    names(pool, 10)
+    b2 = pool.backends[2]
+    pool.record_check(b2, CheckResult(True, 0.01, load=0.5), now=2.0)
+    assert [pool.choose() for _ in range(2)] == [b2, b2]  # 0.5 and 1.5, below the others' 2 and 3
+
+
 def test_large_pool_index_stays_small() -> None:
-    """Many reports without redirects do not grow the heap past a constant of the pool size."""
+    """Many reports and redirects do not grow the index past a constant of the pool size."""
     pool = pool_with([1.0] * 100)
     for round_ in range(50):
         for backend in pool.backends:
             pool.record_check(backend, CheckResult(True, 0.01, load=round_ % 7), now=round_)
-    assert len(pool.policy._heap) <= 2 * 100 + 16
+        names(pool, 150)
+    assert len(pool.policy._order) - pool.policy._head <= 2 * 100 + 16
+    assert len(pool.policy._order) <= 4 * 100 + 16 + 64
 
 
 actions = st.lists(
@@ -87,10 +105,14 @@ actions = st.lists(
 )
 
 
-@given(actions)
-def test_choose_never_returns_an_unusable_backend(steps: list[tuple[int, str, float]]) -> None:
-    """Whatever happens to the pool, choose() returns a usable backend or None, never another."""
-    pool = Pool([parse_backend("t", f"http://10.0.0.{i}", f"b{i}") for i in range(5)], HealthSettings())
+@given(actions, st.lists(st.sampled_from([0.5, 1.0, 1.0, 3.0]), min_size=5, max_size=5))
+def test_choose_never_returns_an_unusable_backend(
+    steps: list[tuple[int, str, float]], weights: list[float]
+) -> None:
+    """Whatever happens to the pool, choose() returns a usable backend or None, never another, and
+    always one with the least effective load (weights and reports included)."""
+    specs = [parse_backend("t", f"http://10.0.0.{i}", f"b{i}", weight) for i, weight in enumerate(weights)]
+    pool = Pool(specs, HealthSettings())
     for now, (index, action, load) in enumerate(steps):
         backend = pool.backends[index]
         apply_action(pool, backend, action, load, float(now))
