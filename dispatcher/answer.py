@@ -52,7 +52,7 @@ class AnswerReader:
         self._parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
-        self.body = bytearray()
+        self.body = b""
         self.done = False  # the answer is whole
         self.extra = False  # bytes came after the answer: the backend speaks out of turn
         self._keep_alive = False
@@ -62,7 +62,7 @@ class AnswerReader:
 
     def begin(self) -> None:
         """A new check on this connection: forget what the last one read."""
-        self.status, self.headers, self.body = 0, [], bytearray()
+        self.status, self.headers, self.body = 0, [], b""
         self.done = self._too_large = self._begun = self._headed = False
 
     def feed(self, data: bytes) -> bool:

@@ -38,10 +38,12 @@ def parse_report(headers: list[tuple[bytes, bytes]], body: bytes) -> Report:
             load_header = value
         elif name == b"x-load-state":
             state_header = value
+    if load_header is not None and state_header is None and not body:
+        return Report(_header_number(load_header), False)  # the usual answer, on every check
     parsed = _json_object(body) if body else None
     drain = _drain(state_header, parsed)
     if load_header is not None:
-        return Report(_number(load_header.decode("latin-1")), drain)
+        return Report(_header_number(load_header), drain)
     if parsed is not None:
         return Report(_number(parsed["load"]) if "load" in parsed else 0.0, drain)
     text = body.strip()
@@ -68,6 +70,17 @@ def _drain(header: bytes | None, parsed: dict[str, object] | None) -> bool:
 
 def _looks_numeric(text: bytes) -> bool:
     return all(c in b"0123456789.+-eE" for c in text)
+
+
+def _header_number(value: bytes) -> float:
+    """An X-Load value (float() reads ASCII bytes and ignores the white space around them)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadLoad(f"load {value.decode('latin-1')!r} is not a number") from None
+    if not 0 <= number < math.inf:  # NaN fails both comparisons
+        raise BadLoad(f"load {value.decode('latin-1').strip()!r} is not a finite number >= 0")
+    return number
 
 
 def _number(value: object) -> float:

@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 from dispatcher import config
-from dispatcher.health import CHECK_GRID, run_checks
+from dispatcher.health import CHECK_GRID, _sleep_in, run_checks
 from dispatcher.pool import FAILURE_REASONS, Backend, CheckResult, LoadReport, Pool
 from tests.helpers import (
     CountingBackend,
@@ -610,3 +610,40 @@ async def test_failed_check_keeps_the_last_report_and_since(
     await wait_for(pool, lambda: state.checks_failed == 1)
     assert (state.report, state.previous_report, state.since) == (LoadReport(3, t0 + READ), None, 2)
     assert state.state == "up"  # one failure of fall 3
+
+
+# --- the sweep's sleep ------------------------------------------------------------------------------
+
+
+async def test_sweep_sleep_ends_at_its_deadline_without_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The sweep's sleep returns at its scope's deadline, and returns: no Cancelled escapes or is caught."""
+    t0 = trio.current_time()
+    scope = trio.CancelScope(deadline=t0 + 0.5)
+    await _sleep_in(scope)
+    assert (trio.current_time() - t0, scope.cancelled_caught) == (0.5, False)
+
+
+async def test_sweep_sleep_wakes_early_when_its_deadline_moves(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Moving the deadline earlier (a check added or sent by another task) ends the sleep then."""
+    t0 = trio.current_time()
+    scope = trio.CancelScope(deadline=t0 + 10)
+
+    async def move_deadline() -> None:
+        await trio.sleep(1)
+        scope.deadline = trio.current_time() + 0.25
+
+    nursery.start_soon(move_deadline)
+    await _sleep_in(scope)
+    assert trio.current_time() - t0 == 1.25
+
+
+async def test_sweep_sleep_is_still_cancelled_from_outside(autojump_clock: trio.testing.MockClock) -> None:
+    """Shutdown still reaches the sweep: an enclosing cancellation is delivered as usual."""
+    t0 = trio.current_time()
+    with trio.move_on_after(2) as outer:
+        await _sleep_in(trio.CancelScope(deadline=t0 + 10))
+    assert (outer.cancelled_caught, trio.current_time() - t0) == (True, 2)
