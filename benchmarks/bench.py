@@ -13,8 +13,8 @@
 # on Ctrl-C and SIGTERM; every wait is bounded. It must not import `dispatcher`: the dispatcher is measured
 # as users run it, as `python -m dispatcher`.
 #
-#   python benchmarks/bench.py [--quick] [--profile] [--duration 10] [--connections 50] [--threads 1]
-#                              [--rounds 1] [--only NAME ...] [--no-pin] [--json FILE]
+#   python benchmarks/bench.py [--quick] [--profile] [--duration 5] [--connections 50] [--threads 1]
+#                              [--rounds 5] [--only NAME ...] [--no-pin] [--json FILE]
 
 import argparse
 import http.client
@@ -58,15 +58,18 @@ SCENARIO_FAILURES = (BenchError, OSError, http.client.HTTPException, subprocess.
 
 @dataclass(frozen=True)
 class Durations:
-    """How long each kind of measurement lasts: the full run, or --quick for a smoke run."""
+    """How long each kind of measurement lasts, and how often: the full run, or --quick for a smoke run."""
 
     wrk_seconds: int
     idle_seconds: float
     profile_seconds: int
+    # Short wrk runs in several rounds rather than one long run per side: the VM's drifts of several %
+    # over tens of seconds then fall on both sides of a comparison alike (scenarios.Bench.take_turns).
+    rounds: int
 
 
-FULL = Durations(wrk_seconds=10, idle_seconds=10.0, profile_seconds=8)
-QUICK = Durations(wrk_seconds=2, idle_seconds=3.0, profile_seconds=2)
+FULL = Durations(wrk_seconds=5, idle_seconds=10.0, profile_seconds=8, rounds=5)
+QUICK = Durations(wrk_seconds=2, idle_seconds=3.0, profile_seconds=2, rounds=1)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -177,13 +180,18 @@ def header(settings: Settings, version: str) -> list[str]:
         f"load:       {load} GET {TARGET} (keep-alive), unless a scenario says otherwise",
         f"pinned:     {describe_pinning(settings)}",
         f"rounds:     {settings.rounds}"
-        + (" (each figure is the median run)" if settings.rounds > 1 else ""),
+        + (
+            " (both sides of a comparison up at once, loaded in turns A B, B A, ...; each figure is the "
+            "median of its side's runs, each ratio the median of the rounds' ratios)"
+            if settings.rounds > 1
+            else ""
+        ),
     ]
 
 
 def shutdown_summary(results: Sequence[Report]) -> list[str]:
     """How the dispatchers ended after SIGTERM: one line when all exited 0, else every other ending."""
-    endings = [(run.name, run.shutdown) for result in results for run in result.all_runs()]
+    endings = [(run.name, run.shutdown) for result in results for run in result.all_runs() if run.shutdown]
     endings = [(name, how) for name, how in endings if name != "baseline"]  # the baseline has no handler
     odd = [f"shutdown: {name} {how}" for name, how in endings if not how.startswith("exited with code 0 ")]
     if endings and not odd:
@@ -268,15 +276,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="The dispatcher's benchmarks, each against a baseline measured in the same run"
     )
     parser.add_argument(
-        "--duration", type=positive_int, help="seconds of each wrk run (default 10; 2 with --quick)"
+        "--duration", type=positive_int, help="seconds of each wrk run (default 5; 2 with --quick)"
     )
     parser.add_argument("--connections", type=positive_int, default=50, help="wrk connections (default 50)")
     parser.add_argument("--threads", type=positive_int, default=1, help="wrk threads (default 1)")
     parser.add_argument(
         "--rounds",
         type=positive_int,
-        default=1,
-        help="run both sides of each comparison N times; show the median",
+        help="load both sides of each comparison N times, in turns; show medians (default 5; 1 with --quick)",
     )
     parser.add_argument(
         "--only", choices=ONLY_CHOICES, action="append", help="run only this scenario (repeatable)"
@@ -342,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             duration_seconds=args.duration or durations.wrk_seconds,
             connections=args.connections,
             threads=args.threads,
-            rounds=args.rounds,
+            rounds=args.rounds or durations.rounds,
             server_cpus=server_cpus,
             wrk_cpus=wrk_cpus,
             log_dir=Path(log_dir),

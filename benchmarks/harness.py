@@ -7,6 +7,7 @@
 # Rules: no scenario and no table here; it must not import `dispatcher` (the dispatcher is measured as users
 # run it, as `python -m dispatcher`). Every wait is bounded.
 
+import contextlib
 import ctypes
 import functools
 import http.client
@@ -376,6 +377,21 @@ def tree_cpu_seconds(pid: int) -> float:
     return sum(process_cpu_seconds(member) for member in process_tree(pid))
 
 
+def move_to(pid: int, cpus: frozenset[int]) -> None:
+    """Pin every thread of pid and of its live descendants to `cpus`. The affinity of a process is a
+    property of each of its threads (sched_setaffinity takes a thread id): all of them are moved, and
+    a thread started later inherits its creator's CPUs. A thread or process that ends meanwhile is
+    skipped."""
+    for member in process_tree(pid):
+        try:
+            threads = [int(tid) for tid in os.listdir(PROC / str(member) / "task")]
+        except OSError:
+            continue
+        for tid in threads:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, cpus)
+
+
 def resident_bytes(pid: int) -> int:
     """VmRSS of a live process, from /proc/<pid>/status."""
     for line in (PROC / str(pid) / "status").read_text().splitlines():
@@ -398,15 +414,17 @@ class CpuSnapshot:
     children: float
 
 
-def cpu_snapshot(server_pid: int, helper_pids: Iterable[int] = ()) -> CpuSnapshot | None:
-    """Where the CPU clocks stand now; None where /proc is missing."""
+def cpu_snapshot(server_pids: Iterable[int], helper_pids: Iterable[int] = ()) -> CpuSnapshot | None:
+    """Where the CPU clocks stand now; None where /proc is missing. The servers' descendants (workers)
+    count as theirs."""
     if not PROC_STAT.exists():
         return None
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    servers = sum(tree_cpu_seconds(pid) for pid in server_pids)
     return CpuSnapshot(
         wall=time.monotonic(),
         machine_busy=machine_busy_seconds(),
-        ours=tree_cpu_seconds(server_pid) + sum(process_cpu_seconds(pid) for pid in helper_pids),
+        ours=servers + sum(process_cpu_seconds(pid) for pid in helper_pids),
         children=children.ru_utime + children.ru_stime,
     )
 

@@ -11,8 +11,10 @@
 #
 # Every server is a child process started with `running` (stopped in a `finally`); the servers under load
 # run on the first CPU and everything else (wrk, backends, clients, py-spy) on the others, except in
-# scenario 6. Each comparison runs both sides in the same invocation, `rounds` times in turn, and keeps the
-# median run of each side. It must not import `dispatcher`: the dispatcher runs as `python -m dispatcher`.
+# scenario 6. Each comparison starts both sides at once and loads them in turns (`Bench.take_turns`):
+# `rounds` rounds of one wrk run per side, in the order A B, B A, A B ..., the side not being loaded
+# parked on the wrk CPUs. Each figure is the median of its side's runs; a ratio is the median of the
+# rounds' ratios. It must not import `dispatcher`: the dispatcher runs as `python -m dispatcher`.
 
 import functools
 import os
@@ -24,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -46,6 +48,7 @@ from harness import (
     cpu_snapshot,
     fetch,
     free_ports,
+    move_to,
     others_cpu_percent,
     prepare_child,
     process_cpu_seconds,
@@ -127,6 +130,15 @@ class Run:
     shutdown: str
 
 
+@dataclass(frozen=True)
+class Server:
+    """A started server, ready for load: what its runs are called, its process, its port."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+
+
 def ratio(value: float, baseline: float | None) -> float | None:
     return None if baseline is None or baseline == 0 else value / baseline
 
@@ -154,11 +166,6 @@ def run_warnings(runs: Sequence[Run], scenario: str) -> list[str]:
     return warnings
 
 
-def lower_median(values: Sequence[float]) -> float:
-    """The median; the lower middle one of an even count, so that it is always a measured value."""
-    return sorted(values)[(len(values) - 1) // 2]
-
-
 def median_run(runs: Sequence[Run], name: str, key: Callable[[Run], float] | None = None) -> Run:
     """The run named `name` with the median of `key` (req/s by default; the lower middle of an even count)."""
     chosen = sorted(
@@ -167,33 +174,61 @@ def median_run(runs: Sequence[Run], name: str, key: Callable[[Run], float] | Non
     return chosen[(len(chosen) - 1) // 2]
 
 
-def round_ratios(scenario: str, runs: Sequence[Run], name: str, reference: str) -> list[str]:
-    """A note with the req/s ratio of each round: the two sides of a round ran one after the other, so
-    their ratio is spared the machine's slow drifts, which the medians of each side are not."""
+def each_round_ratio(runs: Sequence[Run], name: str, reference: str) -> list[float]:
+    """The req/s ratio of side `name` over side `reference` in each round."""
     mine = [run.figures.requests_per_second for run in runs if run.name == name]
     theirs = [run.figures.requests_per_second for run in runs if run.name == reference]
-    ratios = [a / b for a, b in zip(mine, theirs, strict=True) if b]
+    return [a / b for a, b in zip(mine, theirs, strict=True) if b]
+
+
+def round_ratios(scenario: str, runs: Sequence[Run], name: str, reference: str) -> list[str]:
+    """A note with each round's req/s ratio and their median."""
+    ratios = each_round_ratio(runs, name, reference)
     if len(ratios) < 2:
         return []
     each = " ".join(f"{value:.2f}" for value in ratios)
     return [f"{scenario}: req/s ratio round by round {each} (median {statistics.median(ratios):.2f})"]
 
 
-def in_turn(rounds: int, measures: Sequence[Callable[[], Run]]) -> list[Run]:
-    """Every measure once per round, in order: slow drifts of the machine hit both sides alike."""
-    return [measure() for _ in range(rounds) for measure in measures]
+def median_of(runs: Sequence[Run], name: str, key: Callable[[WrkFigures], float]) -> float:
+    """The median of one figure over the runs of side `name` (the lower middle of an even count, so
+    that it is always a measured value)."""
+    return statistics.median_low(key(run.figures) for run in runs if run.name == name)
 
 
-def speed_figures(scenario: str, run: Run, reference: Run, reference_label: str) -> list[Figure]:
-    """req/s, p50 and p99 of `run` against `reference` (no goal)."""
-    mine, theirs = run.figures, reference.figures
+def paired_ratio(runs: Sequence[Run], name: str, reference: str) -> float | None:
+    """The median of the rounds' req/s ratios, `name` over `reference`: each round's two runs were
+    back to back, so each ratio is spared the drifts of a virtual machine that the medians of each
+    side are not."""
+    ratios = each_round_ratio(runs, name, reference)
+    return statistics.median(ratios) if ratios else None
+
+
+def speed_figures(
+    scenario: str, runs: Sequence[Run], name: str, reference: str, reference_label: str
+) -> list[Figure]:
+    """req/s, p50 and p99 of side `name` against side `reference`, each the median of its runs; the
+    req/s comparison is the median of the rounds' ratios (no goal)."""
+
+    def rps(figures: WrkFigures) -> float:
+        return figures.requests_per_second
+
+    def p50(figures: WrkFigures) -> float:
+        return figures.p50_ms
+
+    def p99(figures: WrkFigures) -> float:
+        return figures.p99_ms
+
+    mine_rps, theirs_rps = median_of(runs, name, rps), median_of(runs, reference, rps)
+    mine_p50, theirs_p50 = median_of(runs, name, p50), median_of(runs, reference, p50)
+    mine_p99, theirs_p99 = median_of(runs, name, p99), median_of(runs, reference, p99)
     return [
-        Figure(scenario, "req/s", mine.requests_per_second, "req/s", theirs.requests_per_second,
-               reference_label, ratio(mine.requests_per_second, theirs.requests_per_second), "ratio"),
-        Figure(scenario, "p50 latency", mine.p50_ms, "ms", theirs.p50_ms, reference_label,
-               mine.p50_ms - theirs.p50_ms, "difference"),
-        Figure(scenario, "p99 latency", mine.p99_ms, "ms", theirs.p99_ms, reference_label,
-               mine.p99_ms - theirs.p99_ms, "difference"),
+        Figure(scenario, "req/s", mine_rps, "req/s", theirs_rps, reference_label,
+               paired_ratio(runs, name, reference), "ratio"),
+        Figure(scenario, "p50 latency", mine_p50, "ms", theirs_p50, reference_label,
+               mine_p50 - theirs_p50, "difference"),
+        Figure(scenario, "p99 latency", mine_p99, "ms", theirs_p99, reference_label,
+               mine_p99 - theirs_p99, "difference"),
     ]  # fmt: skip
 
 
@@ -241,7 +276,7 @@ class Bench:
         self.saturation_rps: float | None = None  # scenario 1's dispatcher req/s
         self._stack = stack
         self._file_backends: list[str] | None = None
-        self._pool_port: int | None = None
+        self._pool_ports: dict[int, int] = {}
         self._helpers: list[subprocess.Popen[bytes]] = []
         self._logs = 0
 
@@ -268,14 +303,16 @@ class Bench:
             self._file_backends = base_urls
         return self._file_backends
 
-    def pool_port(self) -> int:
-        """The port of benchmarks/backends.py: any number of backends, `/bNNNN` prefixes on one port."""
-        if self._pool_port is None:
+    def pool_port(self, count: int) -> int:
+        """The port of the benchmarks/backends.py serving the pool of `count` backends (`/bNNNN`
+        prefixes on one port). Each pool has its own, so that two dispatchers running side by side
+        are never answered by the same process, and each process counts one pool's checks."""
+        if count not in self._pool_ports:
             (port,) = free_ports(1)
             argv = [sys.executable, str(BENCHMARKS_DIR / "backends.py"), "--listen", f"{HOST}:{port}"]
-            self._start_helper(argv, "pool-backends", functools.partial(accepts_connections, port))
-            self._pool_port = port
-        return self._pool_port
+            self._start_helper(argv, f"pool-{count}-backends", functools.partial(accepts_connections, port))
+            self._pool_ports[count] = port
+        return self._pool_ports[count]
 
     def _start_helper(
         self, argv: list[str], name: str, ready: Callable[[], bool], cwd: Path = REPO_ROOT
@@ -286,12 +323,36 @@ class Bench:
         self._helpers.append(process)
         wait_until_ready(ready, process, log)
 
-    def measure(self, name: str, load: WrkLoad, port: int, server: subprocess.Popen[bytes]) -> Run:
-        """Load a ready server with wrk, watch what else used the CPU meanwhile, then stop the server."""
-        before = cpu_snapshot(server.pid, self.helper_pids())
-        figures = run_wrk(load, port)
-        others = others_cpu_percent(before, cpu_snapshot(server.pid, self.helper_pids()))
-        return Run(name, load.describe(), figures, others, stop(server))
+    def take_turns(
+        self, load: WrkLoad, servers: Sequence[Server], pinned: bool = True, rounds: int | None = None
+    ) -> list[Run]:
+        """Load the servers, all up at once, in turns: one wrk run each per round, in the order A B,
+        then B A, then A B again. A drift of the machine within a round then falls on both sides alike,
+        and one that lasts longer is cancelled by the alternation; each server also runs as long as the
+        other, warm, without a restart between rounds. The servers not being loaded are parked on the
+        wrk CPUs (when `pinned`), so that their own background work (health checks) never takes the
+        loaded server's core. Then every server is stopped; the last run of each says how it ended."""
+        pids = [server.process.pid for server in servers]
+        runs = []
+        for round_ in range(rounds or self.settings.rounds):
+            for server in servers if round_ % 2 == 0 else list(reversed(servers)):
+                if pinned:
+                    self._park_all_but(server, servers)
+                before = cpu_snapshot(pids, self.helper_pids())
+                figures = run_wrk(load, server.port)
+                others = others_cpu_percent(before, cpu_snapshot(pids, self.helper_pids()))
+                runs.append(Run(server.name, load.describe(), figures, others, ""))
+        for server in servers:
+            last = max(i for i, run in enumerate(runs) if run.name == server.name)
+            runs[last] = replace(runs[last], shutdown=stop(server.process))
+        return runs
+
+    def _park_all_but(self, loaded: Server, servers: Sequence[Server]) -> None:
+        server_cpus, wrk_cpus = self.settings.server_cpus, self.settings.wrk_cpus
+        if server_cpus is None or wrk_cpus is None:
+            return
+        for server in servers:
+            move_to(server.process.pid, server_cpus if server is loaded else wrk_cpus)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -300,11 +361,9 @@ class Bench:
 
 
 @dataclass(frozen=True)
-class Dispatcher:
+class Dispatcher(Server):
     """A started `python -m dispatcher` whose backends are all up."""
 
-    process: subprocess.Popen[bytes]
-    port: int
     admin_port: int
     base_urls: list[str]
     ready_seconds: float  # from the start of the process to all backends up
@@ -329,7 +388,7 @@ def dispatcher_running(
         ready = functools.partial(all_backends_up, admin_port, len(base_urls))
         waited = wait_until_ready(ready, process, log, ready_timeout)
         check_redirect(port, base_urls, name)
-        yield Dispatcher(process, port, admin_port, base_urls, waited)
+        yield Dispatcher(name, process, port, admin_port, base_urls, waited)
 
 
 def backend_flags(base_urls: Sequence[str]) -> list[str]:
@@ -338,7 +397,7 @@ def backend_flags(base_urls: Sequence[str]) -> list[str]:
 
 def pool_config(bench: Bench, count: int) -> tuple[list[str], list[str]]:
     """A config file with `count` backends on backends.py (`/b0001`, `/b0002`, ...): its flag and URLs."""
-    base = f"http://{HOST}:{bench.pool_port()}"
+    base = f"http://{HOST}:{bench.pool_port(count)}"
     base_urls = [f"{base}/b{index:04d}" for index in range(1, count + 1)]
     entries = (f'[[backends]]\nurl = "{url}"\nname = "{url.rpartition("/")[2]}"\n' for url in base_urls)
     path = bench.settings.log_dir / f"pool-{count}.toml"
@@ -346,7 +405,8 @@ def pool_config(bench: Bench, count: int) -> tuple[list[str], list[str]]:
     return ["--config", str(path)], base_urls
 
 
-def baseline_run(bench: Bench, load: WrkLoad, name: str = "baseline") -> Run:
+@contextmanager
+def baseline_running(bench: Bench, name: str = "baseline") -> Iterator[Server]:
     """benchmarks/baseline.py: trio + h11 answering 307 to itself, nothing else."""
     (port,) = free_ports(1)
     argv = [sys.executable, str(BENCHMARKS_DIR / "baseline.py"), "--listen", f"{HOST}:{port}"]
@@ -354,17 +414,38 @@ def baseline_run(bench: Bench, load: WrkLoad, name: str = "baseline") -> Run:
     with running(argv, log, bench.settings.server_cpus) as process:
         wait_until_ready(functools.partial(accepts_connections, port), process, log)
         check_redirect(port, [f"http://{HOST}:{port}"], name)
-        return bench.measure(name, load, port, process)
+        yield Server(name, process, port)
 
 
-def dispatcher_run(
-    bench: Bench, load: WrkLoad, name: str = "dispatcher", extra: Sequence[str] = (), pinned: bool = True
-) -> Run:
-    """The dispatcher over scenario 1's three http.server backends, under `load`."""
+def file_dispatcher(
+    bench: Bench, name: str = "dispatcher", extra: Sequence[str] = (), pinned: bool = True
+) -> AbstractContextManager[Dispatcher]:
+    """The dispatcher over scenario 1's three http.server backends."""
     base_urls = bench.file_backends()
     cpus = bench.settings.server_cpus if pinned else None
-    with dispatcher_running(bench, name, backend_flags(base_urls), base_urls, cpus, extra) as dispatcher:
-        return bench.measure(name, load, dispatcher.port, dispatcher.process)
+    return dispatcher_running(bench, name, backend_flags(base_urls), base_urls, cpus, extra)
+
+
+def pool_dispatcher(
+    bench: Bench, count: int, name: str, extra: Sequence[str] = ()
+) -> AbstractContextManager[Dispatcher]:
+    """The dispatcher over `count` backends of backends.py, given in a config file."""
+    flags, base_urls = pool_config(bench, count)
+    cpus = bench.settings.server_cpus
+    return dispatcher_running(bench, name, flags, base_urls, cpus, extra, pool_timeout(count))
+
+
+def compared(
+    bench: Bench,
+    load: WrkLoad,
+    starts: Sequence[AbstractContextManager[Server]],
+    pinned: bool = True,
+    rounds: int | None = None,
+) -> list[Run]:
+    """Start the servers, one after the other, then load them in turns (Bench.take_turns)."""
+    with ExitStack() as stack:
+        servers = [stack.enter_context(start) for start in starts]
+        return bench.take_turns(load, servers, pinned, rounds)
 
 
 def pool_timeout(count: int) -> float:
@@ -395,7 +476,7 @@ class ThroughputResult(Report):
 
     def figures(self) -> list[Figure]:
         if self.baseline is not None and self.dispatcher is not None:
-            req, p50, p99 = speed_figures("1", self.dispatcher, self.baseline, "baseline")
+            req, p50, p99 = speed_figures("1", self.runs, "dispatcher", "baseline", "baseline")
             return [with_goal(req, at_least(req.comparison, 1.0, aim=1.3)), p50, p99]
         alone = self.baseline or self.dispatcher
         assert alone is not None
@@ -418,12 +499,12 @@ class ThroughputResult(Report):
 def throughput(bench: Bench) -> ThroughputResult:
     """1. The dispatcher (3 backends, default checks, metrics) and the baseline, saturated by wrk."""
     load = bench.settings.load()
-    measures: list[Callable[[], Run]] = []
+    starts: list[AbstractContextManager[Server]] = []
     if "baseline" in bench.sides:
-        measures.append(lambda: baseline_run(bench, load))
+        starts.append(baseline_running(bench))
     if "dispatcher" in bench.sides:
-        measures.append(lambda: dispatcher_run(bench, load))
-    runs = in_turn(bench.settings.rounds, measures)
+        starts.append(file_dispatcher(bench))
+    runs = compared(bench, load, starts)
     baseline = median_run(runs, "baseline") if "baseline" in bench.sides else None
     dispatcher = median_run(runs, "dispatcher") if "dispatcher" in bench.sides else None
     if dispatcher is not None:
@@ -483,14 +564,14 @@ def profile(bench: Bench) -> ProfileResult:
         bench, "dispatcher-profile", flags, base_urls, settings.server_cpus
     ) as dispatcher:
         raw = settings.log_dir / "profile.raw"
-        before = cpu_snapshot(dispatcher.process.pid, bench.helper_pids())
+        before = cpu_snapshot([dispatcher.process.pid], bench.helper_pids())
         with wrk_in_background(load, dispatcher.port) as wrk:
             time.sleep(1.0)
             pyspy.record(
                 settings.py_spy, dispatcher.process.pid, settings.profile_seconds, raw, settings.wrk_cpus
             )
             stdout, stderr = wrk.communicate(timeout=load.duration_seconds + 30)
-        others = others_cpu_percent(before, cpu_snapshot(dispatcher.process.pid, bench.helper_pids()))
+        others = others_cpu_percent(before, cpu_snapshot([dispatcher.process.pid], bench.helper_pids()))
         figures = check_wrk_report(wrk.returncode, stdout, stderr)
     summary = pyspy.summarise(raw.read_text())
     return ProfileResult(settings.profile_seconds, figures, summary, others)
@@ -528,7 +609,7 @@ class PoolSizeResult(Report):
 
     small: Run
     large: Run
-    large_ready_seconds: float  # from the process start to 1000 of 1000 up (median of the rounds)
+    large_ready_seconds: float  # from the process start to 1000 of 1000 up
     small_ready_seconds: float
     runs: list[Run]
 
@@ -539,7 +620,8 @@ class PoolSizeResult(Report):
         )
 
     def figures(self) -> list[Figure]:
-        req, p50, p99 = speed_figures("2", self.large, self.small, f"{SMALL_POOL} backends")
+        label = f"{SMALL_POOL} backends"
+        req, p50, p99 = speed_figures("2", self.runs, self.large.name, self.small.name, label)
         ready = Figure(
             "2",
             "start until all up",
@@ -561,23 +643,15 @@ class PoolSizeResult(Report):
 
 def pool_size(bench: Bench) -> PoolSizeResult:
     """2. The same dispatcher over 3 and over 1,000 backends of backends.py, default health interval."""
-    load = bench.settings.load()
-    ready: dict[int, list[float]] = {SMALL_POOL: [], LARGE_POOL: []}
-
-    def one(count: int) -> Run:
-        flags, base_urls = pool_config(bench, count)
-        cpus, timeout = bench.settings.server_cpus, pool_timeout(count)
-        name = f"dispatcher, {count} backends"
-        with dispatcher_running(bench, name, flags, base_urls, cpus, (), timeout) as dispatcher:
-            ready[count].append(dispatcher.ready_seconds)
-            return bench.measure(name, load, dispatcher.port, dispatcher.process)
-
-    runs = in_turn(bench.settings.rounds, [lambda: one(SMALL_POOL), lambda: one(LARGE_POOL)])
+    with ExitStack() as stack:
+        small = stack.enter_context(pool_dispatcher(bench, SMALL_POOL, f"dispatcher, {SMALL_POOL} backends"))
+        large = stack.enter_context(pool_dispatcher(bench, LARGE_POOL, f"dispatcher, {LARGE_POOL} backends"))
+        runs = bench.take_turns(bench.settings.load(), [small, large])
     return PoolSizeResult(
-        median_run(runs, f"dispatcher, {SMALL_POOL} backends"),
-        median_run(runs, f"dispatcher, {LARGE_POOL} backends"),
-        lower_median(ready[LARGE_POOL]),
-        lower_median(ready[SMALL_POOL]),
+        median_run(runs, small.name),
+        median_run(runs, large.name),
+        large.ready_seconds,
+        small.ready_seconds,
         runs,
     )
 
@@ -640,7 +714,8 @@ class HealthCostResult(Report):
         extra_checks = large.checks_per_second - small.checks_per_second
         per_check = 1e4 * (large.cpu_percent - small.cpu_percent) / extra_checks if extra_checks else 0.0
         cost = Figure("3a", "CPU per check", per_check, "us", None, "", None, "")
-        req, p50, p99 = speed_figures("3b", self.large, self.small, f"{SMALL_POOL} backends")
+        label = f"{SMALL_POOL} backends"
+        req, p50, p99 = speed_figures("3b", self.runs, self.large.name, self.small.name, label)
         return [
             with_goal(idle, at_most(large.cpu_percent, 20.0, "%")),
             checks,
@@ -654,12 +729,9 @@ class HealthCostResult(Report):
         return round_ratios("3b", self.runs, self.large.name, self.small.name)
 
     def warnings(self) -> list[str]:
-        warnings = run_warnings(self.runs, "3b")
-        for idle in (self.idle_large, self.idle_small):
-            warning = busy_warning(idle.others_cpu_percent, f"3a, idle with {idle.pool} backends")
-            if warning:
-                warnings.append(warning)
-        return warnings
+        # Both pools were idle in the same window: one figure for what else ran meanwhile.
+        warning = busy_warning(self.idle_large.others_cpu_percent, "3a, the idle window")
+        return run_warnings(self.runs, "3b") + ([warning] if warning else [])
 
 
 def backend_checks(port: int) -> int:
@@ -670,45 +742,44 @@ def backend_checks(port: int) -> int:
     return int(answer.body)
 
 
-def idle_cpu(bench: Bench, dispatcher: Dispatcher, pool: int) -> IdleCpu:
-    """The dispatcher's CPU (utime + stime from /proc) over idle_seconds of no traffic but its checks."""
+def idle_cpu(bench: Bench, dispatchers: dict[int, Dispatcher]) -> dict[int, IdleCpu]:
+    """Each dispatcher's CPU (utime + stime from /proc) over the same idle_seconds of no traffic but
+    their checks, and the checks each pool's backends.py answered meanwhile (keyed by pool size)."""
     time.sleep(SETTLE_SECONDS)
-    pid, port = dispatcher.process.pid, bench.pool_port()
-    checks_before, before = backend_checks(port), cpu_snapshot(pid, bench.helper_pids())
-    cpu_before, started = process_cpu_seconds(pid), time.monotonic()
+    pids = [dispatcher.process.pid for dispatcher in dispatchers.values()]
+    checks_before = {count: backend_checks(bench.pool_port(count)) for count in dispatchers}
+    before = cpu_snapshot(pids, bench.helper_pids())
+    cpu_before = {count: process_cpu_seconds(d.process.pid) for count, d in dispatchers.items()}
+    started = time.monotonic()
     time.sleep(bench.settings.idle_seconds)
-    cpu_after, elapsed = process_cpu_seconds(pid), time.monotonic() - started
-    others = others_cpu_percent(before, cpu_snapshot(pid, bench.helper_pids()))
-    checks = backend_checks(port) - checks_before
-    return IdleCpu(pool, elapsed, 100 * (cpu_after - cpu_before) / elapsed, checks / elapsed, others)
+    cpu_after = {count: process_cpu_seconds(d.process.pid) for count, d in dispatchers.items()}
+    elapsed = time.monotonic() - started
+    others = others_cpu_percent(before, cpu_snapshot(pids, bench.helper_pids()))
+    checks = {count: backend_checks(bench.pool_port(count)) - checks_before[count] for count in dispatchers}
+    return {
+        count: IdleCpu(
+            count, elapsed, 100 * (cpu_after[count] - cpu_before[count]) / elapsed, checks[count] / elapsed,
+            others,
+        )
+        for count in dispatchers
+    }  # fmt: skip
 
 
 def health_cost(bench: Bench) -> HealthCostResult:
     """3. --health-interval 1 over 1,000 and over 3 backends: idle CPU first, then saturated by wrk."""
-    load = bench.settings.load()
-    idles: dict[int, list[IdleCpu]] = {SMALL_POOL: [], LARGE_POOL: []}
-
-    def one(count: int) -> Run:
-        flags, base_urls = pool_config(bench, count)
-        cpus, timeout = bench.settings.server_cpus, pool_timeout(count)
-        extra = ["--health-interval", FAST_HEALTH_INTERVAL]
-        name = f"dispatcher, {count} backends, checks every 1 s"
-        with dispatcher_running(bench, name, flags, base_urls, cpus, extra, timeout) as dispatcher:
-            idles[count].append(idle_cpu(bench, dispatcher, count))
-            return bench.measure(name, load, dispatcher.port, dispatcher.process)
-
-    runs = in_turn(bench.settings.rounds, [lambda: one(SMALL_POOL), lambda: one(LARGE_POOL)])
-
-    def median_idle(count: int) -> IdleCpu:
-        cpu = lower_median([idle.cpu_percent for idle in idles[count]])
-        return next(idle for idle in idles[count] if idle.cpu_percent == cpu)
-
+    extra = ["--health-interval", FAST_HEALTH_INTERVAL]
+    with ExitStack() as stack:
+        dispatchers = {
+            count: stack.enter_context(
+                pool_dispatcher(bench, count, f"dispatcher, {count} backends, checks every 1 s", extra)
+            )
+            for count in (SMALL_POOL, LARGE_POOL)
+        }
+        idle = idle_cpu(bench, dispatchers)
+        small, large = dispatchers[SMALL_POOL], dispatchers[LARGE_POOL]
+        runs = bench.take_turns(bench.settings.load(), [small, large])
     return HealthCostResult(
-        median_idle(LARGE_POOL),
-        median_idle(SMALL_POOL),
-        median_run(runs, f"dispatcher, {SMALL_POOL} backends, checks every 1 s"),
-        median_run(runs, f"dispatcher, {LARGE_POOL} backends, checks every 1 s"),
-        runs,
+        idle[LARGE_POOL], idle[SMALL_POOL], median_run(runs, small.name), median_run(runs, large.name), runs
     )
 
 
@@ -767,7 +838,9 @@ def latency(bench: Bench) -> LatencyResult:
     settings = bench.settings
     source, saturated = "scenario 1", []
     if bench.saturation_rps is None:
-        saturated.append(dispatcher_run(bench, settings.load(), "dispatcher, saturated"))
+        saturated = compared(
+            bench, settings.load(), [file_dispatcher(bench, "dispatcher, saturated")], rounds=1
+        )
         bench.saturation_rps, source = saturated[0].figures.requests_per_second, "measured in scenario 4"
     target = bench.saturation_rps / 2
     per_thread = f"{target / settings.threads:.1f}"
@@ -775,9 +848,7 @@ def latency(bench: Bench) -> LatencyResult:
         settings.threads, settings.connections, settings.duration_seconds, settings.wrk_cpus, PACED_SCRIPT,
         (per_thread,),
     )  # fmt: skip
-    runs = saturated + in_turn(
-        settings.rounds, [lambda: baseline_run(bench, paced), lambda: dispatcher_run(bench, paced)]
-    )
+    runs = saturated + compared(bench, paced, [baseline_running(bench), file_dispatcher(bench)])
 
     def by_p99(run: Run) -> float:
         return run.figures.p99_ms
@@ -877,7 +948,7 @@ def memory(bench: Bench) -> MemoryResult:
                             settings.server_cpus, extra) as dispatcher:  # fmt: skip
         pid = dispatcher.process.pid
         time.sleep(SETTLE_SECONDS)
-        rss_before, before = resident_bytes(pid), cpu_snapshot(pid, bench.helper_pids())
+        rss_before, before = resident_bytes(pid), cpu_snapshot([pid], bench.helper_pids())
         argv = [sys.executable, str(BENCHMARKS_DIR / "idle_clients.py"), "--port", str(dispatcher.port)]
         argv += ["--count", str(settings.idle_connections), "--timeout", str(IDLE_CLIENT_TIMEOUT_SECONDS)]
         log = bench.log("idle-clients")
@@ -889,7 +960,7 @@ def memory(bench: Bench) -> MemoryResult:
             time.sleep(SETTLE_SECONDS)
             rss_after = resident_bytes(pid)
             # The client is ours too (it did not exist at `before`, so all its CPU time falls in between).
-            others = others_cpu_percent(before, cpu_snapshot(pid, [*bench.helper_pids(), client.pid]))
+            others = others_cpu_percent(before, cpu_snapshot([pid], [*bench.helper_pids(), client.pid]))
             gauge = open_connections_gauge(dispatcher.admin_port)
             # Stopped while every connection is open: a graceful stop must close idle ones at once.
             shutdown = stop(dispatcher.process)
@@ -929,7 +1000,7 @@ class WorkersResult(Report):
     def figures(self) -> list[Figure]:
         if self.one is None or self.two is None:
             return []
-        return speed_figures("6", self.two, self.one, "--workers 1")
+        return speed_figures("6", self.runs, self.two.name, self.one.name, "--workers 1")
 
     def warnings(self) -> list[str]:
         return run_warnings(self.runs, "6")
@@ -968,8 +1039,9 @@ def workers(bench: Bench) -> WorkersResult:
     settings = bench.settings
     load = WrkLoad(2, settings.connections, settings.duration_seconds, None)
 
-    def one(count: int) -> Run:
-        return dispatcher_run(bench, load, f"workers-{count}", extra=["--workers", str(count)], pinned=False)
-
-    runs = in_turn(settings.rounds, [lambda: one(1), lambda: one(WORKERS)])
+    starts = [
+        file_dispatcher(bench, f"workers-{count}", extra=["--workers", str(count)], pinned=False)
+        for count in (1, WORKERS)
+    ]
+    runs = compared(bench, load, starts, pinned=False)
     return WorkersResult(True, median_run(runs, "workers-1"), median_run(runs, f"workers-{WORKERS}"), runs)

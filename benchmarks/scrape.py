@@ -235,10 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     results: dict[str, dict[str, Timings]] = {}
     lines = 0
-    before = cpu_snapshot(os.getpid())
+    before = cpu_snapshot([os.getpid()])
     for scraper, accept in SCRAPERS.items():
         results[scraper], lines = run_scraper(accept, args)
-    warning = busy_warning(others_cpu_percent(before, cpu_snapshot(os.getpid())), "the scrapes")
+    warning = busy_warning(others_cpu_percent(before, cpu_snapshot([os.getpid()])), "the scrapes")
     report(results, args, lines)
     if warning:
         print(warning)
