@@ -116,11 +116,21 @@ class SharedTable:
 
     # --- a worker's side ---------------------------------------------------------------------------
 
-    def restore(self, worker: int, pool: Pool) -> None:
-        """A restarted worker carries on from its predecessor's totals, so counters never go back."""
+    def restore(self, worker: int, pool: Pool, stats: ServerStats) -> None:
+        """A restarted worker carries on from its predecessor's totals, so counters never go back.
+
+        Its front-door counters too: its first sync overwrites the cells with `stats`. Open
+        connections are not carried: the predecessor's died with it.
+        """
         base = worker * self.layout.worker_cells
         for index, backend in enumerate(pool.backends):
             backend.redirects = self.cells[base + 2 * index + _TOTAL]
+        counters = self.cells[base + 2 * self.layout.backends : base + self.layout.worker_cells - 1].tolist()
+        codes = len(RESPONSE_CODES)
+        stats.connections_total, stats.loops = counters[1], counters[2]
+        stats.responses = dict(zip(RESPONSE_CODES, counters[3 : 3 + codes], strict=True))
+        stats.duration_counts = counters[3 + codes : len(_STATS)]
+        stats.duration_sum = counters[len(_STATS)] / 1e6
 
     def sync(self, worker: int, pool: Pool, stats: ServerStats, seen: list[float]) -> None:
         """Publish this worker's counters; take the master's figures and the other workers' redirects.

@@ -185,12 +185,16 @@ async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> 
     table = SharedTable.attach(name, layout)
     try:
         pool = Pool(settings.backends, settings.health, trio.current_time(), settings.slow_start)
-        table.restore(index, pool)
         front = FrontDoor(settings, pool)
+        table.restore(index, pool, front.stats)
+        # Synced before listening: the first client already finds the backends up, and "listening"
+        # (the ready flag, the socket) means this worker's counters are in the table.
+        seen = [-1.0] * len(pool.backends)
+        table.sync(index, pool, front.stats, seen)
         listeners = [CappedListener(lst, front.slots) for lst in await open_listeners(settings.listen, True)]
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_sync, table, index, pool, front)
+            nursery.start_soon(_sync, table, index, pool, front, seen)
             nursery.start_soon(_watch_signals, stop)
             async with trio.open_nursery() as frontline:
                 await frontline.start(front.serve, listeners, stop)
@@ -202,11 +206,10 @@ async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> 
         table.close()
 
 
-async def _sync(table: SharedTable, index: int, pool: Pool, front: FrontDoor) -> None:
-    seen = [-1.0] * len(pool.backends)
+async def _sync(table: SharedTable, index: int, pool: Pool, front: FrontDoor, seen: list[float]) -> None:
     while True:
-        table.sync(index, pool, front.stats, seen)
         await trio.sleep(SYNC_INTERVAL)
+        table.sync(index, pool, front.stats, seen)
 
 
 async def _watch_signals(stop: trio.Event) -> None:

@@ -8,6 +8,7 @@ sleeping. `exchange` is a raw socket client for bytes that no polite client woul
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -459,3 +460,43 @@ async def admin_get(
     """GET `path` on an in-process dispatcher's admin listener."""
     async with httpx.AsyncClient(trust_env=False) as client:
         return await client.get(dispatcher.admin_url + path, headers=headers)
+
+
+# Worker processes of a `--workers` master (tests/test_workers.py, tests/test_workers_reload.py).
+
+
+def worker_pids(master_pid: int) -> list[int]:
+    """The master's worker processes (spawned children), not its resource tracker."""
+    from pathlib import Path
+
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    pids = []
+    for child in children:
+        try:
+            if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text():
+                pids.append(int(child))
+        except OSError:  # exited since the list was read
+            pass
+    return pids
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a TCP socket listening on `port` (from /proc: another process)."""
+    import os
+    from pathlib import Path
+
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    except OSError:  # the process has exited
+        return False
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+                return True
+    return False

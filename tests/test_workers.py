@@ -2,7 +2,6 @@
 
 import signal
 import sys
-from pathlib import Path
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
@@ -11,7 +10,7 @@ from dispatcher.config import HealthSettings, parse_backend
 from dispatcher.pool import CheckResult, Pool
 from dispatcher.server import ServerStats
 from dispatcher.shared import Layout, SharedTable
-from tests.helpers import TestBackend, poll_admin, start_backends, unused_port
+from tests.helpers import TestBackend, listens, poll_admin, start_backends, unused_port, worker_pids
 
 GET = b"GET /w HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
 
@@ -126,23 +125,33 @@ async def test_choice_counts_the_other_workers_redirects(nursery: trio.Nursery) 
 
 
 async def test_a_killed_worker_is_started_again(nursery: trio.Nursery) -> None:
-    """kill -9 of a worker: the master starts another, and the front door keeps answering."""
+    """kill -9 of a worker: the master starts another, the front door keeps answering, and the
+    replacement carries on from its predecessor's counters (they never go back in a scrape)."""
     backends = await start_backends(nursery, 0)
     process, port, admin = await _start(backends)
     try:
-        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-        workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+        workers = worker_pids(process.pid)
         assert len(workers) == 2
-        await trio.run_process(["kill", "-9", workers[0]])
+        for _ in range(40):  # on new connections: the kernel spreads them over both workers
+            await _redirect(port)
+        await poll_admin(admin, "/metrics", lambda _, text: _responses(text, 307) == 40)
+        await trio.run_process(["kill", "-9", str(workers[0])])
         await poll_admin(admin, "/readyz", lambda status, _: status == 200)
         for _ in range(20):
             await _redirect(port)
 
         def replaced(status: int, text: str) -> bool:
-            now = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-            spawned = [p for p in now if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
-            return len(spawned) == 2 and workers[0] not in spawned
+            now = worker_pids(process.pid)
+            return len(now) == 2 and workers[0] not in now and all(listens(pid, port) for pid in now)
 
         await poll_admin(admin, "/healthz", replaced)
+        # The replacement listens, so it has published its counters: the dead worker's share is in them.
+        text = await poll_admin(admin, "/metrics", lambda _, text: _responses(text, 307) >= 60)
+        assert _responses(text, 307) == 60
+        assert _samples(text, "dispatcher_connections_total") == {"": 60.0}
     finally:
         await _stop(process)
+
+
+def _responses(text: str, code: int) -> float:
+    return _samples(text, "dispatcher_responses_total").get(f"code={code}", 0.0)
