@@ -18,7 +18,9 @@ GET = b"GET /w HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
 async def _start(backends: list[TestBackend], *extra: str) -> tuple[trio.Process, int, int]:
     port, admin = unused_port(), unused_port()
     argv = [sys.executable, "-m", "dispatcher", "--workers", "2", "--listen", f"127.0.0.1:{port}"]
-    argv += ["--admin-listen", f"127.0.0.1:{admin}", "--log-level", "warning", *extra]
+    # No jitter: the first checks come at once, before the workers start; a backend that came up
+    # later would reach them up to one sync (10 ms) after /readyz says so, and a 503 could slip in.
+    argv += ["--admin-listen", f"127.0.0.1:{admin}", "--log-level", "warning", "--health-jitter", "0", *extra]
     for backend in backends:
         argv += ["--backend", backend.url]
     process = await trio.lowlevel.open_process(argv)
