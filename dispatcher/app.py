@@ -21,7 +21,7 @@ from dispatcher.listen import CappedListener, open_listeners
 from dispatcher.metrics import Metrics
 from dispatcher.pool import Pool
 from dispatcher.server import FrontDoor
-from dispatcher.workers import run_workers
+from dispatcher.workers import Master
 
 log = logging.getLogger("dispatcher")
 
@@ -43,20 +43,25 @@ class Running:
     metrics: Metrics
     checks: HealthChecks
     admin: AdminApi
+    master: Master | None = None  # with --workers: the worker processes
 
     def reload(self, new: Settings) -> None:
-        """Apply new settings without dropping a connection; backends that stay keep their state."""
+        """Apply new settings without dropping a connection; backends that stay keep their state.
+
+        With --workers the master first starts new workers with the new settings; once they all
+        listen the settings apply here and the old workers drain (nginx's reload, `Master.reload`).
+        """
         old = self.front.settings
         for key in RESTART_ONLY:
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: %s changed; that takes a restart, keeping %s", key, getattr(old, key))
         new = replace(new, **{key: getattr(old, key) for key in RESTART_ONLY})
-        if old.workers > 1:
-            # Workers keep the front-door settings they started with, and their shared table is laid
-            # out for the backends they started with; weights and health settings still apply.
-            log.warning("reload: with --workers, timeouts, limits and the backend list take a restart")
-            by_key = {(b.name, b.url): b for b in new.backends}
-            new = replace(new, backends=tuple(by_key.get((b.name, b.url), b) for b in old.backends))
+        if self.master is not None:
+            self.master.reload(new, self._apply)
+        else:
+            self._apply(new)
+
+    def _apply(self, new: Settings) -> None:
         self.pool.health_settings = new.health
         self.pool.slow_start = new.slow_start
         added, removed = self.pool.reconcile(new.backends)
@@ -108,14 +113,16 @@ async def run(
         await services.start(checks.run)
         services.start_soon(_advance_ramps, pool)
         async with trio.open_nursery() as frontline:
+            master = None
             if settings.workers > 1:
-                port = await frontline.start(run_workers, settings, pool, front, admin, stop)
+                master = Master(settings, pool, front, admin)
+                port = await frontline.start(master.run, stop)
             else:
                 listeners = await open_listeners(settings.listen, settings.reuse_port)
                 port = await frontline.start(
                     front.serve, [CappedListener(listener, front.slots) for listener in listeners], stop
                 )
-            running = Running(port, _bound_port(admin_listeners), pool, front, metrics, checks, admin)
+            running = Running(port, _bound_port(admin_listeners), pool, front, metrics, checks, admin, master)
             log.info(
                 "front door on %s (%d worker%s), admin on %s, %d backends",
                 settings.listen,

@@ -7,14 +7,17 @@ Owns: the layout of a shared-memory table and the code that reads and writes it.
   saw and in all; and its front-door counters. One writer per cell: no locks.
 Workers sync every SYNC_INTERVAL: they take the master's figures and add the other workers'
 redirects-since-report to their estimate, so the least-loaded choice counts every worker's
-redirects (up to one interval late). The master sums the workers' counters at scrape time, so
-metrics add up in one scrape (prometheus-client's multiprocess mode does the same with files).
+redirects (up to one interval late). The master reads the workers' counters, summed, at scrape
+time, so metrics add up in one scrape (prometheus-client's multiprocess mode does the same with
+files). A table is laid out for one backend list and one generation of workers: a reload that
+changes the list makes a new table (`dispatcher.workers`), it never resizes one in use.
 Rules: no trio and no sockets here; time is the monotonic clock (trio's clocks differ by process).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from multiprocessing import shared_memory
 
@@ -31,6 +34,7 @@ _MASTER_FIELDS = 6
 # Worker cells (int64): per backend since and total; then its counters.
 _SINCE, _TOTAL = range(2)
 _STATS = ["open", "total", "loops", *(f"r{code}" for code in RESPONSE_CODES)]
+_OPEN = 0  # a gauge among the counters
 _STATS += [f"d{i}" for i in range(len(DURATION_BUCKETS) + 1)]
 # The duration sum (float) is kept in microseconds, as an integer cell.
 
@@ -97,22 +101,20 @@ class SharedTable:
         master[base + _RAMP] = backend.ramp
         master[base + _NEXT_CHECK] = time.monotonic() + next_check_in
 
-    def gather(self, pool: Pool, stats: ServerStats) -> None:
-        """Sum the workers' counters into the master's pool and stats, for one scrape or API call."""
-        cells, per, count = self.cells, self.layout.worker_cells, self.layout.backends
-        for index, backend in enumerate(pool.backends[:count]):
-            backend.since = sum(cells[w * per + 2 * index + _SINCE] for w in range(self.layout.workers))
-            backend.redirects = sum(cells[w * per + 2 * index + _TOTAL] for w in range(self.layout.workers))
-        totals = [0] * (len(_STATS) + 1)
+    def redirects(self, index: int) -> tuple[int, int]:
+        """Backend `index`'s redirects summed over the workers: since the last report, and in all."""
+        cells, per, row = self.cells, self.layout.worker_cells, 2 * index
+        since = sum(cells[w * per + row + _SINCE] for w in range(self.layout.workers))
+        return since, sum(cells[w * per + row + _TOTAL] for w in range(self.layout.workers))
+
+    def counters(self) -> list[int]:
+        """The workers' front-door counters, summed, as integers in cell order (`stats_of` reads
+        them): sums of sums stay exact, so a counter added up across tables never goes back."""
+        per, start = self.layout.worker_cells, 2 * self.layout.backends
+        totals = empty_counters()
         for w in range(self.layout.workers):
-            start = w * per + 2 * count
-            for i in range(len(totals)):
-                totals[i] += cells[start + i]
-        stats.open_connections, stats.connections_total, stats.loops = totals[0], totals[1], totals[2]
-        codes = len(RESPONSE_CODES)
-        stats.responses = dict(zip(RESPONSE_CODES, totals[3 : 3 + codes], strict=True))
-        stats.duration_counts = totals[3 + codes : len(_STATS)]
-        stats.duration_sum = totals[len(_STATS)] / 1e6
+            add_counters(totals, self.cells[w * per + start : (w + 1) * per - 1])
+        return totals
 
     # --- a worker's side ---------------------------------------------------------------------------
 
@@ -125,12 +127,10 @@ class SharedTable:
         base = worker * self.layout.worker_cells
         for index, backend in enumerate(pool.backends):
             backend.redirects = self.cells[base + 2 * index + _TOTAL]
-        counters = self.cells[base + 2 * self.layout.backends : base + self.layout.worker_cells - 1].tolist()
-        codes = len(RESPONSE_CODES)
-        stats.connections_total, stats.loops = counters[1], counters[2]
-        stats.responses = dict(zip(RESPONSE_CODES, counters[3 : 3 + codes], strict=True))
-        stats.duration_counts = counters[3 + codes : len(_STATS)]
-        stats.duration_sum = counters[len(_STATS)] / 1e6
+        before = stats_of(self.cells[base + 2 * self.layout.backends : base + self.layout.worker_cells - 1])
+        stats.connections_total, stats.loops = before.connections_total, before.loops
+        stats.responses, stats.duration_counts = before.responses, before.duration_counts
+        stats.duration_sum = before.duration_sum
 
     def sync(self, worker: int, pool: Pool, stats: ServerStats, seen: list[float]) -> None:
         """Publish this worker's counters; take the master's figures and the other workers' redirects.
@@ -177,6 +177,33 @@ class SharedTable:
         values = [stats.open_connections, stats.connections_total, stats.loops]
         values += [stats.responses.get(code, 0) for code in RESPONSE_CODES]
         values += stats.duration_counts
-        values.append(int(stats.duration_sum * 1e6))
+        values.append(round(stats.duration_sum * 1e6))  # not int(): restored, n / 1e6 * 1e6 may be n - 1
         for offset, value in enumerate(values):
             self.cells[start + offset] = value
+
+
+def empty_counters() -> list[int]:
+    """Front-door counters at zero, in cell order."""
+    return [0] * (len(_STATS) + 1)
+
+
+def add_counters(into: list[int], more: Sequence[int], *, gauges: bool = True) -> None:
+    """Add `more` to `into`, cell by cell. Without `gauges`, open connections are left out: what a
+    stopped generation of workers counted is carried on, but its connections are closed."""
+    for i, value in enumerate(more):
+        into[i] += value
+    if not gauges:
+        into[_OPEN] -= more[_OPEN]
+
+
+def stats_of(counters: Sequence[int]) -> ServerStats:
+    """Counters in cell order (a worker's cells, or a sum of them), as the front door keeps them."""
+    codes = len(RESPONSE_CODES)
+    return ServerStats(
+        open_connections=counters[_OPEN],
+        connections_total=counters[1],
+        loops=counters[2],
+        responses=dict(zip(RESPONSE_CODES, counters[3 : 3 + codes], strict=True)),
+        duration_counts=list(counters[3 + codes : len(_STATS)]),
+        duration_sum=counters[len(_STATS)] / 1e6,
+    )

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dispatcher.config import HealthSettings, parse_backend
 from dispatcher.pool import CheckResult, Pool
 from dispatcher.server import ServerStats
-from dispatcher.shared import Layout, SharedTable
+from dispatcher.shared import Layout, SharedTable, add_counters, empty_counters, stats_of
 from tests.helpers import TestBackend, listens, poll_admin, start_backends, unused_port, worker_pids
 
 GET = b"GET /w HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
@@ -104,8 +104,8 @@ def test_shared_table_adds_the_other_workers_redirects_to_the_estimate() -> None
         for w in (0, 1):  # the second round sees the others' reset too
             table.sync(w, workers[w], stats[w], seen[w])
         assert [workers[w].by_name["b0"].effective_load for w in (0, 1)] == [3.0, 3.0]
-        table.gather(master, ServerStats())
-        assert master.by_name["b0"].redirects == 10
+        assert table.redirects(0) == (0, 10)  # since the new report, and in all
+        assert stats_of(table.counters()).connections_total == 0
     finally:
         table.close()
 
@@ -157,3 +157,28 @@ async def test_a_killed_worker_is_started_again(nursery: trio.Nursery) -> None:
 
 def _responses(text: str, code: int) -> float:
     return _samples(text, "dispatcher_responses_total").get(f"code={code}", 0.0)
+
+
+def test_a_restarted_worker_takes_up_its_predecessors_counters_exactly() -> None:
+    """restore() then sync() writes back the very cells a dead worker left, its duration sum too (249
+    us: 249 / 1e6 * 1e6 is 248.99999999999997), and counters summed over tables stay integers."""
+    specs = [parse_backend("t", "http://10.0.0.1", "b0")]
+    table = SharedTable.create(Layout(backends=1, workers=2))
+    try:
+        dead = ServerStats(connections_total=5, open_connections=2)
+        dead.observe(3, 0.000083)  # 249 us in all
+        dead.responses[307] = 3
+        table.sync(1, Pool(specs, HealthSettings()), dead, [-1.0])
+        left = table.counters()
+        pool, replacement = Pool(specs, HealthSettings()), ServerStats()
+        table.restore(1, pool, replacement)
+        table.sync(1, pool, replacement, [-1.0])
+        again = table.counters()
+        assert again[1:] == left[1:] and stats_of(again).open_connections == 0  # its connections died
+        assert stats_of(again).duration_sum == 0.000249
+        carried = empty_counters()
+        add_counters(carried, left, gauges=False)
+        add_counters(carried, again)
+        assert stats_of(carried).responses[307] == 6 and stats_of(carried).open_connections == 0
+    finally:
+        table.close()
