@@ -105,6 +105,7 @@ class Generation:
         self.table = SharedTable.create(Layout(len(settings.backends), settings.workers))
         self._rows = {(spec.name, spec.url): row for row, spec in enumerate(settings.backends)}
         self.index: dict[Backend, int] = {}
+        self.retiring = False  # its workers were told to stop
         self._context = multiprocessing.get_context("spawn")
         self.processes: list[multiprocessing.process.BaseProcess] = []
 
@@ -162,16 +163,35 @@ class Generation:
             process.close()
 
     async def stop(self) -> None:
-        """SIGTERM to every worker; they drain like a single process does; SIGKILL after the grace."""
+        """SIGTERM to every worker; they drain like a single process does; SIGKILL after the grace.
+
+        Cancelled meanwhile (a second SIGTERM/SIGINT to the master, which stops everything at once),
+        the workers get a second SIGTERM too, which stops each of them at once."""
+        self._terminate()
+        try:
+            with trio.move_on_after(self.settings.grace_period + KILL_MARGIN):
+                for process in self.processes:
+                    await _exited(process)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                self._terminate()
+                with trio.move_on_after(KILL_MARGIN):
+                    for process in self.processes:
+                        await _exited(process)
+                await self._kill_the_rest("did not stop at once")
+            raise
+        with trio.CancelScope(shield=True):
+            await self._kill_the_rest("did not stop within the grace period")
+
+    def _terminate(self) -> None:
         for process in self.processes:
             if process.is_alive():
                 process.terminate()
-        with trio.move_on_after(self.settings.grace_period + KILL_MARGIN):
-            for process in self.processes:
-                await _exited(process)
+
+    async def _kill_the_rest(self, why: str) -> None:
         for process in list(self.processes):
             if process.exitcode is None:
-                log.error("worker %s did not stop within the grace period: killing it", process.name)
+                log.error("worker %s %s: killing it", process.name, why)
                 process.kill()
                 await _exited(process)
             process.close()  # its sentinel's descriptor: a master reloaded often must not leak them
@@ -201,7 +221,7 @@ class Master:
         self._carried_counters = empty_counters()  # the front door's, in the table's order
         self._numbers = itertools.count()
         self._reloads_in, self._reloads = trio.open_memory_channel[tuple[Settings, Apply]](math.inf)
-        self._nursery: trio.Nursery | None = None
+        self._retiring: trio.Nursery | None = None  # where generations drain (see run)
 
     def reload(self, settings: Settings, apply: Apply) -> None:
         """Start new workers with `settings`; once they listen, `apply` them here and stop the old."""
@@ -215,24 +235,33 @@ class Master:
         self.pool.change_listeners.append(self._publish)
         self.admin.refresh = self.gather
         try:
-            self.current = await self._start_generation(self.settings)
-            self.front.serving = True
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._watch, stop)
-                nursery.start_soon(self._take_reloads)
-                task_status.started(self.listen.port)
-                await stop.wait()
-                self.front.shutting_down = True
-                nursery.cancel_scope.cancel()
+            # Generations drain in this nursery, which stopping does not cancel: a stop lets an old
+            # generation that a reload retired finish its drain. Only a second SIGTERM/SIGINT, which
+            # cancels everything, cuts the drains short, and each generation then stops its workers
+            # at once (Generation.stop).
+            async with trio.open_nursery() as retiring:
+                self._retiring = retiring
+                try:
+                    await self._serve(stop, task_status)
+                finally:
+                    for generation in self.generations:
+                        if not generation.retiring:
+                            self._retire_soon(generation)
         finally:
-            with trio.CancelScope(shield=True):
-                async with trio.open_nursery() as stopping:
-                    for generation in list(self.generations):
-                        stopping.start_soon(self._retire, generation)
             with contextlib.suppress(ValueError):
                 self.pool.change_listeners.remove(self._publish)
             reserve.close()
+
+    async def _serve(self, stop: trio.Event, task_status: trio.TaskStatus[int]) -> None:
+        self.current = await self._start_generation(self.settings)
+        self.front.serving = True
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch, stop)
+            nursery.start_soon(self._take_reloads)
+            task_status.started(self.listen.port)
+            await stop.wait()
+            self.front.shutting_down = True
+            nursery.cancel_scope.cancel()
 
     async def _start_generation(self, settings: Settings) -> Generation:
         generation = self._new_generation(settings)
@@ -259,7 +288,6 @@ class Master:
 
     async def _swap(self, settings: Settings, apply: Apply) -> None:
         """New workers with the new settings first; the old ones drain once the new ones listen."""
-        assert self._nursery is not None
         old, new = self.current, None
         try:
             new = self._new_generation(settings)
@@ -271,19 +299,27 @@ class Master:
                 exc_info=not isinstance(error, OSError),
             )
             if new is not None:
-                self._nursery.start_soon(self._retire, new)
+                self._retire_soon(new)
             return
         apply(settings)  # the master's pool: backends added, removed, reweighted
         new.adopt(self.pool.backends, self.pool.health_settings.interval)  # with those added now
         self.current = new
         if old is not None:
             log.info("reload: generation %d of workers listens; generation %d drains", new.number, old.number)
-            self._nursery.start_soon(self._retire, old)
+            self._retire_soon(old)
+
+    def _retire_soon(self, generation: Generation) -> None:
+        assert self._retiring is not None
+        generation.retiring = True
+        self._retiring.start_soon(self._retire, generation)
 
     async def _retire(self, generation: Generation) -> None:
-        """Stop a generation (gracefully), then carry its last counts over and release its table."""
-        await generation.stop()
-        self._fold(generation)
+        """Stop a generation (gracefully), then carry its last counts over and release its table
+        (also when the stop was cut short: the shared memory must not outlive the master)."""
+        try:
+            await generation.stop()
+        finally:
+            self._fold(generation)
         log.info("workers of generation %d stopped", generation.number)
 
     def _fold(self, generation: Generation) -> None:
@@ -358,7 +394,7 @@ async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> 
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_sync, table, index, pool, front, seen)
-                nursery.start_soon(_watch_signals, signals, stop)
+                nursery.start_soon(_watch_signals, signals, stop, nursery.cancel_scope)
                 async with trio.open_nursery() as frontline:
                     capped = [CappedListener(listener, front.slots) for listener in listeners]
                     await frontline.start(front.serve, capped, stop)
@@ -376,6 +412,10 @@ async def _sync(table: SharedTable, index: int, pool: Pool, front: FrontDoor, se
         table.sync(index, pool, front.stats, seen)
 
 
-async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event) -> None:
+async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event, scope: trio.CancelScope) -> None:
+    """The first signal drains, a second stops at once, as in a single process (cli)."""
     async for _ in signals:
+        if stop.is_set():
+            scope.cancel()
+            return
         stop.set()

@@ -138,3 +138,52 @@ async def test_listen_address_in_use_exits_without_traceback(tmp_path: Path) -> 
     assert result.returncode not in (0, None)
     assert "Traceback" not in stderr
     assert len(stderr.splitlines()) == 1, stderr
+
+
+async def readyz_status(admin_port: int) -> int:
+    async with httpx.AsyncClient() as client:
+        return (await client.get(f"http://127.0.0.1:{admin_port}/readyz")).status_code
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+async def test_a_second_signal_stops_at_once(nursery: trio.Nursery, tmp_path: Path, workers: int) -> None:
+    """The first SIGTERM drains, and a request in flight holds the drain for the whole grace period;
+    a second SIGTERM stops at once: the process exits 0 without a traceback and no worker is left
+    listening on the port."""
+    backend = TestBackend("b1")
+    await nursery.start(backend.serve)
+    port, admin_port = unused_port(), unused_port()
+    command = [
+        *DISPATCHER,
+        f"--listen=127.0.0.1:{port}",
+        f"--admin-listen=127.0.0.1:{admin_port}",
+        f"--backend={backend.url}",
+        f"--workers={workers}",
+        "--grace-period=300",
+        "--header-timeout=300",
+        "--log-level=warning",
+    ]
+    with (tmp_path / "stderr").open("wb") as stderr:
+        process: trio.Process = await nursery.start(
+            partial(trio.run_process, command, check=False, stderr=stderr)
+        )
+        await wait_ready(admin_port, process, limit=15)
+        async with await trio.open_tcp_stream("127.0.0.1", port) as inflight:
+            await inflight.send_all(get("/before"))
+            [before] = await receive_responses(inflight, 1, timeout=5)
+            await inflight.send_all(b"GET /inflight HTTP/1.1\r\n")  # half a head: the drain waits for it
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(5):
+                while await readyz_status(admin_port) != 503:  # the first signal is taken
+                    await trio.sleep(0.02)
+            assert process.returncode is None  # draining, for up to 300 s
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                status = await process.wait()
+            await read_until_close(inflight, timeout=5)
+    log = (tmp_path / "stderr").read_text()
+    assert (status, before.status) == (0, 307), log
+    assert "second SIGTERM: stopping now" in log
+    assert "Traceback" not in log
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)

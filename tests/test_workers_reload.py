@@ -34,6 +34,7 @@ from tests.helpers import (
     parse_responses,
     poll_admin,
     read_until_close,
+    receive_responses,
     request_head,
     start_backends,
     unused_port,
@@ -438,3 +439,28 @@ async def test_a_reload_whose_workers_cannot_start_leaves_the_old_ones_serving(
             assert answer.header(b"location") == f"{b1.url}/r".encode()
     finally:
         await stop_master(master)
+
+
+async def test_a_stop_lets_the_workers_a_reload_retired_finish_their_drain(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """SIGTERM while a reload's old workers still drain: they keep draining (a request in flight
+    on one of them gets its answer), and the master then exits 0."""
+    (backend,) = await start_backends(nursery, 0)
+    master = await start_master(nursery, tmp_path, [backend])
+    async with await trio.open_tcp_stream("127.0.0.1", master.port) as stream:
+        await stream.send_all(KEEP_ALIVE)
+        [kept] = await receive_responses(stream, 1, timeout=5)  # kept alive by a worker of generation 0
+        assert kept.status == 307
+        await stream.send_all(b"GET /inflight HTTP/1.1\r\n")  # half a head: generation 0 drains on it
+        master.reload([backend])
+        await master.log.wait_for("generation 0 drains")
+        master.process.send_signal(signal.SIGTERM)
+        await master.log.wait_for("workers of generation 1 stopped")  # idle: they stop at once
+        await stream.send_all(b"Host: f\r\n\r\n")
+        answer = one_response(await read_until_close(stream, timeout=5))
+    assert (answer.status, answer.closes) == (307, True)
+    assert answer.header(b"location") == f"{backend.url}/inflight".encode()
+    with trio.fail_after(20):
+        assert await master.process.wait() == 0
+    assert "Traceback" not in master.log.text, master.log.text
