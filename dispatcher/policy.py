@@ -94,13 +94,15 @@ class LeastLoaded(Generic[C]):
                 if entry[1] != backend.version:
                     self._entries -= 1  # stale: the backend was filed again since
                     continue
-                if not bucket:
+                emptied = not bucket
+                if emptied:
                     heapq.heappop(keys)
                     del buckets[key]
                 key += entry[0]
                 onward = buckets.get(key)
                 if onward is None:
-                    onward = buckets[key] = deque()
+                    # A rotation empties a bucket just as it opens the next: the FIFO moves on with it.
+                    onward = buckets[key] = bucket if emptied else deque()
                     heapq.heappush(keys, key)
                 onward.append(entry)
                 backend.since += 1
