@@ -13,8 +13,8 @@
 # on Ctrl-C and SIGTERM; every wait is bounded. It must not import `dispatcher`: the dispatcher is measured
 # as users run it, as `python -m dispatcher`.
 #
-#   python benchmarks/bench.py [--quick] [--profile] [--duration 5] [--connections 50] [--threads 1]
-#                              [--rounds 5] [--only NAME ...] [--no-pin] [--json FILE]
+#   python benchmarks/bench.py [--quick] [--profile] [--duration 4] [--connections 50] [--threads 1]
+#                              [--rounds 9] [--only NAME ...] [--no-pin] [--json FILE]
 
 import argparse
 import http.client
@@ -68,7 +68,7 @@ class Durations:
     rounds: int
 
 
-FULL = Durations(wrk_seconds=5, idle_seconds=10.0, profile_seconds=8, rounds=5)
+FULL = Durations(wrk_seconds=4, idle_seconds=10.0, profile_seconds=8, rounds=9)
 QUICK = Durations(wrk_seconds=2, idle_seconds=3.0, profile_seconds=2, rounds=1)
 
 
@@ -276,14 +276,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="The dispatcher's benchmarks, each against a baseline measured in the same run"
     )
     parser.add_argument(
-        "--duration", type=positive_int, help="seconds of each wrk run (default 5; 2 with --quick)"
+        "--duration", type=positive_int, help="seconds of each wrk run (default 4; 2 with --quick)"
     )
     parser.add_argument("--connections", type=positive_int, default=50, help="wrk connections (default 50)")
     parser.add_argument("--threads", type=positive_int, default=1, help="wrk threads (default 1)")
     parser.add_argument(
         "--rounds",
         type=positive_int,
-        help="load both sides of each comparison N times, in turns; show medians (default 5; 1 with --quick)",
+        help="load both sides of each comparison N times, in turns; show medians (default 9; 1 with --quick)",
     )
     parser.add_argument(
         "--only", choices=ONLY_CHOICES, action="append", help="run only this scenario (repeatable)"
