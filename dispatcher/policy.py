@@ -61,7 +61,7 @@ class LeastLoaded(Generic[C]):
     def __init__(self, rng: random.Random | None = None) -> None:
         self._buckets: dict[float, deque[_Entry[C]]] = {}
         self._keys: list[float] = []  # a heap of the keys in `_buckets`, each once
-        self._place = (rng or random.Random()).randrange
+        self._random = (rng or random.Random()).random  # one C call; randrange is several in Python
         self._live: dict[int, C] = {}
         self._entries = 0  # held in the buckets, stale ones included
 
@@ -75,7 +75,7 @@ class LeastLoaded(Generic[C]):
         if usable:
             self._live[id(backend)] = backend
             bucket = self._bucket(load)
-            bucket.insert(self._place(len(bucket) + 1), (step, backend.version, backend))
+            bucket.insert(int(self._random() * (len(bucket) + 1)), (step, backend.version, backend))
             self._entries += 1
         else:
             self._live.pop(id(backend), None)
