@@ -13,8 +13,8 @@
 # on Ctrl-C and SIGTERM; every wait is bounded. It must not import `dispatcher`: the dispatcher is measured
 # as users run it, as `python -m dispatcher`.
 #
-#   python benchmarks/bench.py [--quick] [--profile] [--duration 4] [--connections 50] [--threads 1]
-#                              [--rounds 9] [--only NAME ...] [--no-pin] [--json FILE]
+#   python benchmarks/bench.py [--quick] [--profile] [--duration 1] [--connections 50] [--threads 1]
+#                              [--rounds 40] [--only NAME ...] [--no-pin] [--json FILE]
 
 import argparse
 import http.client
@@ -63,13 +63,15 @@ class Durations:
     wrk_seconds: int
     idle_seconds: float
     profile_seconds: int
-    # Short wrk runs in several rounds rather than one long run per side: the VM's drifts of several %
-    # over tens of seconds then fall on both sides of a comparison alike (scenarios.Bench.take_turns).
+    # Many 1 s wrk runs in turns rather than a few long ones: on this VM the noise between the two
+    # sides of a round is mostly slow drift, which the two sides share when they run a second apart.
+    # Two identical dispatchers compared in 80 s of turns: rounds of 4 s gave ratios with a standard
+    # deviation of 6.2 % (mean 1.020 over 10 rounds), rounds of 1 s 2.8 % (0.998 over 40).
     rounds: int
 
 
-FULL = Durations(wrk_seconds=4, idle_seconds=10.0, profile_seconds=8, rounds=9)
-QUICK = Durations(wrk_seconds=2, idle_seconds=3.0, profile_seconds=2, rounds=1)
+FULL = Durations(wrk_seconds=1, idle_seconds=10.0, profile_seconds=8, rounds=40)
+QUICK = Durations(wrk_seconds=1, idle_seconds=3.0, profile_seconds=2, rounds=3)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -275,15 +277,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="The dispatcher's benchmarks, each against a baseline measured in the same run"
     )
-    parser.add_argument(
-        "--duration", type=positive_int, help="seconds of each wrk run (default 4; 2 with --quick)"
-    )
+    parser.add_argument("--duration", type=positive_int, help="seconds of each wrk run (default 1)")
     parser.add_argument("--connections", type=positive_int, default=50, help="wrk connections (default 50)")
     parser.add_argument("--threads", type=positive_int, default=1, help="wrk threads (default 1)")
     parser.add_argument(
         "--rounds",
         type=positive_int,
-        help="load both sides of each comparison N times, in turns; show medians (default 9; 1 with --quick)",
+        help="load both sides of each comparison N times, in turns (default 40; 3 with --quick)",
     )
     parser.add_argument(
         "--only", choices=ONLY_CHOICES, action="append", help="run only this scenario (repeatable)"

@@ -377,19 +377,37 @@ def tree_cpu_seconds(pid: int) -> float:
     return sum(process_cpu_seconds(member) for member in process_tree(pid))
 
 
-def move_to(pid: int, cpus: frozenset[int]) -> None:
-    """Pin every thread of pid and of its live descendants to `cpus`. The affinity of a process is a
-    property of each of its threads (sched_setaffinity takes a thread id): all of them are moved, and
-    a thread started later inherits its creator's CPUs. A thread or process that ends meanwhile is
-    skipped."""
+def threads_of(pid: int) -> list[int]:
+    """Every thread of pid and of its live descendants. CPU affinity and the scheduling policy belong
+    to each thread (the system calls take a thread id); a thread started later inherits its creator's.
+    A thread or process that ends meanwhile is left out."""
+    threads = []
     for member in process_tree(pid):
-        try:
-            threads = [int(tid) for tid in os.listdir(PROC / str(member) / "task")]
-        except OSError:
-            continue
-        for tid in threads:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(tid, cpus)
+        with contextlib.suppress(OSError):
+            threads += [int(tid) for tid in os.listdir(PROC / str(member) / "task")]
+    return threads
+
+
+def move_to(pid: int, cpus: frozenset[int]) -> None:
+    """Pin pid, its threads and its descendants to `cpus`."""
+    for tid in threads_of(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(tid, cpus)
+
+
+def run_when_idle(pid: int, idle: bool = True) -> None:
+    """Put pid, its threads and its descendants under SCHED_IDLE (they run only when nothing else on
+    their CPUs wants to), or back under the normal policy (see may_leave_idle)."""
+    policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+    for tid in threads_of(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setscheduler(tid, policy, os.sched_param(0))
+
+
+def may_leave_idle() -> bool:
+    """Whether a process put under SCHED_IDLE may be put back under the normal policy at nice 0:
+    root, or an RLIMIT_NICE of 20 (sched(7)). CAP_SYS_NICE alone is not looked for."""
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
 
 
 def resident_bytes(pid: int) -> int:
