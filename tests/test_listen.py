@@ -1,5 +1,6 @@
 """Listening: the connection cap (HAProxy maxconn: wait in the backlog) and SO_REUSEPORT."""
 
+import socket
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import trio
 import trio.testing
 
 from dispatcher.config import Address
-from dispatcher.listen import open_listeners
+from dispatcher.listen import CappedListener, open_listeners
 from tests.helpers import exchange, settings_for, start_backends, start_dispatcher, status_lines, wait_all_up
 
 GET = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n"
@@ -75,3 +76,57 @@ async def test_default_cap_is_lowered_to_fit_a_low_descriptor_limit() -> None:
         await process.wait()
         await process.stderr.aclose()
     assert b"max_connections lowered to 235 to fit the file descriptor limit (300)" in text
+
+
+async def queued_clients(count: int) -> tuple[CappedListener, list[socket.socket], trio.Semaphore]:
+    """A capped listener on a free port with `count` clients whose handshakes the kernel completed:
+    they wait in its accept queue."""
+    [inner] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    slots = trio.Semaphore(100)
+    listener = CappedListener(inner, slots)
+    port = inner.socket.getsockname()[1]
+    return listener, [socket.create_connection(("127.0.0.1", port)) for _ in range(count)], slots
+
+
+async def test_one_wait_for_a_connection_takes_the_queued_ones_too() -> None:
+    """HAProxy's maxaccept: once an accept has waited, the connections already queued are handed out
+    without a checkpoint, so trio's serving loop starts all their handlers in one pass."""
+    listener, clients, slots = await queued_clients(10)
+    try:
+        first = await listener.accept()
+        with trio.testing.assert_no_checkpoints():
+            rest = [await listener.accept() for _ in range(9)]
+        peers = {stream.socket.getpeername() for stream in [first, *rest]}
+        assert peers == {client.getsockname() for client in clients}
+        assert slots.value == 90  # each holds its slot
+        for stream in [first, *rest]:
+            await stream.aclose()
+    finally:
+        await listener.aclose()
+        for client in clients:
+            client.close()
+
+
+async def test_a_batch_of_accepts_never_takes_more_than_the_free_slots(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With 3 slots free and 10 clients queued, 3 are accepted; the fourth waits for a slot."""
+    listener, clients, slots = await queued_clients(10)
+    try:
+        for _ in range(97):
+            slots.acquire_nowait()
+        accepted = [await listener.accept() for _ in range(3)]
+        assert slots.value == 0
+        with trio.testing.assert_checkpoints():
+            with trio.move_on_after(60) as waiting:  # virtual time: only the deadline can end it
+                await listener.accept()
+        assert waiting.cancelled_caught
+        slots.release()
+        accepted.append(await listener.accept())
+        assert len({stream.socket.getpeername() for stream in accepted}) == 4
+        for stream in accepted:
+            await stream.aclose()
+    finally:
+        await listener.aclose()
+        for client in clients:
+            client.close()
