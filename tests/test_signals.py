@@ -42,6 +42,18 @@ async def wait_ready(admin_port: int, process: trio.Process, limit: float = 5.0)
                 await trio.sleep(0.02)
 
 
+def command_for(backend: TestBackend, port: int, admin_port: int, *flags: str) -> list[str]:
+    """`python -m dispatcher` in front of `backend`, on these ports, logging warnings and worse."""
+    return [
+        *DISPATCHER,
+        f"--listen=127.0.0.1:{port}",
+        f"--admin-listen=127.0.0.1:{admin_port}",
+        f"--backend={backend.url}",
+        "--log-level=warning",
+        *flags,
+    ]
+
+
 def get(target: str) -> bytes:
     return f"GET {target} HTTP/1.1\r\nHost: front\r\n\r\n".encode()
 
@@ -54,13 +66,7 @@ async def test_signal_stops_gracefully_with_exit_status_0(
     backend = TestBackend("b1")
     await nursery.start(backend.serve)
     port, admin_port = unused_port(), unused_port()
-    command = [
-        *DISPATCHER,
-        f"--listen=127.0.0.1:{port}",
-        f"--admin-listen=127.0.0.1:{admin_port}",
-        f"--backend={backend.url}",
-        "--log-level=warning",
-    ]
+    command = command_for(backend, port, admin_port)
     with (tmp_path / "stderr").open("wb") as stderr:
         process: trio.Process = await nursery.start(
             partial(trio.run_process, command, check=False, stderr=stderr)
@@ -153,16 +159,9 @@ async def test_a_second_signal_stops_at_once(nursery: trio.Nursery, tmp_path: Pa
     backend = TestBackend("b1")
     await nursery.start(backend.serve)
     port, admin_port = unused_port(), unused_port()
-    command = [
-        *DISPATCHER,
-        f"--listen=127.0.0.1:{port}",
-        f"--admin-listen=127.0.0.1:{admin_port}",
-        f"--backend={backend.url}",
-        f"--workers={workers}",
-        "--grace-period=300",
-        "--header-timeout=300",
-        "--log-level=warning",
-    ]
+    # A half head in flight outlasts the first signal: the drain waits for it for up to 300 s.
+    flags = (f"--workers={workers}", "--grace-period=300", "--header-timeout=300")
+    command = command_for(backend, port, admin_port, *flags)
     with (tmp_path / "stderr").open("wb") as stderr:
         process: trio.Process = await nursery.start(
             partial(trio.run_process, command, check=False, stderr=stderr)
