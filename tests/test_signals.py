@@ -19,6 +19,8 @@ import trio
 
 from tests.helpers import (
     TestBackend,
+    dispatcher_command,
+    poll_admin,
     read_until_close,
     receive_responses,
     unused_port,
@@ -42,18 +44,6 @@ async def wait_ready(admin_port: int, process: trio.Process, limit: float = 5.0)
                 await trio.sleep(0.02)
 
 
-def command_for(backend: TestBackend, port: int, admin_port: int, *flags: str) -> list[str]:
-    """`python -m dispatcher` in front of `backend`, on these ports, logging warnings and worse."""
-    return [
-        *DISPATCHER,
-        f"--listen=127.0.0.1:{port}",
-        f"--admin-listen=127.0.0.1:{admin_port}",
-        f"--backend={backend.url}",
-        "--log-level=warning",
-        *flags,
-    ]
-
-
 def get(target: str) -> bytes:
     return f"GET {target} HTTP/1.1\r\nHost: front\r\n\r\n".encode()
 
@@ -66,7 +56,7 @@ async def test_signal_stops_gracefully_with_exit_status_0(
     backend = TestBackend("b1")
     await nursery.start(backend.serve)
     port, admin_port = unused_port(), unused_port()
-    command = command_for(backend, port, admin_port)
+    command = dispatcher_command(port, admin_port, [backend.url], "--log-level=warning")
     with (tmp_path / "stderr").open("wb") as stderr:
         process: trio.Process = await nursery.start(
             partial(trio.run_process, command, check=False, stderr=stderr)
@@ -146,11 +136,6 @@ async def test_listen_address_in_use_exits_without_traceback(tmp_path: Path) -> 
     assert len(stderr.splitlines()) == 1, stderr
 
 
-async def readyz_status(admin_port: int) -> int:
-    async with httpx.AsyncClient() as client:
-        return (await client.get(f"http://127.0.0.1:{admin_port}/readyz")).status_code
-
-
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
 async def test_a_second_signal_stops_at_once(nursery: trio.Nursery, tmp_path: Path, workers: int) -> None:
     """The first SIGTERM drains, and a request in flight holds the drain for the whole grace period;
@@ -161,7 +146,7 @@ async def test_a_second_signal_stops_at_once(nursery: trio.Nursery, tmp_path: Pa
     port, admin_port = unused_port(), unused_port()
     # A half head in flight outlasts the first signal: the drain waits for it for up to 300 s.
     flags = (f"--workers={workers}", "--grace-period=300", "--header-timeout=300")
-    command = command_for(backend, port, admin_port, *flags)
+    command = dispatcher_command(port, admin_port, [backend.url], "--log-level=warning", *flags)
     with (tmp_path / "stderr").open("wb") as stderr:
         process: trio.Process = await nursery.start(
             partial(trio.run_process, command, check=False, stderr=stderr)
@@ -172,9 +157,7 @@ async def test_a_second_signal_stops_at_once(nursery: trio.Nursery, tmp_path: Pa
             [before] = await receive_responses(inflight, 1, timeout=5)
             await inflight.send_all(b"GET /inflight HTTP/1.1\r\n")  # half a head: the drain waits for it
             process.send_signal(signal.SIGTERM)
-            with trio.fail_after(5):
-                while await readyz_status(admin_port) != 503:  # the first signal is taken
-                    await trio.sleep(0.02)
+            await poll_admin(admin_port, "/readyz", lambda status, _: status == 503)  # signal taken
             assert process.returncode is None  # draining, for up to 300 s
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(10):
