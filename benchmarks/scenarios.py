@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from pathlib import Path
 
 import pyspy
@@ -211,16 +212,7 @@ def speed_figures(
 ) -> list[Figure]:
     """req/s, p50 and p99 of side `name` against side `reference`, each the median of its runs; the
     req/s comparison is the median of the rounds' ratios (no goal)."""
-
-    def rps(figures: WrkFigures) -> float:
-        return figures.requests_per_second
-
-    def p50(figures: WrkFigures) -> float:
-        return figures.p50_ms
-
-    def p99(figures: WrkFigures) -> float:
-        return figures.p99_ms
-
+    rps, p50, p99 = attrgetter("requests_per_second"), attrgetter("p50_ms"), attrgetter("p99_ms")
     mine_rps, theirs_rps = median_of(runs, name, rps), median_of(runs, reference, rps)
     mine_p50, theirs_p50 = median_of(runs, name, p50), median_of(runs, reference, p50)
     mine_p99, theirs_p99 = median_of(runs, name, p99), median_of(runs, reference, p99)
