@@ -190,6 +190,8 @@ def _backend_json(view: BackendView, now: float) -> dict[str, Any]:
         "effective_load": view.effective_load,
         "load_age_seconds": None if view.load_age is None else round(view.load_age, 3),
         "redirects_since_report": view.since,
+        "drain_rate": round(view.drain_rate, 6),
+        "load_source": view.load_source,
         "redirects": view.redirects,
         "last_check": last_check,
     }

@@ -28,7 +28,7 @@ log = logging.getLogger("dispatcher")
 
 # Settings that a reload cannot change in a running process: they need a restart.
 RESTART_ONLY = ("listen", "admin_listen", "max_connections", "reuse_port", "workers")
-# How often slow-start weights grow: fine enough for a ramp of seconds, nothing when none ramps.
+# How often slow-start weights grow and the drain shares are refreshed (Pool.tick).
 RAMP_STEP = 0.5
 
 
@@ -64,6 +64,7 @@ class Running:
     def _apply(self, new: Settings) -> None:
         self.pool.health_settings = new.health
         self.pool.slow_start = new.slow_start
+        self.pool.set_policy(new.policy)
         added, removed = self.pool.reconcile(new.backends)
         for backend in removed:
             self.checks.remove(backend)
@@ -76,11 +77,11 @@ class Running:
         )
 
 
-async def _advance_ramps(pool: Pool) -> None:
-    """Slow start: grow recovering backends' weights step by step."""
+async def _tick(pool: Pool) -> None:
+    """Slow start's weights and the estimate's drain shares, step by step (Pool.tick)."""
     while True:
         await trio.sleep(RAMP_STEP)
-        pool.advance_ramps(trio.current_time())
+        pool.tick(trio.current_time())
 
 
 def _bound_port(listeners: Sequence[trio.SocketListener]) -> int:
@@ -99,7 +100,7 @@ async def run(
     With `workers` > 1 the front door runs in worker processes (`dispatcher.workers`) and this
     process keeps the health checks, the admin listener and the metrics.
     """
-    pool = Pool(settings.backends, settings.health, trio.current_time(), settings.slow_start)
+    pool = Pool(settings.backends, settings.health, trio.current_time(), settings.slow_start, settings.policy)
     front = FrontDoor(settings, pool)
     metrics = Metrics(pool, front.stats)
     pool.listeners.append(log_transition)
@@ -111,7 +112,7 @@ async def run(
         await services.start(trio.serve_listeners, admin.handle, admin_listeners)
         checks = HealthChecks(pool)
         await services.start(checks.run)
-        services.start_soon(_advance_ramps, pool)
+        services.start_soon(_tick, pool)
         async with trio.open_nursery() as frontline:
             master = None
             if settings.workers > 1:

@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="ramp a recovered backend's weight from 10%% to 100%% over this time (default 0: off)",
     )
+    p.add_argument(
+        "--policy",
+        metavar="NAME",
+        help=f"how a backend is chosen: {', '.join(config.POLICIES)} (default {config.DEFAULT_POLICY})",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--demo", action="store_true", help="start three demo backends and front them")
     return p
@@ -119,6 +124,7 @@ _FLAGS: dict[str, tuple[tuple[str, ...], Any]] = {
     "reuse_port": (("reuse_port",), bool),
     "slow_start": (("slow_start",), float),
     "workers": (("workers",), int),
+    "policy": (("policy",), str),
 }
 
 

@@ -40,6 +40,12 @@ DEFAULT_MAX_DISCARD = 64 * 1024
 # 10,000 keep-alive connections cost about 100 MiB here (see benchmarks/), well within a small VM.
 DEFAULT_MAX_CONNECTIONS = 10_000
 
+# How a backend is chosen (issue 6). `least-loaded` uses the load estimate that stays sane between
+# reports (dispatcher/estimate.py); `p2c` is Envoy's LEAST_REQUEST and HAProxy's `random(2)`;
+# `round-robin` is weighted and smooth; `random` is weighted. Weights and slow start apply to all.
+POLICIES = ("least-loaded", "p2c", "round-robin", "random")
+DEFAULT_POLICY = "least-loaded"
+
 DEFAULT_LISTEN = "0.0.0.0:8080"
 # Not 9090: that is the Prometheus server's own port.
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:8081"
@@ -110,6 +116,7 @@ class Settings:
     reuse_port: bool = False
     slow_start: float = 0.0
     workers: int = 1
+    policy: str = DEFAULT_POLICY
 
 
 def parse_address(key: str, text: object) -> Address:
@@ -197,6 +204,13 @@ def _fraction(key: str, value: object) -> float:
     return float(value)
 
 
+def _policy(key: str, value: object) -> str:
+    if value not in POLICIES:
+        raise ConfigError(key, value, f"must be one of {', '.join(POLICIES)}")
+    assert isinstance(value, str)
+    return value
+
+
 def _token(key: str, value: object) -> str:
     if not isinstance(value, str) or len(value) < 8 or not value.isascii() or not value.isprintable():
         raise ConfigError(key, "<hidden>", "must be at least 8 printable ASCII characters")
@@ -237,6 +251,7 @@ _TOP_KEYS: dict[str, Any] = {
     "reuse_port": lambda key, value: _boolean(key, value),
     "slow_start": lambda key, value: _non_negative(key, value),
     "workers": lambda key, value: int(_count(key, value)),
+    "policy": _policy,
 }
 _KNOWN_TOP = {"listen", "admin_listen", "admin_token", "health", "backends", *_TOP_KEYS}
 

@@ -139,14 +139,15 @@ def reply_for(method: bytes, target: bytes, pool: Pool, clock: Callable[[], floa
 
     A redirect comes back as bytes: its status line and Location, to be finished with one of
     `DateHeader.tails`; anything else as a Reply. `clock` (trio.current_time in the server) is read
-    only for a 503, off the redirect's path.
+    once: the choice's estimate drains with time (dispatcher.estimate), and a 503 says when to retry.
     """
     path = path_and_query(target)
     if path is None or method == b"CONNECT":
         return _not_redirected(method, target)
-    backend = pool.choose()
+    now = clock()
+    backend = pool.choose(now)
     if backend is None:
-        return unavailable(pool, clock())
+        return unavailable(pool, now)
     return REDIRECT_START + backend.location_base + path
 
 

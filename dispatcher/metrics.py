@@ -39,10 +39,12 @@ Labels = dict[str, str]
 
 @dataclass(frozen=True, slots=True)
 class ScrapeTime:
-    """The trio clock when the scrape began (it runs in steps) and at the pool's start."""
+    """The trio clock when the scrape began (it runs in steps) and at the pool's start, and the pool
+    (whose estimate of a backend's load depends on the time)."""
 
     now: float
     started_at: float
+    pool: Pool
 
 
 # The sample values of one family for one scrape, read straight from the pool's figures: a family of
@@ -201,8 +203,8 @@ BACKEND_FAMILIES = (
     _per_backend(
         GaugeMetricFamily,
         "dispatcher_backend_effective_load",
-        "(Reported load + redirects sent since that report) / weight: what the choice uses.",
-        lambda backends, _: [b.effective_load for b in backends],
+        "Estimated load now (report + redirects since, drained since the report) / weight: what the choice uses.",
+        lambda backends, time: [time.pool.effective_load(b, time.now) for b in backends],
     ),
     _per_backend(
         GaugeMetricFamily,
@@ -251,7 +253,7 @@ class PoolCollector(Collector):
 
     def __init__(self, pool: Pool, now: float) -> None:
         self.pool = pool
-        self.time = ScrapeTime(now, pool.started_at)
+        self.time = ScrapeTime(now, pool.started_at, pool)
 
     def collect(self) -> Iterator[Metric]:
         backends = list(self.pool.backends)  # the list the pool holds now, even if a reload replaces it
@@ -450,7 +452,7 @@ class Metrics:
         if labels.names != names:
             labels = self._labels = SampleLabels.of(names)
             yield
-        time = ScrapeTime(now, self.pool.started_at)
+        time = ScrapeTime(now, self.pool.started_at, self.pool)
         blocks: list[Block] = []
         for family, label_sets, old in zip(
             BACKEND_FAMILIES, labels.families, previous or [None] * len(BACKEND_FAMILIES), strict=True

@@ -1,131 +1,251 @@
-"""Choosing a backend: the least effective load, in O(1) per request when loads are whole numbers.
+"""Choosing a backend: four policies over one index of the usable backends.
 
-Owns: the index that makes "least loaded" cheap whatever the pool size, and the counting of each
-redirect into the load estimate (`since`), because the dispatcher never sees the requests it
-redirects: without that correction every request between two checks would go to the same node.
-Rules: pure data structures; no I/O, no trio, no clock. It must not import `pool` (the pool owns it).
+Owns: the index each policy keeps of the usable backends, the choice itself, and the counting of each
+redirect into the backend's counters (`since`, `redirects`) and into its key, because the dispatcher
+never sees the requests it redirects: without that correction every request between two reports
+would go to the same node.
+Rules: pure data structures; no I/O, no trio, no clock (`now` is passed in). It must not import
+`pool` (the pool owns it) nor `estimate` (the pool computes the keys and hands them over).
 
-A bucket queue: one FIFO of entries per distinct key, and a heap of the keys that have one. A key
-is a backend's effective load: its reported load plus the redirects sent since, over its weight
-(`step`, 1 / (weight x ramp), is what one more redirect adds). An entry is (step, version, backend).
-A redirect takes the first entry of the least key's FIFO and appends that same entry to the FIFO
-of key + step, making the bucket and the key when they are new. With equal weights and loads that
-are whole numbers, which is what backends usually report, the keys in use are a few dozen small
-numbers: the key heap stays tiny and hot, every redirect is a handful of operations on it and on
-two FIFOs, and nothing of the pool is read but the chosen backend. Backends of equal load take
-turns (each goes to the end of the next bucket).
+The pool files each usable backend with two figures (`update`):
+- `key`: when the backend is expected to have drained everything we know it has (the report, plus
+  our redirects since, minus what it has served since: `dispatcher.estimate`), in seconds of the
+  trio clock. The least key is the backend a new request waits least at.
+- `step`: what one more redirect adds to that: 1 / the backend's drain rate. With equal drain rates
+  and nothing reported, least-key is a rotation; with weights, a smooth weighted rotation.
+A redirect moves the key to max(key, now) + step: a backend that has been idle since its key does not
+bank credit for the time it sat idle (its queue cannot drop below zero), so it takes one request and
+waits its turn like the others, instead of the whole burst.
 
-Why not a heap of the backends, or a sorted rotation (both tried): every health check replaces a
-backend's load + redirects-since with a fresh, usually lower, report. With 1,000 backends checked
-every 2 s that is 500 re-keyings a second among some 13,000 redirects, and the reported backends
-then climb back together: in a heap each redirect sifted an entry through about ten levels of
-entries cold in the CPU cache (LeastLoaded.choose took 4 % of the front door's time with 1,000
-backends, against 2 % with 3). Here the backends that climb together share their buckets.
-Fractional loads or weights make keys that differ per backend: the buckets then hold one entry
-each and the key heap costs what a heap of the backends did, O(log n) a redirect.
+- `LeastLoaded` (default, `least-loaded`): the least key. A heap, O(log n) per redirect.
+- `PowerOfTwo` (`p2c`, Envoy's LEAST_REQUEST, HAProxy's `random(2)`): two backends drawn at random by
+  weight, the lesser key of the two. Robust against stale keys, at the price of worse choices when the
+  keys are fresh (Mitzenmacher 2000).
+- `RoundRobin` (`round-robin`): smooth weighted rotation (stride scheduling: each backend's pass grows
+  by 1 / weight per redirect, the least pass goes next), blind to loads. A backend that joins starts at
+  the current least pass, so it does not take a burst.
+- `Random` (`random`): weighted random, blind to loads.
+Weights and slow start reach every policy through `step` (1 / (weight x ramp) for the blind ones).
 
-Ties: an entry filed by `update` (a report, a state or weight change) goes to a random place in its
-bucket, so backends that report the same load are taken in a random order, and two dispatchers in
-front of one pool do not take them in the same order. Keys are exact: a lower load always wins.
-`choose` trusts the version alone: every change to a backend's usability or key bumps it, and
-`update` files a fresh entry. Stale entries are dropped when they reach the front of their bucket,
-and the index is rebuilt when they outnumber the live ones, so its size stays within a constant of
-the pool's.
+Stale entries: `update` files a fresh entry under the backend's new version; entries of older
+versions are dropped when they surface, and the index is rebuilt when they outnumber the live ones.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import random
-from collections import deque
-from typing import Generic, Protocol, TypeVar
+from bisect import bisect_right
+from itertools import accumulate
+from typing import Any, Generic, Protocol, TypeVar
 
 
 class Candidate(Protocol):
-    """What the policy needs of a backend: its version, and the counters a redirect adds to."""
+    """What a policy needs of a backend: its version, and the counters a redirect adds to."""
 
     version: int
     since: int
     redirects: int
+    free_at: float
+    sent_at: float
 
 
 C = TypeVar("C", bound=Candidate)
 
-# (step, version, backend): the key is the bucket's.
-_Entry = tuple[float, int, C]
+# [key, tie, version, step, backend]: a list, so that a redirect re-keys it in place.
+_Entry = list[Any]
+
+
+class Policy(Protocol[C]):
+    """What the pool calls: file a backend after a change, choose one for a redirect."""
+
+    def update(self, backend: C, usable: bool, key: float, step: float) -> None: ...
+
+    def choose(self, now: float = -math.inf) -> C | None: ...
+
+    def __len__(self) -> int: ...
 
 
 class LeastLoaded(Generic[C]):
-    """The usable backend with the least (reported load + redirects since) / weight; ties at random."""
+    """The usable backend with the least key (expected time to drain), ties at random."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._buckets: dict[float, deque[_Entry[C]]] = {}
-        self._keys: list[float] = []  # a heap of the keys in `_buckets`, each once
-        self._random = (rng or random.Random()).random  # one C call; randrange is several in Python
+        self._heap: list[_Entry] = []
+        self._random = (rng or random.Random()).random
         self._live: dict[int, C] = {}
-        self._entries = 0  # held in the buckets, stale ones included
 
     def __len__(self) -> int:
         """Entries held, stale ones included."""
-        return self._entries
+        return len(self._heap)
 
-    def update(self, backend: C, usable: bool, load: float, step: float) -> None:
-        """Index a backend after its load report or state changed (its version was bumped): whether
-        it is usable, its effective load and its redirect step, which the caller has at hand."""
+    def update(self, backend: C, usable: bool, key: float, step: float) -> None:
         if usable:
             self._live[id(backend)] = backend
-            bucket = self._bucket(load)
-            bucket.insert(int(self._random() * (len(bucket) + 1)), (step, backend.version, backend))
-            self._entries += 1
+            heapq.heappush(self._heap, [key, self._random(), backend.version, step, backend])
         else:
             self._live.pop(id(backend), None)
-        if self._entries > 2 * len(self._live) + 16:
-            self._rebuild()
+        if len(self._heap) > 2 * len(self._live) + 16:
+            self._heap = [e for e in self._heap if e[2] == e[4].version]
+            heapq.heapify(self._heap)
 
-    def choose(self) -> C | None:
+    def choose(self, now: float = -math.inf) -> C | None:
         """Pick and count one redirect; None when nothing is usable."""
-        keys, buckets = self._keys, self._buckets
-        while keys:
-            key = keys[0]
-            bucket = buckets[key]
-            while bucket:
-                entry = bucket.popleft()
-                backend = entry[2]
-                if entry[1] != backend.version:
-                    self._entries -= 1  # stale: the backend was filed again since
-                    continue
-                emptied = not bucket
-                if emptied:
-                    heapq.heappop(keys)
-                    del buckets[key]
-                key += entry[0]
-                onward = buckets.get(key)
-                if onward is None:
-                    # A rotation empties a bucket just as it opens the next: the FIFO moves on with it.
-                    onward = buckets[key] = bucket if emptied else deque()
-                    heapq.heappush(keys, key)
-                onward.append(entry)
-                backend.since += 1
-                backend.redirects += 1
-                return backend
-            heapq.heappop(keys)
-            del buckets[key]
+        heap = self._heap
+        while heap:
+            entry = heap[0]
+            backend: C = entry[4]
+            if entry[2] != backend.version:
+                heapq.heappop(heap)  # stale: the backend was filed again since
+                continue
+            key = entry[0]
+            entry[0] = backend.free_at = (key if key > now else now) + entry[3]
+            heapq.heapreplace(heap, entry)  # the same entry, sifted down to its new place
+            backend.since += 1
+            backend.redirects += 1
+            backend.sent_at = now
+            return backend
         return None
 
-    def _bucket(self, key: float) -> deque[_Entry[C]]:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = deque()
-            heapq.heappush(self._keys, key)
-        return bucket
 
-    def _rebuild(self) -> None:
-        """Drop the stale entries: each usable backend keeps the one entry of its current version."""
-        buckets = self._buckets
-        self._buckets, self._keys, self._entries = {}, [], 0
-        for key in sorted(buckets):
-            live = deque(entry for entry in buckets[key] if entry[1] == entry[2].version)
-            if live:
-                self._buckets[key] = live
-                self._keys.append(key)  # ascending: already a heap
-                self._entries += len(live)
+class PowerOfTwo(Generic[C]):
+    """Two usable backends drawn by weight, the one with the lesser key."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._random = (rng or random.Random()).random
+        self._entries: dict[int, _Entry] = {}
+        self._order: list[_Entry] = []
+        self._bounds: list[float] = []
+        self._dirty = False
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def update(self, backend: C, usable: bool, key: float, step: float) -> None:
+        old = self._entries.get(id(backend))
+        if usable:
+            if old is not None and old[3] == step:
+                old[0], old[2] = key, backend.version  # only the key moved: the draw stays
+                return
+            self._entries[id(backend)] = [key, 0.0, backend.version, step, backend]
+        elif old is not None:
+            del self._entries[id(backend)]
+        else:
+            return
+        self._dirty = True
+
+    def _draw(self) -> _Entry:
+        if self._dirty:
+            self._order = list(self._entries.values())
+            self._bounds = list(accumulate(1.0 / entry[3] for entry in self._order))
+            self._dirty = False
+        bounds = self._bounds
+        index = bisect_right(bounds, self._random() * bounds[-1])
+        return self._order[min(index, len(bounds) - 1)]
+
+    def choose(self, now: float = -math.inf) -> C | None:
+        if not self._entries:
+            return None
+        first = self._draw()
+        second = first
+        for _ in range(4):  # another backend, when there is one (a few draws, then give up)
+            if len(self._entries) == 1 or second is not first:
+                break
+            second = self._draw()
+        entry = first if first[0] <= second[0] else second
+        backend: C = entry[4]
+        key = entry[0]
+        entry[0] = backend.free_at = (key if key > now else now) + entry[3]
+        backend.since += 1
+        backend.redirects += 1
+        backend.sent_at = now
+        return backend
+
+
+class RoundRobin(Generic[C]):
+    """Smooth weighted rotation: the least pass goes next, and its pass grows by its step."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._heap: list[_Entry] = []
+        self._random = (rng or random.Random()).random
+        self._passes: dict[int, float] = {}  # the pass of every backend filed, usable or not
+        self._live: dict[int, C] = {}
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def update(self, backend: C, usable: bool, key: float, step: float) -> None:
+        if usable:
+            least = self._least_pass()
+            start = max(self._passes.get(id(backend), least), least)
+            self._passes[id(backend)] = start
+            self._live[id(backend)] = backend
+            heapq.heappush(self._heap, [start, self._random(), backend.version, step, backend])
+        else:
+            self._live.pop(id(backend), None)
+        if len(self._heap) > 2 * len(self._live) + 16:
+            self._heap = [e for e in self._heap if e[2] == e[4].version]
+            heapq.heapify(self._heap)
+
+    def _least_pass(self) -> float:
+        heap = self._heap
+        while heap and heap[0][2] != heap[0][4].version:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else 0.0
+
+    def choose(self, now: float = -math.inf) -> C | None:
+        heap = self._heap
+        while heap:
+            entry = heap[0]
+            backend: C = entry[4]
+            if entry[2] != backend.version:
+                heapq.heappop(heap)
+                continue
+            entry[0] += entry[3]
+            self._passes[id(backend)] = entry[0]
+            heapq.heapreplace(heap, entry)
+            backend.since += 1
+            backend.redirects += 1
+            backend.sent_at = now
+            return backend
+        return None
+
+
+class Random(Generic[C]):
+    """A usable backend drawn at random by weight (1 / step)."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._inner: PowerOfTwo[C] = PowerOfTwo(rng)
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def update(self, backend: C, usable: bool, key: float, step: float) -> None:
+        self._inner.update(backend, usable, key, step)
+
+    def choose(self, now: float = -math.inf) -> C | None:
+        inner = self._inner
+        if not inner._entries:
+            return None
+        backend: C = inner._draw()[4]
+        backend.since += 1
+        backend.redirects += 1
+        backend.sent_at = now
+        return backend
+
+
+# The policies that go by the load estimate (the others are blind to it; their step is 1 / weight).
+LOAD_AWARE = ("least-loaded", "p2c")
+
+POLICY_CLASSES: dict[str, type] = {
+    "least-loaded": LeastLoaded,
+    "p2c": PowerOfTwo,
+    "round-robin": RoundRobin,
+    "random": Random,
+}
+
+
+def make_policy(name: str, rng: random.Random | None = None) -> Policy[C]:
+    """The policy of this name (config.POLICIES)."""
+    policy: Policy[C] = POLICY_CLASSES[name](rng)
+    return policy

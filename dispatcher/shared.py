@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from multiprocessing import shared_memory
 
-from dispatcher.pool import Backend, LoadReport, Pool
+from dispatcher.pool import Backend, Pool
 from dispatcher.server import DURATION_BUCKETS, RESPONSE_CODES, ServerStats
 from dispatcher.state import Health
 
@@ -93,9 +93,9 @@ class SharedTable:
         master = self.master
         if backend.report is not None and backend.report.value != master[base + _LOAD]:
             master[base + _LOAD] = backend.report.value
-        if backend.checks_passed != master[base + _SEQ]:
+        if backend.reports != master[base + _SEQ]:
             master[base + _LOAD] = backend.load
-            master[base + _SEQ] = backend.checks_passed  # a new report for every passing check
+            master[base + _SEQ] = backend.reports  # a check's answer or a stream's event
         master[base + _USABLE] = 1.0 if backend.usable else 0.0
         master[base + _WEIGHT] = backend.weight
         master[base + _RAMP] = backend.ramp
@@ -141,16 +141,19 @@ class SharedTable:
         per = layout.worker_cells
         mine = worker * per
         now = time.monotonic()
+        others_total = 0
         for index, backend in enumerate(pool.backends):
             base = index * _MASTER_FIELDS
             changed = master[base + _SEQ] != seen[index]
             if changed:  # a new report: what this worker sent before it is in it
                 seen[index] = master[base + _SEQ]
-                backend.report = LoadReport(master[base + _LOAD], now)
-                backend.since = 0
+                backend.others = 0
+                pool.take_report(backend, master[base + _LOAD], now)
             cells[mine + 2 * index + _TOTAL] = backend.redirects
             cells[mine + 2 * index + _SINCE] = backend.since
-            others = sum(cells[w * per + 2 * index + _SINCE] for w in range(layout.workers) if w != worker)
+            row = [w * per + 2 * index for w in range(layout.workers) if w != worker]
+            others = sum(cells[cell + _SINCE] for cell in row)
+            others_total += sum(cells[cell + _TOTAL] for cell in row)
             health = Health.UP if master[base + _USABLE] == 1.0 else Health.DOWN
             weight, ramp = master[base + _WEIGHT] or backend.spec.weight, master[base + _RAMP] or 1.0
             backend.next_check_at = master[base + _NEXT_CHECK]
@@ -160,10 +163,12 @@ class SharedTable:
                 backend.ramp,
                 backend.spec.weight,
             ):
-                backend.health, backend.others, backend.ramp = health, others, ramp
+                pool.add_others(backend, others, now)
+                backend.health, backend.ramp = health, ramp
                 if weight != backend.spec.weight:
                     backend.spec = replace(backend.spec, weight=weight)
                 pool.reindex(backend)
+        pool.others_total = others_total
         self._publish_stats(mine + 2 * layout.backends, stats)
 
     def set_ready(self, worker: int, ready: bool) -> None:

@@ -211,6 +211,7 @@ class Master:
     def __init__(self, settings: Settings, pool: Pool, front: FrontDoor, admin: AdminApi) -> None:
         self.settings = settings
         self.pool = pool
+        pool.chooses = False  # the workers choose; this pool checks, and shows their redirects
         self.front = front
         self.admin = admin
         self.listen = settings.listen
@@ -380,7 +381,9 @@ def worker_main(
 async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> None:
     table = SharedTable.attach(name, layout)
     try:
-        pool = Pool(settings.backends, settings.health, trio.current_time(), settings.slow_start)
+        pool = Pool(
+            settings.backends, settings.health, trio.current_time(), settings.slow_start, settings.policy
+        )
         front = FrontDoor(settings, pool)
         table.restore(index, pool, front.stats)
         # Synced before listening: the first client already finds the backends up, and "listening"
@@ -410,6 +413,7 @@ async def _sync(table: SharedTable, index: int, pool: Pool, front: FrontDoor, se
     while True:
         await trio.sleep(SYNC_INTERVAL)
         table.sync(index, pool, front.stats, seen)
+        pool.tick(trio.current_time())
 
 
 async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event, scope: trio.CancelScope) -> None:

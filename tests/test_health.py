@@ -631,12 +631,12 @@ async def test_passing_check_records_report_keeps_previous_and_resets_since(
     assert (state.report, state.previous_report, state.since) == (LoadReport(3, t0 + READ), None, 0)
     for _ in range(4):
         assert pool.choose() is state
-    assert (state.since, state.effective_load) == (4, 7.0)
+    assert (state.since, pool.effective_load(state, trio.current_time())) == (4, 7.0)
     backend.load = 5
     await wait_for(pool, lambda: state.checks_passed == 2)
     first, second = LoadReport(3, t0 + READ), LoadReport(5, t0 + 2 + READ)
     assert (state.report, state.previous_report) == (second, first)
-    assert (state.since, state.redirects, state.effective_load) == (0, 4, 5.0)
+    assert (state.since, state.redirects, pool.effective_load(state, trio.current_time())) == (0, 4, 5.0)
 
 
 async def test_failed_check_keeps_the_last_report_and_since(

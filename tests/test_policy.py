@@ -5,16 +5,16 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.config import HealthSettings, parse_backend
+from dispatcher.config import POLICIES, HealthSettings, parse_backend
 from dispatcher.pool import Backend, CheckResult, Pool
 from dispatcher.state import Admin
 
 
-def pool_with(loads: list[float], weights: list[float] | None = None) -> Pool:
+def pool_with(loads: list[float], weights: list[float] | None = None, policy: str = "least-loaded") -> Pool:
     """A pool whose backends are all up with the given reported loads (no sockets)."""
     weights = weights or [1.0] * len(loads)
     specs = [parse_backend("t", f"http://10.0.0.{i}", f"b{i}", w) for i, w in enumerate(weights)]
-    pool = Pool(specs, HealthSettings())
+    pool = Pool(specs, HealthSettings(), policy=policy)
     for backend, load in zip(pool.backends, loads, strict=True):
         pool.record_check(backend, CheckResult(True, 0.01, load=load), now=1.0)
     return pool
@@ -92,8 +92,8 @@ def test_large_pool_index_stays_small() -> None:
             pool.record_check(backend, CheckResult(True, 0.01, load=round_ % 7), now=round_)
         names(pool, 150)
     assert len(pool.policy) <= 2 * 100 + 16
-    assert sorted(pool.policy._keys) == sorted(pool.policy._buckets)  # each key once, none left over
-    assert sum(map(len, pool.policy._buckets.values())) == len(pool.policy)
+    live = [entry for entry in pool.policy._heap if entry[2] == entry[4].version]
+    assert sorted(b.name for *_, b in live) == sorted(b.name for b in pool.backends)  # one live entry each
 
 
 actions = st.lists(
@@ -106,25 +106,84 @@ actions = st.lists(
 )
 
 
+@given(
+    actions,
+    st.lists(st.sampled_from([0.5, 1.0, 1.0, 3.0]), min_size=5, max_size=5),
+    st.sampled_from(POLICIES),
+)
+def test_no_policy_ever_returns_an_unusable_backend(
+    steps: list[tuple[int, str, float]], weights: list[float], policy: str
+) -> None:
+    """Whatever happens to the pool, every policy returns a usable backend, or None when none is."""
+    specs = [parse_backend("t", f"http://10.0.0.{i}", f"b{i}", weight) for i, weight in enumerate(weights)]
+    pool = Pool(specs, HealthSettings(), policy=policy)
+    for now, (index, action, load) in enumerate(steps):
+        apply_action(pool, pool.backends[index], action, load, float(now))
+        for _ in range(3):
+            chosen = pool.choose(float(now))
+            assert (chosen is None) == (not any(b.usable for b in pool.backends))
+            assert chosen is None or chosen.usable
+
+
+def test_round_robin_is_smooth_and_weighted_exactly() -> None:
+    """Weights 3 and 1: 300 and 100 of 400, every 8 in a row split 6 and 2 (give or take one), loads
+    ignored."""
+    pool = pool_with([50, 0], [3, 1], policy="round-robin")
+    chosen = [b.name for b in (pool.choose() for _ in range(400)) if b is not None]
+    assert Counter(chosen) == Counter({"b0": 300, "b1": 100})
+    assert all(1 <= chosen[i : i + 8].count("b1") <= 3 for i in range(len(chosen) - 8))
+
+
+def test_round_robin_gives_a_returning_backend_its_turn_not_a_burst() -> None:
+    """A backend back after a while starts at the current turn: it takes one redirect in N, at once."""
+    pool = pool_with([0, 0, 0], policy="round-robin")
+    names(pool, 300)
+    b2 = pool.backends[2]
+    pool.set_admin(b2, Admin.MAINT)
+    names(pool, 300)
+    pool.set_admin(b2, Admin.READY)
+    pool.record_check(b2, CheckResult(True, 0.01, load=0.0), now=5.0)
+    assert names(pool, 30)["b2"] == 10
+
+
+def test_random_draws_by_weight() -> None:
+    """Weights 3 and 1: about 3 of 4 draws to the heavy one (within five standard deviations)."""
+    pool = pool_with([0, 0], [3, 1], policy="random")
+    heavy = names(pool, 4000)["b0"]
+    assert abs(heavy - 3000) < 5 * (4000 * 0.75 * 0.25) ** 0.5
+
+
+def test_power_of_two_takes_the_lesser_of_two() -> None:
+    """With two backends both are always drawn: the lesser key wins every time, as least-loaded."""
+    pool = pool_with([0, 6], policy="p2c")
+    first = [b.name for b in (pool.choose() for _ in range(6)) if b is not None]
+    assert first == ["b0"] * 6
+
+
+def test_power_of_two_spreads_a_burst_over_many_backends() -> None:
+    """Equal keys among 20: the draws differ, so a burst never lands on one backend."""
+    pool = pool_with([0.0] * 20, policy="p2c")
+    assert len(names(pool, 40)) >= 10
+
+
 @given(actions, st.lists(st.sampled_from([0.5, 1.0, 1.0, 3.0]), min_size=5, max_size=5))
 def test_choose_never_returns_an_unusable_backend(
     steps: list[tuple[int, str, float]], weights: list[float]
 ) -> None:
     """Whatever happens to the pool, choose() returns a usable backend or None, never another, and
-    always one with the least effective load (weights and reports included)."""
+    always one with the least key: the soonest expected to drain (weights and reports included)."""
     specs = [parse_backend("t", f"http://10.0.0.{i}", f"b{i}", weight) for i, weight in enumerate(weights)]
     pool = Pool(specs, HealthSettings())
     for now, (index, action, load) in enumerate(steps):
         backend = pool.backends[index]
         apply_action(pool, backend, action, load, float(now))
-        chosen = pool.choose()
+        keys = {b.name: b.free_at for b in pool.backends if b.usable}
+        chosen = pool.choose(float(now))
         if chosen is None:
-            assert not any(b.usable for b in pool.backends)
+            assert not keys
         else:
             assert chosen.usable
-            least = min(b.effective_load for b in pool.backends if b.usable)
-            # Before this redirect it had the least load (up to the rounding of adding steps).
-            assert chosen.effective_load - 1 / chosen.weight <= least + 1e-9
+            assert keys[chosen.name] == min(keys.values())
 
 
 def apply_action(pool: Pool, backend: Backend, action: str, load: float, now: float) -> None:
