@@ -24,6 +24,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dispatcher.server import RESPONSE_CODES
 from tests.helpers import (
     Dispatcher,
     TestBackend,
@@ -45,10 +46,10 @@ from tests.helpers import (
     wait_all_up,
 )
 
-# Every status the front door may send (README, "What the front door answers").
-ALLOWED_STATUSES = {200, 307, 400, 405, 408, 413, 414, 431, 501, 503, 505, 508}
+# Every status the front door may send (README, "What the front door answers"; tests/test_readme.py).
+ALLOWED_STATUSES = set(RESPONSE_CODES)
 # Answers after which the connection must close: errors (README: "400 and close", ...).
-CLOSING_STATUSES = {400, 405, 408, 413, 414, 431, 501, 505, 508}
+CLOSING_STATUSES = {400, 405, 408, 414, 431, 501, 505, 508}
 # The headers a redirect carries; `connection` only when it closes (http.DateHeader.tails).
 REDIRECT_HEADERS = {b"location", b"content-length", b"date"}
 

@@ -1,0 +1,57 @@
+"""The README against the code: the lists an operator reads there are the ones the program has."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import trio
+
+from dispatcher.server import RESPONSE_CODES
+from tests.helpers import admin_get, settings_for, start_backends, start_dispatcher
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def section(title: str) -> str:
+    """The README's text under the heading `title`, up to the next heading of any level."""
+    text = README.read_text(encoding="utf-8")
+    match = re.search(rf"^#+ {re.escape(title)}\n(.*?)(?=^#+ )", text, re.MULTILINE | re.DOTALL)
+    assert match is not None, f"no section {title!r} in README.md"
+    return match[1]
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The body rows of the first Markdown table in `text`, as lists of cells."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[2:]]
+
+
+def codes_in(text: str) -> set[int]:
+    """The status codes written as code in `text`: `307 Temporary Redirect`, `400` and close."""
+    return {int(code) for code in re.findall(r"`([1-5][0-9][0-9])\b", text)}
+
+
+def answered_codes() -> set[int]:
+    """The statuses of the README's "What the front door answers" table (its answer column)."""
+    return set().union(
+        *(codes_in(answer) for _, answer in table_rows(section("What the front door answers")))
+    )
+
+
+async def test_the_codes_exported_are_those_the_front_door_answers(nursery: trio.Nursery) -> None:
+    """dispatcher_responses_total has one series per status the front door can send, and no other."""
+    backends = await start_backends(nursery, 0)
+    dispatcher = await start_dispatcher(nursery, settings_for(backends))
+    scrape = (await admin_get(dispatcher, "/metrics")).text
+    exported = {
+        int(code) for code in re.findall(r'^dispatcher_responses_total\{code="(\d+)"\}', scrape, re.M)
+    }
+    assert exported == answered_codes()
+
+
+def test_the_metrics_table_lists_the_codes_of_the_code() -> None:
+    """The README's row for dispatcher_responses_total names exactly RESPONSE_CODES, in order."""
+    [row] = [row for row in table_rows(section("Metrics")) if row[0] == "`dispatcher_responses_total`"]
+    listed = [int(code) for code in re.findall(r"`([1-5][0-9][0-9])`", row[3])]
+    assert listed == list(RESPONSE_CODES)
