@@ -63,7 +63,7 @@ class AdminApi:
                 return text_reply(200, "ok", close=False)
             if path == "/readyz":
                 return self._ready()
-            return _json(200, [_backend_json(view, now) for view in self.pool.view(now)])
+            return _json(200, [self._backend_json(view, now) for view in self.pool.view(now)])
         parts = [unquote(part) for part in path.split("/")]
         if len(parts) == 4 and parts[1] == "backends" and parts[3] == "state":
             if method != "POST":
@@ -109,7 +109,7 @@ class AdminApi:
         backend = self.pool.by_name.get(name)
         if backend is None:
             return text_reply(404, f"no backend named {name!r}", close=False)
-        return _json(200, _backend_json(self.pool.view_of(backend, now), now))
+        return _json(200, self._backend_json(self.pool.view_of(backend, now), now))
 
     def _set_state(self, request: WholeRequest, name: str, now: float) -> Reply:
         if not self._authorized(request):
@@ -124,7 +124,10 @@ class AdminApi:
         before = backend.state
         self.pool.set_admin(backend, STATE_WORDS[word])
         log.warning("backend %s set to %s by the admin API (was %s)", name, word, before)
-        return _json(200, _backend_json(self.pool.view_of(backend, now), now))
+        return _json(200, self._backend_json(self.pool.view_of(backend, now), now))
+
+    def _backend_json(self, view: BackendView, now: float) -> dict[str, Any]:
+        return _backend_json(view, now, self.pool.started_at)
 
     def _authorized(self, request: WholeRequest) -> bool:
         if self._token is None:
@@ -170,7 +173,7 @@ def _metrics_reply(body: bytes, content_type: str, gzipped: bool) -> Reply:
     return Reply(200, headers, body)
 
 
-def _backend_json(view: BackendView, now: float) -> dict[str, Any]:
+def _backend_json(view: BackendView, now: float, started_at: float) -> dict[str, Any]:
     check = view.last_check
     last_check = None
     if check is not None and view.last_check_at is not None:
@@ -188,13 +191,20 @@ def _backend_json(view: BackendView, now: float) -> dict[str, Any]:
         "weight": view.weight,
         "load": view.load,
         "effective_load": view.effective_load,
-        "load_age_seconds": None if view.load_age is None else round(view.load_age, 3),
+        "load_age_seconds": round(_load_age(view, now, started_at), 3),
         "redirects_since_report": view.since,
         "drain_rate": round(view.drain_rate, 6),
         "load_source": view.load_source,
         "redirects": view.redirects,
         "last_check": last_check,
     }
+
+
+def _load_age(view: BackendView, now: float, started_at: float) -> float:
+    """The metric's rule (dispatcher_backend_load_age_seconds): the age of the last load report, or
+    the time since start when there is none yet, so that a backend that never reported looks as
+    stale as it is, not fresh."""
+    return view.load_age if view.load_age is not None else max(0.0, now - started_at)
 
 
 def _wall_iso(now: float, at: float) -> str:

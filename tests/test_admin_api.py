@@ -171,13 +171,32 @@ async def test_backends_lists_load_checks_and_redirects(nursery: trio.Nursery, a
 
         bad = listed["failing"]
         assert (bad["state"], bad["load"], bad["effective_load"], bad["redirects"]) == ("down", 0.0, 0.0, 0)
-        assert bad["load_age_seconds"] is None  # it never reported a load
+        # It never reported a load: its age runs from the start, as the metric's does.
+        assert bad["load_age_seconds"] == round(checked_at + 1.5 - pool.started_at, 3)
         assert (bad["last_check"]["result"], bad["last_check"]["reason"]) == ("fail", "status")
 
         await trio.sleep_until(checked_at + INTERVAL + 0.25)  # one more check: a fresh report
         entry = (await backends_json(http, dispatcher))["good"]
     assert (entry["redirects"], entry["load_age_seconds"]) == (4, 0.25)
     assert 0 < entry["effective_load"] <= max(0.0, 3 - entry["drain_rate"] * 0.25) / 2 + 1e-6
+
+
+async def test_load_age_before_a_first_report_is_the_metrics(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    """A backend that never reported a load: /backends and the metric both give the time since start."""
+    silent = TestBackend("silent", mode="status", status=503)
+    await nursery.start(silent.serve)
+    dispatcher = await start_dispatcher(nursery, settings_for([silent], health=health(interval=INTERVAL)))
+    pool = dispatcher.pool
+    await trio.sleep_until(pool.started_at + 7.25)
+    async with client() as http:
+        listed = await backends_json(http, dispatcher)
+        one = (await http.get(f"{dispatcher.admin_url}/backends/silent")).json()
+        metric = (await scrape(http, dispatcher)).value(
+            "dispatcher_backend_load_age_seconds", backend="silent"
+        )
+    assert listed["silent"]["load_age_seconds"] == one["load_age_seconds"] == metric == 7.25
 
 
 async def test_one_backend_by_name(nursery: trio.Nursery, autojump_clock: Any) -> None:
