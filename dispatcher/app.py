@@ -17,7 +17,7 @@ import trio
 from dispatcher.admin import AdminApi
 from dispatcher.config import Settings
 from dispatcher.health import HealthChecks, log_transition
-from dispatcher.listen import CappedListener, open_listeners
+from dispatcher.listen import CappedListener, naming, open_listeners
 from dispatcher.metrics import Metrics
 from dispatcher.pool import Pool
 from dispatcher.server import FrontDoor
@@ -106,9 +106,13 @@ async def run(
     pool.listeners.append(log_transition)
     admin = AdminApi(pool, metrics, front, settings.admin_token)
     async with trio.open_nursery() as services:
-        admin_listeners = await trio.open_tcp_listeners(
-            settings.admin_listen.port, host=settings.admin_listen.host
-        )
+        with naming("admin listener", settings.admin_listen):
+            admin_listeners = await trio.open_tcp_listeners(
+                settings.admin_listen.port, host=settings.admin_listen.host
+            )
+        # Bound before anything runs: a port that cannot be bound ends the start at once, in one line,
+        # not after the first check results are logged. (With --workers, Master.run reserves the port.)
+        listeners = [] if settings.workers > 1 else await open_listeners(settings.listen, settings.reuse_port)
         await services.start(trio.serve_listeners, admin.handle, admin_listeners)
         checks = HealthChecks(pool)
         await services.start(checks.run)
@@ -117,9 +121,9 @@ async def run(
             master = None
             if settings.workers > 1:
                 master = Master(settings, pool, front, admin)
-                port = await frontline.start(master.run, stop)
+                with naming("front door", settings.listen):
+                    port = await frontline.start(master.run, stop)
             else:
-                listeners = await open_listeners(settings.listen, settings.reuse_port)
                 port = await frontline.start(
                     front.serve, [CappedListener(listener, front.slots) for listener in listeners], stop
                 )

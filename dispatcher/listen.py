@@ -16,10 +16,12 @@ connecting at once to a saturated front door waited up to 85 ms for their first 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 from collections import deque
+from collections.abc import Iterator
 
 import trio
 
@@ -48,12 +50,46 @@ def migrate_enabled() -> bool | None:
         return None
 
 
+class BindError(OSError):
+    """A listener that cannot be bound. `str()` is the one line the CLI prints: which listener, which
+    address, and the system's reason (`front door 0.0.0.0:8080: address already in use`)."""
+
+    def __init__(self, listener: str, address: Address, error: OSError) -> None:
+        reason = error.strerror or str(error)
+        super().__init__(error.errno, f"{listener} {address}: {reason[:1].lower()}{reason[1:]}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@contextlib.contextmanager
+def naming(listener: str, address: Address) -> Iterator[None]:
+    """Turn an OSError of binding `address` into a BindError that names `listener` and the address.
+
+    Errors without an errno (a worker that did not start) are not about the address: left as they are.
+    """
+    try:
+        yield
+    except BindError:
+        raise
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise BindError(listener, address, error) from error
+
+
 async def open_listeners(address: Address, reuse_port: bool) -> list[trio.SocketListener]:
-    """Bound, listening sockets for `address`; with `reuse_port`, shareable with other processes."""
-    if not reuse_port:
-        return await trio.open_tcp_listeners(address.port, host=address.host, backlog=BACKLOG)
-    if not hasattr(socket, "SO_REUSEPORT"):
+    """Bound, listening sockets for the front door on `address`; with `reuse_port`, shareable with
+    other processes. A failure to bind is a BindError naming the front door and the address."""
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         raise OSError("--reuse-port: SO_REUSEPORT is not available on this system")
+    with naming("front door", address):
+        if not reuse_port:
+            return await trio.open_tcp_listeners(address.port, host=address.host, backlog=BACKLOG)
+        return await _open_shared(address)
+
+
+async def _open_shared(address: Address) -> list[trio.SocketListener]:
     if migrate_enabled() is False:
         log.warning(
             "--reuse-port: net.ipv4.tcp_migrate_req is 0: a rolling restart may reset the few handshakes "

@@ -1,0 +1,50 @@
+"""The command line as an operator meets it: errors that name their place, in one line.
+
+Each test runs `python -m dispatcher` as a child process on loopback ports and reads its exit
+status and stderr.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+import trio
+
+from tests.helpers import TestBackend, unused_port
+
+DISPATCHER = [sys.executable, "-m", "dispatcher"]
+
+
+async def run_dispatcher(*args: str) -> tuple[int, str]:
+    """Run the dispatcher with `args` until it exits (within 20 s); its exit status and stderr."""
+    with trio.fail_after(20):
+        result = await trio.run_process([*DISPATCHER, *args], check=False, capture_stderr=True)
+    return result.returncode, result.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("listener", "flag", "extra"),
+    [
+        ("front door", "--listen", []),
+        ("front door", "--listen", ["--workers=2", "--log-level=warning"]),
+        ("admin listener", "--admin-listen", []),
+    ],
+    ids=["front-door", "front-door-with-workers", "admin-listener"],
+)
+async def test_a_port_in_use_names_the_listener_and_its_address(
+    nursery: trio.Nursery, listener: str, flag: str, extra: list[str]
+) -> None:
+    """A port already taken: exit status 1 and one line, `<listener> <host:port>: address already in use`."""
+    backend = TestBackend("b1")
+    await nursery.start(backend.serve)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        ports = {"--listen": f"127.0.0.1:{unused_port()}", "--admin-listen": f"127.0.0.1:{unused_port()}"}
+        ports[flag] = address
+        flags = [f"{name}={value}" for name, value in ports.items()]
+        status, stderr = await run_dispatcher(*flags, f"--backend={backend.url}", *extra)
+    assert (status, stderr) == (1, f"dispatcher: {listener} {address}: address already in use\n")
