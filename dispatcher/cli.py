@@ -164,7 +164,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
                 text = file.read()
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError("--config", args.config, f"cannot read: {error}") from None
-        settings = config.apply(settings, config.parse_toml(text))
+        settings = config.apply(settings, config.parse_toml(text, args.config))
     if args.admin_token is None and os.environ.get(TOKEN_ENV):
         args.admin_token = os.environ[TOKEN_ENV]
     settings = _flag_settings(settings, args)

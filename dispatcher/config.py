@@ -8,6 +8,7 @@ naming the key and the value, so the CLI can print one line and exit 2 instead o
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -57,6 +58,19 @@ class ConfigError(ValueError):
     def __init__(self, key: str, value: object, reason: str) -> None:
         self.key, self.value, self.reason = key, value, reason
         super().__init__(f"{key} = {value!r}: {reason}")
+
+
+class TomlError(ConfigError):
+    """A config file that is not TOML. `str()` is `path:line:column: reason`, the form compilers use
+    and editors jump to."""
+
+    def __init__(self, path: str, line: int | None, column: int | None, reason: str) -> None:
+        super().__init__("config", path, reason)
+        self.line, self.column = line, column
+
+    def __str__(self) -> str:
+        place = "" if self.line is None else f":{self.line}:{self.column}"
+        return f"{self.value}{place}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,12 +270,32 @@ _TOP_KEYS: dict[str, Any] = {
 _KNOWN_TOP = {"listen", "admin_listen", "admin_token", "health", "backends", *_TOP_KEYS}
 
 
-def parse_toml(text: str) -> dict[str, Any]:
-    """TOML text to a raw table; a syntax error becomes a ConfigError naming the line."""
+# How tomllib ends its messages: "Invalid value (at line 3, column 9)", or "(at end of document)".
+_TOML_PLACE = re.compile(
+    r"(?P<what>.*) \(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)"
+)
+
+
+def parse_toml(text: str, path: str = "config") -> dict[str, Any]:
+    """TOML text to a raw table; a syntax error becomes a TomlError naming `path`, line and column."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError("config", "<file>", f"not valid TOML: {error}") from None
+        what, line, column = _toml_place(str(error), text)
+        raise TomlError(path, line, column, f"not valid TOML: {what}") from None
+
+
+def _toml_place(message: str, text: str) -> tuple[str, int | None, int | None]:
+    """The reason, line and column of a tomllib message. "At end of document" (tomllib's place for an
+    error on a last line that ends the file) is placed just after the file's last character."""
+    match = _TOML_PLACE.fullmatch(message)
+    if match is None:
+        return message, None, None
+    if match["line"] is not None:
+        return match["what"], int(match["line"]), int(match["column"])
+    end = len(text.rstrip())
+    line = text.count("\n", 0, end) + 1
+    return match["what"], line, end - text.rfind("\n", 0, end)
 
 
 def apply(settings: Settings, table: Mapping[str, Any]) -> Settings:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from pathlib import Path
 
 import pytest
 import trio
@@ -48,3 +49,14 @@ async def test_a_port_in_use_names_the_listener_and_its_address(
         flags = [f"{name}={value}" for name, value in ports.items()]
         status, stderr = await run_dispatcher(*flags, f"--backend={backend.url}", *extra)
     assert (status, stderr) == (1, f"dispatcher: {listener} {address}: address already in use\n")
+
+
+async def test_a_toml_syntax_error_names_the_file_and_where(tmp_path: Path) -> None:
+    """A config file that is not TOML: exit status 2 and one line, `path:line:column: not valid TOML`."""
+    path = tmp_path / "dispatcher.toml"
+    path.write_text('listen = "127.0.0.1:0"\n[health\ninterval = 2\n')
+    status, stderr = await run_dispatcher(f"--config={path}", "--backend=http://127.0.0.1:1")
+    assert status == 2
+    assert (
+        stderr == f"dispatcher: {path}:2:8: not valid TOML: Expected ']' at the end of a table declaration\n"
+    )

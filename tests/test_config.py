@@ -83,3 +83,22 @@ def test_backend_default_name_is_host_port() -> None:
     """The metrics label defaults to the URL's host:port, the default port made explicit."""
     assert parse_backend("b", "http://example.test").name == "example.test:80"
     assert parse_backend("b", "http://[::1]:81/x").base == "http://[::1]:81/x"
+
+
+@pytest.mark.parametrize(
+    ("text", "place"),
+    [
+        ('listen = "0.0.0.0:8080"\n[health\ninterval = 2\n', "/etc/d.toml:2:8: not valid TOML: Expected ']'"),
+        ('x = "\\q"\n', "/etc/d.toml:1:8: not valid TOML: Unescaped '\\' in a string"),
+        ("workers = 1\nlisten = \n", "/etc/d.toml:2:10: not valid TOML: Invalid value"),
+        # tomllib says "at end of document" here; the error is placed just after the last character.
+        ("workers = 1\nlisten = ", "/etc/d.toml:2:9: not valid TOML: Invalid value"),
+    ],
+    ids=["in-a-line", "in-a-string", "last-line", "end-of-document"],
+)
+def test_a_toml_syntax_error_names_the_file_line_and_column(text: str, place: str) -> None:
+    """A file that is not TOML: `path:line:column: not valid TOML: <tomllib's reason>`, on one line."""
+    with pytest.raises(ConfigError) as caught:
+        parse_toml(text, "/etc/d.toml")
+    assert str(caught.value).startswith(place)
+    assert "\n" not in str(caught.value)
