@@ -17,7 +17,7 @@ import trio
 from dispatcher.admin import AdminApi
 from dispatcher.config import Settings
 from dispatcher.health import HealthChecks, log_transition
-from dispatcher.listen import CappedListener, naming, open_listeners
+from dispatcher.listen import CappedListener, naming, open_listeners, warn_unless_migrating
 from dispatcher.metrics import Metrics
 from dispatcher.pool import Pool
 from dispatcher.server import FrontDoor
@@ -113,6 +113,7 @@ async def run(
         # Bound before anything runs: a port that cannot be bound ends the start at once, in one line,
         # not after the first check results are logged. (With --workers, Master.run reserves the port.)
         listeners = [] if settings.workers > 1 else await open_listeners(settings.listen, settings.reuse_port)
+        warn_unless_migrating(settings.reuse_port, settings.workers)
         await services.start(trio.serve_listeners, admin.handle, admin_listeners)
         checks = HealthChecks(pool)
         await services.start(checks.run)

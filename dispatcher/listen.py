@@ -89,12 +89,28 @@ async def open_listeners(address: Address, reuse_port: bool) -> list[trio.Socket
         return await _open_shared(address)
 
 
+def warn_unless_migrating(reuse_port: bool, workers: int) -> None:
+    """Once at start (app.run), the warning that SO_REUSEPORT sockets will close under clients and the
+    kernel will not move their handshakes. Not in `open_listeners`: with --workers every worker of
+    every generation opens its own socket, and the warning came once per worker per reload."""
+    if not (reuse_port or workers > 1) or migrate_enabled() is not False:
+        return
+    flags = "/".join(
+        flag for flag, used in (("--reuse-port", reuse_port), ("--workers", workers > 1)) if used
+    )
+    closing = [
+        *(["a rolling restart (the stopping instance)"] if reuse_port else []),
+        *(["a reload (the old workers)"] if workers > 1 else []),
+    ]
+    log.warning(
+        "%s: net.ipv4.tcp_migrate_req is 0: %s may reset the few handshakes in flight to the sockets "
+        "that close; set it to 1 (sysctl -w net.ipv4.tcp_migrate_req=1)",
+        flags,
+        " and ".join(closing),
+    )
+
+
 async def _open_shared(address: Address) -> list[trio.SocketListener]:
-    if migrate_enabled() is False:
-        log.warning(
-            "--reuse-port: net.ipv4.tcp_migrate_req is 0: a rolling restart may reset the few handshakes "
-            "in flight to the stopping instance; set it to 1 (sysctl -w net.ipv4.tcp_migrate_req=1)"
-        )
     infos = await trio.socket.getaddrinfo(
         address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )

@@ -3,10 +3,14 @@
 import socket
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
+from dispatcher import listen
 from dispatcher.config import Address
 from dispatcher.listen import CappedListener, open_listeners
 from tests.helpers import exchange, settings_for, start_backends, start_dispatcher, status_lines, wait_all_up
@@ -130,3 +134,44 @@ async def test_a_batch_of_accepts_never_takes_more_than_the_free_slots(
         await listener.aclose()
         for client in clients:
             client.close()
+
+
+@pytest.fixture
+def migration_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel as it is by default: net.ipv4.tcp_migrate_req = 0 (read from a file of the test's)."""
+    sysctl = tmp_path / "tcp_migrate_req"
+    sysctl.write_text("0\n")
+    monkeypatch.setattr(listen, "MIGRATE_SYSCTL", str(sysctl))
+
+
+def migration_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "tcp_migrate_req" in r.getMessage()]
+
+
+async def test_opening_a_shared_socket_does_not_warn(
+    migration_off: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each --workers worker opens its own SO_REUSEPORT socket, each generation again: none warns."""
+    listeners = await open_listeners(Address("127.0.0.1", 0), reuse_port=True)
+    for listener in listeners:
+        await listener.aclose()
+    assert migration_warnings(caplog) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "flags"),
+    [({"reuse_port": True}, "--reuse-port"), ({"workers": 2}, "--workers")],
+    ids=["reuse-port", "two-workers"],
+)
+async def test_without_migration_the_start_warns_once(
+    nursery: trio.Nursery,
+    migration_off: None,
+    caplog: pytest.LogCaptureFixture,
+    overrides: dict[str, Any],
+    flags: str,
+) -> None:
+    """--reuse-port or --workers 2 on a kernel that does not migrate handshakes: one warning, at start."""
+    backends = await start_backends(nursery, 0)
+    await start_dispatcher(nursery, settings_for(backends, **overrides))
+    [warning] = migration_warnings(caplog)
+    assert warning.startswith(f"{flags}: net.ipv4.tcp_migrate_req is 0: ")
