@@ -28,6 +28,9 @@ log = logging.getLogger("dispatcher")
 EXIT_USAGE = 2
 # The token is better passed in the environment than as a flag, which `ps` shows to every user.
 TOKEN_ENV = "DISPATCHER_ADMIN_TOKEN"
+# `--demo` fronts backends on loopback and prints loopback URLs: its front door is on loopback too,
+# not on every interface of a laptop on a café's network, unless --listen (or the file) says so.
+DEMO_LISTEN = "127.0.0.1:8080"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"dispatcher {__version__}")
     p.add_argument("--config", metavar="FILE", help="TOML file with the same settings; flags override it")
-    p.add_argument("--listen", metavar="HOST:PORT", help=f"front door (default {config.DEFAULT_LISTEN})")
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help=f"front door (default {config.DEFAULT_LISTEN}; with --demo {DEMO_LISTEN})",
+    )
     p.add_argument(
         "--admin-listen",
         metavar="HOST:PORT",
@@ -156,8 +163,8 @@ def _flag_settings(settings: Settings, args: argparse.Namespace) -> Settings:
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
-    """The config file (if any), then the flags."""
-    settings = Settings()
+    """The defaults (the demo's listen on loopback), then the config file (if any), then the flags."""
+    settings = Settings(listen=config.parse_address("listen", DEMO_LISTEN)) if args.demo else Settings()
     if args.config:
         try:
             with open(args.config, encoding="utf-8") as file:

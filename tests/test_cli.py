@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from dispatcher.cli import build_parser, load_settings
+from dispatcher.config import Address
 from tests.helpers import TestBackend, unused_port
 
 DISPATCHER = [sys.executable, "-m", "dispatcher"]
@@ -60,3 +62,17 @@ async def test_a_toml_syntax_error_names_the_file_and_where(tmp_path: Path) -> N
     assert (
         stderr == f"dispatcher: {path}:2:8: not valid TOML: Expected ']' at the end of a table declaration\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "listen"),
+    [
+        (["--demo"], Address("127.0.0.1", 8080)),
+        (["--demo", "--listen=0.0.0.0:9000"], Address("0.0.0.0", 9000)),
+        (["--backend=http://127.0.0.1:1"], Address("0.0.0.0", 8080)),
+    ],
+    ids=["demo", "demo-with-listen", "not-a-demo"],
+)
+def test_the_demo_listens_on_loopback_unless_told(args: list[str], listen: Address) -> None:
+    """--demo binds 127.0.0.1 (its URLs and its backends are loopback); --listen still decides."""
+    assert load_settings(build_parser().parse_args(args)).listen == listen
