@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
+from dispatcher import config
 from dispatcher.admin import AdminApi
 from dispatcher.config import Settings
 from dispatcher.health import HealthChecks, log_transition
@@ -56,6 +57,7 @@ class Running:
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: %s changed; that takes a restart, keeping %s", key, getattr(old, key))
         new = replace(new, **{key: getattr(old, key) for key in RESTART_ONLY})
+        _warn_about(new)
         if self.master is not None:
             self.master.reload(new, self._apply)
         else:
@@ -75,6 +77,12 @@ class Running:
         log.info(
             "reloaded: %d backends (%d added, %d removed)", len(self.pool.backends), len(added), len(removed)
         )
+
+
+def _warn_about(settings: Settings) -> None:
+    """Settings that are allowed but probably not meant (config.warnings), at start and each reload."""
+    for warning in config.warnings(settings):
+        log.warning("%s", warning)
 
 
 async def _tick(pool: Pool) -> None:
@@ -114,6 +122,7 @@ async def run(
         # not after the first check results are logged. (With --workers, Master.run reserves the port.)
         listeners = [] if settings.workers > 1 else await open_listeners(settings.listen, settings.reuse_port)
         warn_unless_migrating(settings.reuse_port, settings.workers)
+        _warn_about(settings)
         await services.start(trio.serve_listeners, admin.handle, admin_listeners)
         checks = HealthChecks(pool)
         await services.start(checks.run)

@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="backend base URL, http:// or https://, optional path prefix; repeatable",
     )
     p.add_argument("--health-path", metavar="PATH", help=f"(default {config.DEFAULT_HEALTH_PATH})")
-    p.add_argument("--health-interval", metavar="SECONDS", help="between checks (default 2, HAProxy inter)")
-    p.add_argument("--health-timeout", metavar="SECONDS", help="per check (default 1)")
+    p.add_argument("--health-interval", metavar="DURATION", help="between checks (default 2s, HAProxy inter)")
+    p.add_argument("--health-timeout", metavar="DURATION", help="per check (default 1s)")
     p.add_argument("--health-jitter", metavar="FRACTION", help="spread of the interval (default 0.1)")
     p.add_argument(
         "--health-ca-file",
@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rise", metavar="N", help="passes in a row to come back up (default 2, HAProxy)")
     p.add_argument("--fall", metavar="N", help="failures in a row to go down (default 3, HAProxy)")
-    p.add_argument("--header-timeout", metavar="SECONDS", help="to send a request head (default 10)")
-    p.add_argument("--keepalive-timeout", metavar="SECONDS", help="idle keep-alive (default 75)")
-    p.add_argument("--grace-period", metavar="SECONDS", help="on SIGTERM (default 10)")
+    p.add_argument("--header-timeout", metavar="DURATION", help="to send a request head (default 10s)")
+    p.add_argument("--keepalive-timeout", metavar="DURATION", help="idle keep-alive (default 75s)")
+    p.add_argument("--grace-period", metavar="DURATION", help="on SIGTERM (default 10s)")
     p.add_argument(
         "--max-connections",
         metavar="N",
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--slow-start",
-        metavar="SECONDS",
+        metavar="DURATION",
         help="ramp a recovered backend's weight from 10%% to 100%% over this time (default 0: off)",
     )
     p.add_argument(
@@ -117,19 +117,19 @@ _FLAGS: dict[str, tuple[tuple[str, ...], Any]] = {
     "listen": (("listen",), str),
     "admin_listen": (("admin_listen",), str),
     "health_path": (("health", "path"), str),
-    "health_interval": (("health", "interval"), float),
-    "health_timeout": (("health", "timeout"), float),
+    "health_interval": (("health", "interval"), str),
+    "health_timeout": (("health", "timeout"), str),
     "health_jitter": (("health", "jitter"), float),
     "health_ca_file": (("health", "ca_file"), str),
     "rise": (("health", "rise"), int),
     "fall": (("health", "fall"), int),
-    "header_timeout": (("header_timeout",), float),
-    "keepalive_timeout": (("keepalive_timeout",), float),
-    "grace_period": (("grace_period",), float),
+    "header_timeout": (("header_timeout",), str),
+    "keepalive_timeout": (("keepalive_timeout",), str),
+    "grace_period": (("grace_period",), str),
     "admin_token": (("admin_token",), str),
     "max_connections": (("max_connections",), int),
     "reuse_port": (("reuse_port",), bool),
-    "slow_start": (("slow_start",), float),
+    "slow_start": (("slow_start",), str),
     "workers": (("workers",), int),
     "policy": (("policy",), str),
 }

@@ -194,10 +194,41 @@ def _positive(key: str, value: object) -> float:
     return float(value)
 
 
-def _non_negative(key: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ConfigError(key, value, "must be a number of at least 0")
-    return float(value)
+# Durations as nginx writes them (`10s`, `500ms`, `1m`, `1h`: "Measurement units" in its docs), one
+# number and one unit; a bare number is seconds, as every duration here was before units existed.
+_DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+) *(?P<unit>ms|s|m|h)?")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(key: str, value: object) -> float:
+    """Seconds, from a number of seconds or a string with a unit: `2s`, `500ms`, `1.5s`, `1m`, `1h`."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(
+            key, value, "expected a duration: seconds, or a number with ms, s, m or h (2s, 500ms)"
+        )
+    return float(match["number"]) * _UNIT_SECONDS[match["unit"]]
+
+
+def _positive_duration(key: str, value: object) -> float:
+    seconds = parse_duration(key, value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(key, value, "must be a duration greater than 0")
+    return seconds
+
+
+def _non_negative_duration(key: str, value: object) -> float:
+    seconds = parse_duration(key, value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(key, value, "must be a duration of at least 0")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as it could be written in the config: `1s`, `0.5s`, `120s`."""
+    return f"{seconds:g}s"
 
 
 def _count(key: str, value: object) -> int:
@@ -249,21 +280,21 @@ def _file_path(key: str, value: object) -> str:
 
 _HEALTH_KEYS: dict[str, Any] = {
     "path": _health_path,
-    "interval": _positive,
-    "timeout": _positive,
+    "interval": _positive_duration,
+    "timeout": _positive_duration,
     "rise": _count,
     "fall": _count,
     "jitter": _fraction,
     "ca_file": _file_path,
 }
 _TOP_KEYS: dict[str, Any] = {
-    "header_timeout": _positive,
-    "keepalive_timeout": _positive,
-    "grace_period": _positive,
+    "header_timeout": _positive_duration,
+    "keepalive_timeout": _positive_duration,
+    "grace_period": _positive_duration,
     "max_discard": lambda key, value: int(_count(key, value)),
     "max_connections": lambda key, value: int(_count(key, value)),
     "reuse_port": lambda key, value: _boolean(key, value),
-    "slow_start": lambda key, value: _non_negative(key, value),
+    "slow_start": _non_negative_duration,
     "workers": lambda key, value: int(_count(key, value)),
     "policy": _policy,
 }
@@ -317,6 +348,20 @@ def apply(settings: Settings, table: Mapping[str, Any]) -> Settings:
     if "backends" in table:
         changes["backends"] = _backends(table["backends"])
     return replace(settings, **changes)
+
+
+def warnings(settings: Settings) -> list[str]:
+    """What is allowed but probably not meant, for the log at start and at each reload."""
+    health = settings.health
+    found = []
+    if health.timeout >= health.interval:
+        found.append(
+            f"health.timeout ({format_duration(health.timeout)}) is not shorter than health.interval "
+            f"({format_duration(health.interval)}): a backend that hangs is checked once per timeout, "
+            f"not per interval, and is marked down only after fall x timeout "
+            f"({format_duration(health.fall * health.timeout)}); make the timeout shorter"
+        )
+    return found
 
 
 def _apply_health(health: HealthSettings, table: object) -> HealthSettings:

@@ -46,7 +46,7 @@ def test_example_file_parses() -> None:
         ('listen = "h:99999"', "listen"),
         ("[health]\nrise = 0", "health.rise"),
         ("[health]\ninterval = -1", "health.interval"),
-        ('[health]\ntimeout = "1s"', "health.timeout"),
+        ('[health]\ntimeout = "1 fortnight"', "health.timeout"),
         ('[health]\npath = "health"', "health.path"),
         ("[health]\nbogus = 1", "health.bogus"),
         ("colour = 1", "colour"),

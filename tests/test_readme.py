@@ -7,6 +7,7 @@ from pathlib import Path
 
 import trio
 
+from dispatcher.config import Settings, apply, parse_toml
 from dispatcher.server import RESPONSE_CODES
 from tests.helpers import admin_get, settings_for, start_backends, start_dispatcher
 
@@ -14,11 +15,21 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def section(title: str) -> str:
-    """The README's text under the heading `title`, up to the next heading of any level."""
-    text = README.read_text(encoding="utf-8")
-    match = re.search(rf"^#+ {re.escape(title)}\n(.*?)(?=^#+ )", text, re.MULTILINE | re.DOTALL)
-    assert match is not None, f"no section {title!r} in README.md"
-    return match[1]
+    """The README's text under the heading `title`, up to the next heading of any level (a `#` line
+    inside a code block is not a heading)."""
+    lines: list[str] | None = None
+    fenced = False
+    for line in README.read_text(encoding="utf-8").splitlines():
+        fenced = fenced != line.startswith("```")
+        heading = not fenced and re.match(r"#+ ", line) is not None
+        if heading and lines is not None:
+            break
+        if lines is not None:
+            lines.append(line)
+        elif heading and line.partition(" ")[2] == title:
+            lines = []
+    assert lines is not None, f"no section {title!r} in README.md"
+    return "\n".join(lines) + "\n"
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -55,3 +66,11 @@ def test_the_metrics_table_lists_the_codes_of_the_code() -> None:
     [row] = [row for row in table_rows(section("Metrics")) if row[0] == "`dispatcher_responses_total`"]
     listed = [int(code) for code in re.findall(r"`([1-5][0-9][0-9])`", row[3])]
     assert listed == list(RESPONSE_CODES)
+
+
+def test_the_config_example_is_a_valid_config() -> None:
+    """The README's example file parses, durations with units included, and says what it shows."""
+    [example] = re.findall(r"```toml\n(.*?)```", section("Config file"), re.DOTALL)
+    settings = apply(Settings(), parse_toml(example))
+    assert (settings.header_timeout, settings.slow_start, settings.health.interval) == (10.0, 30.0, 2.0)
+    assert [backend.name for backend in settings.backends] == ["web-1", "10.0.0.12:443"]
