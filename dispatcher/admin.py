@@ -1,7 +1,7 @@
 """The admin listener: metrics, liveness, readiness and the backends API, apart from the front door.
 
-Owns: the admin routes and their small HTTP/1.1 server (h11, whole bodies, keep-alive), and the
-bearer-token check for state-changing requests.
+Owns: the admin routes and their small HTTP/1.1 server (h11, whole bodies, keep-alive), the
+bearer-token check for state-changing requests, and the one log line of each (who, what, result).
 Rules: reads the pool and the metrics; changes a backend only through `Pool.set_admin`; never chooses a
 backend. It binds to loopback by default. `route` is a plain function of the request and the time,
 testable without sockets. `/metrics`, `/healthz` and `/readyz` never need the token: scrapers and
@@ -35,6 +35,8 @@ MAX_ADMIN_BODY = 64 * 1024
 # (15 s by default), so this must be longer than a scrape interval.
 ADMIN_IDLE_TIMEOUT = 120.0
 STATE_WORDS = {"ready": Admin.READY, "drain": Admin.DRAIN, "maint": Admin.MAINT}
+# A refused request's body is logged only this far: a client must not fill the log.
+MAX_LOGGED_WORD = 40
 _JSON = (b"content-type", b"application/json")
 
 
@@ -52,7 +54,8 @@ class AdminApi:
     def set_token(self, token: str | None) -> None:
         self._token = token.encode() if token else None
 
-    def route(self, request: WholeRequest, now: float) -> Reply:
+    def route(self, request: WholeRequest, now: float, peer: str = "-") -> Reply:
+        """The answer to one request at time `now`; `peer` (the client's address) is for the log."""
         path, method = request.path, request.method
         if path in ("/metrics", "/healthz", "/readyz", "/backends"):
             if method not in ("GET", "HEAD"):
@@ -68,7 +71,7 @@ class AdminApi:
         if len(parts) == 4 and parts[1] == "backends" and parts[3] == "state":
             if method != "POST":
                 return _not_allowed("POST")
-            return self._set_state(request, parts[2], now)
+            return self._set_state(request, parts[2], now, peer)
         if len(parts) == 3 and parts[1] == "backends" and method in ("GET", "HEAD"):
             return self._one_backend(parts[2], now)
         return text_reply(404, "not found: try /metrics, /healthz, /readyz, /backends", close=False)
@@ -111,20 +114,38 @@ class AdminApi:
             return text_reply(404, f"no backend named {name!r}", close=False)
         return _json(200, self._backend_json(self.pool.view_of(backend, now), now))
 
-    def _set_state(self, request: WholeRequest, name: str, now: float) -> Reply:
+    def _set_state(self, request: WholeRequest, name: str, now: float, peer: str) -> Reply:
+        """A state change, logged in one line whatever came of it: who (the peer's address), what
+        (the route and the word asked for) and the result; INFO when done, WARNING when refused."""
+        word = request.body.decode("utf-8", "replace").strip().lower()
+        reply, result = self._change_state(request, name, word, now)
+        log.log(
+            logging.INFO if reply.status == 200 else logging.WARNING,
+            "admin request from %s: %s %s %r: %d, %s",
+            peer,
+            request.method,
+            request.path,
+            word[:MAX_LOGGED_WORD],
+            reply.status,
+            result,
+        )
+        return reply
+
+    def _change_state(self, request: WholeRequest, name: str, word: str, now: float) -> tuple[Reply, str]:
         if not self._authorized(request):
             reply = text_reply(401, "a valid 'Authorization: Bearer <token>' is needed", close=False)
-            return Reply(401, [*reply.headers, (b"www-authenticate", b"Bearer")], reply.body)
+            refused = Reply(401, [*reply.headers, (b"www-authenticate", b"Bearer")], reply.body)
+            return refused, "refused: no valid bearer token"
         backend = self.pool.by_name.get(name)
         if backend is None:
-            return text_reply(404, f"no backend named {name!r}", close=False)
-        word = request.body.decode("utf-8", "replace").strip().lower()
+            return text_reply(404, f"no backend named {name!r}", close=False), "no such backend"
         if word not in STATE_WORDS:
-            return text_reply(400, "body must be one of: drain, maint, ready", close=False)
+            reply = text_reply(400, "body must be one of: drain, maint, ready", close=False)
+            return reply, "refused: the body is not drain, maint or ready"
         before = backend.state
         self.pool.set_admin(backend, STATE_WORDS[word])
-        log.warning("backend %s set to %s by the admin API (was %s)", name, word, before)
-        return _json(200, self._backend_json(self.pool.view_of(backend, now), now))
+        reply = _json(200, self._backend_json(self.pool.view_of(backend, now), now))
+        return reply, f"backend {name} is {backend.state} (was {before})"
 
     def _backend_json(self, view: BackendView, now: float) -> dict[str, Any]:
         return _backend_json(view, now, self.pool.started_at)
@@ -141,6 +162,7 @@ class AdminApi:
     async def handle(self, stream: trio.SocketStream) -> None:
         """One admin connection; never raises."""
         conn = h11.Connection(h11.SERVER)
+        peer = _peer(stream)
         try:
             while True:
                 request = None
@@ -153,7 +175,7 @@ class AdminApi:
                 if request.path == "/metrics" and request.method in ("GET", "HEAD"):
                     reply = await self._metrics_in_steps(request, trio.current_time())
                 else:
-                    reply = self.route(request, trio.current_time())
+                    reply = self.route(request, trio.current_time(), peer)
                 await stream.send_all(_serialise(conn, reply, request.method == "HEAD"))
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return
@@ -164,6 +186,15 @@ class AdminApi:
             log.exception("admin connection failed")
         finally:
             await trio.aclose_forcefully(stream)
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    """The client's address as host:port ([v6]:port), for the log of state changes."""
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except OSError:  # it has gone already
+        return "-"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _metrics_reply(body: bytes, content_type: str, gzipped: bool) -> Reply:

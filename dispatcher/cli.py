@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer token required by state-changing admin requests (or env DISPATCHER_ADMIN_TOKEN)",
     )
     p.add_argument(
+        "--admin-insecure",
+        action="store_true",
+        default=None,
+        help="allow an admin listener off loopback without a token (a network only trusted hosts reach)",
+    )
+    p.add_argument(
         "--backend",
         metavar="URL",
         action="append",
@@ -129,6 +135,7 @@ _FLAGS: dict[str, tuple[tuple[str, ...], Any]] = {
     "admin_token": (("admin_token",), str),
     "max_connections": (("max_connections",), int),
     "reuse_port": (("reuse_port",), bool),
+    "admin_insecure": (("admin_insecure",), bool),
     "slow_start": (("slow_start",), str),
     "workers": (("workers",), int),
     "policy": (("policy",), str),
@@ -177,7 +184,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
     settings = _flag_settings(settings, args)
     if settings.health.ca_file is not None:
         health.tls_context(settings.health.ca_file)  # a file that cannot be used is refused now, by name
-    return settings
+    return config.check(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ naming the key and the value, so the CLI can print one line and exit 2 instead o
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import tomllib
@@ -126,6 +127,9 @@ class Settings:
     grace_period: float = DEFAULT_GRACE_PERIOD
     max_discard: int = DEFAULT_MAX_DISCARD
     admin_token: str | None = None
+    # An admin listener off loopback with no token lets anyone who reaches it drain the pool: refused
+    # at start (`check`) unless the operator says this is meant (a firewalled network).
+    admin_insecure: bool = False
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     reuse_port: bool = False
     slow_start: float = 0.0
@@ -294,6 +298,7 @@ _TOP_KEYS: dict[str, Any] = {
     "max_discard": lambda key, value: int(_count(key, value)),
     "max_connections": lambda key, value: int(_count(key, value)),
     "reuse_port": lambda key, value: _boolean(key, value),
+    "admin_insecure": lambda key, value: _boolean(key, value),
     "slow_start": _non_negative_duration,
     "workers": lambda key, value: int(_count(key, value)),
     "policy": _policy,
@@ -348,6 +353,33 @@ def apply(settings: Settings, table: Mapping[str, Any]) -> Settings:
     if "backends" in table:
         changes["backends"] = _backends(table["backends"])
     return replace(settings, **changes)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is loopback. A name other than `localhost` is not known to be (it is not
+    resolved here: no I/O), so it counts as reachable from elsewhere."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def check(settings: Settings) -> Settings:
+    """Rules across settings, once all of the file and the flags are in: a ConfigError if one fails."""
+    if not (is_loopback(settings.admin_listen.host) or settings.admin_token or settings.admin_insecure):
+        raise ConfigError(
+            "admin_listen",
+            str(settings.admin_listen),
+            "not loopback and no admin_token: anyone who reaches it could drain every backend; set "
+            "admin_token (or DISPATCHER_ADMIN_TOKEN), or admin_insecure = true (--admin-insecure) if "
+            "only trusted hosts can reach it",
+        )
+    return settings
 
 
 def warnings(settings: Settings) -> list[str]:
