@@ -9,12 +9,14 @@ Rules: flags override the file; validation itself lives in `config`.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, NoReturn
 
@@ -114,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how a backend is chosen: {', '.join(config.POLICIES)} (default {config.DEFAULT_POLICY})",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines, or one JSON object a line: time, level, logger, message (default text)",
+    )
     p.add_argument("--demo", action="store_true", help="start three demo backends and front them")
     return p
 
@@ -201,9 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, args.log_format)
     settings = _fit_connection_cap(settings)
     try:
         trio.run(_run, settings, args)
@@ -215,6 +221,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dispatcher: {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """`--log-format json`: one JSON object a line, for log pipelines (Loki, Elasticsearch, journald's
+    JSON readers) that would otherwise parse text with a regex. Keys: `time` (UTC, ISO 8601 with
+    milliseconds), `level`, `logger`, `message`, and `exception` (the traceback) when there is one;
+    `fields` are added to every line (a worker's name, say)."""
+
+    def __init__(self, fields: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.fields = dict(fields or {})
+
+    def format(self, record: logging.LogRecord) -> str:
+        time = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        line: dict[str, str] = {
+            "time": time.replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **self.fields,
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure_logging(level: str, form: str) -> None:
+    """The root logger to stderr at `level`, as text lines or (`json`) one JSON object a line."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if form == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 # Descriptors kept for everything but client connections: listeners, backends' check connections,

@@ -6,16 +6,21 @@ status and stderr.
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+import signal
 import socket
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
-from dispatcher.cli import build_parser, load_settings
+from dispatcher.cli import JsonFormatter, build_parser, load_settings
 from dispatcher.config import Address
-from tests.helpers import TestBackend, unused_port
+from tests.helpers import TestBackend, dispatcher_command, poll_admin, unused_port
 
 DISPATCHER = [sys.executable, "-m", "dispatcher"]
 
@@ -76,3 +81,41 @@ async def test_a_toml_syntax_error_names_the_file_and_where(tmp_path: Path) -> N
 def test_the_demo_listens_on_loopback_unless_told(args: list[str], listen: Address) -> None:
     """--demo binds 127.0.0.1 (its URLs and its backends are loopback); --listen still decides."""
     assert load_settings(build_parser().parse_args(args)).listen == listen
+
+
+async def test_json_logs_are_one_object_a_line(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """--log-format json: every stderr line of a run is a JSON object with time, level, logger, message."""
+    backend = TestBackend("b1")
+    await nursery.start(backend.serve)
+    port, admin_port = unused_port(), unused_port()
+    command = dispatcher_command(port, admin_port, [backend.url], "--log-format=json")
+    with (tmp_path / "stderr").open("wb") as stderr:
+        process: trio.Process = await nursery.start(
+            partial(trio.run_process, command, check=False, stderr=stderr)
+        )
+        await poll_admin(admin_port, "/readyz", lambda status, _: status == 200)
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+    lines = [json.loads(line) for line in (tmp_path / "stderr").read_text().splitlines()]
+    assert all(set(line) == {"time", "level", "logger", "message"} for line in lines), lines
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"]) for line in lines)
+    assert {"level": "INFO", "logger": "dispatcher", "message": "stopped"} in [
+        {key: line[key] for key in ("level", "logger", "message")} for line in lines
+    ]
+    assert any(line["message"].startswith("front door on 127.0.0.1:") for line in lines)
+
+
+def test_a_json_log_line_carries_the_traceback() -> None:
+    """An exception logged with its traceback: one line still, the traceback under `exception`."""
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord(
+            "dispatcher", logging.ERROR, __file__, 1, "failed: %s", ("x",), sys.exc_info()
+        )
+    line = JsonFormatter({"worker": "worker-0.1"}).format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert (entry["message"], entry["worker"]) == ("failed: x", "worker-0.1")
+    assert entry["exception"].endswith("ValueError: boom")
