@@ -41,12 +41,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"dispatcher: {message} (see dispatcher --help)\n")
 
 
+EPILOG = """\
+signals:
+  SIGHUP            reload the config file and the flags; backends that stay keep their state
+  SIGTERM, SIGINT   graceful stop: stop accepting, answer what is in flight, wait at most
+                    --grace-period; a second SIGTERM or SIGINT stops at once
+
+admin routes (on --admin-listen; state changes need the token when one is set):
+  GET /healthz                   200 while the process runs
+  GET /readyz                    200 when a backend is up and not shutting down, else 503
+  GET /metrics                   Prometheus text, or OpenMetrics when asked for
+  GET /backends                  every backend as JSON: state, load, last check, redirects
+  GET /backends/<name>           one backend
+  POST /backends/<name>/state    body drain, maint or ready
+
+exit status: 0 after a stop, 1 when a port cannot be bound, 2 for a bad flag, URL or config.
+Durations: 500ms, 2s, 1.5m, 1h, or a bare number of seconds.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="dispatcher",
-        description="A 307 front door: redirects every request to the least-loaded healthy backend.",
+        description=(
+            f"dispatcher {__version__}: a 307 front door that redirects every request\n"
+            "to the least-loaded healthy backend."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--version", action="version", version=f"dispatcher {__version__}")
+    p.add_argument("-V", "--version", action="version", version=f"dispatcher {__version__}")
     p.add_argument("--config", metavar="FILE", help="TOML file with the same settings; flags override it")
     p.add_argument(
         "--listen",
@@ -89,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--header-timeout", metavar="DURATION", help="to send a request head (default 10s)")
     p.add_argument("--keepalive-timeout", metavar="DURATION", help="idle keep-alive (default 75s)")
     p.add_argument("--grace-period", metavar="DURATION", help="on SIGTERM (default 10s)")
+    p.add_argument(
+        "--max-discard",
+        metavar="BYTES",
+        help="a request body up to this is read and dropped to keep the connection (default 65536)",
+    )
     p.add_argument(
         "--max-connections",
         metavar="N",
@@ -141,6 +170,7 @@ _FLAGS: dict[str, tuple[tuple[str, ...], Any]] = {
     "keepalive_timeout": (("keepalive_timeout",), str),
     "grace_period": (("grace_period",), str),
     "admin_token": (("admin_token",), str),
+    "max_discard": (("max_discard",), int),
     "max_connections": (("max_connections",), int),
     "reuse_port": (("reuse_port",), bool),
     "admin_insecure": (("admin_insecure",), bool),

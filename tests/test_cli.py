@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from dispatcher import __version__
 from dispatcher.cli import JsonFormatter, build_parser, load_settings
-from dispatcher.config import Address
+from dispatcher.config import Address, ConfigError
 from tests.helpers import TestBackend, dispatcher_command, poll_admin, unused_port
 
 DISPATCHER = [sys.executable, "-m", "dispatcher"]
@@ -119,3 +120,21 @@ def test_a_json_log_line_carries_the_traceback() -> None:
     entry = json.loads(line)
     assert (entry["message"], entry["worker"]) == ("failed: x", "worker-0.1")
     assert entry["exception"].endswith("ValueError: boom")
+
+
+@pytest.mark.parametrize("flag", ["-V", "--version"])
+async def test_the_version_flag(flag: str) -> None:
+    """-V is --version: `dispatcher <version>` on stdout, exit status 0."""
+    with trio.fail_after(20):
+        result = await trio.run_process([*DISPATCHER, flag], check=False, capture_stdout=True)
+    assert (result.returncode, result.stdout.decode()) == (0, f"dispatcher {__version__}\n")
+
+
+def test_max_discard_has_a_flag() -> None:
+    """--max-discard BYTES sets max_discard; a value that is not a whole number >= 1 names the flag."""
+    args = build_parser().parse_args(["--max-discard=1024", "--backend=http://127.0.0.1:1"])
+    assert load_settings(args).max_discard == 1024
+    for bad in ("0", "1k"):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(build_parser().parse_args([f"--max-discard={bad}", "--backend=http://127.0.0.1:1"]))
+        assert caught.value.key == "--max-discard"

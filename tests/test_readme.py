@@ -7,6 +7,8 @@ from pathlib import Path
 
 import trio
 
+from dispatcher import __version__
+from dispatcher.cli import build_parser
 from dispatcher.config import Settings, apply, parse_toml
 from dispatcher.server import RESPONSE_CODES
 from tests.helpers import admin_get, settings_for, start_backends, start_dispatcher
@@ -74,3 +76,33 @@ def test_the_config_example_is_a_valid_config() -> None:
     settings = apply(Settings(), parse_toml(example))
     assert (settings.header_timeout, settings.slow_start, settings.health.interval) == (10.0, 30.0, 2.0)
     assert [backend.name for backend in settings.backends] == ["web-1", "10.0.0.12:443"]
+
+
+def readme_flags() -> list[str]:
+    """The flags of the README's flag table (`-V`, `--version`, `--listen`, ...), in its order."""
+    rows = table_rows(section("Command line"))
+    return [flag for row in rows for flag in re.findall(r"`(--?[A-Za-z][a-z-]*)", row[0])]
+
+
+def test_the_flag_table_lists_every_flag_of_the_parser() -> None:
+    """Every option the parser takes has its row in the README, and every flag there exists, once."""
+    parser_flags = [flag for action in build_parser()._actions for flag in action.option_strings]
+    listed = readme_flags()
+    assert len(listed) == len(set(listed)), "a flag listed twice"
+    assert set(listed) == set(parser_flags)
+
+
+def admin_routes() -> list[str]:
+    """The routes of the README's admin API table: `GET /healthz`, `POST /backends/<name>/state`, ..."""
+    return [row[0].strip("`") for row in table_rows(section("Admin API"))]
+
+
+def test_help_names_the_version_the_signals_and_every_admin_route() -> None:
+    """--help: the version, what SIGHUP, SIGTERM and SIGINT do (and a second one), the README's routes."""
+    text = build_parser().format_help()
+    assert f"dispatcher {__version__}" in text
+    assert all(word in text for word in ("SIGHUP", "SIGTERM", "SIGINT", "a second SIGTERM or SIGINT"))
+    routes = admin_routes()
+    assert routes and all(re.search(rf"^  {re.escape(route)} ", text, re.MULTILINE) for route in routes), (
+        routes
+    )
