@@ -1,0 +1,505 @@
+"""Middleware for backend authors: count requests in flight and answer the dispatcher's health check.
+
+Owns: the backend's side of the load protocol (README, "Health checks and the load protocol"): the
+in-flight count that is the load, the drain flag, the plain health answer (`X-Load` and a JSON body)
+and the stream answer (Server-Sent Events, one event per change), for ASGI and for WSGI apps.
+Rules: standard library only. It runs inside other people's servers (uvicorn on asyncio, waitress and
+gunicorn on threads), so it must not import trio, h11, or anything else from `dispatcher`, and a
+backend installs nothing for it beyond this package. `StreamPacer` decides what a stream sends and
+when, as a plain function of the time and the load: the I/O loops around it only wait and write.
+
+The words are HAProxy agent-check's: an agent answers `drain` to take no new traffic while it finishes
+what it has, and `ready` to take it again. The dispatcher reads `X-Load-State: drain` (or
+`"state": "drain"`) the same way, so a backend says "drain me" with `reporter.drain()` before a
+graceful stop, and `reporter.ready()` cancels it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from typing import Any, NamedTuple
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["ASGILoadMiddleware", "LoadReporter", "WSGILoadMiddleware"]
+
+# ASGI's shapes (asgiref's names), spelled out here so that the module needs nothing outside the stdlib.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_HEALTH_PATH = "/health"  # the dispatcher's `--health-path` default
+# The heartbeat must be below the dispatcher's health interval (`--health-interval`, 2 s by default):
+# a stream quiet for longer than an interval cannot be told from a backend that has hung. Half of it
+# leaves room for a late write on a busy backend.
+DEFAULT_HEARTBEAT = 1.0
+# A burst of requests moves the load many times a millisecond; one event per 5 ms keeps the figure
+# fresh to within a few requests while costing the dispatcher at most 200 events a second per backend.
+DEFAULT_COALESCE = 0.005
+EVENT_STREAM = "text/event-stream"
+HEARTBEAT_COMMENT = b":\n\n"  # WHATWG EventSource: a line starting with ':' is a comment, ignored
+
+
+class LoadReport(NamedTuple):
+    """What the backend tells the dispatcher: its load and whether it asks to be drained."""
+
+    load: float
+    draining: bool
+
+
+def report_json(report: LoadReport) -> bytes:
+    """The JSON object of a report: `{"load": 3}` or `{"load": 3, "state": "drain"}`."""
+    body: dict[str, object] = {"load": report.load}
+    if report.draining:
+        body["state"] = "drain"
+    return json.dumps(body).encode()
+
+
+def report_event(report: LoadReport) -> bytes:
+    """One Server-Sent Event carrying a report: `data: {"load": 3}` and the blank line that ends it."""
+    return b"data: " + report_json(report) + b"\n\n"
+
+
+def plain_headers(report: LoadReport, body: bytes) -> list[tuple[str, str]]:
+    """The headers of a plain health answer: the load in `X-Load`, which the dispatcher reads first."""
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        ("X-Load", json.dumps(report.load)),
+    ]
+    if report.draining:
+        headers.append(("X-Load-State", "drain"))
+    return headers
+
+
+STREAM_HEADERS = [("Content-Type", EVENT_STREAM), ("Cache-Control", "no-cache")]
+
+
+def accepts_event_stream(accept: str) -> bool:
+    """Whether an Accept header value lists `text/event-stream` with a q above 0 (RFC 9110 §12.5.1)."""
+    for item in accept.split(","):
+        media_type, _, parameters = item.partition(";")
+        if media_type.strip().lower() == EVENT_STREAM:
+            return _quality(parameters) > 0
+    return False
+
+
+def _quality(parameters: str) -> float:
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0  # a malformed weight accepts nothing rather than everything
+    return 1.0
+
+
+class LoadReporter:
+    """The shared core: requests in flight, the drain flag, and telling open streams of each change.
+
+    Thread-safe, since WSGI servers run requests on many threads and a stream waits on its own one.
+    The load is the number of requests in flight, unless `load` is given: then it is whatever that
+    callable returns (a float), and the app calls `changed()` when its figure moves so that open
+    streams report it at once rather than at their next heartbeat.
+    """
+
+    def __init__(self, load: Callable[[], float] | None = None) -> None:
+        self._figure = load
+        self._changed = threading.Condition()
+        self._in_flight = 0
+        self._draining = False
+        self._version = 0  # moves on every change; a thread-waiting stream waits for it to move
+        self._streams = 0
+        self._listeners: set[Callable[[], None]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests the middleware has seen start and not yet finish (health checks not counted)."""
+        return self._in_flight
+
+    @property
+    def load(self) -> float:
+        """The figure reported to the dispatcher: `load()` if given, else requests in flight."""
+        return self._in_flight if self._figure is None else self._figure()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def open_streams(self) -> int:
+        """Health streams open now (one per dispatcher watching this backend)."""
+        return self._streams
+
+    def report(self) -> LoadReport:
+        return LoadReport(self.load, self._draining)
+
+    def begin(self) -> None:
+        """One more request (or any piece of work the app wants counted) in flight."""
+        with self._changed:
+            self._in_flight += 1
+            listeners = self._moved()
+        _tell(listeners)
+
+    def end(self) -> None:
+        """One request fewer in flight; call exactly once for each `begin()`."""
+        with self._changed:
+            self._in_flight -= 1
+            listeners = self._moved()
+        _tell(listeners)
+
+    def drain(self) -> None:
+        """Ask the dispatcher to send no new requests here (before a graceful stop, say)."""
+        self._set_draining(True)
+
+    def ready(self) -> None:
+        """Take new requests again after `drain()`."""
+        self._set_draining(False)
+
+    def changed(self) -> None:
+        """The app's own `load()` figure has moved: tell the open streams now."""
+        with self._changed:
+            listeners = self._moved()
+        _tell(listeners)
+
+    def _set_draining(self, draining: bool) -> None:
+        with self._changed:
+            if self._draining == draining:
+                return
+            self._draining = draining
+            listeners = self._moved()
+        _tell(listeners)
+
+    def _moved(self) -> tuple[Callable[[], None], ...]:
+        """With the lock held: wake the waiting threads, and return the listeners to call after."""
+        self._version += 1
+        self._changed.notify_all()
+        return tuple(self._listeners) if self._listeners else ()
+
+    def _listen(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` after every change until the returned function is called."""
+        with self._changed:
+            self._listeners.add(listener)
+
+        def stop() -> None:
+            with self._changed:
+                self._listeners.discard(listener)
+
+        return stop
+
+    def _seen(self) -> int:
+        return self._version
+
+    def _wait_for_change(self, seen: int, timeout: float) -> None:
+        """Block this thread until something changes after version `seen`, or `timeout` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._version != seen, timeout)
+
+    def _count_stream(self, delta: int) -> None:
+        with self._changed:
+            self._streams += delta
+
+
+def _tell(listeners: tuple[Callable[[], None], ...]) -> None:
+    for listener in listeners:  # outside the lock: a listener may take locks of its own
+        listener()
+
+
+class StreamPacer:
+    """What a health stream sends and when: a plain function of the clock and the current report.
+
+    The first step sends the report. After that, a changed report is sent at once unless an event
+    went out less than `coalesce` seconds ago (then at the end of that window, carrying whatever the
+    report is by then), and a heartbeat comment goes out when nothing was written for `heartbeat`
+    seconds, so the dispatcher can tell a quiet backend from a dead one.
+    """
+
+    def __init__(self, heartbeat: float, coalesce: float) -> None:
+        self.heartbeat = heartbeat
+        self.coalesce = coalesce
+        self._sent: LoadReport | None = None
+        self._last_event = -float("inf")
+        self._last_write = -float("inf")
+
+    def step(self, now: float, report: LoadReport) -> tuple[bytes, float, bool]:
+        """The bytes to write now (maybe none), how long to wait before the next step, and whether a
+        change should end that wait early (not within a coalescing window: it would only spin)."""
+        if report != self._sent:
+            window_ends = self._last_event + self.coalesce
+            if now < window_ends:
+                return b"", window_ends - now, False
+            self._sent, self._last_event, self._last_write = report, now, now
+            return report_event(report), self.heartbeat, True
+        if now >= self._last_write + self.heartbeat:
+            self._last_write = now
+            return HEARTBEAT_COMMENT, self.heartbeat, True
+        return b"", self._last_write + self.heartbeat - now, True
+
+
+def _check_settings(health_path: str, heartbeat: float, coalesce: float) -> None:
+    if not health_path.startswith("/"):
+        raise ValueError(f"health_path must start with '/': {health_path!r}")
+    if not heartbeat > 0:
+        raise ValueError(f"heartbeat must be above 0 seconds: {heartbeat!r}")
+    if not coalesce >= 0:
+        raise ValueError(f"coalesce must be 0 seconds or more: {coalesce!r}")
+
+
+class ASGILoadMiddleware:
+    """Wraps an ASGI app: counts its HTTP requests in flight and answers the health path itself.
+
+    A request counts from its start until its response is complete (the last `http.response.body`)
+    or the app returns, whichever is first. Lifespan and websocket scopes pass through untouched; so
+    does every request that is not `GET`/`HEAD` of the health path. The stream waits with asyncio,
+    which every mainstream ASGI server runs on; on a server that does not (hypercorn under trio), the
+    health path answers plain, which the dispatcher reads just as well.
+
+    `health_path` is the path inside the app (after the server's `root_path`); `heartbeat` (seconds)
+    must stay below the dispatcher's health interval; `coalesce` is the shortest gap between two
+    events; `stream=False` always answers plain; `load` replaces the in-flight count (see
+    `LoadReporter`).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        health_path: str = DEFAULT_HEALTH_PATH,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        coalesce: float = DEFAULT_COALESCE,
+        stream: bool = True,
+        *,
+        load: Callable[[], float] | None = None,
+    ) -> None:
+        _check_settings(health_path, heartbeat, coalesce)
+        self.app = app
+        self.health_path = health_path
+        self.heartbeat = heartbeat
+        self.coalesce = coalesce
+        self.stream = stream
+        self.reporter = LoadReporter(load)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+        elif scope["method"] in ("GET", "HEAD") and _asgi_path(scope) == self.health_path:
+            await self._answer_health(scope, receive, send)
+        else:
+            await self._counted(scope, receive, send)
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        reporter = self.reporter
+        finished = False
+
+        def finish() -> None:
+            nonlocal finished
+            if not finished:
+                finished = True
+                reporter.end()
+
+        async def send_counted(message: Message) -> None:
+            await send(message)  # still in flight while the server takes the last body (backpressure)
+            if _completes_response(message):
+                finish()
+
+        reporter.begin()
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            finish()
+
+    async def _answer_health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        accept = b",".join(value for name, value in scope["headers"] if name.lower() == b"accept")
+        if self.stream and accepts_event_stream(accept.decode("latin-1")) and _running_loop() is not None:
+            await self._stream(receive, send)
+            return
+        report = self.reporter.report()
+        body = report_json(report)
+        headers = [(name.lower().encode(), value.encode()) for name, value in plain_headers(report, body)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        watcher = loop.create_task(_until_disconnect(receive))
+        watcher.add_done_callback(lambda _: wake.set())
+        stop_listening = self.reporter._listen(_waker(loop, wake))
+        self.reporter._count_stream(+1)
+        try:
+            headers = [(name.lower().encode(), value.encode()) for name, value in STREAM_HEADERS]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            pacer = StreamPacer(self.heartbeat, self.coalesce)
+            while not watcher.done():
+                wake.clear()  # before reading the report: a change after the read sets it again
+                chunk, delay, wake_on_change = pacer.step(loop.time(), self.reporter.report())
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await _pause(wake if wake_on_change else None, delay)
+        except OSError:
+            pass  # ASGI: a send on a closed connection raises an OSError; the client has gone
+        finally:
+            self.reporter._count_stream(-1)
+            stop_listening()
+            watcher.cancel()
+            await asyncio.wait([watcher])  # never left pending: no task outlives its stream
+            if not watcher.cancelled():
+                watcher.exception()  # a receive that failed ended the stream as a disconnect does
+
+
+def _asgi_path(scope: Scope) -> str:
+    """The path inside the app: ASGI servers put the mount point (`root_path`) in front of it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root) :]
+    return path
+
+
+def _completes_response(message: Message) -> bool:
+    kind = message["type"]
+    if kind == "http.response.body":
+        return not message.get("more_body", False)
+    return bool(kind == "http.response.pathsend")  # the ASGI extension that sends a whole file
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _waker(loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> Callable[[], None]:
+    """A change listener that sets `wake` from any thread: drain() may come from a worker thread."""
+
+    def on_change() -> None:
+        if _running_loop() is loop:
+            wake.set()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: no stream is left to wake
+            loop.call_soon_threadsafe(wake.set)
+
+    return on_change
+
+
+async def _pause(wake: asyncio.Event | None, delay: float) -> None:
+    if wake is None:
+        await asyncio.sleep(delay)
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay):
+            await wake.wait()
+
+
+class WSGILoadMiddleware:
+    """Wraps a WSGI app: counts its requests in flight and answers the health path itself.
+
+    A request counts from the call until the server closes the body it got back (PEP 3333: the
+    server calls `close()` when the response is done or abandoned). Every request that is not
+    `GET`/`HEAD` of the health path passes through.
+
+    A stream holds one server thread for as long as the dispatcher watches. With `stream=None` it
+    streams only where `environ["wsgi.multithread"]` is true (waitress, threaded servers) and answers
+    plain elsewhere, since one stream would block a single-threaded worker (gunicorn's sync worker)
+    for good. `True` or `False` forces it. A client that has gone is noticed when a write fails, at
+    the latest a few heartbeats later. The other settings are `ASGILoadMiddleware`'s; `health_path`
+    is matched against `PATH_INFO`, the path below the app's mount point (`SCRIPT_NAME`).
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        health_path: str = DEFAULT_HEALTH_PATH,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        coalesce: float = DEFAULT_COALESCE,
+        stream: bool | None = None,
+        *,
+        load: Callable[[], float] | None = None,
+    ) -> None:
+        _check_settings(health_path, heartbeat, coalesce)
+        self.app = app
+        self.health_path = health_path
+        self.heartbeat = heartbeat
+        self.coalesce = coalesce
+        self.stream = stream
+        self.reporter = LoadReporter(load)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method in ("GET", "HEAD") and environ.get("PATH_INFO", "") == self.health_path:
+            return self._answer_health(environ, start_response)
+        reporter = self.reporter
+        reporter.begin()
+        try:
+            body = self.app(environ, start_response)
+        except BaseException:
+            reporter.end()
+            raise
+        return _CountedBody(body, reporter.end)
+
+    def _streams_here(self, environ: WSGIEnvironment) -> bool:
+        if self.stream is None:
+            return bool(environ.get("wsgi.multithread", False))
+        return self.stream
+
+    def _answer_health(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if accepts_event_stream(environ.get("HTTP_ACCEPT", "")) and self._streams_here(environ):
+            start_response("200 OK", list(STREAM_HEADERS))
+            return self._events()
+        report = self.reporter.report()
+        body = report_json(report)
+        start_response("200 OK", plain_headers(report, body))
+        return [body]
+
+    def _events(self) -> Iterator[bytes]:
+        """The stream's body. The server closing it (client gone, shutdown) ends it at a `yield`."""
+        reporter = self.reporter
+        reporter._count_stream(+1)
+        try:
+            pacer = StreamPacer(self.heartbeat, self.coalesce)
+            while True:
+                seen = reporter._seen()  # before reading the report, as the ASGI loop clears `wake`
+                chunk, delay, wake_on_change = pacer.step(time.monotonic(), reporter.report())
+                if chunk:
+                    yield chunk
+                if wake_on_change:
+                    reporter._wait_for_change(seen, delay)
+                else:
+                    time.sleep(delay)  # a coalescing window, 5 ms by default
+        finally:
+            reporter._count_stream(-1)
+
+
+class _CountedBody:
+    """The app's response body, ending the request's count when the server closes it."""
+
+    __slots__ = ("_body", "_end")
+
+    def __init__(self, body: Iterable[bytes], end: Callable[[], None]) -> None:
+        self._body = body
+        self._end: Callable[[], None] | None = end
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        end, self._end = self._end, None
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if end is not None:  # a second close() must not count the request out twice
+                end()
