@@ -13,6 +13,11 @@ the checks' parsing alone cost the front door about 4 % of its requests a second
 
 One reader per connection: llhttp keeps the connection's state between answers (after a kept-alive
 answer it expects the next one). `begin()` clears what one check collected.
+
+A load stream (issue 6): a `200` whose Content-Type is `text/event-stream` is whole as soon as its
+head is (`streaming`); llhttp goes on taking its body apart (chunked, or until the close) and the
+body's bytes collect in `stream` for the event parser (`sse`), unbounded here because that parser
+bounds what it holds; `ended` once the body or the connection ends.
 """
 
 from __future__ import annotations
@@ -43,9 +48,12 @@ class AnswerReader:
         "_too_large",
         "body",
         "done",
+        "ended",
         "extra",
         "headers",
         "status",
+        "stream",
+        "streaming",
     )
 
     def __init__(self) -> None:
@@ -59,11 +67,20 @@ class AnswerReader:
         self._too_large = False
         self._begun = False  # bytes of this answer arrived
         self._headed = False  # its head is complete
+        self.streaming = False  # the answer is a load stream
+        self.stream = bytearray()  # its body's bytes not yet taken
+        self.ended = False  # the stream's body or connection ended
 
     def begin(self) -> None:
         """A new check on this connection: forget what the last one read."""
         self.status, self.headers, self.body = 0, [], b""
         self.done = self._too_large = self._begun = self._headed = False
+
+    def take(self) -> bytes:
+        """The load stream's body bytes that arrived since the last take."""
+        data = bytes(self.stream)
+        self.stream.clear()
+        return data
 
     def feed(self, data: bytes) -> bool:
         """Take bytes received (b"" at the end of the stream); True once the answer is whole.
@@ -85,10 +102,13 @@ class AnswerReader:
     def reusable(self) -> bool:
         """The answer is whole and the connection may carry the next check (HTTP/1.1 keep-alive, no
         `Connection: close`, nothing sent out of turn)."""
-        return self.done and self._keep_alive and not self.extra
+        return self.done and self._keep_alive and not self.extra and not self.streaming
 
     def _end_of_stream(self) -> bool:
         """The backend closed: that ends an answer whose body had no length (RFC 9112 §6.3, 8.)."""
+        if self.streaming:
+            self.ended = True
+            return True
         if self.done:
             return True
         framed = any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers)
@@ -107,14 +127,24 @@ class AnswerReader:
 
     def on_headers_complete(self) -> None:
         self._headed = True
+        if self.done or self._parser.get_status_code() != 200:
+            return
+        for name, value in self.headers:
+            if name.lower() == b"content-type" and value.lower().lstrip().startswith(b"text/event-stream"):
+                self.status, self.done, self.streaming = 200, True, True
 
     def on_body(self, data: bytes) -> None:
-        if len(self.body) + len(data) > MAX_HEALTH_BODY:
+        if self.streaming:
+            self.stream += data
+        elif len(self.body) + len(data) > MAX_HEALTH_BODY:
             self._too_large = True
         elif not self.done:
             self.body += data
 
     def on_message_complete(self) -> None:
+        if self.streaming:
+            self.ended = True
+            return
         if self.done:
             self.extra = True
             return

@@ -22,6 +22,15 @@ time is up, and sends the checks that are due. It never waits for a socket to be
   not from when the sweep read it.
 Opening a connection (DNS, happy eyeballs) and checks over TLS (trio's SSLStream) are rare or few,
 and run as short tasks beside it.
+
+Load streams (issue 6): every check asks `Accept: text/event-stream, */*;q=0.5`. A backend that
+answers `200` with `text/event-stream` keeps the answer open and sends its load as events; the sweep
+then hands the connection to the `stream.StreamReader` (plain HTTP) or keeps reading it in the
+check's task (TLS), and each event is a fresh load report for the pool. The check that opened the
+stream passes with the first event; while the stream lives, each later check of the schedule is a
+pass without a request (rise, fall and the check counters keep their meaning), and a stream that
+falls silent past interval + timeout, ends or breaks is a failed check; the next one connects again.
+Maint closes the stream (no checks in maint). Any other answer is an ordinary check.
 """
 
 from __future__ import annotations
@@ -48,12 +57,16 @@ from dispatcher.answer import AnswerReader, BadAnswer
 from dispatcher.config import ConfigError, HealthSettings
 from dispatcher.http import CHECK_HEADER
 from dispatcher.pool import Backend, CheckResult, Pool
-from dispatcher.report import BadLoad, parse_report
+from dispatcher.report import BadLoad, Report, parse_report
 from dispatcher.state import Admin
+from dispatcher.stream import LoadStream, StreamFailed, StreamReader
 
 log = logging.getLogger("dispatcher.health")
 
 USER_AGENT = f"dispatcher-health/{__version__}".encode()
+# Every check offers to take a load stream, and anything else at a lower preference, so that no
+# backend answers 406 (RFC 9110 §12.5.1).
+ACCEPT = b"text/event-stream, */*;q=0.5"
 # Check times are rounded up to this grid (see _on_grid): 20 ms is far below any interval's precision.
 CHECK_GRID = 0.02
 # Linux's SO_TIMESTAMPNS (asm-generic/socket.h; Python's socket module does not name it): every read
@@ -119,6 +132,12 @@ class Prober:
         """A TLS link is open (plain connections belong to the sweep)."""
         return self._link is not None
 
+    @property
+    def stream_link(self) -> _Link | None:
+        """The TLS link, when its last answer was a load stream that stays open."""
+        link = self._link
+        return link if link is not None and link.reader.streaming else None
+
     def request(self) -> bytes:
         """The check request's bytes, serialised by h11 once per health path (it validates the target
         and the headers): every check of this backend sends the same bytes."""
@@ -127,7 +146,12 @@ class Prober:
             request = h11.Request(
                 method="GET",
                 target=(self.backend.spec.prefix + path).encode(),
-                headers=[(b"host", self._host_header), (b"user-agent", USER_AGENT), (CHECK_HEADER, b"1")],
+                headers=[
+                    (b"host", self._host_header),
+                    (b"user-agent", USER_AGENT),
+                    (b"accept", ACCEPT),
+                    (CHECK_HEADER, b"1"),
+                ],
             )
             conn = h11.Connection(h11.CLIENT)
             self._check_request = (path, conn.send(request) + conn.send(h11.EndOfMessage()))
@@ -218,7 +242,7 @@ class Prober:
             raise CheckFailed("protocol", f"connection lost: {error}") from None
         except BadAnswer as error:
             raise CheckFailed("protocol", str(error)) from None
-        if not answer.reusable:
+        if not answer.reusable and not answer.streaming:
             await self.close()
         return answer.status, answer.headers, answer.body
 
@@ -294,6 +318,7 @@ class _Probe:
         "sent_at",
         "sock",
         "started",
+        "stream",
     )
 
     def __init__(self, backend: Backend, prober: Prober) -> None:
@@ -310,6 +335,7 @@ class _Probe:
         self.sent_at = 0.0  # the wall clock when the check began, and when the kernel received the
         self.arrived: float | None = None  # last byte read of its answer (None: not known)
         self.scope: trio.CancelScope | None = None  # a connect or a TLS check running as a task
+        self.stream: LoadStream | None = None  # its load stream, while one is open
 
 
 _Entry = tuple[float, int, _Probe]
@@ -332,6 +358,12 @@ class HealthChecks:
         self._waiting: trio.CancelScope | None = None  # the sweep's wait, while it waits
         self._nursery: trio.Nursery | None = None
         self._tls: tuple[HealthSettings, ssl.SSLContext] | None = None
+        self._streams = StreamReader(self, self._silence)
+
+    def _silence(self) -> float:
+        """How long a load stream may be quiet: a check's interval and timeout, as set now."""
+        settings = self.pool.health_settings
+        return settings.interval + settings.timeout
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -339,6 +371,7 @@ class HealthChecks:
                 self._nursery = nursery
                 for backend in self.pool.backends:
                     self.add(backend)
+                nursery.start_soon(self._streams.run)
                 task_status.started()
                 await self._sweep()
         finally:
@@ -374,6 +407,7 @@ class HealthChecks:
         probe.active = False
         if probe.scope is not None:
             probe.scope.cancel()
+        self._end_stream(probe)
         self._close(probe)
         if probe.prober.connected and self._nursery is not None:
             self._nursery.start_soon(probe.prober.close)
@@ -427,6 +461,14 @@ class HealthChecks:
 
     def _start(self, probe: _Probe, now: float) -> None:
         if probe.backend.admin is Admin.MAINT:  # HAProxy MAINT: no checks until it leaves
+            self._end_stream(probe)
+            self._schedule_next(probe, now)
+            return
+        stream = probe.stream
+        if stream is not None and not stream.first:  # the stream answers this check by living
+            self._finish(probe, CheckResult(True, 0.0, self_drain=stream.drain, timed=False), now)
+            return
+        if stream is not None:  # still waiting for its first event: this check is still in flight
             self._schedule_next(probe, now)
             return
         probe.prober.settings = self.pool.health_settings
@@ -452,7 +494,16 @@ class HealthChecks:
     async def _check_or_connect(self, probe: _Probe, start: float) -> None:
         if probe.prober.tls:
             result = await probe.prober.check()
-            self._finish(probe, result, trio.current_time())
+            link = probe.prober.stream_link
+            if link is None:
+                self._finish(probe, result, trio.current_time())
+                return
+            try:
+                await self._read_tls_stream(
+                    probe, LoadStream(probe, link.reader, start, probe.prober.settings.timeout)
+                )
+            finally:
+                await probe.prober.close()
             return
         timeout = probe.prober.settings.timeout
         with trio.move_on_at(start + timeout):
@@ -547,6 +598,10 @@ class HealthChecks:
     def _answered(self, probe: _Probe, now: float) -> None:
         assert probe.started is not None
         answer = probe.answer
+        if answer.streaming:
+            self._hand_over(probe, now)
+            return
+        probe.backend.source = "poll"
         result = probe.prober.judge(answer.status, answer.headers, answer.body, _took(probe, now))
         if answer.reusable:
             probe.started, probe.deadline = None, math.inf  # the connection stays for the next check
@@ -590,6 +645,95 @@ class HealthChecks:
         if probe.active:
             self.pool.record_check(probe.backend, result, now)
             self._schedule_next(probe, now)
+
+    # --- load streams ---------------------------------------------------------------------------
+
+    def _hand_over(self, probe: _Probe, now: float) -> None:
+        """The answer is a load stream: its connection leaves the sweep for the stream reader, and the
+        check stays in flight until the stream's first event (or its timeout)."""
+        assert probe.started is not None and probe.sock is not None
+        sock, answer, started = probe.sock, probe.answer, probe.started
+        self._by_fd.pop(sock.fileno(), None)
+        self._epoll.unregister(sock)
+        probe.sock, probe.answer = None, AnswerReader()
+        probe.started, probe.deadline = None, math.inf
+        probe.stream = LoadStream(probe, answer, started, probe.prober.settings.timeout)
+        self._streams.adopt(probe.stream, sock, now)
+
+    def _end_stream(self, probe: _Probe) -> None:
+        stream, probe.stream = probe.stream, None
+        if stream is not None:
+            self._streams.close(stream)
+            stream.open = False
+
+    def reports(self, stream: LoadStream, reports: list[Report], now: float) -> None:
+        """A stream's events: the first completes the check that opened it; each is a fresh report."""
+        probe = stream.key
+        assert isinstance(probe, _Probe)
+        if not probe.active or probe.stream is not stream:
+            return
+        backend = probe.backend
+        if stream.first:
+            stream.first = False
+            backend.source = "stream"
+            backend.stream_connections += 1
+            first, reports = reports[0], reports[1:]
+            result = CheckResult(True, now - stream.started, load=first.load, self_drain=first.drain)
+            self._finish(probe, result, now)
+        for report in reports:
+            self.pool.record_load(backend, report.load, report.drain, now)
+
+    def failed(self, stream: LoadStream, failure: StreamFailed, now: float) -> None:
+        """A stream fell silent, ended or broke: a failed check; the next check connects again."""
+        probe = stream.key
+        assert isinstance(probe, _Probe)
+        if probe.stream is not stream:
+            return
+        probe.stream = None
+        if not probe.active:
+            return
+        if stream.first:  # the check that opened it fails
+            result = CheckResult(False, now - stream.started, reason=failure.reason, detail=failure.detail)
+            self._finish(probe, result, now)
+        else:
+            result = CheckResult(False, 0.0, reason=failure.reason, detail=failure.detail, timed=False)
+            self.pool.record_check(probe.backend, result, now)
+
+    async def _read_tls_stream(self, probe: _Probe, stream: LoadStream) -> None:
+        """A load stream over TLS, read in the task of the check that opened it."""
+        link = probe.prober.stream_link
+        assert link is not None
+        probe.stream = stream
+        data, now = b"", trio.current_time()
+        while stream.open and probe.stream is stream:
+            try:
+                reports = stream.feed(data, now, self._silence())
+            except StreamFailed as failure:
+                stream.open = False
+                self.failed(stream, failure, now)
+                return
+            if reports:
+                self.reports(stream, reports, now)
+            data = b""
+            with trio.move_on_at(stream.deadline):
+                try:
+                    data = bytes(await link.stream.receive_some(65536))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+                    self.failed(
+                        stream, StreamFailed("protocol", f"load stream lost: {error}"), trio.current_time()
+                    )
+                    return
+                if not data:
+                    self.failed(
+                        stream,
+                        StreamFailed("protocol", "load stream closed by the backend"),
+                        trio.current_time(),
+                    )
+                    return
+            now = trio.current_time()
+            if not data and now >= stream.deadline:
+                self.failed(stream, stream.expired(now), now)
+                return
 
 
 async def run_checks(

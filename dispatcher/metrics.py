@@ -203,7 +203,7 @@ BACKEND_FAMILIES = (
     _per_backend(
         GaugeMetricFamily,
         "dispatcher_backend_effective_load",
-        "Estimated load now (report + redirects since, drained since the report) / weight: what the choice uses.",
+        "Estimated load now (report + redirects since, drained since) / weight: what the choice uses.",
         lambda backends, time: [time.pool.effective_load(b, time.now) for b in backends],
     ),
     _per_backend(

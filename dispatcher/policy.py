@@ -134,25 +134,28 @@ class PowerOfTwo(Generic[C]):
             return
         self._dirty = True
 
-    def _draw(self) -> _Entry:
+    def _draw(self) -> int:
+        """A backend's place in `_order`, drawn by weight."""
         if self._dirty:
             self._order = list(self._entries.values())
             self._bounds = list(accumulate(1.0 / entry[3] for entry in self._order))
             self._dirty = False
         bounds = self._bounds
-        index = bisect_right(bounds, self._random() * bounds[-1])
-        return self._order[min(index, len(bounds) - 1)]
+        return min(bisect_right(bounds, self._random() * bounds[-1]), len(bounds) - 1)
 
     def choose(self, now: float = -math.inf) -> C | None:
         if not self._entries:
             return None
-        first = self._draw()
-        second = first
-        for _ in range(4):  # another backend, when there is one (a few draws, then give up)
-            if len(self._entries) == 1 or second is not first:
+        first = second = self._draw()
+        count = len(self._order)
+        for _ in range(3):  # another backend, by weight: a few draws, then the next one along
+            if count == 1 or second != first:
                 break
             second = self._draw()
-        entry = first if first[0] <= second[0] else second
+        if second == first and count > 1:
+            second = (first + 1) % count
+        one, other = self._order[first], self._order[second]
+        entry = one if one[0] <= other[0] else other
         backend: C = entry[4]
         key = entry[0]
         entry[0] = backend.free_at = (key if key > now else now) + entry[3]
@@ -227,7 +230,8 @@ class Random(Generic[C]):
         inner = self._inner
         if not inner._entries:
             return None
-        backend: C = inner._draw()[4]
+        index = inner._draw()  # first: a draw rebuilds the order after a change
+        backend: C = inner._order[index][4]
         backend.since += 1
         backend.redirects += 1
         backend.sent_at = now

@@ -10,6 +10,8 @@ present but not a finite number >= 0 is a bad report: the check fails with reaso
 backend that lies about its load must not attract traffic by it.
 Header `X-Load-State: drain` (HAProxy agent-check's word) asks to be drained; `ready` or its absence
 on a later response ends it.
+A load stream's event (`parse_event`) carries the same figure as its data: a number, or a JSON object
+with "load" and optionally "state".
 """
 
 from __future__ import annotations
@@ -47,9 +49,25 @@ def parse_report(headers: list[tuple[bytes, bytes]], body: bytes) -> Report:
     if parsed is not None:
         return Report(_number(parsed["load"]) if "load" in parsed else 0.0, drain)
     text = body.strip()
-    if text and _looks_numeric(text):
+    if text and (_looks_numeric(text) or text.lower().lstrip(b"+-") in _NOT_FINITE):
         return Report(_number(text.decode("ascii")), drain)
     return Report(0.0, drain)
+
+
+def parse_event(data: str) -> Report:
+    """The load and drain request of one load-stream event's data."""
+    text = data.strip()
+    parsed = _json_object(text.encode()) if text.startswith("{") else None
+    if parsed is not None:
+        return Report(_number(parsed["load"]) if "load" in parsed else 0.0, _drain(None, parsed))
+    if not text:
+        raise BadLoad("empty load event")
+    return Report(_number(text), False)
+
+
+# Words float() reads as numbers that are not finite: a body of only one of them is a bad load, not
+# "no report" (a backend that cannot say its load must not attract traffic by it).
+_NOT_FINITE = (b"nan", b"inf", b"infinity")
 
 
 def _json_object(body: bytes) -> dict[str, object] | None:

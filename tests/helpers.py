@@ -130,19 +130,25 @@ async def start_dispatcher(nursery: trio.Nursery, settings: Settings) -> Dispatc
 
 
 async def wait_for(pool: Pool, condition: Callable[[], bool]) -> None:
-    """Wait until `condition()` holds, woken by the pool's own check events (no polling sleeps)."""
+    """Wait until `condition()` holds, woken by the pool's own check events and by every change of
+    what choosing sees (a load stream's reports come as the latter): no polling sleeps."""
     changed = trio.Event()
 
     def on_check(backend: Backend, result: CheckResult) -> None:
         changed.set()
 
+    def on_change(backend: Backend) -> None:
+        changed.set()
+
     pool.check_listeners.append(on_check)
+    pool.change_listeners.append(on_change)
     try:
         while not condition():
             await changed.wait()
             changed = trio.Event()
     finally:
         pool.check_listeners.remove(on_check)
+        pool.change_listeners.remove(on_change)
 
 
 async def wait_for_state(pool: Pool, name: str, state: str) -> float:

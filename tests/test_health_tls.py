@@ -20,6 +20,7 @@ import trio.testing
 from dispatcher import cli
 from dispatcher.health import run_checks
 from tests.helpers import CountingBackend, health, pool_for, record_checks, wait_for
+from tests.test_stream import StreamingBackend, streaming
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(
@@ -151,3 +152,23 @@ def test_the_ca_file_setting_reaches_the_health_settings(tmp_path: Path, certifi
     other.write_bytes(certificate.cert.read_bytes())
     flagged = cli.build_parser().parse_args(["--config", str(config_file), "--health-ca-file", str(other)])
     assert cli.load_settings(flagged).health.ca_file == str(other)
+
+
+async def test_a_stream_over_tls_is_read_as_it_arrives_and_fails_when_silent(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, certificate: Certificate
+) -> None:
+    """An https backend's stream: its events are reports at once; silence fails it and it reconnects."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate.cert, certificate.key)
+    backend = StreamingBackend("s1", first=b"data: 4\n\n", tls=context)
+    pool = await streaming(nursery, backend, ca_file=str(certificate.cert))
+    state = pool.by_name["s1"]
+    assert (state.load, state.source) == (4.0, "stream")
+    sent = trio.current_time()
+    await backend.send(b"data: 6\n\n")
+    await wait_for(pool, lambda: state.load == 6.0)
+    assert state.report is not None and state.report.at == sent
+    await wait_for(pool, lambda: state.checks_failed == 1)
+    assert state.last_check_at == sent + 2.0 + 1.0
+    assert state.last_check is not None and state.last_check.reason == "timeout"
+    await wait_for(pool, lambda: backend.connections == 2)

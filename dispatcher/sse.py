@@ -1,0 +1,87 @@
+"""Server-Sent Events: the bytes of a `text/event-stream` body in, its events' data out.
+
+Owns: the WHATWG EventSource parse ("HTML Living Standard", 9.2.6 Interpreting an event stream),
+as much of it as a load stream needs: lines end with CRLF, LF or CR; a line that starts with `:` is a
+comment (a heartbeat); `field: value` with one optional space after the colon; `data` lines are
+joined with LF; an empty line dispatches the event, and an event without data is none. Events whose
+`event` field names a type other than `message` or `load` are skipped (a backend may send others for
+its own clients). `id` and `retry` are read and ignored: the dispatcher reconnects on its own schedule.
+Rules: sans-IO, pure; no imports from the rest of the package. It never holds more than MAX_LINE
+bytes of a line nor MAX_EVENT of an event's data: a stream that sends more is broken (`BadStream`).
+"""
+
+from __future__ import annotations
+
+# A load report is a few dozen bytes; these bound what a broken or hostile stream can make us hold.
+MAX_LINE = 16 * 1024
+MAX_EVENT = 64 * 1024
+_BOM = "\ufeff"
+_TYPES = ("", "message", "load")
+
+
+class BadStream(Exception):
+    """The bytes are not an event stream we can read (always the check's `protocol` failure)."""
+
+
+class EventReader:
+    """One stream's parser state between reads."""
+
+    __slots__ = ("_data", "_kind", "_partial", "_pending_cr", "_started", "heard")
+
+    def __init__(self) -> None:
+        self._partial = b""  # an unfinished line
+        self._pending_cr = False  # the last byte was CR: an LF right after it ends no second line
+        self._data: list[str] = []
+        self._kind = ""
+        self._started = False  # the BOM, if any, is only stripped at the very start
+        self.heard = False  # any line, comments included, arrived in the last `feed`
+
+    def feed(self, data: bytes) -> list[str]:
+        """Take bytes of the body; returns the data of every event they complete, in order."""
+        self.heard = False
+        if not data:
+            return []
+        if self._pending_cr and data[:1] == b"\n":
+            data = data[1:]
+        self._pending_cr = data[-1:] == b"\r"
+        lines = (self._partial + data).replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > MAX_LINE:
+            raise BadStream(f"event stream line over {MAX_LINE} bytes")
+        events: list[str] = []
+        for line in lines:
+            self.heard = True
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _line(self, raw: bytes) -> str | None:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadStream("event stream is not UTF-8") from None
+        if not self._started:
+            self._started = True
+            line = line.removeprefix(_BOM)
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+            if sum(map(len, self._data)) > MAX_EVENT:
+                raise BadStream(f"event over {MAX_EVENT} bytes")
+        elif name == "event":
+            self._kind = value
+        return None
+
+    def _dispatch(self) -> str | None:
+        data, kind = self._data, self._kind
+        self._data, self._kind = [], ""
+        if not data or kind not in _TYPES:
+            return None
+        return "\n".join(data)
