@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from dispatcher import __version__
-from dispatcher.pool import CHECK_BUCKETS, FAILURE_REASONS, Backend, Pool
+from dispatcher.pool import CHECK_BUCKETS, FAILURE_REASONS, LOAD_SOURCES, Backend, Pool
 from dispatcher.server import DURATION_BUCKETS, ServerStats
 from dispatcher.state import VISIBLE_STATES
 
@@ -62,6 +62,7 @@ class BackendLabels:
     states: tuple[Labels, ...]  # one per VISIBLE_STATES
     results: tuple[Labels, Labels]  # pass, fail
     reasons: tuple[Labels, ...]  # one per FAILURE_REASONS
+    sources: tuple[Labels, ...]  # one per LOAD_SOURCES
     histogram: tuple[Labels, ...]  # one per bucket (`le`, +Inf last), then _count and _sum
 
     @classmethod
@@ -72,6 +73,7 @@ class BackendLabels:
             states=tuple({"backend": name, "state": word} for word in VISIBLE_STATES),
             results=({"backend": name, "result": "pass"}, {"backend": name, "result": "fail"}),
             reasons=tuple({"backend": name, "reason": reason} for reason in FAILURE_REASONS),
+            sources=tuple({"backend": name, "source": source} for source in LOAD_SOURCES),
             histogram=(*({"backend": name, "le": le} for le in CHECK_BOUNDS), backend, backend),
         )
 
@@ -133,6 +135,10 @@ def _states(backends: list[Backend], _: ScrapeTime) -> list[float]:
     return [value for backend in backends for value in STATE_SET[backend.state]]
 
 
+def _sources(backends: list[Backend], _: ScrapeTime) -> list[float]:
+    return [value for backend in backends for value in SOURCE_SET[backend.source]]
+
+
 def _load_ages(backends: list[Backend], time: ScrapeTime) -> list[float]:
     now, started_at = time.now, time.started_at
     return [max(0.0, now - (b.report.at if b.report is not None else started_at)) for b in backends]
@@ -165,6 +171,7 @@ def _per_backend(
 
 STATE_SET = {word: [1.0 if other == word else 0.0 for other in VISIBLE_STATES] for word in VISIBLE_STATES}
 CHECK_BOUNDS = (*(repr(bound) for bound in CHECK_BUCKETS), "+Inf")
+SOURCE_SET = {word: [1.0 if other == word else 0.0 for other in LOAD_SOURCES] for word in LOAD_SOURCES}
 BACKEND_FAMILIES = (
     _per_backend(
         CounterMetricFamily,
@@ -214,6 +221,33 @@ BACKEND_FAMILIES = (
     ),
     _per_backend(
         GaugeMetricFamily,
+        "dispatcher_backend_drain_rate",
+        "Requests a second the load estimate falls by between reports (its share over busy time).",
+        lambda backends, _: [b.rate for b in backends],
+    ),
+    BackendFamily(
+        GaugeMetricFamily,
+        "dispatcher_backend_load_source",
+        "How the backend's load arrives, as a state-set: poll (check answers) or stream (events).",
+        ("backend", "source"),
+        ("",) * len(LOAD_SOURCES),
+        lambda labels: labels.sources,
+        _sources,
+    ),
+    _per_backend(
+        CounterMetricFamily,
+        "dispatcher_load_stream_connections",
+        "Load streams opened by the backend (a reconnection after silence or an end counts again).",
+        lambda backends, _: [b.stream_connections for b in backends],
+    ),
+    _per_backend(
+        CounterMetricFamily,
+        "dispatcher_load_stream_events",
+        "Load reports received on the backend's load stream.",
+        lambda backends, _: [b.stream_events for b in backends],
+    ),
+    _per_backend(
+        GaugeMetricFamily,
         "dispatcher_backend_weight",
         "Configured backend weight.",
         lambda backends, _: [b.weight for b in backends],
@@ -239,7 +273,7 @@ BACKEND_FAMILIES = (
     BackendFamily(
         HistogramMetricFamily,
         "dispatcher_health_check_duration_seconds",
-        "Health check duration, pass or fail.",
+        "Health check duration, pass or fail (a load stream's checks: the one that opened it).",
         ("backend",),
         ("_bucket",) * len(CHECK_BOUNDS) + ("_count", "_sum"),
         lambda labels: labels.histogram,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import h11
@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 
+from dispatcher import config
 from dispatcher.answer import AnswerReader
 from dispatcher.health import run_checks
 from dispatcher.pool import Pool
@@ -25,7 +26,17 @@ from dispatcher.report import BadLoad, parse_event
 from dispatcher.sse import MAX_LINE, BadStream, EventReader
 from dispatcher.state import Admin
 from dispatcher.stream import LoadStream, StreamFailed
-from tests.helpers import health, pool_for, record_checks, wait_for, wait_for_state
+from tests.helpers import (
+    admin_get,
+    health,
+    metric,
+    pool_for,
+    record_checks,
+    settings_for,
+    start_dispatcher,
+    wait_for,
+    wait_for_state,
+)
 
 READ = 0.02  # a polled answer is applied at the next step of the sweep's grid
 
@@ -392,3 +403,26 @@ async def test_maint_closes_the_stream_and_ready_opens_a_new_one(
     pool.set_admin(state, Admin.READY)
     await wait_for(pool, lambda: backend.connections == 2)
     await wait_for_state(pool, "s1", "up")
+
+
+async def test_metrics_and_the_admin_api_say_how_the_load_arrives(nursery: trio.Nursery) -> None:
+    """A streaming backend shows source stream, its stream connections and events, and its drain
+    rate, in /metrics and in /backends."""
+    backend = StreamingBackend("s1")
+    await nursery.start(backend.serve)
+    specs = (config.parse_backend("test", backend.url, name="s1"),)
+    settings = replace(settings_for([]), backends=specs)
+    dispatcher = await start_dispatcher(nursery, settings)
+    state = dispatcher.pool.by_name["s1"]
+    with trio.fail_after(10):
+        await wait_for_state(dispatcher.pool, "s1", "up")
+        await backend.send(b"data: 2\n\n")
+        await wait_for(dispatcher.pool, lambda: state.stream_events == 1)
+    text = (await admin_get(dispatcher, "/metrics")).text
+    assert metric(text, 'dispatcher_backend_load_source{backend="s1",source="stream"}') == 1.0
+    assert metric(text, 'dispatcher_backend_load_source{backend="s1",source="poll"}') == 0.0
+    assert metric(text, 'dispatcher_load_stream_connections_total{backend="s1"}') == 1.0
+    assert metric(text, 'dispatcher_load_stream_events_total{backend="s1"}') == 1.0
+    assert metric(text, 'dispatcher_backend_drain_rate{backend="s1"}') == pytest.approx(state.rate)
+    entry = (await admin_get(dispatcher, "/backends/s1")).json()
+    assert (entry["load_source"], entry["load"]) == ("stream", 2.0)
