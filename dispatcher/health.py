@@ -86,6 +86,14 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
         raise ConfigError("health.ca_file", ca_file, f"cannot load CA certificates: {error}") from None
 
 
+def _connect_failed(host: str, error: OSError) -> CheckFailed:
+    """A connection that could not be opened: the name did not resolve (`dns`), or the connection
+    itself failed (`refused`: refused, unreachable, reset)."""
+    if isinstance(error, socket.gaierror):
+        return CheckFailed("dns", f"cannot resolve {host}: {error.strerror or error}")
+    return CheckFailed("refused", f"cannot connect: {error}")
+
+
 class CheckFailed(Exception):
     """A check that did not pass, with the reason metrics and logs use."""
 
@@ -164,7 +172,7 @@ class Prober:
             async with self._connect_limiter:
                 stream = await trio.open_tcp_stream(spec.host, spec.port)
         except OSError as error:
-            raise CheckFailed("refused", f"cannot connect: {error}") from None
+            raise _connect_failed(spec.host, error) from None
         # trio sets TCP_NODELAY on its streams; detaching keeps the option and the open descriptor.
         return socket.socket(fileno=stream.socket.detach())
 
@@ -211,14 +219,18 @@ class Prober:
 
     async def _connect(self) -> _Link:
         spec = self.backend.spec
-        try:
-            async with self._connect_limiter:
+        async with self._connect_limiter:
+            try:
                 stream: trio.abc.Stream = await trio.open_tcp_stream(spec.host, spec.port)
-                if self.tls:
+            except OSError as error:
+                raise _connect_failed(spec.host, error) from None
+            if self.tls:
+                try:
                     stream = await self._handshake(stream)
-        except (OSError, trio.BrokenResourceError, ssl.SSLError, ConfigError) as error:
-            # trio reports a failed handshake as BrokenResourceError; the SSL error it wraps says why.
-            raise CheckFailed("refused", f"cannot connect: {error.__cause__ or error}") from None
+                except (OSError, trio.BrokenResourceError, ssl.SSLError, ConfigError) as error:
+                    # trio reports a failed handshake as BrokenResourceError; the SSL error it wraps
+                    # says why.
+                    raise CheckFailed("tls", f"TLS handshake failed: {error.__cause__ or error}") from None
         return _Link(stream, AnswerReader())
 
     async def _handshake(self, stream: trio.abc.Stream) -> trio.SSLStream[trio.abc.Stream]:

@@ -25,7 +25,7 @@ from dispatcher.state import Admin, Health, next_health, visible_state
 
 log = logging.getLogger("dispatcher.pool")
 
-FAILURE_REASONS = ("timeout", "refused", "status", "bad_load", "protocol")
+FAILURE_REASONS = ("timeout", "refused", "dns", "tls", "status", "bad_load", "protocol")
 # Health check durations: milliseconds on a LAN, up to the timeout (1 s by default) when a check fails.
 # Few buckets: with 1,000 backends every bucket is 1,000 more series to scrape.
 CHECK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0)

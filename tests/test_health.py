@@ -693,3 +693,13 @@ async def test_sweep_sleep_is_still_cancelled_from_outside(autojump_clock: trio.
     with trio.move_on_after(2) as outer:
         await _sleep_in(trio.CancelScope(deadline=t0 + 10))
     assert (outer.cancelled_caught, trio.current_time() - t0) == (True, 2)
+
+
+def test_a_name_that_does_not_resolve_is_a_dns_failure_not_refused() -> None:
+    """What failed is what the reason says: name resolution is `dns`, a refused connection `refused`."""
+    from dispatcher.health import _connect_failed
+
+    dns = _connect_failed("web.internal", socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+    assert (dns.reason, dns.detail) == ("dns", "cannot resolve web.internal: Name or service not known")
+    refused = _connect_failed("10.0.0.1", ConnectionRefusedError(111, "Connection refused"))
+    assert refused.reason == "refused"

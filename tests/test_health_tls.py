@@ -112,7 +112,7 @@ async def test_https_backend_trusted_through_ca_file_passes_and_keeps_its_connec
     assert (backend.connections, backend.health_checks) == (1, 3)
 
 
-async def test_https_backend_on_an_unknown_ca_fails_as_refused_saying_why(
+async def test_https_backend_on_an_unknown_ca_fails_as_tls_saying_why(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, certificate: Certificate
 ) -> None:
     """Without `ca_file` the system store does not know the test CA: the check fails, naming the cause."""
@@ -123,7 +123,7 @@ async def test_https_backend_on_an_unknown_ca_fails_as_refused_saying_why(
     nursery.start_soon(run_checks, pool, settings)
     await wait_for(pool, lambda: pool.by_name["b1"].checks_failed == 1)
     last = pool.by_name["b1"].last_check
-    assert last is not None and last.reason == "refused"
+    assert last is not None and last.reason == "tls"
     assert "CERTIFICATE_VERIFY_FAILED" in last.detail
     assert pool.by_name["b1"].checks_passed == 0
 
