@@ -36,8 +36,9 @@ from dispatcher.config import HealthSettings, parse_backend
 from dispatcher.pool import Backend, CheckResult, Pool
 
 SERVICE = 0.02  # seconds: the mean service time of a normal backend
+# The dispatcher's policies (its round-robin and random run as the client-side rotation and draw do),
+# the rule before issue 6, and the client-side baselines.
 RULES = ("least-loaded", "p2c", "old rule", "round-robin", "random", "fresh JSQ")
-CLIENT_RULES = ("random", "round-robin", "fresh JSQ")
 
 
 @dataclass
