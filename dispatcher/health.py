@@ -264,6 +264,41 @@ class Prober:
             await trio.aclose_forcefully(link.stream)
 
 
+# `--log-level debug` says every check's result and load and every load-stream event, but at most one
+# line per backend per this many seconds (with a count of those left out): 1,000 backends checked every
+# 2 s would otherwise write 500 lines a second, and a stream 10 events a second each.
+DEBUG_EVERY = 1.0
+
+
+class DebugLog:
+    """Debug lines of checks and stream events, rate-limited per backend."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def check(self, backend: Backend, result: CheckResult) -> None:
+        if result.passed:
+            load = "streamed" if result.load is None else f"{result.load:g}"
+            self._line(backend, "check passed in %.4fs, load %s", result.duration, load)
+        else:
+            self._line(backend, "check failed: %s (%s)", result.reason, result.detail)
+
+    def event(self, backend: Backend, report: Report) -> None:
+        self._line(backend, "stream event: load %g%s", report.load, ", drain" if report.drain else "")
+
+    def _line(self, backend: Backend, message: str, *args: object) -> None:
+        now, name = trio.current_time(), backend.name
+        if now - self._last.get(name, -math.inf) < DEBUG_EVERY:
+            self._skipped[name] = self._skipped.get(name, 0) + 1
+            return
+        self._last[name] = now
+        skipped = self._skipped.pop(name, 0)
+        more = f" ({skipped} more since the last line)" if skipped else ""
+        estimate = f"; estimate {backend.effective_load(now):.2f}, drain {backend.rate:.1f}/s"
+        log.debug("backend %s: " + message + estimate + more, name, *args)
+
+
 def log_transition(backend: Backend, before: str, after: str, result: CheckResult) -> None:
     """One line per state change: operators grep for these."""
     why = "" if result.passed else f": {result.reason} ({result.detail})"
@@ -371,6 +406,9 @@ class HealthChecks:
         self._nursery: trio.Nursery | None = None
         self._tls: tuple[HealthSettings, ssl.SSLContext] | None = None
         self._streams = StreamReader(self, self._silence)
+        self._debug = DebugLog() if log.isEnabledFor(logging.DEBUG) else None
+        if self._debug is not None:
+            pool.check_listeners.append(self._debug.check)
 
     def _silence(self) -> float:
         """How long a load stream may be quiet: a check's interval and timeout, as set now."""
@@ -694,6 +732,8 @@ class HealthChecks:
             self._finish(probe, result, now)
         for report in reports:
             self.pool.record_load(backend, report.load, report.drain, now)
+            if self._debug is not None:
+                self._debug.event(backend, report)
 
     def failed(self, stream: LoadStream, failure: StreamFailed, now: float) -> None:
         """A stream fell silent, ended or broke: a failed check; the next check connects again."""

@@ -9,6 +9,7 @@ the sweep's 20 ms grid, so the tests assert the report's time exactly.
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -426,3 +427,24 @@ async def test_metrics_and_the_admin_api_say_how_the_load_arrives(nursery: trio.
     assert metric(text, 'dispatcher_backend_drain_rate{backend="s1"}') == pytest.approx(state.rate)
     entry = (await admin_get(dispatcher, "/backends/s1")).json()
     assert (entry["load_source"], entry["load"]) == ("stream", 2.0)
+
+
+async def test_debug_logs_checks_and_stream_events_at_most_once_a_second_per_backend(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`--log-level debug` says each check's result and load and each stream event, rate-limited:
+    a line a second per backend at most, saying how many were left out."""
+    caplog.set_level(logging.DEBUG, logger="dispatcher.health")
+    backend = StreamingBackend("s1", first=b"data: 3\n\n")
+    await streaming(nursery, backend, interval=0.5)
+    start = trio.current_time()
+    for i in range(40):  # 40 events in 4 s
+        await backend.send(f"data: {i}\n\n".encode())
+        await trio.sleep(0.1)
+    lines = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and "backend s1" in r.message
+    ]
+    assert lines[0].startswith("backend s1: check passed in") and "load 3" in lines[0]
+    assert 4 <= len(lines) <= 6
+    assert any("stream event: load" in line and "more since the last line" in line for line in lines)
+    assert trio.current_time() - start == pytest.approx(4.0)
