@@ -67,8 +67,8 @@ class Policy(Protocol[C]):
     def __len__(self) -> int: ...
 
 
-class LeastLoaded(Generic[C]):
-    """The usable backend with the least key (expected time to drain), ties at random."""
+class _Heap(Generic[C]):
+    """A heap of [key, tie, version, step, backend] entries, one live entry per usable backend."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._heap: list[_Entry] = []
@@ -79,7 +79,7 @@ class LeastLoaded(Generic[C]):
         """Entries held, stale ones included."""
         return len(self._heap)
 
-    def update(self, backend: C, usable: bool, key: float, step: float) -> None:
+    def _file(self, backend: C, usable: bool, key: float, step: float) -> None:
         if usable:
             self._live[id(backend)] = backend
             heapq.heappush(self._heap, [key, self._random(), backend.version, step, backend])
@@ -89,23 +89,41 @@ class LeastLoaded(Generic[C]):
             self._heap = [e for e in self._heap if e[2] == e[4].version]
             heapq.heapify(self._heap)
 
-    def choose(self, now: float = -math.inf) -> C | None:
-        """Pick and count one redirect; None when nothing is usable."""
+    def _top(self) -> _Entry | None:
+        """The live entry with the least key, stale ones dropped on the way; None when none is live."""
         heap = self._heap
         while heap:
             entry = heap[0]
-            backend: C = entry[4]
-            if entry[2] != backend.version:
-                heapq.heappop(heap)  # stale: the backend was filed again since
-                continue
-            key = entry[0]
-            entry[0] = backend.free_at = (key if key > now else now) + entry[3]
-            heapq.heapreplace(heap, entry)  # the same entry, sifted down to its new place
-            backend.since += 1
-            backend.redirects += 1
-            backend.sent_at = now
-            return backend
+            if entry[2] == entry[4].version:
+                return entry
+            heapq.heappop(heap)  # stale: the backend was filed again since
         return None
+
+
+def _count(backend: C, now: float) -> C:
+    """One redirect sent to `backend`, at `now`."""
+    backend.since += 1
+    backend.redirects += 1
+    backend.sent_at = now
+    return backend
+
+
+class LeastLoaded(_Heap[C]):
+    """The usable backend with the least key (expected time to drain), ties at random."""
+
+    def update(self, backend: C, usable: bool, key: float, step: float) -> None:
+        self._file(backend, usable, key, step)
+
+    def choose(self, now: float = -math.inf) -> C | None:
+        """Pick and count one redirect; None when nothing is usable."""
+        entry = self._top()
+        if entry is None:
+            return None
+        backend: C = entry[4]
+        key = entry[0]
+        entry[0] = backend.free_at = (key if key > now else now) + entry[3]
+        heapq.heapreplace(self._heap, entry)  # the same entry, sifted down to its new place
+        return _count(backend, now)
 
 
 class PowerOfTwo(Generic[C]):
@@ -159,59 +177,33 @@ class PowerOfTwo(Generic[C]):
         backend: C = entry[4]
         key = entry[0]
         entry[0] = backend.free_at = (key if key > now else now) + entry[3]
-        backend.since += 1
-        backend.redirects += 1
-        backend.sent_at = now
-        return backend
+        return _count(backend, now)
 
 
-class RoundRobin(Generic[C]):
+class RoundRobin(_Heap[C]):
     """Smooth weighted rotation: the least pass goes next, and its pass grows by its step."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._heap: list[_Entry] = []
-        self._random = (rng or random.Random()).random
+        super().__init__(rng)
         self._passes: dict[int, float] = {}  # the pass of every backend filed, usable or not
-        self._live: dict[int, C] = {}
-
-    def __len__(self) -> int:
-        return len(self._heap)
 
     def update(self, backend: C, usable: bool, key: float, step: float) -> None:
+        top = self._top()
+        least = top[0] if top is not None else 0.0
+        start = max(self._passes.get(id(backend), least), least)
         if usable:
-            least = self._least_pass()
-            start = max(self._passes.get(id(backend), least), least)
             self._passes[id(backend)] = start
-            self._live[id(backend)] = backend
-            heapq.heappush(self._heap, [start, self._random(), backend.version, step, backend])
-        else:
-            self._live.pop(id(backend), None)
-        if len(self._heap) > 2 * len(self._live) + 16:
-            self._heap = [e for e in self._heap if e[2] == e[4].version]
-            heapq.heapify(self._heap)
-
-    def _least_pass(self) -> float:
-        heap = self._heap
-        while heap and heap[0][2] != heap[0][4].version:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else 0.0
+        self._file(backend, usable, start, step)
 
     def choose(self, now: float = -math.inf) -> C | None:
-        heap = self._heap
-        while heap:
-            entry = heap[0]
-            backend: C = entry[4]
-            if entry[2] != backend.version:
-                heapq.heappop(heap)
-                continue
-            entry[0] += entry[3]
-            self._passes[id(backend)] = entry[0]
-            heapq.heapreplace(heap, entry)
-            backend.since += 1
-            backend.redirects += 1
-            backend.sent_at = now
-            return backend
-        return None
+        entry = self._top()
+        if entry is None:
+            return None
+        backend: C = entry[4]
+        entry[0] += entry[3]
+        self._passes[id(backend)] = entry[0]
+        heapq.heapreplace(self._heap, entry)
+        return _count(backend, now)
 
 
 class Random(Generic[C]):
@@ -232,10 +224,7 @@ class Random(Generic[C]):
             return None
         index = inner._draw()  # first: a draw rebuilds the order after a change
         backend: C = inner._order[index][4]
-        backend.since += 1
-        backend.redirects += 1
-        backend.sent_at = now
-        return backend
+        return _count(backend, now)
 
 
 # The policies that go by the load estimate (the others are blind to it; their step is 1 / weight).
