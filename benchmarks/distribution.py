@@ -31,6 +31,9 @@ starts, every request of the previous one has been answered (all outstanding cou
 first `--warmup` seconds are not counted: the queues start empty and the dispatcher's estimates need
 a moment to see the new traffic. (Starting empty lowers the mean of a slowly relaxing way, random at
 0.9 by about 5 % in blocks of 10 s; so the ratios to random are, if anything, against the dispatcher.)
+A dispatcher idle through the other ways' blocks meets a step of traffic at each of its own, which
+its estimates take some seconds to follow; `--lead-in` sends it that many seconds of traffic (drawn
+apart, never counted) before its block, and the "2nd half" column shows each way's settled figure.
 
 Processes: backends in one, the clients in this one, each dispatcher in its own; nothing pinned (2
 cores). A matrix's scenarios that share backends run as one run with several dispatcher ways (every
@@ -57,6 +60,7 @@ import random
 import resource
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -159,12 +163,14 @@ class Timing:
     blocks: int = 3
     block_seconds: float = 10.0
     warmup: float = 2.0
+    lead_in: float = 0.0  # seconds of uncounted traffic before each dispatcher block
     seed: int = 1
 
     def estimate(self, scenario: Scenario) -> float:
         """Seconds the scenario should take."""
         ways = len(scenario.ways())
-        return ways * self.blocks * (self.block_seconds + BLOCK_OVERHEAD) + SCENARIO_OVERHEAD
+        blocks = ways * self.blocks * (self.block_seconds + BLOCK_OVERHEAD)
+        return blocks + len(scenario.fronts) * self.blocks * self.lead_in + SCENARIO_OVERHEAD
 
 
 def overloaded_by_equal_shares(scenario: Scenario) -> float:
@@ -255,8 +261,16 @@ class Pool:
         return await self._exchange(await self._open(), request)
 
     async def _open(self) -> Link:
+        """A new connection: a plain connect, not open_tcp_stream's happy eyeballs (a nursery and a
+        resolver call per connection), since queues of a hundred at a backend open many at once."""
         self.opened += 1
-        return Link(await trio.open_tcp_stream(HOST, self.port))
+        sock = trio.socket.socket()
+        try:
+            await sock.connect((HOST, self.port))
+        except BaseException:
+            sock.close()
+            raise
+        return Link(trio.SocketStream(sock))
 
     async def _exchange(self, link: Link, request: bytes) -> Answer:
         try:
@@ -291,7 +305,7 @@ class Target:
     outstanding: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One counted request."""
 
@@ -320,6 +334,18 @@ class BlockRecord:
 
     def times(self) -> list[float]:
         return [sample.at_backend for sample in self.samples]
+
+
+# What fails one request (counted, shown in the table) without stopping the run.
+REQUEST_FAILURES = (
+    BadAnswer,
+    StaleLink,
+    OSError,
+    httptools.HttpParserError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
 
 
 class Clients:
@@ -390,7 +416,7 @@ class Clients:
                     backend = self.pick(way.name)
                 queue, shortest = backend.outstanding, min(other.outstanding for other in self.backends)
                 took = await self.at_backend(backend, target)
-        except (BadAnswer, StaleLink, OSError, httptools.HttpParserError, trio.TooSlowError) as error:
+        except REQUEST_FAILURES as error:
             record.fail(error)
             return
         if counted:
@@ -410,30 +436,51 @@ class Clients:
             await pool.close()
 
 
-def arrivals(scenario: Scenario, timing: Timing, round_: int) -> list[tuple[float, float]]:
-    """One round's arrival offsets and service demands: a Poisson process at the scenario's rate,
-    exponential demands of mean S. Every way of the round replays them."""
-    rng = random.Random(timing.seed * 1_000_003 + round_)
+def arrivals(scenario: Scenario, seconds: float, rng: random.Random) -> list[tuple[float, float]]:
+    """Arrival offsets and service demands over `seconds`: a Poisson process at the scenario's rate,
+    exponential demands of mean S."""
     schedule: list[tuple[float, float]] = []
     offset = 0.0
     while True:
         offset += rng.expovariate(scenario.rate())
-        if offset >= timing.block_seconds:
+        if offset >= seconds:
             return schedule
         schedule.append((offset, rng.expovariate(1.0 / scenario.service)))
 
 
+def round_schedule(scenario: Scenario, timing: Timing, round_: int) -> list[tuple[float, float]]:
+    """One round's arrivals, which every way of the round replays."""
+    return arrivals(scenario, timing.block_seconds, random.Random(timing.seed * 1_000_003 + round_))
+
+
+def lead_in(scenario: Scenario, timing: Timing, round_: int, way: Way) -> list[tuple[float, float]]:
+    """Arrivals before a dispatcher way's block (`--lead-in`), drawn apart: never counted."""
+    if way.front is None or timing.lead_in <= 0:
+        return []
+    rng = random.Random(f"{timing.seed}/{round_}/{way.name}")
+    return arrivals(scenario, timing.lead_in, rng)
+
+
 async def run_block(
-    clients: Clients, way: Way, schedule: list[tuple[float, float]], warmup: float, round_: int
+    clients: Clients,
+    way: Way,
+    lead: list[tuple[float, float]],
+    schedule: list[tuple[float, float]],
+    timing: Timing,
+    round_: int,
 ) -> BlockRecord:
-    """Send one block's arrivals on time, the way given; return once every answer is in."""
+    """Send the lead-in's then the block's arrivals on time, the way given; return once every answer
+    is in. Offsets in the record are from the start of the block's own schedule."""
     record = BlockRecord(way.name, round_)
-    start = trio.current_time() + BLOCK_LEAD
+    origin = timing.lead_in if lead else 0.0
+    start = trio.current_time() + BLOCK_LEAD + origin
+    sends = [(offset - origin, demand) for offset, demand in lead] + schedule
     async with trio.open_nursery() as nursery:
-        for offset, demand in schedule:
+        for offset, demand in sends:
             due = start + offset
             await trio.sleep_until(due - TIMER_ROUNDING)
-            nursery.start_soon(clients.one_request, way, start, due, demand, record, offset >= warmup)
+            counted = offset >= timing.warmup
+            nursery.start_soon(clients.one_request, way, start, due, demand, record, counted)
     if clients.outstanding():
         raise BenchError(f"{clients.outstanding()} requests outstanding after a block")
     return record
@@ -650,14 +697,20 @@ async def measure(
     started, stats_before, clock_before = trio.current_time(), await clients.stats(), cpu()
     busy, demand = 0.0, 0.0
     for round_ in range(timing.blocks):
-        schedule = arrivals(scenario, timing, round_)
+        schedule = round_schedule(scenario, timing, round_)
         demand += sum(work for _, work in schedule)
         for way in ways[round_ % len(ways) :] + ways[: round_ % len(ways)]:
-            record = await run_block(clients, way, schedule, timing.warmup, round_)
-            busy += timing.block_seconds
+            record = await run_block(
+                clients, way, lead_in(scenario, timing, round_, way), schedule, timing, round_
+            )
+            busy += timing.block_seconds + (timing.lead_in if way.front is not None else 0.0)
             records[way.name].append(record)
             progress(block_line(record, round_, timing))
-            gc.collect()  # here, between blocks, rather than as a pause in one
+            # Between blocks, not as a pause in one; then frozen, so that the collections during the
+            # next block never walk what the blocks before it kept (tens of thousands of samples:
+            # a full collection over them paused this loop for up to 100 ms).
+            gc.collect()
+            gc.freeze()
     seconds = trio.current_time() - started
     stats_after, clock_after = await clients.stats(), cpu()
     await clients.close()
@@ -867,9 +920,10 @@ def way_row(result: ScenarioResult, figures: WayFigures) -> str:
 
 def timing_line(result: ScenarioResult) -> str:
     timing = result.timing
+    lead = f"; {timing.lead_in:g} s of lead-in before each dispatcher block" if timing.lead_in else ""
     return (
         f"{timing.blocks} rounds of {len(result.ways)} blocks of {timing.block_seconds:g} s "
-        f"(first {timing.warmup:g} s of each not counted), ways in rotated order, seed {timing.seed}; "
+        f"(first {timing.warmup:g} s of each not counted{lead}), ways in rotated order, seed {timing.seed}; "
         f"{result.seconds:.0f} s; the schedules' load {result.offered_load:.3f}"
     )
 
@@ -889,9 +943,13 @@ def notes(result: ScenarioResult) -> list[str]:
         f"clients {cpu.clients:.0f}" + ("" if cpu.others is None else f", other processes {cpu.others:.0f}"),
     ]
     if not scenario.slow and "random" in scenario.baselines:
+        # Under random every backend is an M/M/1 queue: its time in system is exponential, mean S/(1-load).
         theory = scenario.service / (1 - scenario.load) * 1e3
+        offered = scenario.service / max(1e-9, 1 - result.offered_load) * 1e3
         lines.append(
-            f"  M/M/1 (every backend under random): mean {theory:.0f} ms, p99 {theory * math.log(100):.0f} ms"
+            f"  M/M/1 (every backend under random): mean {theory:.0f} ms, "
+            f"p99 {theory * math.log(100):.0f} ms; at the schedules' load {offered:.0f} ms "
+            "(long-run figures: a block starting empty stays below them)"
         )
     if scenario.stream and not health.streaming():
         lines.append(
@@ -1016,6 +1074,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--warmup", type=float, help=f"seconds not counted at each block start (default {Timing.warmup:g})"
     )
+    p.add_argument(
+        "--lead-in",
+        type=float,
+        default=0.0,
+        help="seconds of uncounted traffic before each dispatcher block, so that its estimates start "
+        "settled (default 0)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--trace", type=Path, help="also append every counted request to this CSV file")
@@ -1033,6 +1098,7 @@ def timing_of(args: argparse.Namespace) -> Timing:
         blocks=args.blocks or base.blocks,
         block_seconds=args.block_seconds or base.block_seconds,
         warmup=base.warmup if args.warmup is None else args.warmup,
+        lead_in=args.lead_in,
         seed=args.seed,
     )
 
@@ -1066,6 +1132,7 @@ def run_live(args: argparse.Namespace) -> int:
     scenarios, goals = [scenario_of(args)], list[Goal]()
     if args.matrix:
         scenarios, goals = matrix(scenario_of(args))
+    version = dispatcher_version()
     total = sum(timing.estimate(scenario) for scenario in scenarios)
     progress(f"{len(scenarios)} run(s), about {total / 60:.1f} minutes")
     results: dict[str, ScenarioResult] = {}
@@ -1079,17 +1146,37 @@ def run_live(args: argparse.Namespace) -> int:
             except (BenchError, OSError, ValueError) as error:
                 progress(f"{scenario.name} FAILED: {error}")
                 failed = True
+    print(f"dispatcher at {version}, python -m dispatcher with {sys.executable}", end="\n\n")
     for result in results.values():
         print(table(result), end="\n\n", flush=True)
     if goals:
         print(goal_table(goals, results), flush=True)
     if args.json:
-        write_json(args.json, results, goals)
+        write_json(args.json, results, goals, version)
     return 1 if failed else 0
 
 
-def write_json(path: Path, results: dict[str, ScenarioResult], goals: Sequence[Goal]) -> None:
+def dispatcher_version() -> str:
+    """The commit the measured dispatcher is at, and whether its code had uncommitted changes."""
+    git = ["git", "-C", str(harness.REPO_ROOT)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "dispatcher"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown (no git)"
+    changed = len(dirty.stdout.splitlines())
+    return f"{head.stdout.strip() or 'unknown'}" + (
+        f" + {changed} changed files in dispatcher/" if changed else ""
+    )
+
+
+def write_json(path: Path, results: dict[str, ScenarioResult], goals: Sequence[Goal], version: str) -> None:
     document = {
+        "dispatcher": version,
         "scenarios": [asdict(result) for result in results.values()],
         "goals": [{**asdict(goal), "measured": goal.measured(results)} for goal in goals],
     }
