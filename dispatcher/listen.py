@@ -189,7 +189,12 @@ def drain_backlog(listener: CappedListener) -> list[trio.SocketStream]:
     clients had been handed to this process by the kernel, and a rolling restart would refuse them.
     They are served (with `Connection: close`, as shutdown begins) instead. The connection cap does not
     apply here: these clients were already admitted by the kernel.
+
+    A listener already closed has nothing queued: trio's serving loop closes its listeners when it is
+    cancelled, and a cancellation (a second SIGTERM) can come in the same instant as the stop.
     """
+    if listener.socket.fileno() < 0:
+        return []
     raw = socket.socket(fileno=os.dup(listener.socket.fileno()))
     raw.setblocking(False)
     streams = []

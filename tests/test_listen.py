@@ -12,7 +12,7 @@ import trio.testing
 
 from dispatcher import listen
 from dispatcher.config import Address
-from dispatcher.listen import CappedListener, open_listeners
+from dispatcher.listen import CappedListener, drain_backlog, open_listeners
 from tests.helpers import exchange, settings_for, start_backends, start_dispatcher, status_lines, wait_all_up
 
 GET = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n"
@@ -175,3 +175,12 @@ async def test_without_migration_the_start_warns_once(
     await start_dispatcher(nursery, settings_for(backends, **overrides))
     [warning] = migration_warnings(caplog)
     assert warning.startswith(f"{flags}: net.ipv4.tcp_migrate_req is 0: ")
+
+
+async def test_draining_a_listener_that_is_already_closed_finds_nothing() -> None:
+    """A stop and a cancellation at once: trio closed the listener first, and the drain finds no queue
+    (it raised EBADF, which failed the shutdown)."""
+    [inner] = await open_listeners(Address("127.0.0.1", 0), reuse_port=False)
+    listener = CappedListener(inner, trio.Semaphore(1))
+    await listener.aclose()
+    assert drain_backlog(listener) == []
