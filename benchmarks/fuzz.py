@@ -39,11 +39,15 @@ from pathlib import Path
 
 import trio
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the dispatcher of this checkout
+
+from dispatcher.server import RESPONSE_CODES
+
 HOST = "127.0.0.1"  # Loopback only.
 # Every status the front door may send (README, "What the front door answers").
-ALLOWED_STATUSES = frozenset({200, 307, 400, 405, 408, 413, 414, 431, 501, 503, 505, 508})
+ALLOWED_STATUSES = frozenset(RESPONSE_CODES)
 # Answers after which the server must close the connection.
-CLOSING_STATUSES = frozenset({400, 405, 408, 413, 414, 431, 501, 505, 508})
+CLOSING_STATUSES = frozenset({400, 405, 408, 414, 431, 501, 505, 508})
 # Short timeouts so that an input the server keeps waiting on (a truncated head, a body never sent) ends
 # within seconds; the defaults (10 s, 75 s) would only make the campaign longer.
 HEADER_TIMEOUT = 2.0

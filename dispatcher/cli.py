@@ -9,20 +9,18 @@ Rules: flags override the file; validation itself lives in `config`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any, NoReturn
 
 import trio
 
-from dispatcher import __version__, app, config, demo, health
+from dispatcher import __version__, app, config, demo, health, logs
 from dispatcher.config import ConfigError, Settings
 
 log = logging.getLogger("dispatcher")
@@ -253,38 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class JsonFormatter(logging.Formatter):
-    """`--log-format json`: one JSON object a line, for log pipelines (Loki, Elasticsearch, journald's
-    JSON readers) that would otherwise parse text with a regex. Keys: `time` (UTC, ISO 8601 with
-    milliseconds), `level`, `logger`, `message`, and `exception` (the traceback) when there is one;
-    `fields` are added to every line (a worker's name, say)."""
-
-    def __init__(self, fields: dict[str, str] | None = None) -> None:
-        super().__init__()
-        self.fields = dict(fields or {})
-
-    def format(self, record: logging.LogRecord) -> str:
-        time = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-        line: dict[str, str] = {
-            "time": time.replace("+00:00", "Z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            **self.fields,
-        }
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False)
-
-
 def configure_logging(level: str, form: str) -> None:
     """The root logger to stderr at `level`, as text lines or (`json`) one JSON object a line."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if form == "json" else logging.Formatter(TEXT_FORMAT))
-    logging.basicConfig(level=level.upper(), handlers=[handler])
+    logs.configure(level.upper(), form)
 
 
 # Descriptors kept for everything but client connections: listeners, backends' check connections,

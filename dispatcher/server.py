@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
-from dispatcher.config import Settings
+from dispatcher.config import Settings, format_duration
 from dispatcher.http import DateHeader, Reply, folded, head_size, reply_for, screen, serialise, text_reply
 from dispatcher.listen import CappedListener, drain_backlog
 from dispatcher.pool import Pool
@@ -135,7 +135,8 @@ class FrontDoor:
             self.serving = True
             task_status.started(listeners[0].socket.getsockname()[1])
             await stop.wait()
-            log.info("shutting down: %.0fs grace for exchanges in flight", self.settings.grace_period)
+            grace = format_duration(self.settings.grace_period)
+            log.info("shutting down: %s grace for exchanges in flight", grace)
             listen_scope.cancel()
             self.begin_shutdown()
             for listener in listeners:

@@ -41,6 +41,7 @@ from dataclasses import replace
 
 import trio
 
+from dispatcher import logs
 from dispatcher.admin import AdminApi
 from dispatcher.config import Address, Settings
 from dispatcher.listen import CappedListener, open_listeners
@@ -125,9 +126,10 @@ class Generation:
 
     def start(self, index: int) -> multiprocessing.process.BaseProcess:
         level = logging.getLogger().getEffectiveLevel()
+        form = logs.current_format()
         process = self._context.Process(
             target=worker_main,
-            args=(self.settings, self.table.name, self.table.layout, index, level, self.number),
+            args=(self.settings, self.table.name, self.table.layout, index, level, self.number, form),
             name=f"dispatcher-worker-{self.number}.{index}",
             daemon=True,
         )
@@ -369,11 +371,17 @@ class Master:
 
 
 def worker_main(
-    settings: Settings, name: str, layout: Layout, index: int, log_level: int, generation: int
+    settings: Settings,
+    name: str,
+    layout: Layout,
+    index: int,
+    log_level: int,
+    generation: int,
+    log_format: str = "text",
 ) -> None:
-    """The entry point of a worker process; its log lines say which generation it is of."""
-    label = f"worker-{generation}.{index}"
-    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s {label} %(name)s: %(message)s")
+    """The entry point of a worker process; its log lines, in the master's format, say which
+    generation it is of."""
+    logs.configure(log_level, log_format, {"worker": f"worker-{generation}.{index}"})
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(_worker, settings, name, layout, index, clock=MonotonicClock())
 

@@ -19,8 +19,9 @@ import pytest
 import trio
 
 from dispatcher import __version__
-from dispatcher.cli import JsonFormatter, build_parser, load_settings
+from dispatcher.cli import build_parser, load_settings
 from dispatcher.config import Address, ConfigError
+from dispatcher.logs import JsonFormatter
 from tests.helpers import TestBackend, dispatcher_command, poll_admin, unused_port
 
 DISPATCHER = [sys.executable, "-m", "dispatcher"]
@@ -105,6 +106,27 @@ async def test_json_logs_are_one_object_a_line(nursery: trio.Nursery, tmp_path: 
         {key: line[key] for key in ("level", "logger", "message")} for line in lines
     ]
     assert any(line["message"].startswith("front door on 127.0.0.1:") for line in lines)
+
+
+async def test_json_logs_of_workers_are_json_too_and_say_which_worker(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """--workers 2 --log-format json: the workers write JSON objects as the master does, with `worker`."""
+    backend = TestBackend("b1")
+    await nursery.start(backend.serve)
+    port, admin_port = unused_port(), unused_port()
+    command = dispatcher_command(port, admin_port, [backend.url], "--log-format=json", "--workers=2")
+    with (tmp_path / "stderr").open("wb") as stderr:
+        process: trio.Process = await nursery.start(
+            partial(trio.run_process, command, check=False, stderr=stderr)
+        )
+        await poll_admin(admin_port, "/readyz", lambda status, _: status == 200)
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await process.wait() == 0
+    lines = [json.loads(line) for line in (tmp_path / "stderr").read_text().splitlines()]
+    workers = {line["worker"] for line in lines if "worker" in line}
+    assert workers == {"worker-0.0", "worker-0.1"}, lines
 
 
 def test_a_json_log_line_carries_the_traceback() -> None:
