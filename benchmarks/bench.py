@@ -5,13 +5,14 @@
 # they cannot be compared across runs or machines. A ratio can: benchmarks/baseline.py is the leanest
 # correct trio + h11 server giving the same 307 reply, so "dispatcher / baseline" is the share of the
 # trio + h11 ceiling that the dispatcher keeps after its own work (policy, timeouts, metrics). The other
-# scenarios compare the dispatcher with itself: 1,000 backends against 3, --workers 2 against 1.
+# scenarios compare the dispatcher with itself: 1,000 backends against 3, --workers 2 against 1, 1,000
+# backends streaming their load against the same pool polled.
 #
-# How: see scenarios.py (what each scenario does) and harness.py (child processes, wrk, /proc). Every server
-# under load runs pinned to the first CPU and wrk and the helpers to the others (taskset semantics), so that
-# the load generator does not steal the server's core. Every child process is stopped in a `finally`, also
-# on Ctrl-C and SIGTERM; every wait is bounded. It must not import `dispatcher`: the dispatcher is measured
-# as users run it, as `python -m dispatcher`.
+# How: see scenarios.py (what each scenario does; scenario 8 is in streams.py) and harness.py (child
+# processes, wrk, /proc). Every server under load runs pinned to the first CPU and wrk and the helpers to
+# the others (taskset semantics), so that the load generator does not steal the server's core. Every child
+# process is stopped in a `finally`, also on Ctrl-C and SIGTERM; every wait is bounded. It must not import
+# `dispatcher`: the dispatcher is measured as users run it, as `python -m dispatcher`.
 #
 #   python benchmarks/bench.py [--quick] [--profile] [--duration 1] [--connections 50] [--threads 1]
 #                              [--rounds 40] [--only NAME ...] [--no-pin] [--json FILE]
@@ -34,6 +35,7 @@ from pathlib import Path
 from types import FrameType
 
 import scenarios
+import streams
 from harness import REPO_ROOT, TARGET, BenchError
 from scenarios import Bench, Figure, Report, Settings
 
@@ -44,6 +46,7 @@ SCENARIOS: dict[str, Callable[[Bench], Report]] = {
     "profile": scenarios.profile,
     "pool": scenarios.pool_size,
     "health": scenarios.health_cost,
+    "streams": streams.streams,
     "latency": scenarios.latency,
     "memory": scenarios.memory,
     "workers": scenarios.workers,

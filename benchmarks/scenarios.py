@@ -5,6 +5,7 @@
 #   7 profile     py-spy on the dispatcher under scenario 1's load (only with --profile)
 #   2 pool        1,000 backends against 3
 #   3 health      1,000 backends checked every second: idle CPU, and req/s against 3 backends
+#   8 streams     1,000 backends streaming their load against the same pool polled (in streams.py)
 #   4 latency     p50/p99 at half the saturating rate, against the baseline at the same rate
 #   5 memory      resident memory with 10,000 idle keep-alive connections
 #   6 workers     --workers 2 against --workers 1 (when the flag exists)
@@ -25,11 +26,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from pathlib import Path
+from typing import TypeVar
 
 import pyspy
 from harness import (
@@ -77,6 +79,7 @@ WORKERS = 2
 MIB = 1024 * 1024
 OPEN_CONNECTIONS = re.compile(r"^dispatcher_open_connections (\S+)$", re.MULTILINE)
 IDLE_CLIENTS_LINE = re.compile(r"^open (\d+) failed (\d+) ?(.*)$")
+Key = TypeVar("Key")  # what a scenario names the dispatchers of a comparison by (pool size, side)
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,11 @@ def with_goal(figure: Figure, goal: tuple[str, bool | None]) -> Figure:
     return replace(figure, goal=goal[0], met=goal[1])
 
 
+def file_name(name: str) -> str:
+    """A server's or pool's name as a file name: each run of other characters becomes one `-`."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", name)
+
+
 # -------------------------------------------------------------------------------------------------
 # The shared context: backends started on first use, stopped at the end
 # -------------------------------------------------------------------------------------------------
@@ -270,7 +278,7 @@ class Bench:
         self.saturation_rps: float | None = None  # scenario 1's dispatcher req/s
         self._stack = stack
         self._file_backends: list[str] | None = None
-        self._pool_ports: dict[int, int] = {}
+        self._pool_ports: dict[tuple[int, tuple[str, ...]], int] = {}
         self._helpers: list[subprocess.Popen[bytes]] = []
         self._park_idle = may_leave_idle()  # parked servers run under SCHED_IDLE
         self._logs = 0
@@ -278,7 +286,7 @@ class Bench:
     def log(self, name: str) -> Path:
         """A fresh log file: runs of the same server must not overwrite each other's log."""
         self._logs += 1
-        return self.settings.log_dir / f"{self._logs:02d}-{re.sub(r'[^A-Za-z0-9]+', '-', name)}.log"
+        return self.settings.log_dir / f"{self._logs:02d}-{file_name(name)}.log"
 
     def helper_pids(self) -> list[int]:
         """The backends' pids: their CPU time is ours, not another process's."""
@@ -298,16 +306,19 @@ class Bench:
             self._file_backends = base_urls
         return self._file_backends
 
-    def pool_port(self, count: int) -> int:
+    def pool_port(self, count: int, mode: Sequence[str] = ()) -> int:
         """The port of the benchmarks/backends.py serving the pool of `count` backends (`/bNNNN`
-        prefixes on one port). Each pool has its own, so that two dispatchers running side by side
-        are never answered by the same process, and each process counts one pool's checks."""
-        if count not in self._pool_ports:
+        prefixes on one port), started with the options `mode` (`--stream`, `--vary-load`). Each pool
+        has its own, so that two dispatchers running side by side are never answered by the same
+        process, and each process counts one pool's checks."""
+        key = (count, tuple(mode))
+        if key not in self._pool_ports:
             (port,) = free_ports(1)
-            argv = [sys.executable, str(BENCHMARKS_DIR / "backends.py"), "--listen", f"{HOST}:{port}"]
-            self._start_helper(argv, f"pool-{count}-backends", functools.partial(accepts_connections, port))
-            self._pool_ports[count] = port
-        return self._pool_ports[count]
+            argv = [sys.executable, str(BENCHMARKS_DIR / "backends.py"), "--listen", f"{HOST}:{port}", *mode]
+            name = " ".join([f"pool-{count}-backends", *mode])
+            self._start_helper(argv, name, functools.partial(accepts_connections, port))
+            self._pool_ports[key] = port
+        return self._pool_ports[key]
 
     def _start_helper(
         self, argv: list[str], name: str, ready: Callable[[], bool], cwd: Path = REPO_ROOT
@@ -400,12 +411,13 @@ def backend_flags(base_urls: Sequence[str]) -> list[str]:
     return [arg for base_url in base_urls for arg in ("--backend", base_url)]
 
 
-def pool_config(bench: Bench, count: int) -> tuple[list[str], list[str]]:
-    """A config file with `count` backends on backends.py (`/b0001`, `/b0002`, ...): its flag and URLs."""
-    base = f"http://{HOST}:{bench.pool_port(count)}"
+def pool_config(bench: Bench, count: int, mode: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """A config file with `count` backends on backends.py (`/b0001`, `/b0002`, ...) started with the
+    options `mode`: its flag and URLs."""
+    base = f"http://{HOST}:{bench.pool_port(count, mode)}"
     base_urls = [f"{base}/b{index:04d}" for index in range(1, count + 1)]
     entries = (f'[[backends]]\nurl = "{url}"\nname = "{url.rpartition("/")[2]}"\n' for url in base_urls)
-    path = bench.settings.log_dir / f"pool-{count}.toml"
+    path = bench.settings.log_dir / f"{file_name(' '.join([f'pool-{count}', *mode]))}.toml"
     path.write_text("\n".join(entries))
     return ["--config", str(path)], base_urls
 
@@ -432,10 +444,11 @@ def file_dispatcher(
 
 
 def pool_dispatcher(
-    bench: Bench, count: int, name: str, extra: Sequence[str] = ()
+    bench: Bench, count: int, name: str, extra: Sequence[str] = (), mode: Sequence[str] = ()
 ) -> AbstractContextManager[Dispatcher]:
-    """The dispatcher over `count` backends of backends.py, given in a config file."""
-    flags, base_urls = pool_config(bench, count)
+    """The dispatcher over `count` backends of backends.py (started with the options `mode`), given in
+    a config file."""
+    flags, base_urls = pool_config(bench, count, mode)
     cpus = bench.settings.server_cpus
     return dispatcher_running(bench, name, flags, base_urls, cpus, extra, pool_timeout(count))
 
@@ -668,12 +681,14 @@ def pool_size(bench: Bench) -> PoolSizeResult:
 
 @dataclass(frozen=True)
 class IdleCpu:
-    """A dispatcher's CPU use with no client traffic, and the checks it made meanwhile."""
+    """A dispatcher's CPU use with no client traffic, and what it did meanwhile."""
 
     pool: int
     seconds: float
     cpu_percent: float  # of one core
-    checks_per_second: float  # counted by backends.py
+    # What its counter counted, per second of the counter's own window: the checks its backends.py
+    # answered (scenario 3), the load events it received (scenario 8).
+    counted_per_second: float
     others_cpu_percent: float | None
 
 
@@ -708,15 +723,15 @@ class HealthCostResult(Report):
         checks = Figure(
             "3a",
             "checks answered",
-            large.checks_per_second,
+            large.counted_per_second,
             "/s",
             float(LARGE_POOL),
             "1 per backend per s",
-            ratio(large.checks_per_second, LARGE_POOL),
+            ratio(large.counted_per_second, LARGE_POOL),
             "ratio",
         )
         # What one check costs the dispatcher: the extra CPU over the extra checks.
-        extra_checks = large.checks_per_second - small.checks_per_second
+        extra_checks = large.counted_per_second - small.counted_per_second
         per_check = 1e4 * (large.cpu_percent - small.cpu_percent) / extra_checks if extra_checks else 0.0
         cost = Figure("3a", "CPU per check", per_check, "us", None, "", None, "")
         label = f"{SMALL_POOL} backends"
@@ -739,35 +754,61 @@ class HealthCostResult(Report):
         return run_warnings(self.runs, "3b") + ([warning] if warning else [])
 
 
-def backend_checks(port: int) -> int:
-    """How many health checks backends.py has answered so far."""
-    answer = fetch(port, "/checks")
+def backend_count(port: int, path: str) -> int:
+    """One of backends.py's counters: `/checks` answered, load `/events` written, `/streams` open."""
+    answer = fetch(port, path)
     if answer.status != 200:
-        raise BenchError(f"backends.py: GET /checks gave {answer.status}")
+        raise BenchError(f"backends.py: GET {path} gave {answer.status}")
     return int(answer.body)
 
 
-def idle_cpu(bench: Bench, dispatchers: dict[int, Dispatcher]) -> dict[int, IdleCpu]:
+def backend_checks(port: int) -> int:
+    """How many health checks backends.py has answered so far."""
+    return backend_count(port, "/checks")
+
+
+def timed_count(counter: Callable[[], int]) -> tuple[int, float]:
+    """A counter's value, and the middle of the time it took to read (a scrape is not instant)."""
+    started = time.monotonic()
+    value = counter()
+    return value, (started + time.monotonic()) / 2
+
+
+def per_second(before: tuple[int, float], after: tuple[int, float]) -> float:
+    """The rate between two timed counts."""
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def idle_cpu(
+    bench: Bench, dispatchers: Mapping[Key, Dispatcher], counters: Mapping[Key, Callable[[], int]]
+) -> dict[Key, IdleCpu]:
     """Each dispatcher's CPU (utime + stime from /proc) over the same idle_seconds of no traffic but
-    their checks, and the checks each pool's backends.py answered meanwhile (keyed by pool size)."""
+    their background work, and what each one's counter counted per second meanwhile (the checks a
+    pool's backends.py answered, the load events a dispatcher received). The counters are read outside
+    the CPU window (a scrape of the dispatcher costs it CPU), each rate over its own reads."""
     time.sleep(SETTLE_SECONDS)
     pids = [dispatcher.process.pid for dispatcher in dispatchers.values()]
-    checks_before = {count: backend_checks(bench.pool_port(count)) for count in dispatchers}
+    counted_before = {key: timed_count(counter) for key, counter in counters.items()}
     before = cpu_snapshot(pids, bench.helper_pids())
-    cpu_before = {count: process_cpu_seconds(d.process.pid) for count, d in dispatchers.items()}
+    cpu_before = {key: process_cpu_seconds(d.process.pid) for key, d in dispatchers.items()}
     started = time.monotonic()
     time.sleep(bench.settings.idle_seconds)
-    cpu_after = {count: process_cpu_seconds(d.process.pid) for count, d in dispatchers.items()}
+    cpu_after = {key: process_cpu_seconds(d.process.pid) for key, d in dispatchers.items()}
     elapsed = time.monotonic() - started
     others = others_cpu_percent(before, cpu_snapshot(pids, bench.helper_pids()))
-    checks = {count: backend_checks(bench.pool_port(count)) - checks_before[count] for count in dispatchers}
+    counted = {
+        key: per_second(counted_before[key], timed_count(counter)) for key, counter in counters.items()
+    }
     return {
-        count: IdleCpu(
-            count, elapsed, 100 * (cpu_after[count] - cpu_before[count]) / elapsed, checks[count] / elapsed,
+        key: IdleCpu(
+            len(d.base_urls),
+            elapsed,
+            100 * (cpu_after[key] - cpu_before[key]) / elapsed,
+            counted[key],
             others,
         )
-        for count in dispatchers
-    }  # fmt: skip
+        for key, d in dispatchers.items()
+    }
 
 
 def health_cost(bench: Bench) -> HealthCostResult:
@@ -780,7 +821,8 @@ def health_cost(bench: Bench) -> HealthCostResult:
             )
             for count in (SMALL_POOL, LARGE_POOL)
         }
-        idle = idle_cpu(bench, dispatchers)
+        checks = {count: functools.partial(backend_checks, bench.pool_port(count)) for count in dispatchers}
+        idle = idle_cpu(bench, dispatchers, checks)
         small, large = dispatchers[SMALL_POOL], dispatchers[LARGE_POOL]
         runs = bench.take_turns(bench.settings.load(), [small, large])
     return HealthCostResult(
