@@ -75,7 +75,10 @@ class Running:
         self.front.settings = new
         self.admin.set_token(new.admin_token)
         log.info(
-            "reloaded: %d backends (%d added, %d removed)", len(self.pool.backends), len(added), len(removed)
+            "reloaded: %s (%d added, %d removed)",
+            _backends(len(self.pool.backends)),
+            len(added),
+            len(removed),
         )
 
 
@@ -90,6 +93,10 @@ async def _tick(pool: Pool) -> None:
     while True:
         await trio.sleep(RAMP_STEP)
         pool.tick(trio.current_time())
+
+
+def _backends(count: int) -> str:
+    return f"{count} backend{'' if count == 1 else 's'}"
 
 
 def _bound_port(listeners: Sequence[trio.SocketListener]) -> int:
@@ -139,12 +146,12 @@ async def run(
                 )
             running = Running(port, _bound_port(admin_listeners), pool, front, metrics, checks, admin, master)
             log.info(
-                "front door on %s (%d worker%s), admin on %s, %d backends",
+                "front door on %s (%d worker%s), admin on %s, %s",
                 settings.listen,
                 settings.workers,
                 "s" if settings.workers > 1 else "",
                 settings.admin_listen,
-                len(pool.backends),
+                _backends(len(pool.backends)),
             )
             task_status.started(running)
         services.cancel_scope.cancel()

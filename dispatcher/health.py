@@ -199,6 +199,9 @@ class Prober:
         if status == 508:
             detail = "status 508: this backend URL leads to a dispatcher's front door (a redirect loop)"
             return CheckResult(False, duration, reason="status", detail=detail)
+        if status == 404:
+            hint = f"status 404: set health.path to a route that backend serves (it is {self.settings.path})"
+            return CheckResult(False, duration, reason="status", detail=hint)
         if not 200 <= status < 300:
             return CheckResult(False, duration, reason="status", detail=f"status {status}")
         try:
@@ -299,8 +302,11 @@ class DebugLog:
         log.debug("backend %s: " + message + estimate + more, name, *args)
 
 
-def log_transition(backend: Backend, before: str, after: str, result: CheckResult) -> None:
-    """One line per state change: operators grep for these."""
+def log_transition(backend: Backend, before: str, after: str, result: CheckResult | None) -> None:
+    """One line per state change that a check made: operators grep for these. A change the operator
+    asked for is logged by the admin API, with who asked, in its one line."""
+    if result is None:
+        return
     why = "" if result.passed else f": {result.reason} ({result.detail})"
     level = logging.INFO if after == "up" else logging.WARNING
     log.log(level, "backend %s is %s (was %s)%s", backend.name, after, before, why)

@@ -107,6 +107,7 @@ class Backend:
     # Slow start: the share of its weight a recovered backend gets, growing from MIN_RAMP to 1.
     ramp: float = 1.0
     up_at: float = 0.0
+    resumed_from: str | None = None  # the state it left for a fresh start (maint), until its first check
 
     @property
     def name(self) -> str:
@@ -161,7 +162,8 @@ class BackendView:
     load_source: str
 
 
-TransitionListener = Callable[[Backend, str, str, CheckResult], None]
+# (backend, before, after, the check that made the change; None: the operator's word)
+TransitionListener = Callable[[Backend, str, str, CheckResult | None], None]
 CheckListener = Callable[[Backend, CheckResult], None]
 ChangeListener = Callable[[Backend], None]
 
@@ -371,6 +373,7 @@ class Pool:
         before = backend.state
         if backend.admin is Admin.MAINT and admin is not Admin.MAINT:
             backend.health, backend.streak = Health.STARTING, 0
+            backend.resumed_from = "maint"  # its first check's line says so, not "was starting"
         backend.admin = admin
         self._changed(backend, before, None)
 
@@ -397,8 +400,10 @@ class Pool:
         if after != before:
             backend.state_changes += 1
         if after != before or starting:
+            if starting:
+                before, backend.resumed_from = backend.resumed_from or "starting", None
             for listener in self.listeners:
-                listener(backend, "starting" if starting else before, after, result or CheckResult(True, 0.0))
+                listener(backend, before, after, result)
 
     def reconcile(self, specs: Sequence[BackendSpec]) -> tuple[list[Backend], list[Backend]]:
         """Apply a reloaded backend list; returns (added, removed).

@@ -343,7 +343,7 @@ def record_transitions(pool: Pool) -> list[tuple[str, str, str, float]]:
     """A list that fills with every visible state change: (backend, before, after, trio time)."""
     seen: list[tuple[str, str, str, float]] = []
 
-    def on_change(backend: Backend, before: str, after: str, result: CheckResult) -> None:
+    def on_change(backend: Backend, before: str, after: str, result: CheckResult | None) -> None:
         seen.append((backend.name, before, after, trio.current_time()))
 
     pool.listeners.append(on_change)

@@ -278,6 +278,28 @@ async def test_streaks_must_be_unbroken(
     ]
 
 
+async def test_an_operator_change_is_not_logged_twice_and_leaving_maint_says_maint(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Drain, ready and maint through the pool log no transition line (the admin API logs the request
+    and its result in one line); the first check after maint says `is up (was maint)`, once."""
+    from dispatcher.state import Admin
+
+    caplog.set_level(logging.INFO)
+    backend = await started(nursery, TestBackend("b1"))
+    dispatcher = await start_dispatcher(nursery, settings_for([backend], health=health(interval=2.0)))
+    pool = dispatcher.pool
+    state = pool.by_name["b1"]
+    await wait_for_state(pool, "b1", "up")
+    caplog.clear()
+    for word in (Admin.DRAIN, Admin.READY, Admin.MAINT):
+        pool.set_admin(state, word)
+    pool.set_admin(state, Admin.READY)
+    await wait_for_state(pool, "b1", "up")
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "dispatcher.health"]
+    assert lines == [(logging.INFO, "backend b1 is up (was maint)")]
+
+
 async def test_state_changes_are_logged_one_line_each(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -703,3 +725,18 @@ def test_a_name_that_does_not_resolve_is_a_dns_failure_not_refused() -> None:
     assert (dns.reason, dns.detail) == ("dns", "cannot resolve web.internal: Name or service not known")
     refused = _connect_failed("10.0.0.1", ConnectionRefusedError(111, "Connection refused"))
     assert refused.reason == "refused"
+
+
+async def test_a_404_on_the_health_path_says_to_set_health_path(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A backend without the health route (python -m http.server, say) fails with a hint, not a riddle."""
+    backend = await started(nursery, TestBackend("b1", mode="status", status=404))
+    settings = health(path="/healthz")
+    pool = pool_for([backend], settings)
+    nursery.start_soon(run_checks, pool, settings)
+    await wait_for(pool, lambda: pool.by_name["b1"].checks_failed == 1)
+    last = pool.by_name["b1"].last_check
+    assert last is not None and last.detail == (
+        "status 404: set health.path to a route that backend serves (it is /healthz)"
+    )
