@@ -17,15 +17,19 @@ two, not a whole interval of arrivals. When reports are old, the estimate of eve
 we sent it lately": least-estimate is then a rotation weighted by drain rate, never a herd.
 
 The drain rate of a backend is its share of this dispatcher's redirect rate (weight x slow-start ramp
-over the sum of the usable backends'), since in a steady state a backend serves what it is sent. That
-share is what this dispatcher adds to it, so several dispatchers in front of one pool each drain their
-own share: none of them herds on another's redirects. A backend can be slower than its share: its
-reports then show a queue that persists, and while it does, the completions between two reports
-(previous load + arrivals it saw - new load, over the time) measure its capacity. The drain rate is
-the lesser of the share and the measured capacity; a capacity measured while the backend was not busy
-is only a lower bound, so it is raised towards what was seen and grows slowly (CAPACITY_PROBE a
-second) until the backend is busy again and measured anew: a backend that recovered is not held to
-its worst figure forever.
+over the sum of the usable backends'), since in a steady state a backend serves what it is sent; over
+the share of time the pool's backends are busy, since it serves only while it has work. That share is
+what this dispatcher adds to it, so several dispatchers in front of one pool each drain their own
+share: none of them herds on another's redirects. The redirect rate follows a rise at once: a drain
+slower than the backends are sent makes every estimate grow, and a fresh low report would herd again.
+A fresh report below every other backend's estimate gains at most CREDIT requests on them.
+
+Measured and left out (benchmarks/distribution.py, live): a per-backend capacity learned from the
+completions between reports, meant for slow backends. A backend sent a little less than its share
+serves a little less, which read as a lower capacity, which sent it less: live, with checks every 2 s,
+it starved two of eight backends and overloaded the rest (4.7x round-robin's mean). Slow backends are
+left to their reports (a persistent queue keeps them skipped), and to load streams, which correct
+within a request.
 """
 
 from __future__ import annotations
@@ -37,20 +41,13 @@ import math
 RATE_WINDOW = 2.0
 # Below this the rate is taken as this: a pool with no traffic yet still rotates (steps of seconds).
 MIN_RATE = 1.0
-# Capacity samples are averaged over about this long, and over 5 reports at least.
-CAPACITY_WINDOW = 4.0
-CAPACITY_WEIGHT = 0.2
-# While a backend is not busy its measured capacity may be an underestimate: it grows this much a
-# second (multiplicatively), probing, until a busy interval measures it again.
-CAPACITY_PROBE = 0.1
 # How busy a backend is, is averaged over about this long, and over 20 reports at least.
 BUSY_WINDOW = 10.0
 BUSY_WEIGHT = 0.05
 # A backend that is rarely busy drains at most this many times its share while it is.
-MAX_BOOST = 2.0
-# A capacity measured over busy intervals includes their idle moments, so it reads low by the idle
-# fraction: only one clearly below the share says that the backend is slower than its share.
-CAPACITY_TRUST = 0.8
+MAX_BOOST = 1.5
+# A fresh report may put a backend at most this many requests ahead of the least-loaded other.
+CREDIT = 3.0
 # The in-flight allowance never counts redirects older than this (a report sees what is a second old).
 MAX_DELAY = 1.0
 
@@ -73,47 +70,26 @@ def smoothing(elapsed: float, window: float, most: float = 1.0) -> float:
     return min(most, 1.0 - math.exp(-elapsed / window)) if elapsed > 0 else 0.0
 
 
-def next_capacity(capacity: float, before: float, arrivals: float, load: float, elapsed: float) -> float:
-    """The measured capacity after a report: `before` was the last report's load, `arrivals` the
-    redirects it received since (as far as we know), `load` the new report, over `elapsed` seconds.
-    0 means not measured."""
-    if elapsed <= 0:
-        return capacity
-    served = max(0.0, before + arrivals - load) / elapsed
-    busy = before >= 1 and load >= 1
-    if busy:
-        if capacity <= 0:
-            return served
-        return capacity + smoothing(elapsed, CAPACITY_WINDOW, CAPACITY_WEIGHT) * (served - capacity)
-    if capacity <= 0:
-        return 0.0
-    return max(capacity, served) * math.exp(CAPACITY_PROBE * elapsed)
-
-
 def next_busy(busy: float, load: float, elapsed: float) -> float:
     """The share of time a backend is busy (reports 1 or more), after `load` held for `elapsed` s."""
     return busy + smoothing(elapsed, BUSY_WINDOW, BUSY_WEIGHT) * ((1.0 if load >= 1 else 0.0) - busy)
 
 
-def drain_rate(share: float, busy: float, capacity: float) -> float:
+def drain_rate(share: float, busy: float) -> float:
     """What the estimate falls by each second while the backend holds requests.
 
     It serves its share of our redirects, but only while it is busy: a backend busy 90 % of the time
-    serves at share / 0.9 while it has work (at most MAX_BOOST x its share). A measured capacity
-    clearly below the share (CAPACITY_TRUST) is a slow backend: that rate then."""
-    rate = share / max(busy, 1.0 / MAX_BOOST)
-    if 0 < capacity < CAPACITY_TRUST * share:
-        return capacity
-    return rate
+    serves at share / 0.9 while it has work (at most MAX_BOOST x its share)."""
+    return share / max(busy, 1.0 / MAX_BOOST)
 
 
 class RedirectRate:
     """This dispatcher's redirects per second, as an EWMA over RATE_WINDOW, from a running total."""
 
-    __slots__ = ("_at", "_total", "rate")
+    __slots__ = ("_at", "_average", "_total", "rate")
 
     def __init__(self, now: float) -> None:
-        self.rate = MIN_RATE
+        self.rate = self._average = MIN_RATE
         self._at = now
         self._total = 0
 
@@ -122,6 +98,11 @@ class RedirectRate:
         elapsed = now - self._at
         if elapsed > 0:
             sample = (total - self._total) / elapsed
-            self.rate = max(MIN_RATE, self.rate + smoothing(elapsed, RATE_WINDOW) * (sample - self.rate))
+            average = self._average + smoothing(elapsed, RATE_WINDOW) * (sample - self._average)
+            self._average = max(MIN_RATE, average)
+            # A rate that lags a rise makes every estimate drain slower than the backends are sent
+            # requests: they grow, and a fresh low report then herds, as the old rule did. Rises are
+            # taken at once, falls at the average's pace: draining a little fast only rotates.
+            self.rate = max(self._average, sample)
             self._at, self._total = now, total
         return self.rate

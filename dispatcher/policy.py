@@ -64,6 +64,10 @@ class Policy(Protocol[C]):
 
     def choose(self, now: float = -math.inf) -> C | None: ...
 
+    def least_key(self) -> float:
+        """The least key filed (-inf when none, or when the policy keeps no order of keys)."""
+        ...
+
     def __len__(self) -> int: ...
 
 
@@ -125,6 +129,10 @@ class LeastLoaded(_Heap[C]):
         heapq.heapreplace(self._heap, entry)  # the same entry, sifted down to its new place
         return _count(backend, now)
 
+    def least_key(self) -> float:
+        entry = self._top()
+        return -math.inf if entry is None else float(entry[0])
+
 
 class PowerOfTwo(Generic[C]):
     """Two usable backends drawn by weight, the one with the lesser key."""
@@ -161,6 +169,9 @@ class PowerOfTwo(Generic[C]):
         bounds = self._bounds
         return min(bisect_right(bounds, self._random() * bounds[-1]), len(bounds) - 1)
 
+    def least_key(self) -> float:
+        return -math.inf
+
     def choose(self, now: float = -math.inf) -> C | None:
         if not self._entries:
             return None
@@ -195,6 +206,9 @@ class RoundRobin(_Heap[C]):
             self._passes[id(backend)] = start
         self._file(backend, usable, start, step)
 
+    def least_key(self) -> float:
+        return -math.inf
+
     def choose(self, now: float = -math.inf) -> C | None:
         entry = self._top()
         if entry is None:
@@ -217,6 +231,9 @@ class Random(Generic[C]):
 
     def update(self, backend: C, usable: bool, key: float, step: float) -> None:
         self._inner.update(backend, usable, key, step)
+
+    def least_key(self) -> float:
+        return -math.inf
 
     def choose(self, now: float = -math.inf) -> C | None:
         inner = self._inner

@@ -89,7 +89,6 @@ class Backend:
     reports: int = 0  # load reports taken: checks' answers and stream events
     busy: float = 1.0  # the share of time it reports a load of 1 or more (estimate.next_busy)
     carried: float = 0.0  # redirects sent just before `report` that it cannot have seen (estimate.unseen)
-    capacity: float = 0.0  # completions per second measured while busy; 0: not measured
     delay: float = 0.0  # the last timed check's duration: how late a redirect reaches the backend
     source: str = "poll"  # one of LOAD_SOURCES
     stream_connections: int = 0  # load streams opened
@@ -230,24 +229,29 @@ class Pool:
         if not self.drained:
             return 1.0 / (backend.spec.weight * backend.ramp)
         share = self.share_per_weight * backend.spec.weight * backend.ramp
-        backend.rate = estimate.drain_rate(share, self.busy, backend.capacity)
+        backend.rate = estimate.drain_rate(share, self.busy)
         return 1.0 / backend.rate
 
     def take_report(self, backend: Backend, load: float, now: float) -> float:
-        """A new load figure: learn the capacity, keep what it cannot have seen, re-key; returns the step."""
+        """A new load figure: keep what it cannot have seen, learn how busy it is, re-key; returns the
+        step."""
         previous = backend.report
         age = now - previous.at if previous is not None else math.inf
         carried = estimate.unseen(backend.since, age, now - backend.sent_at, backend.delay)
         if previous is not None:
             arrivals = backend.carried + backend.since + backend.others - carried
-            backend.capacity = estimate.next_capacity(backend.capacity, previous.value, arrivals, load, age)
-            backend.busy = estimate.next_busy(backend.busy, previous.value, age)
+            if arrivals > 0 or previous.value > 0:  # idle and sent nothing says nothing of busy
+                backend.busy = estimate.next_busy(backend.busy, previous.value, age)
         backend.previous_report = previous
         backend.report = LoadReport(load, now)
         backend.reports += 1
         backend.since, backend.carried = 0, carried
         step = self._step(backend)
-        backend.free_at = now + (load + carried + backend.others) * step
+        # A report below every other backend's estimate gives it a head start of at most CREDIT
+        # requests: its deficit may be the others' estimates being high, not its load being low,
+        # and a whole deficit taken at once is a herd (estimate).
+        least = self.policy.least_key() - estimate.CREDIT * step
+        backend.free_at = max(now + (load + carried + backend.others) * step, least)
         return step
 
     def record_load(self, backend: Backend, load: float, self_drain: bool, now: float) -> None:
@@ -283,7 +287,10 @@ class Pool:
         usable = [b for b in self.backends if b.usable]
         weight = sum(b.spec.weight * b.ramp for b in usable)
         share = rate / max(weight, 1e-9)
-        busy = sum(b.busy for b in usable) / len(usable) if usable else 1.0
+        # While this dispatcher sends (almost) nothing, its backends' idleness says nothing of how busy
+        # they are under its traffic: the figure from the last busy time is kept.
+        quiet = rate <= 2 * estimate.MIN_RATE or not usable
+        busy = self.busy if quiet else sum(b.busy for b in usable) / len(usable)
         drain, before = share / max(busy, 0.5), self.share_per_weight / max(self.busy, 0.5)
         if abs(drain - before) > REFILE_CHANGE * before:
             self.share_per_weight, self.busy = share, busy
@@ -347,9 +354,7 @@ class Pool:
 
     def _begin_ramp(self, backend: Backend, now: float) -> None:
         """A backend back from down reports a low load and would take every request: ramp its weight
-        (HAProxy `slowstart`, Envoy `slow_start_window`). At start all backends begin together: no ramp.
-        Its capacity is measured anew: what it showed before it went down is not what it has now."""
-        backend.capacity = 0.0
+        (HAProxy `slowstart`, Envoy `slow_start_window`). At start all backends begin together: no ramp."""
         if self.slow_start > 0:
             backend.ramp, backend.up_at = MIN_RAMP, now
 
