@@ -732,11 +732,11 @@ async def test_a_404_on_the_health_path_says_to_set_health_path(
 ) -> None:
     """A backend without the health route (python -m http.server, say) fails with a hint, not a riddle."""
     backend = await started(nursery, TestBackend("b1", mode="status", status=404))
-    settings = health(path="/healthz")
+    settings = health()
     pool = pool_for([backend], settings)
     nursery.start_soon(run_checks, pool, settings)
     await wait_for(pool, lambda: pool.by_name["b1"].checks_failed == 1)
     last = pool.by_name["b1"].last_check
     assert last is not None and last.detail == (
-        "status 404: set health.path to a route that backend serves (it is /healthz)"
+        "status 404: set health.path to a route that backend serves (it is /health)"
     )
