@@ -249,8 +249,9 @@ class Pool:
         step = self._step(backend)
         # A report below every other backend's estimate gives it a head start of at most CREDIT
         # requests: its deficit may be the others' estimates being high, not its load being low,
-        # and a whole deficit taken at once is a herd (estimate).
-        least = self.policy.least_key() - estimate.CREDIT * step
+        # and a whole deficit taken at once is a herd (estimate). A first report has no estimate
+        # before it to correct: it stands as it is.
+        least = self.policy.least_key() - estimate.CREDIT * step if previous is not None else -math.inf
         backend.free_at = max(now + (load + carried + backend.others) * step, least)
         return step
 

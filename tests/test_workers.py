@@ -100,7 +100,7 @@ def test_shared_table_adds_the_other_workers_redirects_to_the_estimate() -> None
         assert (b0_in_worker1.since, b0_in_worker1.others) == (0, 10)
         assert b0_in_worker1.report is not None
         assert b0_in_worker1.effective_load(b0_in_worker1.report.at) == pytest.approx(10.0, abs=1e-3)
-        master.record_check(master.backends[0], CheckResult(True, 0.0, load=3.0), now=2.0)
+        master.record_check(master.backends[0], CheckResult(True, 0.0, load=8.0), now=2.0)
         table.publish(0, master.backends[0], 2.0)
         for w in (0, 1):
             table.sync(w, workers[w], stats[w], seen[w])
@@ -108,7 +108,7 @@ def test_shared_table_adds_the_other_workers_redirects_to_the_estimate() -> None
             table.sync(w, workers[w], stats[w], seen[w])
         for w in (0, 1):
             b0 = workers[w].by_name["b0"]
-            assert b0.report is not None and b0.effective_load(b0.report.at) == pytest.approx(3.0, abs=1e-3)
+            assert b0.report is not None and b0.effective_load(b0.report.at) == pytest.approx(8.0, abs=1e-3)
         assert table.redirects(0) == (0, 10)  # since the new report, and in all
         assert stats_of(table.counters()).connections_total == 0
     finally:
