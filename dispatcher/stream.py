@@ -162,8 +162,8 @@ class StreamReader:
             if not data:
                 self._fail(stream, StreamFailed("protocol", "load stream closed by the backend"), now)
                 return
-            if not self._read(stream, data, now):
-                return
+            if not self._read(stream, data, now) or len(data) < 65536:
+                return  # a short read took all there was: epoll (level-triggered) says if more comes
 
     def _read(self, stream: LoadStream, data: bytes, now: float, first: bool = False) -> bool:
         """Feed and deliver; False once the stream failed."""

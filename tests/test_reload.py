@@ -90,8 +90,9 @@ def test_slow_start_ramps_a_recovered_backends_weight() -> None:
     pool.record_check(b0, CheckResult(True, 0.0, load=0.0), now=2.0)
     assert b0.ramp == MIN_RAMP
     chosen = [pool.choose() for _ in range(20)]
-    # Not stampeded despite reporting load 0: 3 of 20 (without the ramp it would take 12: 0..5, then half).
-    assert sum(1 for b in chosen if b is b0) == 3
+    # Not stampeded despite reporting load 0: 2 or 3 of 20, as a tie falls (without the ramp it would
+    # take 12: 0..5, then half).
+    assert 2 <= sum(1 for b in chosen if b is b0) <= 3
     assert pool.advance_ramps(now=7.0) and b0.ramp == pytest.approx(0.5)
     assert not pool.advance_ramps(now=12.0) and b0.ramp == 1.0
     assert b1.ramp == 1.0
