@@ -85,21 +85,26 @@ def test_the_demo_listens_on_loopback_unless_told(args: list[str], listen: Addre
     assert load_settings(build_parser().parse_args(args)).listen == listen
 
 
-async def test_json_logs_are_one_object_a_line(nursery: trio.Nursery, tmp_path: Path) -> None:
-    """--log-format json: every stderr line of a run is a JSON object with time, level, logger, message."""
+async def json_log_lines(nursery: trio.Nursery, tmp_path: Path, *flags: str) -> list[dict[str, str]]:
+    """The stderr lines of a real dispatcher run with --log-format json, from start to SIGTERM, parsed."""
     backend = TestBackend("b1")
     await nursery.start(backend.serve)
     port, admin_port = unused_port(), unused_port()
-    command = dispatcher_command(port, admin_port, [backend.url], "--log-format=json")
+    command = dispatcher_command(port, admin_port, [backend.url], "--log-format=json", *flags)
     with (tmp_path / "stderr").open("wb") as stderr:
         process: trio.Process = await nursery.start(
             partial(trio.run_process, command, check=False, stderr=stderr)
         )
         await poll_admin(admin_port, "/readyz", lambda status, _: status == 200)
         process.send_signal(signal.SIGTERM)
-        with trio.fail_after(10):
+        with trio.fail_after(20):
             assert await process.wait() == 0
-    lines = [json.loads(line) for line in (tmp_path / "stderr").read_text().splitlines()]
+    return [json.loads(line) for line in (tmp_path / "stderr").read_text().splitlines()]
+
+
+async def test_json_logs_are_one_object_a_line(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """--log-format json: every stderr line of a run is a JSON object with time, level, logger, message."""
+    lines = await json_log_lines(nursery, tmp_path)
     assert all(set(line) == {"time", "level", "logger", "message"} for line in lines), lines
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"]) for line in lines)
     assert {"level": "INFO", "logger": "dispatcher", "message": "stopped"} in [
@@ -112,19 +117,7 @@ async def test_json_logs_of_workers_are_json_too_and_say_which_worker(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     """--workers 2 --log-format json: the workers write JSON objects as the master does, with `worker`."""
-    backend = TestBackend("b1")
-    await nursery.start(backend.serve)
-    port, admin_port = unused_port(), unused_port()
-    command = dispatcher_command(port, admin_port, [backend.url], "--log-format=json", "--workers=2")
-    with (tmp_path / "stderr").open("wb") as stderr:
-        process: trio.Process = await nursery.start(
-            partial(trio.run_process, command, check=False, stderr=stderr)
-        )
-        await poll_admin(admin_port, "/readyz", lambda status, _: status == 200)
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(20):
-            assert await process.wait() == 0
-    lines = [json.loads(line) for line in (tmp_path / "stderr").read_text().splitlines()]
+    lines = await json_log_lines(nursery, tmp_path, "--workers=2")
     workers = {line["worker"] for line in lines if "worker" in line}
     assert workers == {"worker-0.0", "worker-0.1"}, lines
 
