@@ -243,16 +243,25 @@ class StreamPacer:
         return b"", self._last_write + self.heartbeat - now, True
 
 
-def _check_settings(health_path: str, heartbeat: float, coalesce: float) -> None:
-    if not health_path.startswith("/"):
-        raise ValueError(f"health_path must start with '/': {health_path!r}")
-    if not heartbeat > 0:
-        raise ValueError(f"heartbeat must be above 0 seconds: {heartbeat!r}")
-    if not coalesce >= 0:
-        raise ValueError(f"coalesce must be 0 seconds or more: {coalesce!r}")
+class _Answering:
+    """What both middlewares are configured with: the health path, the stream's pace, the reporter."""
+
+    def _configure(
+        self, health_path: str, heartbeat: float, coalesce: float, load: Callable[[], float] | None
+    ) -> None:
+        if not health_path.startswith("/"):
+            raise ValueError(f"health_path must start with '/': {health_path!r}")
+        if not heartbeat > 0:
+            raise ValueError(f"heartbeat must be above 0 seconds: {heartbeat!r}")
+        if not coalesce >= 0:
+            raise ValueError(f"coalesce must be 0 seconds or more: {coalesce!r}")
+        self.health_path = health_path
+        self.heartbeat = heartbeat
+        self.coalesce = coalesce
+        self.reporter = LoadReporter(load)
 
 
-class ASGILoadMiddleware:
+class ASGILoadMiddleware(_Answering):
     """Wraps an ASGI app: counts its HTTP requests in flight and answers the health path itself.
 
     A request counts from its start until its response is complete (the last `http.response.body`)
@@ -277,13 +286,9 @@ class ASGILoadMiddleware:
         *,
         load: Callable[[], float] | None = None,
     ) -> None:
-        _check_settings(health_path, heartbeat, coalesce)
+        self._configure(health_path, heartbeat, coalesce, load)
         self.app = app
-        self.health_path = health_path
-        self.heartbeat = heartbeat
-        self.coalesce = coalesce
         self.stream = stream
-        self.reporter = LoadReporter(load)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -403,7 +408,7 @@ async def _pause(wake: asyncio.Event | None, delay: float) -> None:
             await wake.wait()
 
 
-class WSGILoadMiddleware:
+class WSGILoadMiddleware(_Answering):
     """Wraps a WSGI app: counts its requests in flight and answers the health path itself.
 
     A request counts from the call until the server closes the body it got back (PEP 3333: the
@@ -428,13 +433,9 @@ class WSGILoadMiddleware:
         *,
         load: Callable[[], float] | None = None,
     ) -> None:
-        _check_settings(health_path, heartbeat, coalesce)
+        self._configure(health_path, heartbeat, coalesce, load)
         self.app = app
-        self.health_path = health_path
-        self.heartbeat = heartbeat
-        self.coalesce = coalesce
         self.stream = stream
-        self.reporter = LoadReporter(load)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")

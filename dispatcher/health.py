@@ -763,34 +763,21 @@ class HealthChecks:
         assert link is not None
         probe.stream = stream
         data, now = b"", trio.current_time()
-        while stream.open and probe.stream is stream:
-            try:
-                reports = stream.feed(data, now, self._silence())
-            except StreamFailed as failure:
-                stream.open = False
-                self.failed(stream, failure, now)
-                return
-            if reports:
-                self.reports(stream, reports, now)
-            data = b""
+        while probe.stream is stream and stream.deliver(data, now, self._silence(), self):
+            data, failure = b"", None
             with trio.move_on_at(stream.deadline):
                 try:
                     data = bytes(await link.stream.receive_some(65536))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
-                    self.failed(
-                        stream, StreamFailed("protocol", f"load stream lost: {error}"), trio.current_time()
-                    )
-                    return
-                if not data:
-                    self.failed(
-                        stream,
-                        StreamFailed("protocol", "load stream closed by the backend"),
-                        trio.current_time(),
-                    )
+                    failure = StreamFailed("protocol", f"load stream lost: {error}")
+                else:
+                    failure = None if data else StreamFailed("protocol", "load stream closed by the backend")
+                if failure is not None:
+                    stream.fail(failure, trio.current_time(), self)
                     return
             now = trio.current_time()
             if not data and now >= stream.deadline:
-                self.failed(stream, stream.expired(now), now)
+                stream.fail(stream.expired(now), now, self)
                 return
 
 

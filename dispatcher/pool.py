@@ -267,8 +267,7 @@ class Pool:
             backend.self_drain = self_drain
             self._changed(backend, before, None)
             return
-        usable = backend.health is Health.UP and backend.admin is Admin.READY and not backend.self_drain
-        self._reindex_as(backend, usable, backend.free_at, step)
+        self._reindex_as(backend, backend.usable, backend.free_at, step)
 
     def add_others(self, backend: Backend, others: int, now: float) -> None:
         """Other worker processes have sent `others` redirects to the backend since its report."""

@@ -83,6 +83,22 @@ class LoadStream:
             self.deadline = now + silence
         return reports
 
+    def deliver(self, data: bytes, now: float, silence: float, delivery: Delivery) -> bool:
+        """Feed bytes and hand over what they bring; False once the stream failed (and said so)."""
+        try:
+            reports = self.feed(data, now, silence)
+        except StreamFailed as failure:
+            self.fail(failure, now, delivery)
+            return False
+        if reports:
+            delivery.reports(self, reports, now)
+        return True
+
+    def fail(self, failure: StreamFailed, now: float, delivery: Delivery) -> None:
+        """The stream is over: nothing more is delivered, and the health checks are told why."""
+        self.open = False
+        delivery.failed(self, failure, now)
+
     def expired(self, now: float) -> StreamFailed:
         """What the failure says when the deadline passed."""
         if self.first:
@@ -169,18 +185,14 @@ class StreamReader:
         """Feed and deliver; False once the stream failed."""
         if first and not stream.answer.stream and not stream.answer.ended:
             return True
-        try:
-            reports = stream.feed(data, now, self._silence())
-        except StreamFailed as failure:
-            self._fail(stream, failure, now)
-            return False
-        if reports:
-            self._delivery.reports(stream, reports, now)
-        return True
+        if stream.deliver(data, now, self._silence(), self._delivery):
+            return True
+        self.close(stream)
+        return False
 
     def _fail(self, stream: LoadStream, failure: StreamFailed, now: float) -> None:
         self.close(stream)
-        self._delivery.failed(stream, failure, now)
+        stream.fail(failure, now, self._delivery)
 
     def _push(self, stream: LoadStream) -> None:
         heapq.heappush(self._deadlines, (stream.deadline, next(self._order), stream))
