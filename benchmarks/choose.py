@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the dispatcher of this checkout
 
-from dispatcher.config import HealthSettings, parse_backend
-from dispatcher.pool import CheckResult, Pool
+from dispatcher.core.pool import CheckResult, Pool
+from dispatcher.settings.config import HealthSettings, parse_backend
 
 SIZES = (3, 1000)
 PATTERNS = ("whole", "fractional")

@@ -41,7 +41,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the dispatcher of this checkout
 
-from dispatcher.server import RESPONSE_CODES
+from dispatcher.core.stats import RESPONSE_CODES
 
 HOST = "127.0.0.1"  # Loopback only.
 # Every status the front door may send (README, "What the front door answers").

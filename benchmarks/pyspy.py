@@ -2,7 +2,7 @@
 #
 # Why: a req/s ratio says how much the dispatcher's own work costs, not where. `py-spy record -f raw`
 # writes one line per distinct stack, root first, leaf last, with how many samples had it:
-#   <module> (dispatcher/__main__.py:4);main (dispatcher/cli.py:171);...;send (trio/_socket.py:123) 17
+#   <module> (dispatcher/__main__.py:4);main (dispatcher/wiring/cli.py:171);...;send (trio/_socket.py:123) 17
 # From that, per function (its name and file; the line number is dropped so that all lines of a function
 # count together):
 # - inclusive: the samples in which it is anywhere on the stack (counted once per sample even when it

@@ -44,10 +44,10 @@ from importlib.metadata import version
 from harness import busy_warning, cpu_snapshot, others_cpu_percent
 from prometheus_client.exposition import choose_encoder
 
-from dispatcher.config import BackendSpec, HealthSettings
-from dispatcher.metrics import Metrics
-from dispatcher.pool import Backend, CheckResult, Pool
-from dispatcher.server import ServerStats
+from dispatcher.core.pool import Backend, CheckResult, Pool
+from dispatcher.core.stats import ServerStats
+from dispatcher.expose.metrics import Metrics
+from dispatcher.settings.config import BackendSpec, HealthSettings
 
 SCRAPE_INTERVAL = 15.0  # Prometheus' default scrape_interval
 CHECK_INTERVAL = 2.0  # the dispatcher's default health interval

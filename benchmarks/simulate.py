@@ -1,6 +1,6 @@
 """A discrete-event simulation of the dispatcher's choice under stale load reports: why the rule is so.
 
-The policies are the dispatcher's own (`dispatcher.pool.Pool` with each of its `--policy` values,
+The policies are the dispatcher's own (`dispatcher.core.pool.Pool` with each of its `--policy` values,
 fed with the same `record_check` calls the health checks make, `choose(now)` as the front door calls
 it, and `tick` as the app does), run in virtual time against simulated backends: no sockets, no trio.
 The rule the dispatcher had before issue 6, least (report + redirects since) / weight, is simulated
@@ -32,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the dispatcher of this checkout
 
-from dispatcher.config import HealthSettings, parse_backend
-from dispatcher.pool import Backend, CheckResult, Pool
+from dispatcher.core.pool import Backend, CheckResult, Pool
+from dispatcher.settings.config import HealthSettings, parse_backend
 
 SERVICE = 0.02  # seconds: the mean service time of a normal backend
 # The dispatcher's policies (its round-robin and random run as the client-side rotation and draw do),

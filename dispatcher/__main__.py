@@ -1,5 +1,5 @@
 """`python -m dispatcher` runs the same entry point as the console script."""
 
-from dispatcher.cli import main
+from dispatcher.wiring.cli import main
 
 raise SystemExit(main())

@@ -17,10 +17,11 @@ from typing import Any
 import httpx
 import trio
 
-from dispatcher import app, config
-from dispatcher.config import HealthSettings, Settings
-from dispatcher.demo import Answer, LoadReportingBackend, Received
-from dispatcher.pool import Backend, CheckResult, Pool
+from dispatcher.core.pool import Backend, CheckResult, Pool
+from dispatcher.settings import config
+from dispatcher.settings.config import HealthSettings, Settings
+from dispatcher.wiring import app
+from dispatcher.wiring.demo import Answer, LoadReportingBackend, Received
 
 
 @dataclass(eq=False)
@@ -269,7 +270,7 @@ async def read_until_close(stream: trio.abc.ReceiveStream, *, timeout: float = 1
     return bytes(received)
 
 
-# Health-check and metrics helpers (tests/test_health.py, tests/test_admin_metrics.py).
+# Health-check and metrics helpers (tests/net/test_health.py, tests/net/test_admin_metrics.py).
 
 
 @dataclass(eq=False)
@@ -350,7 +351,8 @@ def record_transitions(pool: Pool) -> list[tuple[str, str, str, float]]:
     return seen
 
 
-# Hostile clients, failing backends and dispatcher processes (tests/test_hostile.py, tests/test_failover.py).
+# Hostile clients, failing backends and dispatcher processes (tests/net/test_hostile.py,
+# tests/wiring/test_failover.py).
 
 
 def request_head(target: str, *headers: str, method: str = "GET", version: str = "1.1") -> bytes:
@@ -468,7 +470,8 @@ async def admin_get(
         return await client.get(dispatcher.admin_url + path, headers=headers)
 
 
-# Worker processes of a `--workers` master (tests/test_workers.py, tests/test_workers_reload.py).
+# Worker processes of a `--workers` master (tests/processes/test_workers.py,
+# tests/processes/test_workers_reload.py).
 
 
 def worker_pids(master_pid: int) -> list[int]:

@@ -8,9 +8,9 @@ from pathlib import Path
 import trio
 
 from dispatcher import __version__
-from dispatcher.cli import build_parser
-from dispatcher.config import Settings, apply, parse_toml
-from dispatcher.server import RESPONSE_CODES
+from dispatcher.core.stats import RESPONSE_CODES
+from dispatcher.settings.config import Settings, apply, parse_toml
+from dispatcher.wiring.cli import build_parser
 from tests.helpers import admin_get, settings_for, start_backends, start_dispatcher
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -1,0 +1,466 @@
+"""The pool: every backend's state, owned in one place.
+
+Owns: per backend the health state machine's position, the operator's state, the load reports (the
+last one and the one before, each with its time) and the redirects sent since the last report, the
+counters that metrics read, and the policy index that choosing uses.
+Rules: no I/O, no trio; time is passed in (`now`, from trio.current_time() by the caller) so that
+everything here runs under a mock clock and without sockets. Health results come in through
+`record_check` (only the health module calls it), redirects go out through `choose` (only the
+front door calls it). Metrics and the admin API read `view()` snapshots and the counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from dispatcher.core import estimate
+from dispatcher.core.health_state import Admin, Health, next_health, visible_state
+from dispatcher.core.policy import LOAD_AWARE, Policy, make_policy
+from dispatcher.settings.config import DEFAULT_POLICY, BackendSpec, HealthSettings
+
+log = logging.getLogger("dispatcher.pool")
+
+FAILURE_REASONS = ("timeout", "refused", "dns", "tls", "status", "bad_load", "protocol")
+# Health check durations: milliseconds on a LAN, up to the timeout (1 s by default) when a check fails.
+# Few buckets: with 1,000 backends every bucket is 1,000 more series to scrape.
+CHECK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0)
+# Envoy's slow start `min_weight_percent` default: a recovering backend starts at 10 % of its weight.
+MIN_RAMP = 0.1
+# How often `tick` folds in the redirect rate and the usable weight (the drain shares, `estimate`).
+TICK = 0.5
+# The shares change by more than this fraction: every usable backend is filed again with its new step.
+REFILE_CHANGE = 0.2
+# How a backend's load reaches the pool: by the answers to polled checks, or by its load stream.
+LOAD_SOURCES = ("poll", "stream")
+
+
+@dataclass(slots=True)
+class CheckResult:
+    """What one health check found. `load` is None when the check failed.
+
+    A value: nothing changes one once made. Not `frozen`, because a frozen dataclass is made through
+    object.__setattr__ per field, three times the cost, and 1,000 backends make 500 a second."""
+
+    passed: bool
+    duration: float
+    load: float | None = None  # None on a pass: a streaming backend, whose reports came as events
+    reason: str | None = None  # one of FAILURE_REASONS when not passed
+    detail: str = ""
+    self_drain: bool = False  # the backend asked to be drained (X-Load-State: drain)
+    timed: bool = True  # False for a streaming backend's pass: no request was timed
+
+
+@dataclass(slots=True)
+class LoadReport:
+    """A load figure and the time (trio clock) it was received."""
+
+    value: float
+    at: float
+
+
+@dataclass(eq=False, slots=True)
+class Backend:
+    """One backend's live state. Mutable, but only the pool mutates it."""
+
+    # What a redirect reads and writes comes first, beside the object's header: in a pool of 1,000 the
+    # backend a redirect goes to is cold in the CPU cache, and these then share one cache line or two.
+    spec: BackendSpec
+    location_base: bytes
+    version: int = 0  # bumped whenever the policy's key or the backend's usability changes
+    since: int = 0  # redirects sent since `report`
+    redirects: int = 0
+    # When the backend is expected to have drained all we know it has (the policy's key; a redirect
+    # moves it by 1 / rate), and the drain rate that estimate uses (dispatcher.core.estimate).
+    free_at: float = 0.0
+    rate: float = 1.0
+    sent_at: float = -math.inf  # when the last redirect was sent
+    health: Health = Health.STARTING
+    streak: int = 0
+    admin: Admin = Admin.READY
+    self_drain: bool = False
+    report: LoadReport | None = None
+    previous_report: LoadReport | None = None
+    others: int = 0  # redirects other worker processes sent since `report` (--workers), as last seen
+    reports: int = 0  # load reports taken: checks' answers and stream events
+    busy: float = 1.0  # the share of time it reports a load of 1 or more (estimate.next_busy)
+    carried: float = 0.0  # redirects sent just before `report` that it cannot have seen (estimate.unseen)
+    delay: float = 0.0  # the last timed check's duration: how late a redirect reaches the backend
+    source: str = "poll"  # one of LOAD_SOURCES
+    stream_connections: int = 0  # load streams opened
+    stream_events: int = 0  # load reports received on a stream
+    checks_passed: int = 0
+    checks_failed: int = 0
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
+    state_changes: int = 0
+    # Per bucket of CHECK_BUCKETS (+Inf last), not cumulative: metrics accumulates them at scrape time.
+    check_durations: list[int] = field(default_factory=lambda: [0] * (len(CHECK_BUCKETS) + 1))
+    check_duration_sum: float = 0.0
+    last_check: CheckResult | None = None
+    last_check_at: float | None = None
+    next_check_at: float = 0.0
+    # Slow start: the share of its weight a recovered backend gets, growing from MIN_RAMP to 1.
+    ramp: float = 1.0
+    up_at: float = 0.0
+    resumed_from: str | None = None  # the state it left for a fresh start (maint), until its first check
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def weight(self) -> float:
+        return self.spec.weight
+
+    @property
+    def usable(self) -> bool:
+        """May receive new redirects: healthy, ready, not draining itself."""
+        return self.health is Health.UP and self.admin is Admin.READY and not self.self_drain
+
+    @property
+    def load(self) -> float:
+        """The last reported load; a backend that reports nothing counts as 0."""
+        return self.report.value if self.report is not None else 0.0
+
+    def effective_load(self, now: float, drained: bool = True) -> float:
+        """The load estimate now, over weight x ramp: what the choice goes by (dispatcher.core.estimate).
+
+        `drained`: the estimate falls at the drain rate between reports (least-loaded, p2c); else the
+        report + redirects since, as the blind policies would have it."""
+        if drained:
+            load = max(0.0, self.free_at - now) * self.rate
+        else:
+            load = self.load + self.carried + self.since + self.others
+        return load / (self.spec.weight * self.ramp)
+
+    @property
+    def state(self) -> str:
+        return visible_state(self.health, self.admin, self.self_drain)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendView:
+    """An immutable snapshot of one backend for readers (metrics, admin API, tests)."""
+
+    name: str
+    url: str
+    state: str
+    weight: float
+    load: float
+    effective_load: float
+    load_age: float | None
+    since: int
+    redirects: int
+    last_check_at: float | None
+    last_check: CheckResult | None
+    drain_rate: float
+    load_source: str
+
+
+# (backend, before, after, the check that made the change; None: the operator's word)
+TransitionListener = Callable[[Backend, str, str, CheckResult | None], None]
+CheckListener = Callable[[Backend, CheckResult], None]
+ChangeListener = Callable[[Backend], None]
+
+
+class Pool:
+    """All backends, the policy index over the usable ones, and the transitions between states."""
+
+    def __init__(
+        self,
+        specs: Iterable[BackendSpec],
+        health: HealthSettings,
+        started_at: float = 0.0,
+        slow_start: float = 0.0,
+        policy: str = DEFAULT_POLICY,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.health_settings = health
+        self.started_at = started_at
+        self.slow_start = slow_start
+        self.backends = [Backend(spec, spec.base.encode("ascii")) for spec in specs]
+        self.by_name = {backend.name: backend for backend in self.backends}
+        self.policy_name = policy
+        self.policy: Policy[Backend] = make_policy(policy, rng)
+        self.drained = policy in LOAD_AWARE  # the policy goes by the drained estimate
+        # This process chooses (False in the --workers master, which only checks and reports).
+        self.chooses = True
+        self.redirect_rate = estimate.RedirectRate(started_at)
+        self.others_total = 0  # redirects the other worker processes sent, in all (--workers)
+        # The drain share per unit of weight x ramp: the redirect rate over the usable backends' weight.
+        # One figure for the whole pool, changed only by `tick` (which then files every backend
+        # again), so that every backend's step is drawn from the same figure and weights hold exactly.
+        # Before the first tick: the least rate over every configured backend.
+        self.share_per_weight = estimate.MIN_RATE / max(1.0, sum(b.spec.weight for b in self.backends))
+        self._ticked_at = -math.inf
+        # The usable backends' mean `busy`, as of the last tick: one figure for the whole pool, so that
+        # its noise moves every backend's drain alike and never reorders them.
+        self.busy = 1.0
+        self.listeners: list[TransitionListener] = []
+        self.check_listeners: list[CheckListener] = []
+        # Told after anything that changes what choosing sees (a report, a state, a weight, a ramp).
+        self.change_listeners: list[ChangeListener] = []
+
+    def set_policy(self, name: str) -> None:
+        """A reload named another policy: file every backend in a new one (their figures stay)."""
+        if name == self.policy_name:
+            return
+        self.policy_name, self.policy = name, make_policy(name)
+        self.drained = name in LOAD_AWARE
+        for backend in self.backends:
+            self.reindex(backend)
+
+    def choose(self, now: float = -math.inf) -> Backend | None:
+        """The backend for one redirect, counted as sent; None when no backend is usable."""
+        return self.policy.choose(now)
+
+    @property
+    def usable_count(self) -> int:
+        return sum(1 for backend in self.backends if backend.usable)
+
+    # --- load reports and the estimate -------------------------------------------------------------
+
+    def _step(self, backend: Backend) -> float:
+        """What one redirect adds to the backend's key, after refreshing its drain rate."""
+        if not self.drained:
+            return 1.0 / (backend.spec.weight * backend.ramp)
+        share = self.share_per_weight * backend.spec.weight * backend.ramp
+        backend.rate = estimate.drain_rate(share, self.busy)
+        return 1.0 / backend.rate
+
+    def take_report(self, backend: Backend, load: float, now: float) -> float:
+        """A new load figure: keep what it cannot have seen, learn how busy it is, re-key; returns the
+        step."""
+        previous = backend.report
+        age = now - previous.at if previous is not None else math.inf
+        carried = estimate.unseen(backend.since, age, now - backend.sent_at, backend.delay)
+        if previous is not None:
+            arrivals = backend.carried + backend.since + backend.others - carried
+            if arrivals > 0 or previous.value > 0:  # idle and sent nothing says nothing of busy
+                backend.busy = estimate.next_busy(backend.busy, previous.value, age)
+        backend.previous_report = previous
+        backend.report = LoadReport(load, now)
+        backend.reports += 1
+        backend.since, backend.carried = 0, carried
+        step = self._step(backend)
+        # A report below every other backend's estimate gives it a head start of at most CREDIT
+        # requests: its deficit may be the others' estimates being high, not its load being low,
+        # and a whole deficit taken at once is a herd (estimate). A first report has no estimate
+        # before it to correct: it stands as it is.
+        least = self.policy.least_key() - estimate.CREDIT * step if previous is not None else -math.inf
+        backend.free_at = max(now + (load + carried + backend.others) * step, least)
+        return step
+
+    def record_load(self, backend: Backend, load: float, self_drain: bool, now: float) -> None:
+        """One event of a backend's load stream: a fresh report, applied at once.
+
+        The health state moves only with checks (`record_check`, once an interval for a stream), but a
+        drain asked for on the stream applies now, as it would on a check's answer."""
+        backend.stream_events += 1
+        step = self.take_report(backend, load, now)
+        if backend.health is Health.UP and backend.self_drain != self_drain:
+            before = backend.state
+            backend.self_drain = self_drain
+            self._changed(backend, before, None)
+            return
+        self._reindex_as(backend, backend.usable, backend.free_at, step)
+
+    def add_others(self, backend: Backend, others: int, now: float) -> None:
+        """Other worker processes have sent `others` redirects to the backend since its report."""
+        more = others - backend.others
+        backend.others = others
+        if more > 0:
+            backend.free_at = max(backend.free_at, now) + more / backend.rate
+
+    def tick(self, now: float) -> None:
+        """Every TICK: the redirect rate and the usable weight behind the drain shares; slow starts."""
+        if now - self._ticked_at < TICK:
+            return
+        self._ticked_at = now
+        total = sum(backend.redirects for backend in self.backends) + self.others_total
+        rate = self.redirect_rate.observe(total, now)
+        self.advance_ramps(now)
+        usable = [b for b in self.backends if b.usable]
+        weight = sum(b.spec.weight * b.ramp for b in usable)
+        share = rate / max(weight, 1e-9)
+        # While this dispatcher sends (almost) nothing, its backends' idleness says nothing of how busy
+        # they are under its traffic: the figure from the last busy time is kept.
+        quiet = rate <= 2 * estimate.MIN_RATE or not usable
+        busy = self.busy if quiet else sum(b.busy for b in usable) / len(usable)
+        drain, before = share / max(busy, 0.5), self.share_per_weight / max(self.busy, 0.5)
+        if abs(drain - before) > REFILE_CHANGE * before:
+            self.share_per_weight, self.busy = share, busy
+            for backend in self.backends:
+                if backend.usable:
+                    before = backend.rate  # the estimate now stays what it is: only its drain changes
+                    step = self._step(backend)
+                    if backend.free_at > now:
+                        backend.free_at = now + (backend.free_at - now) * before * step
+                    self._reindex_as(backend, True, backend.free_at, step)
+
+    def effective_load(self, backend: Backend, now: float) -> float:
+        """What the admin API and the metrics show as the backend's effective load now."""
+        if self.drained and not self.chooses and backend.report is not None:
+            # The --workers master does not choose: its keys never saw the redirects. The same
+            # estimate from its figures: report + redirects since, drained since the report.
+            sent = backend.report.value + backend.carried + backend.since
+            return max(0.0, sent - backend.rate * (now - backend.report.at)) / (backend.weight * backend.ramp)
+        return backend.effective_load(now, self.drained)
+
+    # --- health ------------------------------------------------------------------------------------
+
+    def record_check(self, backend: Backend, result: CheckResult, now: float) -> None:
+        """Apply one health check: counters, a new load report, and the state machine."""
+        backend.last_check, backend.last_check_at = result, now
+        if result.timed:
+            backend.check_durations[bisect_left(CHECK_BUCKETS, result.duration)] += 1
+            backend.check_duration_sum += result.duration
+        for listener in self.check_listeners:
+            listener(backend, result)
+        if result.passed:
+            backend.checks_passed += 1
+            if result.timed:
+                backend.delay = result.duration
+            if result.load is not None:
+                step = self.take_report(backend, result.load, now)
+                if backend.health is Health.UP and backend.self_drain == result.self_drain:
+                    # Up and staying up, the visible state unchanged: the common case, on every check
+                    # of every healthy backend. Only the new report is re-indexed, with figures at hand.
+                    backend.streak = 0
+                    usable = backend.admin is Admin.READY and not backend.self_drain
+                    self._reindex_as(backend, usable, backend.free_at, step)
+                    return
+            elif backend.health is Health.UP and backend.self_drain == result.self_drain:
+                backend.streak = 0  # a streaming backend's interval: its reports came as events
+                return
+        else:
+            backend.checks_failed += 1
+            backend.failures[result.reason or "protocol"] += 1
+        starting = backend.health is Health.STARTING
+        before = backend.state
+        settings = self.health_settings
+        backend.health, backend.streak = next_health(
+            backend.health, backend.streak, result.passed, settings.rise, settings.fall
+        )
+        if result.passed:
+            backend.self_drain = result.self_drain
+        if not starting and before == "down" and backend.health is Health.UP:
+            self._begin_ramp(backend, now)
+        self._changed(backend, before, result, starting)
+
+    def _begin_ramp(self, backend: Backend, now: float) -> None:
+        """A backend back from down reports a low load and would take every request: ramp its weight
+        (HAProxy `slowstart`, Envoy `slow_start_window`). At start all backends begin together: no ramp."""
+        if self.slow_start > 0:
+            backend.ramp, backend.up_at = MIN_RAMP, now
+
+    def advance_ramps(self, now: float) -> bool:
+        """Grow the ramping backends' weights to `now`; True while any is still ramping."""
+        ramping = False
+        for backend in self.backends:
+            if backend.ramp < 1.0:
+                progress = (now - backend.up_at) / self.slow_start if self.slow_start > 0 else 1.0
+                backend.ramp = min(1.0, max(MIN_RAMP, progress))
+                self.reindex(backend)
+                ramping = ramping or backend.ramp < 1.0
+        return ramping
+
+    def set_admin(self, backend: Backend, admin: Admin) -> None:
+        """The operator's word (ready / drain / maint) for one backend.
+
+        Leaving maint, a backend's old health is stale (it was not checked): it starts over and takes
+        traffic again after its next passing check, as at start.
+        """
+        before = backend.state
+        if backend.admin is Admin.MAINT and admin is not Admin.MAINT:
+            backend.health, backend.streak = Health.STARTING, 0
+            backend.resumed_from = "maint"  # its first check's line says so, not "was starting"
+        backend.admin = admin
+        self._changed(backend, before, None)
+
+    def reindex(self, backend: Backend) -> None:
+        """After a change to what choosing sees of a backend (a report, a state, a weight, a ramp)."""
+        self._reindex_as(backend, backend.usable, backend.free_at, self._step(backend))
+
+    def _reindex_as(self, backend: Backend, usable: bool, key: float, step: float) -> None:
+        backend.version += 1
+        self.policy.update(backend, usable, key, step)
+        for listener in self.change_listeners:
+            listener(backend)
+
+    def _changed(
+        self, backend: Backend, before: str, result: CheckResult | None, starting: bool = False
+    ) -> None:
+        """Re-index the backend; count and announce a change of its visible state.
+
+        A first check result is always announced ("was starting"), so a backend that is dead at start
+        is logged too, though the state-set shows it as down before and after.
+        """
+        self.reindex(backend)
+        after = backend.state
+        if after != before:
+            backend.state_changes += 1
+        if after != before or starting:
+            if starting:
+                before, backend.resumed_from = backend.resumed_from or "starting", None
+            for listener in self.listeners:
+                listener(backend, before, after, result)
+
+    def reconcile(self, specs: Sequence[BackendSpec]) -> tuple[list[Backend], list[Backend]]:
+        """Apply a reloaded backend list; returns (added, removed).
+
+        A backend is the same backend when its name and URL are unchanged: it keeps its health, load
+        reports, counters and operator state (drain survives a reload, unlike HAProxy's). A new weight
+        applies at once. A removed backend is put in maint so that no redirect goes to it any more.
+        """
+        old = self.by_name
+        kept: list[Backend] = []
+        added: list[Backend] = []
+        for spec in specs:
+            backend = old.get(spec.name)
+            if backend is not None and backend.spec.url == spec.url:
+                if backend.spec != spec:
+                    backend.spec = spec
+                    self.reindex(backend)
+                kept.append(backend)
+            else:
+                added.append(Backend(spec, spec.base.encode("ascii")))
+        keep = {id(b) for b in kept}
+        removed = [b for b in self.backends if id(b) not in keep]
+        for backend in removed:
+            backend.admin = Admin.MAINT
+            self.reindex(backend)
+        order = {spec.name: i for i, spec in enumerate(specs)}
+        self.backends = sorted(kept + added, key=lambda b: order[b.name])
+        self.by_name = {backend.name: backend for backend in self.backends}
+        return added, removed
+
+    def view(self, now: float) -> list[BackendView]:
+        return [self.view_of(backend, now) for backend in self.backends]
+
+    def view_of(self, backend: Backend, now: float) -> BackendView:
+        report = backend.report
+        return BackendView(
+            name=backend.name,
+            url=backend.spec.url,
+            state=backend.state,
+            weight=backend.weight,
+            load=backend.load,
+            effective_load=self.effective_load(backend, now),
+            load_age=None if report is None else max(0.0, now - report.at),
+            since=backend.since,
+            redirects=backend.redirects,
+            last_check_at=backend.last_check_at,
+            last_check=backend.last_check,
+            drain_rate=backend.rate,
+            load_source=backend.source,
+        )
+
+    def next_check_in(self, now: float) -> float:
+        """Seconds until the next health check of any backend that is being checked."""
+        times = [b.next_check_at for b in self.backends if b.admin is not Admin.MAINT]
+        return max(0.0, min(times) - now) if times else self.health_settings.interval

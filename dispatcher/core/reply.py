@@ -1,0 +1,205 @@
+"""Request to reply: what the front door answers, as plain data.
+
+Owns: the redirect (307 + Location), the 503 when nothing is usable, the answers that are not
+redirects (OPTIONS *, CONNECT, bad targets) and the cached Date header.
+Rules: sans-IO: no trio, no sockets. It asks the pool for a backend and nothing else.
+
+The Location's scheme, host and port always come from a configured backend: the request target only
+ever contributes a path and query, so no target (absolute form, `//host`, backslashes, encoded CR/LF)
+can send a client elsewhere. h11 has already refused targets with control characters or spaces.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+
+from dispatcher.core.pool import Pool
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A complete response: status, headers (without Date and Connection), body, and whether to close."""
+
+    status: int
+    headers: Headers
+    body: bytes = b""
+    close: bool = False
+
+    @property
+    def reason(self) -> bytes:
+        # Some parsers (llhttp: Node, h2load) fail on an empty reason phrase: always send the standard one.
+        return REASONS[self.status]
+
+
+REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+# RFC 9110 renamed these; Python's http module keeps the RFC 7231 phrases.
+REASONS |= {413: b"Content Too Large", 414: b"URI Too Long"}
+# nginx's large_client_header_buffers (8k) bounds a request line; a longer target gets 414.
+MAX_TARGET = 8 * 1024
+# HAProxy's tune.http.maxhdr is 101 header lines; more is a 431 (RFC 6585 §5).
+MAX_HEADERS = 100
+# Health checks carry this header. A front door that receives one is itself configured as a backend
+# (of this dispatcher or of another): redirecting the check would make a loop, so it gets 508.
+CHECK_HEADER = b"x-dispatcher-check"
+_ZERO = (b"content-length", b"0")
+_TEXT = (b"content-type", b"text/plain; charset=utf-8")
+
+
+REDIRECT_START = b"HTTP/1.1 307 Temporary Redirect\r\nlocation: "
+
+
+class DateHeader:
+    """RFC 9110 §6.6.1: an origin with a clock sends Date. Formatted once a second, not per request.
+
+    `tails` are the ends of a redirect after its Location (content-length, date, blank line), with
+    and without `connection: close`: built once a second, so a redirect is one join of four pieces.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+        self._tails = (b"", b"")
+
+    def at(self, wall_time: float) -> bytes:
+        second = int(wall_time)
+        if second != self._second:
+            self._second = second
+            self._value = formatdate(second, usegmt=True).encode()
+            start = b"\r\ncontent-length: 0\r\ndate: " + self._value
+            self._tails = (start + b"\r\n\r\n", start + b"\r\nconnection: close\r\n\r\n")
+        return self._value
+
+    def tails(self, wall_time: float) -> tuple[bytes, bytes]:
+        """(keep-alive tail, closing tail) of a redirect at this wall time."""
+        self.at(wall_time)
+        return self._tails
+
+
+def serialise(reply: Reply, date: bytes, close: bool, head: bool = False) -> bytes:
+    """Any reply as HTTP/1.1 bytes; HEAD gets the headers without the body (RFC 9110 §9.3.2)."""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reply.reason)]
+    lines += [name + b": " + value + b"\r\n" for name, value in reply.headers]
+    lines.append(b"date: " + date + b"\r\n")
+    if close:
+        lines.append(b"connection: close\r\n")
+    lines.append(b"\r\n")
+    if not head:
+        lines.append(reply.body)
+    return b"".join(lines)
+
+
+def path_and_query(target: bytes) -> bytes | None:
+    """The path and query of an origin-form or absolute-form target; None when it has neither."""
+    if target.startswith(b"/"):
+        path = target
+    else:
+        scheme, sep, rest = target.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            return None
+        cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+        path = rest[cut:]
+        path = path if path.startswith(b"/") else b"/" + path
+    if not path.isascii():
+        return None
+    return path
+
+
+def head_size(method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> int:
+    """The size of a parsed request head, to within the white space h11 strips."""
+    return len(method) + len(target) + 12 + sum(len(name) + len(value) + 4 for name, value in headers)
+
+
+def folded(chunk: bytes, mid_head: bool) -> bool:
+    """Whether the head in this chunk has an obs-fold line (RFC 9112 §5.2): we refuse it with 400.
+
+    h11 would unfold it into a space, which the RFC allows; but a front door that reads a header
+    differently from the server behind it is how request smuggling starts, so we refuse instead.
+    Only the first head of a chunk is scanned: cheap on the hot path (two C-level finds).
+    """
+    end = chunk.find(b"\r\n\r\n")
+    head = chunk if end < 0 else chunk[:end]
+    return b"\n " in head or b"\n\t" in head or (mid_head and chunk[:1] in (b" ", b"\t"))
+
+
+def text_reply(status: int, message: str, extra: Headers | None = None, close: bool = True) -> Reply:
+    """A short text answer; errors close the connection (hypercorn's and HAProxy's habit)."""
+    body = (message + "\n").encode()
+    headers = [_TEXT, (b"content-length", str(len(body)).encode()), *(extra or [])]
+    return Reply(status, headers, body, close)
+
+
+def reply_for(method: bytes, target: bytes, pool: Pool, clock: Callable[[], float]) -> Reply | bytes:
+    """The answer to one request head; counts a redirect in the pool when it makes one.
+
+    A redirect comes back as bytes: its status line and Location, to be finished with one of
+    `DateHeader.tails`; anything else as a Reply. `clock` (trio.current_time in the server) is read
+    once: the choice's estimate drains with time (dispatcher.core.estimate), and a 503 says when to retry.
+    """
+    path = path_and_query(target)
+    if path is None or method == b"CONNECT":
+        return _not_redirected(method, target)
+    now = clock()
+    backend = pool.choose(now)
+    if backend is None:
+        return unavailable(pool, now)
+    return REDIRECT_START + backend.location_base + path
+
+
+ALLOWED = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+
+def screen(
+    version: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]], max_discard: int
+) -> tuple[Reply | None, bool]:
+    """Refuse what must not be redirected; else say whether the connection must close after the answer.
+
+    One pass over the headers, on every request: the limits (414, 431), request smuggling
+    ambiguities (Content-Length with Transfer-Encoding: RFC 9112 §6.1, 400 and close; h11 already
+    refuses conflicting Content-Lengths and unknown codings), a health check that looped back, and
+    what ends the connection: `Connection: close`, HTTP/1.0 (h11 keeps no 1.0 connection alive), or a
+    body larger than we are willing to read and drop.
+    """
+    if version != b"1.1" and version != b"1.0":
+        # h11 parses any HTTP/d.d request line; only 1.x is ours to answer (RFC 9110 §15.6.6).
+        return text_reply(505, "only HTTP/1.0 and HTTP/1.1 are served here"), False
+    if len(target) > MAX_TARGET:
+        return text_reply(414, "request target too long"), False
+    if len(headers) > MAX_HEADERS:
+        return text_reply(431, "too many header fields"), False
+    length = -1
+    chunked = False
+    close = version == b"1.0"
+    for name, value in headers:
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name == b"connection":
+            close = close or b"close" in value.lower()
+        elif name == CHECK_HEADER:
+            return text_reply(508, "loop detected: a health check reached a dispatcher's front door"), False
+    if chunked and length >= 0:
+        return text_reply(400, "both Content-Length and Transfer-Encoding: refused (RFC 9112 6.1)"), False
+    return None, close or length > max_discard
+
+
+def _not_redirected(method: bytes, target: bytes) -> Reply:
+    if method == b"CONNECT":
+        message = "CONNECT is not supported: this is a redirector, not a tunnel"
+        return text_reply(405, message, [(b"allow", ALLOWED)])
+    if method == b"OPTIONS" and target == b"*":
+        # RFC 9110 §9.3.7: `OPTIONS *` asks about the server itself; redirecting it means nothing.
+        return Reply(200, [(b"allow", ALLOWED), _ZERO])
+    return text_reply(400, "bad request target")
+
+
+def unavailable(pool: Pool, now: float) -> Reply:
+    """503 with Retry-After: the seconds until the next health check, at least 1 (RFC 9110 §10.2.3)."""
+    retry = max(1, math.ceil(pool.next_check_in(now)))
+    return text_reply(503, "no healthy backend", [(b"retry-after", str(retry).encode())], close=False)

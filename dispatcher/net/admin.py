@@ -1,0 +1,259 @@
+"""The admin listener: metrics, liveness, readiness and the backends API, apart from the front door.
+
+Owns: the admin routes and their small HTTP/1.1 server (h11, whole bodies, keep-alive), the
+bearer-token check for state-changing requests, and the one log line of each (who, what, result).
+Rules: reads the pool and the metrics; changes a backend only through `Pool.set_admin`; never chooses a
+backend. It binds to loopback by default. `route` is a plain function of the request and the time,
+testable without sockets. `/metrics`, `/healthz` and `/readyz` never need the token: scrapers and
+orchestrators must reach them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote
+
+import h11
+import trio
+
+from dispatcher.core.health_state import Admin
+from dispatcher.core.pool import BackendView, Pool
+from dispatcher.core.reply import Reply, text_reply
+from dispatcher.expose.metrics import Metrics
+from dispatcher.net.frontdoor import FrontDoor
+from dispatcher.protocol.wholemessage import WholeRequest, read_request, response_bytes
+
+log = logging.getLogger("dispatcher.admin")
+
+MAX_ADMIN_BODY = 64 * 1024
+# An admin connection idle this long is closed. Prometheus keeps its connection between scrapes
+# (15 s by default), so this must be longer than a scrape interval.
+ADMIN_IDLE_TIMEOUT = 120.0
+STATE_WORDS = {"ready": Admin.READY, "drain": Admin.DRAIN, "maint": Admin.MAINT}
+# A refused request's body is logged only this far: a client must not fill the log.
+MAX_LOGGED_WORD = 40
+_JSON = (b"content-type", b"application/json")
+
+
+class AdminApi:
+    """Routes of the admin listener."""
+
+    def __init__(self, pool: Pool, metrics: Metrics, front: FrontDoor, token: str | None = None) -> None:
+        self.pool = pool
+        self.metrics = metrics
+        self.front = front  # read for readiness: serving, shutting down
+        self.set_token(token)
+        # With --workers, brings the counters in from the worker processes before each request.
+        self.refresh: Callable[[], None] | None = None
+
+    def set_token(self, token: str | None) -> None:
+        self._token = token.encode() if token else None
+
+    def route(self, request: WholeRequest, now: float, peer: str = "-") -> Reply:
+        """The answer to one request at time `now`; `peer` (the client's address) is for the log."""
+        path, method = request.path, request.method
+        if path in ("/metrics", "/healthz", "/readyz", "/backends"):
+            if method not in ("GET", "HEAD"):
+                return _not_allowed("GET, HEAD")
+            if path == "/metrics":
+                return self._metrics(request, now)
+            if path == "/healthz":
+                return text_reply(200, "ok", close=False)
+            if path == "/readyz":
+                return self._ready()
+            return _json(200, [self._backend_json(view, now) for view in self.pool.view(now)])
+        parts = [unquote(part) for part in path.split("/")]
+        if len(parts) == 4 and parts[1] == "backends" and parts[3] == "state":
+            if method != "POST":
+                return _not_allowed("POST")
+            return self._set_state(request, parts[2], now, peer)
+        if len(parts) == 3 and parts[1] == "backends" and method in ("GET", "HEAD"):
+            return self._one_backend(parts[2], now)
+        return text_reply(404, "not found: try /metrics, /healthz, /readyz, /backends", close=False)
+
+    def _metrics(self, request: WholeRequest, now: float) -> Reply:
+        """The scrape at once; `handle` runs it in steps instead (`_metrics_in_steps`)."""
+        return _metrics_reply(
+            *self.metrics.exposition(
+                now, request.headers.get("accept"), request.headers.get("accept-encoding")
+            )
+        )
+
+    async def _metrics_in_steps(self, request: WholeRequest, now: float) -> Reply:
+        """The scrape with the front door's tasks run between its steps (`Metrics.scrape`): a scrape of
+        1,000 backends takes 50 ms or more of CPU, and no client's redirect waits for all of it."""
+        steps = self.metrics.scrape(
+            now, request.headers.get("accept"), request.headers.get("accept-encoding")
+        )
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return _metrics_reply(*done.value)
+            await trio.lowlevel.checkpoint()
+
+    def _ready(self) -> Reply:
+        """Ready: at least one backend takes redirects, and we are not shutting down."""
+        if self.front.shutting_down:
+            return text_reply(503, "shutting down", close=False)
+        if not self.front.serving:
+            return text_reply(503, "starting: the front door is not listening yet", close=False)
+        usable = self.pool.usable_count
+        if usable == 0:
+            return text_reply(503, "no backend is up", close=False)
+        return text_reply(200, f"ready: {usable} of {len(self.pool.backends)} backends up", close=False)
+
+    def _one_backend(self, name: str, now: float) -> Reply:
+        backend = self.pool.by_name.get(name)
+        if backend is None:
+            return text_reply(404, f"no backend named {name!r}", close=False)
+        return _json(200, self._backend_json(self.pool.view_of(backend, now), now))
+
+    def _set_state(self, request: WholeRequest, name: str, now: float, peer: str) -> Reply:
+        """A state change, logged in one line whatever came of it: who (the peer's address), what
+        (the route and the word asked for) and the result; INFO when done, WARNING when refused."""
+        word = request.body.decode("utf-8", "replace").strip().lower()
+        reply, result = self._change_state(request, name, word, now)
+        log.log(
+            logging.INFO if reply.status == 200 else logging.WARNING,
+            "admin request from %s: %s %s %r: %d, %s",
+            peer,
+            request.method,
+            request.path,
+            word[:MAX_LOGGED_WORD],
+            reply.status,
+            result,
+        )
+        return reply
+
+    def _change_state(self, request: WholeRequest, name: str, word: str, now: float) -> tuple[Reply, str]:
+        if not self._authorized(request):
+            reply = text_reply(401, "a valid 'Authorization: Bearer <token>' is needed", close=False)
+            refused = Reply(401, [*reply.headers, (b"www-authenticate", b"Bearer")], reply.body)
+            return refused, "refused: no valid bearer token"
+        backend = self.pool.by_name.get(name)
+        if backend is None:
+            return text_reply(404, f"no backend named {name!r}", close=False), "no such backend"
+        if word not in STATE_WORDS:
+            reply = text_reply(400, "body must be one of: drain, maint, ready", close=False)
+            return reply, "refused: the body is not drain, maint or ready"
+        before = backend.state
+        self.pool.set_admin(backend, STATE_WORDS[word])
+        reply = _json(200, self._backend_json(self.pool.view_of(backend, now), now))
+        return reply, f"backend {name} is {backend.state} (was {before})"
+
+    def _backend_json(self, view: BackendView, now: float) -> dict[str, Any]:
+        return _backend_json(view, now, self.pool.started_at)
+
+    def _authorized(self, request: WholeRequest) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer":  # RFC 9110 §11.1: the scheme is case-insensitive
+            return False
+        # Constant time: no timing oracle on the token.
+        return hmac.compare_digest(given.strip().encode("latin-1"), self._token)
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """One admin connection; never raises."""
+        conn = h11.Connection(h11.SERVER)
+        peer = _peer(stream)
+        try:
+            while True:
+                request = None
+                with trio.move_on_after(ADMIN_IDLE_TIMEOUT):
+                    request = await read_request(stream, conn, MAX_ADMIN_BODY)
+                if request is None:
+                    return
+                if self.refresh is not None:
+                    self.refresh()
+                if request.path == "/metrics" and request.method in ("GET", "HEAD"):
+                    reply = await self._metrics_in_steps(request, trio.current_time())
+                else:
+                    reply = self.route(request, trio.current_time(), peer)
+                await stream.send_all(_serialise(conn, reply, request.method == "HEAD"))
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+            pass
+        except Exception:
+            log.exception("admin connection failed")
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    """The client's address as host:port ([v6]:port), for the log of state changes."""
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except OSError:  # it has gone already
+        return "-"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _metrics_reply(body: bytes, content_type: str, gzipped: bool) -> Reply:
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    if gzipped:
+        headers.append((b"content-encoding", b"gzip"))
+    return Reply(200, headers, body)
+
+
+def _backend_json(view: BackendView, now: float, started_at: float) -> dict[str, Any]:
+    check = view.last_check
+    last_check = None
+    if check is not None and view.last_check_at is not None:
+        last_check = {
+            "time": _wall_iso(now, view.last_check_at),
+            "result": "pass" if check.passed else "fail",
+            "reason": check.reason,
+            "detail": check.detail,
+            "duration_seconds": round(check.duration, 6),
+        }
+    return {
+        "name": view.name,
+        "url": view.url,
+        "state": view.state,
+        "weight": view.weight,
+        "load": view.load,
+        "effective_load": view.effective_load,
+        "load_age_seconds": round(_load_age(view, now, started_at), 3),
+        "redirects_since_report": view.since,
+        "drain_rate": round(view.drain_rate, 6),
+        "load_source": view.load_source,
+        "redirects": view.redirects,
+        "last_check": last_check,
+    }
+
+
+def _load_age(view: BackendView, now: float, started_at: float) -> float:
+    """The metric's rule (dispatcher_backend_load_age_seconds): the age of the last load report, or
+    the time since start when there is none yet, so that a backend that never reported looks as
+    stale as it is, not fresh."""
+    return view.load_age if view.load_age is not None else max(0.0, now - started_at)
+
+
+def _wall_iso(now: float, at: float) -> str:
+    """A trio-clock time as UTC wall time, for humans reading the API."""
+    wall = time.time() - (now - at)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
+
+
+def _json(status: int, value: object) -> Reply:
+    body = json.dumps(value, indent=1).encode() + b"\n"
+    return Reply(status, [_JSON, (b"content-length", str(len(body)).encode())], body)
+
+
+def _not_allowed(allow: str) -> Reply:
+    reply = text_reply(405, f"method not allowed here; allowed: {allow}", close=False)
+    return Reply(405, [*reply.headers, (b"allow", allow.encode())], reply.body)
+
+
+def _serialise(conn: h11.Connection, reply: Reply, head: bool) -> bytes:
+    headers = [*reply.headers, (b"connection", b"close")] if reply.close else list(reply.headers)
+    return response_bytes(conn, reply.status, reply.reason, headers, reply.body, head)

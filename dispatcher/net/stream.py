@@ -1,0 +1,218 @@
+"""Load streams: a backend that answers its health check with `text/event-stream` keeps it open and
+sends its load as events (issue 6); this module reads them as they arrive.
+
+Owns: each open stream's state (`LoadStream`, sans-IO: body bytes in, load reports out, and when the
+stream counts as silent), and the reader of every plain-HTTP stream (`StreamReader`): their sockets in
+an epoll set of its own, and one task that wakes as soon as any of them has bytes.
+Rules: results go out through the two callbacks the health checks give (`Delivery`); this module
+never calls the pool. Time comes from trio's clock (mock clocks in tests). A stream's socket is the
+check's kept-alive connection, handed over by the sweep once the answer's head says it is a stream.
+
+Why not the sweep's 20 ms grid: a stream exists to bring a backend's load while it is fresh, and
+20 ms is a whole service time of a typical request. Why not a task per stream: with 1,000 streaming
+backends, each event would cost a wake-up of its own. The reader's task waits for the epoll set's
+own descriptor to become readable (`trio.lowlevel.wait_readable`), so one wake-up reads every stream
+that has bytes: under a load of events the wake-ups batch by themselves.
+
+Silence: a stream that sends nothing, not even a heartbeat comment, for interval + timeout (the
+health settings in force) has failed, as has one that ends or breaks; the health checks then count a
+failed check and connect again at the next one. Before its first event a stream is a check in
+flight: its first event must come within the check's timeout, and completes the check.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import select
+import socket
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from dispatcher.core.report import BadLoad, Report, parse_event
+from dispatcher.protocol.answer import AnswerReader, BadAnswer
+from dispatcher.protocol.sse import BadStream, EventReader
+
+
+class StreamFailed(Exception):
+    """The stream broke: the reason (`protocol`, `bad_load`) and detail a failed check carries."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+class LoadStream:
+    """One open load stream: its parse, its first event pending or not, and when it counts as silent."""
+
+    __slots__ = ("answer", "deadline", "drain", "events", "first", "key", "open", "sock", "started")
+
+    def __init__(self, key: object, answer: AnswerReader, started: float, timeout: float) -> None:
+        self.key = key  # the caller's handle for this backend (the sweep's probe)
+        self.answer = answer
+        self.events = EventReader()
+        self.started = started  # when the check that opened it was sent
+        self.first = True  # no event yet: the check that opened it is still in flight
+        self.deadline = started + timeout  # the first event is due within the check's timeout
+        self.drain = False  # the last event asked for a drain
+        self.open = True  # False once closed or failed: nothing more is delivered
+        self.sock: socket.socket | None = None  # a plain stream's socket, held by the StreamReader
+
+    def feed(self, data: bytes, now: float, silence: float) -> list[Report]:
+        """Take bytes read from the connection (b"": only what came with the head); returns the
+        reports they complete. `silence` is how long the stream may be quiet from now on (interval +
+        timeout). Raises StreamFailed when the stream ends or breaks."""
+        answer = self.answer
+        try:
+            if data:
+                answer.feed(data)
+            if answer.ended:
+                raise StreamFailed("protocol", "load stream ended")
+            texts = self.events.feed(answer.take())
+            reports = [parse_event(text) for text in texts]
+        except (BadAnswer, BadStream) as error:
+            raise StreamFailed("protocol", f"bad load stream: {error}") from None
+        except BadLoad as error:
+            raise StreamFailed("bad_load", str(error)) from None
+        if reports:
+            self.drain = reports[-1].drain
+        if reports or (self.events.heard and not self.first):
+            self.deadline = now + silence
+        return reports
+
+    def deliver(self, data: bytes, now: float, silence: float, delivery: Delivery) -> bool:
+        """Feed bytes and hand over what they bring; False once the stream failed (and said so)."""
+        try:
+            reports = self.feed(data, now, silence)
+        except StreamFailed as failure:
+            self.fail(failure, now, delivery)
+            return False
+        if reports:
+            delivery.reports(self, reports, now)
+        return True
+
+    def fail(self, failure: StreamFailed, now: float, delivery: Delivery) -> None:
+        """The stream is over: nothing more is delivered, and the health checks are told why."""
+        self.open = False
+        delivery.failed(self, failure, now)
+
+    def expired(self, now: float) -> StreamFailed:
+        """What the failure says when the deadline passed."""
+        if self.first:
+            return StreamFailed("timeout", f"no load event within {self.deadline - self.started:g}s")
+        return StreamFailed("timeout", "load stream silent past the health interval + timeout")
+
+
+class Delivery(Protocol):
+    """What the health checks do with a stream's news."""
+
+    def reports(self, stream: LoadStream, reports: list[Report], now: float) -> None: ...
+
+    def failed(self, stream: LoadStream, failure: StreamFailed, now: float) -> None: ...
+
+
+class StreamReader:
+    """Every plain-HTTP load stream: one epoll set, one task, events read as they arrive."""
+
+    def __init__(self, delivery: Delivery, silence: Callable[[], float]) -> None:
+        self._delivery = delivery
+        self._silence = silence  # interval + timeout, as the health settings say now
+        self._epoll = select.epoll()
+        self._by_fd: dict[int, LoadStream] = {}
+        self._deadlines: list[tuple[float, int, LoadStream]] = []
+        self._order = itertools.count()
+        self._waiting: trio.CancelScope | None = None
+
+    def __len__(self) -> int:
+        return len(self._by_fd)
+
+    def adopt(self, stream: LoadStream, sock: socket.socket, now: float) -> None:
+        """Read `sock` for `stream` from now on (bytes that came with the head are in its answer)."""
+        stream.sock = sock
+        self._by_fd[sock.fileno()] = stream
+        self._epoll.register(sock, select.EPOLLIN)
+        self._push(stream)
+        if self._waiting is not None and stream.deadline < self._waiting.deadline:
+            self._waiting.deadline = stream.deadline
+        self._read(stream, b"", now, first=True)
+
+    def close(self, stream: LoadStream) -> None:
+        """Stop reading `stream` and close its connection (no callback)."""
+        stream.open = False
+        sock, stream.sock = stream.sock, None
+        if sock is not None:
+            self._by_fd.pop(sock.fileno(), None)
+            self._epoll.unregister(sock)
+            sock.close()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self._waiting = trio.CancelScope(deadline=self._next_deadline())
+                with self._waiting:
+                    await trio.lowlevel.wait_readable(self._epoll.fileno())
+                self._waiting = None
+                now = trio.current_time()
+                for fd, _ in self._epoll.poll(0):
+                    stream = self._by_fd.get(fd)
+                    if stream is not None and stream.sock is not None:
+                        self._receive(stream, stream.sock, now)
+                self._expire(now)
+        finally:
+            for stream in list(self._by_fd.values()):
+                self.close(stream)
+            self._epoll.close()
+
+    def _receive(self, stream: LoadStream, sock: socket.socket, now: float) -> None:
+        while stream.open:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError as error:
+                self._fail(stream, StreamFailed("protocol", f"load stream lost: {error}"), now)
+                return
+            if not data:
+                self._fail(stream, StreamFailed("protocol", "load stream closed by the backend"), now)
+                return
+            if not self._read(stream, data, now) or len(data) < 65536:
+                return  # a short read took all there was: epoll (level-triggered) says if more comes
+
+    def _read(self, stream: LoadStream, data: bytes, now: float, first: bool = False) -> bool:
+        """Feed and deliver; False once the stream failed."""
+        if first and not stream.answer.stream and not stream.answer.ended:
+            return True
+        if stream.deliver(data, now, self._silence(), self._delivery):
+            return True
+        self.close(stream)
+        return False
+
+    def _fail(self, stream: LoadStream, failure: StreamFailed, now: float) -> None:
+        self.close(stream)
+        stream.fail(failure, now, self._delivery)
+
+    def _push(self, stream: LoadStream) -> None:
+        heapq.heappush(self._deadlines, (stream.deadline, next(self._order), stream))
+
+    def _next_deadline(self) -> float:
+        deadlines = self._deadlines
+        while deadlines:
+            at, _, stream = deadlines[0]
+            if not stream.open:
+                heapq.heappop(deadlines)
+            elif stream.deadline > at:  # it was heard since: its deadline moved on
+                heapq.heapreplace(deadlines, (stream.deadline, next(self._order), stream))
+            else:
+                return at
+        return math.inf
+
+    def _expire(self, now: float) -> None:
+        while self._deadlines:
+            at = self._next_deadline()
+            if at > now:
+                return
+            stream = heapq.heappop(self._deadlines)[2]
+            self._fail(stream, stream.expired(now), now)

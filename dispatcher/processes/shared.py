@@ -1,0 +1,214 @@
+"""The pool shared between processes (`--workers N`): one prober, N front doors, one truth.
+
+Owns: the layout of a shared-memory table and the code that reads and writes it.
+- The master (health checks, admin, metrics) writes per backend: whether it takes redirects, its
+  load, the sequence number of its report, its weight and slow-start ramp, when it is checked next.
+- Each worker writes only its own cells: per backend the redirects it sent since the report it last
+  saw and in all; and its front-door counters. One writer per cell: no locks.
+Workers sync every SYNC_INTERVAL: they take the master's figures and add the other workers'
+redirects-since-report to their estimate, so the least-loaded choice counts every worker's
+redirects (up to one interval late). The master reads the workers' counters, summed, at scrape
+time, so metrics add up in one scrape (prometheus-client's multiprocess mode does the same with
+files). A table is laid out for one backend list and one generation of workers: a reload that
+changes the list makes a new table (`dispatcher.processes.workers`), it never resizes one in use.
+Rules: no trio and no sockets here; time is the monotonic clock (trio's clocks differ by process).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from multiprocessing import shared_memory
+
+from dispatcher.core.health_state import Health
+from dispatcher.core.pool import Backend, Pool
+from dispatcher.core.stats import DURATION_BUCKETS, RESPONSE_CODES, ServerStats
+
+# A worker's view of the other workers is at most this old; a report reaches it this late at most.
+SYNC_INTERVAL = 0.01
+
+# Master cells per backend (float64).
+_USABLE, _LOAD, _SEQ, _WEIGHT, _RAMP, _NEXT_CHECK = range(6)
+_MASTER_FIELDS = 6
+# Worker cells (int64): per backend since and total; then its counters.
+_SINCE, _TOTAL = range(2)
+_STATS = ["open", "total", "loops", *(f"r{code}" for code in RESPONSE_CODES)]
+_OPEN = 0  # a gauge among the counters
+_STATS += [f"d{i}" for i in range(len(DURATION_BUCKETS) + 1)]
+# The duration sum (float) is kept in microseconds, as an integer cell.
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    backends: int
+    workers: int
+
+    @property
+    def worker_cells(self) -> int:
+        return 2 * self.backends + len(_STATS) + 2  # + the duration sum, + the ready flag
+
+    @property
+    def size(self) -> int:
+        return 8 * (_MASTER_FIELDS * self.backends + self.workers * self.worker_cells)
+
+
+class SharedTable:
+    """A view of the shared memory; `create` in the master, `attach` in a worker."""
+
+    def __init__(self, memory: shared_memory.SharedMemory, layout: Layout, owner: bool) -> None:
+        self.memory, self.layout, self._owner = memory, layout, owner
+        buffer = memory.buf
+        assert buffer is not None
+        split = 8 * _MASTER_FIELDS * layout.backends
+        self.master = buffer[:split].cast("d")
+        self.cells = buffer[split : layout.size].cast("q")
+
+    @classmethod
+    def create(cls, layout: Layout) -> SharedTable:
+        return cls(shared_memory.SharedMemory(create=True, size=layout.size), layout, owner=True)
+
+    @classmethod
+    def attach(cls, name: str, layout: Layout) -> SharedTable:
+        # Workers are spawned by the master and share its resource tracker, which unlinks the block
+        # only if the master leaks it: attaching here registers nothing new.
+        return cls(shared_memory.SharedMemory(name=name), layout, owner=False)
+
+    @property
+    def name(self) -> str:
+        return self.memory.name
+
+    def close(self) -> None:
+        self.master.release()
+        self.cells.release()
+        self.memory.close()
+        if self._owner:
+            self.memory.unlink()
+
+    # --- the master's side -------------------------------------------------------------------------
+
+    def publish(self, index: int, backend: Backend, next_check_in: float) -> None:
+        """What choosing needs of one backend, after any change in the master's pool."""
+        base = index * _MASTER_FIELDS
+        master = self.master
+        if backend.report is not None and backend.report.value != master[base + _LOAD]:
+            master[base + _LOAD] = backend.report.value
+        if backend.reports != master[base + _SEQ]:
+            master[base + _LOAD] = backend.load
+            master[base + _SEQ] = backend.reports  # a check's answer or a stream's event
+        master[base + _USABLE] = 1.0 if backend.usable else 0.0
+        master[base + _WEIGHT] = backend.weight
+        master[base + _RAMP] = backend.ramp
+        master[base + _NEXT_CHECK] = time.monotonic() + next_check_in
+
+    def redirects(self, index: int) -> tuple[int, int]:
+        """Backend `index`'s redirects summed over the workers: since the last report, and in all."""
+        cells, per, row = self.cells, self.layout.worker_cells, 2 * index
+        since = sum(cells[w * per + row + _SINCE] for w in range(self.layout.workers))
+        return since, sum(cells[w * per + row + _TOTAL] for w in range(self.layout.workers))
+
+    def counters(self) -> list[int]:
+        """The workers' front-door counters, summed, as integers in cell order (`stats_of` reads
+        them): sums of sums stay exact, so a counter added up across tables never goes back."""
+        per, start = self.layout.worker_cells, 2 * self.layout.backends
+        totals = empty_counters()
+        for w in range(self.layout.workers):
+            add_counters(totals, self.cells[w * per + start : (w + 1) * per - 1])
+        return totals
+
+    # --- a worker's side ---------------------------------------------------------------------------
+
+    def restore(self, worker: int, pool: Pool, stats: ServerStats) -> None:
+        """A restarted worker carries on from its predecessor's totals, so counters never go back.
+
+        Its front-door counters too: its first sync overwrites the cells with `stats`. Open
+        connections are not carried: the predecessor's died with it.
+        """
+        base = worker * self.layout.worker_cells
+        for index, backend in enumerate(pool.backends):
+            backend.redirects = self.cells[base + 2 * index + _TOTAL]
+        before = stats_of(self.cells[base + 2 * self.layout.backends : base + self.layout.worker_cells - 1])
+        stats.connections_total, stats.loops = before.connections_total, before.loops
+        stats.responses, stats.duration_counts = before.responses, before.duration_counts
+        stats.duration_sum = before.duration_sum
+
+    def sync(self, worker: int, pool: Pool, stats: ServerStats, seen: list[float]) -> None:
+        """Publish this worker's counters; take the master's figures and the other workers' redirects.
+
+        `seen` holds, per backend, the report sequence number this worker last took.
+        """
+        cells, master, layout = self.cells, self.master, self.layout
+        per = layout.worker_cells
+        mine = worker * per
+        now = time.monotonic()
+        others_total = 0
+        for index, backend in enumerate(pool.backends):
+            base = index * _MASTER_FIELDS
+            changed = master[base + _SEQ] != seen[index]
+            if changed:  # a new report: what this worker sent before it is in it
+                seen[index] = master[base + _SEQ]
+                backend.others = 0
+                pool.take_report(backend, master[base + _LOAD], now)
+            cells[mine + 2 * index + _TOTAL] = backend.redirects
+            cells[mine + 2 * index + _SINCE] = backend.since
+            row = [w * per + 2 * index for w in range(layout.workers) if w != worker]
+            others = sum(cells[cell + _SINCE] for cell in row)
+            others_total += sum(cells[cell + _TOTAL] for cell in row)
+            health = Health.UP if master[base + _USABLE] == 1.0 else Health.DOWN
+            weight, ramp = master[base + _WEIGHT] or backend.spec.weight, master[base + _RAMP] or 1.0
+            backend.next_check_at = master[base + _NEXT_CHECK]
+            if changed or (health, others, ramp, weight) != (
+                backend.health,
+                backend.others,
+                backend.ramp,
+                backend.spec.weight,
+            ):
+                pool.add_others(backend, others, now)
+                backend.health, backend.ramp = health, ramp
+                if weight != backend.spec.weight:
+                    backend.spec = replace(backend.spec, weight=weight)
+                pool.reindex(backend)
+        pool.others_total = others_total
+        self._publish_stats(mine + 2 * layout.backends, stats)
+
+    def set_ready(self, worker: int, ready: bool) -> None:
+        """A worker says it listens (and, at its end, that it no longer does)."""
+        self.cells[(worker + 1) * self.layout.worker_cells - 1] = 1 if ready else 0
+
+    def ready(self, worker: int) -> bool:
+        return self.cells[(worker + 1) * self.layout.worker_cells - 1] == 1
+
+    def _publish_stats(self, start: int, stats: ServerStats) -> None:
+        values = [stats.open_connections, stats.connections_total, stats.loops]
+        values += [stats.responses.get(code, 0) for code in RESPONSE_CODES]
+        values += stats.duration_counts
+        values.append(round(stats.duration_sum * 1e6))  # not int(): restored, n / 1e6 * 1e6 may be n - 1
+        for offset, value in enumerate(values):
+            self.cells[start + offset] = value
+
+
+def empty_counters() -> list[int]:
+    """Front-door counters at zero, in cell order."""
+    return [0] * (len(_STATS) + 1)
+
+
+def add_counters(into: list[int], more: Sequence[int], *, gauges: bool = True) -> None:
+    """Add `more` to `into`, cell by cell. Without `gauges`, open connections are left out: what a
+    stopped generation of workers counted is carried on, but its connections are closed."""
+    for i, value in enumerate(more):
+        into[i] += value
+    if not gauges:
+        into[_OPEN] -= more[_OPEN]
+
+
+def stats_of(counters: Sequence[int]) -> ServerStats:
+    """Counters in cell order (a worker's cells, or a sum of them), as the front door keeps them."""
+    codes = len(RESPONSE_CODES)
+    return ServerStats(
+        open_connections=counters[_OPEN],
+        connections_total=counters[1],
+        loops=counters[2],
+        responses=dict(zip(RESPONSE_CODES, counters[3 : 3 + codes], strict=True)),
+        duration_counts=list(counters[3 + codes : len(_STATS)]),
+        duration_sum=counters[len(_STATS)] / 1e6,
+    )

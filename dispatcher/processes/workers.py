@@ -1,0 +1,440 @@
+"""`--workers N`: N front-door processes on one port, one prober, one pool.
+
+Owns: starting, watching, reloading and stopping the worker processes, and each worker's life.
+- The master (the process that was started) keeps the health checks, the admin listener, the
+  metrics and the pool's truth; it publishes every change of a backend to the `SharedTable` of
+  each generation of workers still running.
+- Each worker binds the front door with SO_REUSEPORT (the kernel spreads connections over them),
+  serves it with the same `FrontDoor` as a single process, and syncs with its table every
+  `shared.SYNC_INTERVAL`: it takes health, load and weights, and adds the other workers'
+  redirects since the last report to its estimate, so the choice counts every worker's redirects.
+- A worker that dies is started again; it carries on from its predecessor's counters.
+- A reload is nginx's ("Controlling nginx": on HUP the master starts new workers with the new
+  configuration, then asks the old ones to shut down gracefully). A new generation starts with the
+  new settings and a table laid out for the new backend list; once every new worker listens, the
+  master applies the reload to its own pool, and the old generation gets SIGTERM and drains as a
+  single process does. The kernel's SO_REUSEPORT group holds the new listeners throughout, and the
+  old workers serve what was queued for them (with net.ipv4.tcp_migrate_req, what is still in the
+  handshake moves to the new ones), so no connection is refused. While both run, each generation's
+  choice counts only its own workers' redirects. Reloads are taken one at a time; a generation that
+  cannot start is stopped, and the old one keeps serving the running config.
+- Counters add up across generations: a scrape sums the tables of every generation still running
+  onto what the stopped ones left, and a generation's last counts are carried over before its
+  table is released, so no counter goes back in a scrape.
+Rules: workers are started with the "spawn" method (forking a running trio process is unsafe);
+they get the settings and the table's name, nothing else. Backends are checked once, by the master.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import multiprocessing
+import multiprocessing.process
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import replace
+
+import trio
+
+from dispatcher.core.pool import Backend, Pool
+from dispatcher.expose import logs
+from dispatcher.net.admin import AdminApi
+from dispatcher.net.frontdoor import FrontDoor
+from dispatcher.net.listen import CappedListener, open_listeners
+from dispatcher.processes.shared import (
+    SYNC_INTERVAL,
+    Layout,
+    SharedTable,
+    add_counters,
+    empty_counters,
+    stats_of,
+)
+from dispatcher.settings.config import Address, Settings
+
+log = logging.getLogger("dispatcher.workers")
+
+# How often the master looks for dead workers, and how long a worker may take to listen.
+WATCH_INTERVAL = 1.0
+START_TIMEOUT = 30.0
+# Past its grace period a stopping worker gets this long to finish its last sync, then SIGKILL.
+KILL_MARGIN = 2.0
+
+# What a reload does to the master's own pool, run once the new workers listen (app.Running).
+Apply = Callable[[Settings], None]
+
+
+class MonotonicClock(trio.abc.Clock):
+    """Workers read trio time as time.monotonic(), the clock the master writes check times in."""
+
+    def start_clock(self) -> None:
+        pass
+
+    def current_time(self) -> float:
+        return time.monotonic()
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        return deadline - time.monotonic()
+
+
+# --- the master's side -----------------------------------------------------------------------------
+
+
+def _reserve_port(address: Address) -> tuple[socket.socket, Address]:
+    """Bind (without listening) to learn the port when 0 was asked for; workers then share it."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    reserve = socket.socket(family, socket.SOCK_STREAM)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        reserve.bind((address.host, address.port))
+    except OSError:
+        reserve.close()
+        raise
+    return reserve, replace(address, port=reserve.getsockname()[1])
+
+
+class Generation:
+    """Worker processes started together with one set of settings, and the table they share.
+
+    `index` places the master's backends in the table's rows (the settings' backend order). It is
+    filled twice on a reload: before the workers start, with the backends the master already has
+    (the new workers find those up, with their loads), and at the switch, with those it added.
+    """
+
+    def __init__(self, settings: Settings, number: int) -> None:
+        self.number = number
+        self.count = settings.workers
+        self.settings = replace(settings, workers=1)  # what each worker runs: one front door
+        self.table = SharedTable.create(Layout(len(settings.backends), settings.workers))
+        self._rows = {(spec.name, spec.url): row for row, spec in enumerate(settings.backends)}
+        self.index: dict[Backend, int] = {}
+        self.retiring = False  # its workers were told to stop
+        self._context = multiprocessing.get_context("spawn")
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+
+    def adopt(self, backends: Iterable[Backend], interval: float) -> None:
+        """Take in and publish the master's backends that this generation has a row for: the same
+        name and URL, the rule by which a reload keeps a backend (`Pool.reconcile`)."""
+        for backend in backends:
+            row = self._rows.get((backend.name, backend.spec.url))
+            if row is not None:
+                self.index[backend] = row
+                self.table.publish(row, backend, interval)
+
+    def publish(self, backend: Backend, interval: float) -> None:
+        row = self.index.get(backend)
+        if row is not None:
+            self.table.publish(row, backend, interval)
+
+    def start(self, index: int) -> multiprocessing.process.BaseProcess:
+        level = logging.getLogger().getEffectiveLevel()
+        form = logs.current_format()
+        process = self._context.Process(
+            target=worker_main,
+            args=(self.settings, self.table.name, self.table.layout, index, level, self.number, form),
+            name=f"dispatcher-worker-{self.number}.{index}",
+            daemon=True,
+        )
+        process.start()
+        return process
+
+    async def start_all(self) -> None:
+        """Start every worker and return once each listens; OSError when one cannot."""
+        for index in range(self.count):
+            self.processes.append(self.start(index))
+        # Another process: the table's ready flags are all there is to wait on.
+        with trio.move_on_after(START_TIMEOUT):
+            while not all(self.table.ready(i) for i in range(self.count)):
+                for i, process in enumerate(self.processes):
+                    if not process.is_alive():
+                        raise OSError(f"worker {i} exited with status {process.exitcode} at start")
+                await trio.sleep(SYNC_INTERVAL)
+            return
+        raise OSError(f"the workers were not listening after {START_TIMEOUT:.0f} s")
+
+    def restart_dead(self) -> None:
+        """Start a worker again in the place of one that died (it restores its counters)."""
+        for index, process in enumerate(self.processes):
+            if process.is_alive():
+                continue
+            log.error("worker %d exited with status %s: starting it again", index, process.exitcode)
+            self.table.set_ready(index, False)
+            try:
+                self.processes[index] = self.start(index)
+            except OSError as error:  # tried again at the next look
+                log.error("worker %d could not be started again: %s", index, error)
+                continue
+            process.close()
+
+    async def stop(self) -> None:
+        """SIGTERM to every worker; they drain like a single process does; SIGKILL after the grace.
+
+        Cancelled meanwhile (a second SIGTERM/SIGINT to the master, which stops everything at once),
+        the workers get a second SIGTERM too, which stops each of them at once."""
+        self._terminate()
+        try:
+            with trio.move_on_after(self.settings.grace_period + KILL_MARGIN):
+                for process in self.processes:
+                    await _exited(process)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                self._terminate()
+                with trio.move_on_after(KILL_MARGIN):
+                    for process in self.processes:
+                        await _exited(process)
+                await self._kill_the_rest("did not stop at once")
+            raise
+        with trio.CancelScope(shield=True):
+            await self._kill_the_rest("did not stop within the grace period")
+
+    def _terminate(self) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+
+    async def _kill_the_rest(self, why: str) -> None:
+        for process in list(self.processes):
+            if process.exitcode is None:
+                log.error("worker %s %s: killing it", process.name, why)
+                process.kill()
+                await _exited(process)
+            process.close()  # its sentinel's descriptor: a master reloaded often must not leak them
+            self.processes.remove(process)
+
+
+async def _exited(process: multiprocessing.process.BaseProcess) -> None:
+    """Until `process` has exited and is reaped: its sentinel, a pipe only the child holds, reads
+    as closed when it exits (no polling); it can be reaped an instant later (join, in a thread)."""
+    await trio.lowlevel.wait_readable(process.sentinel)
+    await trio.to_thread.run_sync(process.join)
+
+
+class Master:
+    """The master's front-door part: the generations of workers, reloads, and their counters."""
+
+    def __init__(self, settings: Settings, pool: Pool, front: FrontDoor, admin: AdminApi) -> None:
+        self.settings = settings
+        self.pool = pool
+        pool.chooses = False  # the workers choose; this pool checks, and shows their redirects
+        self.front = front
+        self.admin = admin
+        self.listen = settings.listen
+        self.generations: list[Generation] = []  # every one still running: starting, current, old
+        self.current: Generation | None = None
+        # What stopped generations counted, carried so that counters never go back.
+        self._carried: dict[Backend, int] = {}
+        self._carried_counters = empty_counters()  # the front door's, in the table's order
+        self._numbers = itertools.count()
+        self._reloads_in, self._reloads = trio.open_memory_channel[tuple[Settings, Apply]](math.inf)
+        self._retiring: trio.Nursery | None = None  # where generations drain (see run)
+
+    def reload(self, settings: Settings, apply: Apply) -> None:
+        """Start new workers with `settings`; once they listen, `apply` them here and stop the old."""
+        self._reloads_in.send_nowait((settings, apply))
+
+    async def run(
+        self, stop: trio.Event, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start the workers, publish the pool to them, reload them, stop them."""
+        reserve, self.listen = _reserve_port(self.settings.listen)
+        self.pool.change_listeners.append(self._publish)
+        self.admin.refresh = self.gather
+        try:
+            # Generations drain in this nursery, which stopping does not cancel: a stop lets an old
+            # generation that a reload retired finish its drain. Only a second SIGTERM/SIGINT, which
+            # cancels everything, cuts the drains short, and each generation then stops its workers
+            # at once (Generation.stop).
+            async with trio.open_nursery() as retiring:
+                self._retiring = retiring
+                try:
+                    await self._serve(stop, task_status)
+                finally:
+                    for generation in self.generations:
+                        if not generation.retiring:
+                            self._retire_soon(generation)
+        finally:
+            with contextlib.suppress(ValueError):
+                self.pool.change_listeners.remove(self._publish)
+            reserve.close()
+
+    async def _serve(self, stop: trio.Event, task_status: trio.TaskStatus[int]) -> None:
+        self.current = await self._start_generation(self.settings)
+        self.front.serving = True
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch, stop)
+            nursery.start_soon(self._take_reloads)
+            task_status.started(self.listen.port)
+            await stop.wait()
+            self.front.shutting_down = True
+            nursery.cancel_scope.cancel()
+
+    async def _start_generation(self, settings: Settings) -> Generation:
+        generation = self._new_generation(settings)
+        await generation.start_all()
+        return generation
+
+    def _new_generation(self, settings: Settings) -> Generation:
+        """A table for `settings`' backends, with the master's figures in it; no worker yet."""
+        generation = Generation(replace(settings, listen=self.listen, reuse_port=True), next(self._numbers))
+        self.generations.append(generation)  # counted and stopped from here on, even if it fails
+        generation.adopt(self.pool.backends, self.pool.health_settings.interval)
+        return generation
+
+    async def _take_reloads(self) -> None:
+        """One reload at a time: one that comes during a swap waits for it, and of several that
+        waited only the newest applies (each read the whole config: the newest includes the rest)."""
+        async for request in self._reloads:
+            while True:
+                try:
+                    request = self._reloads.receive_nowait()
+                except trio.WouldBlock:
+                    break
+            await self._swap(*request)
+
+    async def _swap(self, settings: Settings, apply: Apply) -> None:
+        """New workers with the new settings first; the old ones drain once the new ones listen."""
+        old, new = self.current, None
+        try:
+            new = self._new_generation(settings)
+            await new.start_all()
+        except Exception as error:
+            log.error(
+                "reload failed, the running workers and config stay: new workers did not start: %s",
+                error,
+                exc_info=not isinstance(error, OSError),
+            )
+            if new is not None:
+                self._retire_soon(new)
+            return
+        apply(settings)  # the master's pool: backends added, removed, reweighted
+        new.adopt(self.pool.backends, self.pool.health_settings.interval)  # with those added now
+        self.current = new
+        if old is not None:
+            log.info("reload: generation %d of workers listens; generation %d drains", new.number, old.number)
+            self._retire_soon(old)
+
+    def _retire_soon(self, generation: Generation) -> None:
+        assert self._retiring is not None
+        generation.retiring = True
+        self._retiring.start_soon(self._retire, generation)
+
+    async def _retire(self, generation: Generation) -> None:
+        """Stop a generation (gracefully), then carry its last counts over and release its table
+        (also when the stop was cut short: the shared memory must not outlive the master)."""
+        try:
+            await generation.stop()
+        finally:
+            self._fold(generation)
+        log.info("workers of generation %d stopped", generation.number)
+
+    def _fold(self, generation: Generation) -> None:
+        live = set(self.pool.backends)
+        for backend, row in generation.index.items():
+            if backend in live:
+                self._carried[backend] = self._carried.get(backend, 0) + generation.table.redirects(row)[1]
+        add_counters(self._carried_counters, generation.table.counters(), gauges=False)
+        self._carried = {backend: n for backend, n in self._carried.items() if backend in live}
+        self.generations.remove(generation)
+        generation.table.close()
+
+    def _publish(self, backend: Backend) -> None:
+        for generation in self.generations:
+            generation.publish(backend, self.pool.health_settings.interval)
+
+    def gather(self) -> None:
+        """Sum the workers' counters into the master's pool and stats, for one scrape or API call."""
+        since = dict.fromkeys(self.pool.backends, 0)
+        redirects = {backend: self._carried.get(backend, 0) for backend in self.pool.backends}
+        counters = list(self._carried_counters)
+        for generation in self.generations:
+            for backend, row in generation.index.items():
+                if backend in since:
+                    more_since, more = generation.table.redirects(row)
+                    since[backend] += more_since
+                    redirects[backend] += more
+            add_counters(counters, generation.table.counters())
+        for backend in self.pool.backends:
+            backend.since, backend.redirects = since[backend], redirects[backend]
+        # In place: the metrics collector holds this very object.
+        front, stats = self.front.stats, stats_of(counters)
+        front.open_connections, front.connections_total = stats.open_connections, stats.connections_total
+        front.loops, front.responses = stats.loops, stats.responses
+        front.duration_counts, front.duration_sum = stats.duration_counts, stats.duration_sum
+
+    async def _watch(self, stop: trio.Event) -> None:
+        """Start a worker of the current generation again when one dies, until shutdown."""
+        while True:
+            await trio.sleep(WATCH_INTERVAL)
+            if self.current is not None and not stop.is_set():
+                self.current.restart_dead()
+
+
+# --- a worker's side -------------------------------------------------------------------------------
+
+
+def worker_main(
+    settings: Settings,
+    name: str,
+    layout: Layout,
+    index: int,
+    log_level: int,
+    generation: int,
+    log_format: str = "text",
+) -> None:
+    """The entry point of a worker process; its log lines, in the master's format, say which
+    generation it is of."""
+    logs.configure(log_level, log_format, {"worker": f"worker-{generation}.{index}"})
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(_worker, settings, name, layout, index, clock=MonotonicClock())
+
+
+async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> None:
+    table = SharedTable.attach(name, layout)
+    try:
+        pool = Pool(
+            settings.backends, settings.health, trio.current_time(), settings.slow_start, settings.policy
+        )
+        front = FrontDoor(settings, pool)
+        table.restore(index, pool, front.stats)
+        # Synced before listening: the first client already finds the backends up, and "listening"
+        # (the ready flag, the socket) means this worker's counters are in the table.
+        seen = [-1.0] * len(pool.backends)
+        table.sync(index, pool, front.stats, seen)
+        # SIGTERM from the master (a reload or a stop), or SIGINT from a terminal's Ctrl-C: drain and
+        # exit. Caught before listening, so that a SIGTERM as soon as this worker listens drains it.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            listeners = await open_listeners(settings.listen, True)
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_sync, table, index, pool, front, seen)
+                nursery.start_soon(_watch_signals, signals, stop, nursery.cancel_scope)
+                async with trio.open_nursery() as frontline:
+                    capped = [CappedListener(listener, front.slots) for listener in listeners]
+                    await frontline.start(front.serve, capped, stop)
+                    table.set_ready(index, True)
+                nursery.cancel_scope.cancel()  # served and drained: stop syncing
+        table.sync(index, pool, front.stats, [-1.0] * len(pool.backends))  # the last counts
+    finally:
+        table.set_ready(index, False)
+        table.close()
+
+
+async def _sync(table: SharedTable, index: int, pool: Pool, front: FrontDoor, seen: list[float]) -> None:
+    while True:
+        await trio.sleep(SYNC_INTERVAL)
+        table.sync(index, pool, front.stats, seen)
+        pool.tick(trio.current_time())
+
+
+async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event, scope: trio.CancelScope) -> None:
+    """The first signal drains, a second stops at once, as in a single process (cli)."""
+    async for _ in signals:
+        if stop.is_set():
+            scope.cancel()
+            return
+        stop.set()

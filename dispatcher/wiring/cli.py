@@ -1,0 +1,396 @@
+"""The command line: flags and the config file into Settings, signals into a graceful stop.
+
+Owns: flag names (users' scripts depend on them), reading the config file, the exit statuses
+(0 after a clean stop, 2 for a bad flag, URL or config value, with one line on stderr and never a
+traceback), logging set-up, and `--demo`.
+Rules: flags override the file; validation itself lives in `config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from functools import partial
+from typing import Any, NoReturn
+
+import trio
+
+from dispatcher import __version__
+from dispatcher.expose import logs
+from dispatcher.net import health
+from dispatcher.settings import config
+from dispatcher.settings.config import ConfigError, Settings
+from dispatcher.wiring import app, demo
+
+log = logging.getLogger("dispatcher")
+
+EXIT_USAGE = 2
+# The token is better passed in the environment than as a flag, which `ps` shows to every user.
+TOKEN_ENV = "DISPATCHER_ADMIN_TOKEN"
+# `--demo` fronts backends on loopback and prints loopback URLs: its front door is on loopback too,
+# not on every interface of a laptop on a café's network, unless --listen (or the file) says so.
+DEMO_LISTEN = "127.0.0.1:8080"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, not argparse's usage block: scripts and humans both read the last line."""
+        self.exit(EXIT_USAGE, f"dispatcher: {message} (see dispatcher --help)\n")
+
+
+EPILOG = """\
+signals:
+  SIGHUP            reload the config file and the flags; backends that stay keep their state
+  SIGTERM, SIGINT   graceful stop: stop accepting, answer what is in flight, wait at most
+                    --grace-period; a second SIGTERM or SIGINT stops at once
+
+admin routes (on --admin-listen; state changes need the token when one is set):
+  GET /healthz                   200 while the process runs
+  GET /readyz                    200 when a backend is up and not shutting down, else 503
+  GET /metrics                   Prometheus text, or OpenMetrics when asked for
+  GET /backends                  every backend as JSON: state, load, last check, redirects
+  GET /backends/<name>           one backend
+  POST /backends/<name>/state    body drain, maint or ready
+
+exit status: 0 after a stop, 1 when a port cannot be bound, 2 for a bad flag, URL or config.
+Durations: 500ms, 2s, 1.5m, 1h, or a bare number of seconds.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="dispatcher",
+        description=(
+            f"dispatcher {__version__}: a 307 front door that redirects every request\n"
+            "to the least-loaded healthy backend."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-V", "--version", action="version", version=f"dispatcher {__version__}")
+    p.add_argument("--config", metavar="FILE", help="TOML file with the same settings; flags override it")
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help=f"front door (default {config.DEFAULT_LISTEN}; with --demo {DEMO_LISTEN})",
+    )
+    p.add_argument(
+        "--admin-listen",
+        metavar="HOST:PORT",
+        help=f"metrics, /healthz, /readyz (default {config.DEFAULT_ADMIN_LISTEN})",
+    )
+    p.add_argument(
+        "--admin-token",
+        metavar="TOKEN",
+        help="bearer token required by state-changing admin requests (or env DISPATCHER_ADMIN_TOKEN)",
+    )
+    p.add_argument(
+        "--admin-insecure",
+        action="store_true",
+        default=None,
+        help="allow an admin listener off loopback without a token (a network only trusted hosts reach)",
+    )
+    p.add_argument(
+        "--backend",
+        metavar="URL",
+        action="append",
+        help="backend base URL, http:// or https://, optional path prefix; repeatable",
+    )
+    p.add_argument("--health-path", metavar="PATH", help=f"(default {config.DEFAULT_HEALTH_PATH})")
+    p.add_argument("--health-interval", metavar="DURATION", help="between checks (default 2s, HAProxy inter)")
+    p.add_argument("--health-timeout", metavar="DURATION", help="per check (default 1s)")
+    p.add_argument("--health-jitter", metavar="FRACTION", help="spread of the interval (default 0.1)")
+    p.add_argument(
+        "--health-ca-file",
+        metavar="PEM",
+        help="verify https backends against these CA certificates, not the system's (HAProxy ca-file)",
+    )
+    p.add_argument("--rise", metavar="N", help="passes in a row to come back up (default 2, HAProxy)")
+    p.add_argument("--fall", metavar="N", help="failures in a row to go down (default 3, HAProxy)")
+    p.add_argument("--header-timeout", metavar="DURATION", help="to send a request head (default 10s)")
+    p.add_argument("--keepalive-timeout", metavar="DURATION", help="idle keep-alive (default 75s)")
+    p.add_argument("--grace-period", metavar="DURATION", help="on SIGTERM (default 10s)")
+    p.add_argument(
+        "--max-discard",
+        metavar="BYTES",
+        help="a request body up to this is read and dropped to keep the connection (default 65536)",
+    )
+    p.add_argument(
+        "--max-connections",
+        metavar="N",
+        help="open client connections at most; past it new ones wait in the backlog (default 10000)",
+    )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=None,
+        help="bind with SO_REUSEPORT, so that two instances can share the port for a rolling restart",
+    )
+    p.add_argument(
+        "--workers",
+        metavar="N",
+        help="front-door processes sharing the port (SO_REUSEPORT); checks run once (default 1)",
+    )
+    p.add_argument(
+        "--slow-start",
+        metavar="DURATION",
+        help="ramp a recovered backend's weight from 10%% to 100%% over this time (default 0: off)",
+    )
+    p.add_argument(
+        "--policy",
+        metavar="NAME",
+        help=f"how a backend is chosen: {', '.join(config.POLICIES)} (default {config.DEFAULT_POLICY})",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines, or one JSON object a line: time, level, logger, message (default text)",
+    )
+    p.add_argument("--demo", action="store_true", help="start three demo backends and front them")
+    return p
+
+
+# flag -> (path in the settings table, converter)
+_FLAGS: dict[str, tuple[tuple[str, ...], Any]] = {
+    "listen": (("listen",), str),
+    "admin_listen": (("admin_listen",), str),
+    "health_path": (("health", "path"), str),
+    "health_interval": (("health", "interval"), str),
+    "health_timeout": (("health", "timeout"), str),
+    "health_jitter": (("health", "jitter"), float),
+    "health_ca_file": (("health", "ca_file"), str),
+    "rise": (("health", "rise"), int),
+    "fall": (("health", "fall"), int),
+    "header_timeout": (("header_timeout",), str),
+    "keepalive_timeout": (("keepalive_timeout",), str),
+    "grace_period": (("grace_period",), str),
+    "admin_token": (("admin_token",), str),
+    "max_discard": (("max_discard",), int),
+    "max_connections": (("max_connections",), int),
+    "reuse_port": (("reuse_port",), bool),
+    "admin_insecure": (("admin_insecure",), bool),
+    "slow_start": (("slow_start",), str),
+    "workers": (("workers",), int),
+    "policy": (("policy",), str),
+}
+
+
+def _flag_settings(settings: Settings, args: argparse.Namespace) -> Settings:
+    """Lay the flags that were given over `settings`, one at a time so errors name the flag."""
+    for attr, (path, convert) in _FLAGS.items():
+        raw = getattr(args, attr)
+        if raw is None:
+            continue
+        flag = "--" + attr.replace("_", "-")
+        try:
+            value = convert(raw)
+        except ValueError:
+            expected = "a whole number" if convert is int else "a number"
+            raise ConfigError(flag, raw, f"expected {expected}") from None
+        table: dict[str, Any] = {path[-1]: value}
+        if len(path) == 2:
+            table = {path[0]: table}
+        try:
+            settings = config.apply(settings, table)
+        except ConfigError as error:
+            raise ConfigError(flag, error.value if attr == "admin_token" else raw, error.reason) from None
+    if args.backend:
+        try:
+            settings = config.apply(settings, {"backends": args.backend})
+        except ConfigError as error:
+            raise ConfigError("--backend", error.value, error.reason) from None
+    return settings
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """The defaults (the demo's listen on loopback), then the config file (if any), then the flags."""
+    settings = Settings(listen=config.parse_address("listen", DEMO_LISTEN)) if args.demo else Settings()
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as file:
+                text = file.read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError("--config", args.config, f"cannot read: {error}") from None
+        settings = config.apply(settings, config.parse_toml(text, args.config))
+    if args.admin_token is None and os.environ.get(TOKEN_ENV):
+        args.admin_token = os.environ[TOKEN_ENV]
+    settings = _flag_settings(settings, args)
+    if settings.health.ca_file is not None:
+        health.tls_context(settings.health.ca_file)  # a file that cannot be used is refused now, by name
+    return config.check(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except ConfigError as error:
+        print(f"dispatcher: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if not settings.backends and not args.demo:
+        print(
+            "dispatcher: no backends: give --backend URL (repeatable) or a --config file "
+            "with [[backends]], or try --demo",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    configure_logging(args.log_level, args.log_format)
+    settings = _fit_connection_cap(settings)
+    try:
+        trio.run(_run, settings, args)
+    except (OSError, BaseExceptionGroup) as error:
+        cause = _os_error(error)
+        if cause is None:
+            raise
+        # A port in use or an address we cannot bind: say which, without a traceback.
+        print(f"dispatcher: {cause}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def configure_logging(level: str, form: str) -> None:
+    """The root logger to stderr at `level`, as text lines or (`json`) one JSON object a line."""
+    logs.configure(level.upper(), form)
+
+
+# Descriptors kept for everything but client connections: listeners, backends' check connections,
+# the admin listener and its clients, logs.
+SPARE_DESCRIPTORS = 64
+
+
+def _fit_connection_cap(settings: Settings) -> Settings:
+    """Lift the soft RLIMIT_NOFILE towards the hard one for the connection cap, as HAProxy does.
+
+    Where the hard limit is too low, HAProxy's rules: the default cap is lowered to fit (new connections
+    then wait in the backlog instead of accept failing with EMFILE); a cap the operator set is kept, with
+    a warning ("FD limit too low for maxconn"), and EMFILE is survived if it comes.
+    """
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return settings
+    spare = len(settings.backends) + SPARE_DESCRIPTORS
+    wanted = settings.max_connections + spare
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return settings
+    if settings.max_connections != config.DEFAULT_MAX_CONNECTIONS:
+        log.warning(
+            "the file descriptor limit (%d) is too low for max_connections %d: raise it with ulimit -n "
+            "to %d or more, or expect accept to fail with EMFILE under load",
+            soft,
+            settings.max_connections,
+            wanted,
+        )
+        return settings
+    cap = max(1, soft - spare)
+    log.warning("max_connections lowered to %d to fit the file descriptor limit (%d)", cap, soft)
+    return replace(settings, max_connections=cap)
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    if isinstance(error, OSError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _os_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> None:
+    stop = trio.Event()
+    reload_hook: list[Callable[[], None]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, stop, nursery.cancel_scope, reload_hook)
+        if args.demo:
+            backends = await demo.start_demo(nursery)
+            settings = replace(
+                settings,
+                backends=tuple(config.parse_backend("--demo", b.url, name=b.name) for b in backends),
+            )
+        done = trio.Event()
+        running = await nursery.start(_app, settings, stop, done)
+        reload_hook.append(partial(_reload, args, running, settings.backends if args.demo else None))
+        if args.demo:
+            _print_demo(settings, running)
+        await done.wait()
+        nursery.cancel_scope.cancel()  # the app has drained: end the signal watcher and the demo
+
+
+async def _app(
+    settings: Settings,
+    stop: trio.Event,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[app.Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        await app.run(settings, stop, task_status=task_status)
+    finally:
+        done.set()
+
+
+def _reload(args: argparse.Namespace, running: app.Running, demo_backends: tuple[Any, ...] | None) -> None:
+    """SIGHUP: read the config file and the flags again; a bad file is refused in one log line."""
+    try:
+        settings = load_settings(args)
+    except ConfigError as error:
+        log.error("reload refused, the running config stays: %s", error)
+        return
+    if demo_backends is not None:
+        settings = replace(settings, backends=demo_backends)
+    if not settings.backends:
+        log.error("reload refused, the running config stays: no backends")
+        return
+    running.reload(settings)
+
+
+async def _watch_signals(
+    stop: trio.Event, scope: trio.CancelScope, reload_hook: list[Callable[[], None]]
+) -> None:
+    """SIGHUP: reload the config file. First SIGTERM/SIGINT: graceful stop. A second one: stop now."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                for reload in reload_hook:
+                    reload()
+                continue
+            if stop.is_set():
+                log.warning("second %s: stopping now", signal.Signals(signum).name)
+                scope.cancel()
+                return
+            log.info("%s received", signal.Signals(signum).name)
+            stop.set()
+
+
+def _print_demo(settings: Settings, running: app.Running) -> None:
+    host = settings.listen.host if settings.listen.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    front = f"http://{host}:{running.port}"
+    admin = f"http://{settings.admin_listen.host}:{running.admin_port}"
+    names = ", ".join(f"{b.name} {b.spec.url}" for b in running.pool.backends)
+    print(
+        f"""
+dispatcher demo: {len(running.pool.backends)} backends ({names}), loads drifting between 0 and 20.
+Front door {front}, admin {admin}. Try:
+  curl -i {front}/hello?x=1                  # the 307 itself, Location = least-loaded backend
+  curl -L {front}/hello?x=1                  # follow it: the backend says who answered
+  curl -L -d 'a body' {front}/upload         # POST: 307 keeps the method, the body goes to the backend
+  curl -s {admin}/metrics | grep ^dispatcher_backend   # load, effective load, state per backend
+  curl {admin}/readyz
+Ctrl-C stops it.
+""",
+        flush=True,
+    )

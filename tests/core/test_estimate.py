@@ -1,0 +1,111 @@
+"""The load estimate between reports: drain, in-flight redirects, head starts, the redirect rate."""
+
+import math
+
+import pytest
+
+from dispatcher.core import estimate
+from dispatcher.core.pool import CheckResult, Pool
+from dispatcher.settings.config import HealthSettings, parse_backend
+
+
+def up_pool(count: int, weights: list[float] | None = None) -> Pool:
+    """A pool of `count` backends, all up with load 0 at time 0 (no sockets)."""
+    weights = weights or [1.0] * count
+    specs = [parse_backend("t", f"http://10.0.0.{i}", f"b{i}", w) for i, w in enumerate(weights)]
+    pool = Pool(specs, HealthSettings())
+    for backend in pool.backends:
+        pool.record_check(backend, CheckResult(True, 0.001, load=0.0), 0.0)
+    return pool
+
+
+def test_unseen_counts_only_redirects_within_the_round_trip() -> None:
+    """Redirects whose last was sent before the round trip are all seen; else at the average pace."""
+    assert estimate.unseen(10, age=2.0, last=0.5, delay=0.01) == 0.0
+    assert estimate.unseen(10, age=2.0, last=0.001, delay=0.01) == 1.0  # at least the last one
+    assert estimate.unseen(400, age=2.0, last=0.001, delay=0.01) == pytest.approx(2.0)
+    assert estimate.unseen(3, age=0.005, last=0.001, delay=0.01) == 3.0  # all sent within it
+    assert estimate.unseen(0, age=2.0, last=math.inf, delay=0.01) == 0.0
+
+
+def test_drain_rate_is_the_share_over_busy_time() -> None:
+    """Busy 90 % of the time, a backend serves its share in 90 % of the time; at most MAX_BOOST."""
+    assert estimate.drain_rate(45.0, busy=0.9) == pytest.approx(50.0)
+    assert estimate.drain_rate(45.0, busy=0.1) == pytest.approx(45.0 * estimate.MAX_BOOST)
+
+
+def test_redirect_rate_follows_the_redirects_and_never_drops_below_the_minimum() -> None:
+    """An EWMA of redirects per second from a running total."""
+    rate = estimate.RedirectRate(0.0)
+    for second in range(1, 21):
+        rate.observe(100 * second, float(second))
+    assert rate.rate == pytest.approx(100.0, rel=0.01)
+    for second in range(21, 60):
+        rate.observe(2000, float(second))
+    assert rate.rate == estimate.MIN_RATE
+
+
+def test_estimate_falls_between_reports_at_the_drain_rate() -> None:
+    """A backend's effective load is its report plus redirects since, less what it drained since."""
+    pool = up_pool(1)
+    backend = pool.backends[0]
+    pool.record_check(backend, CheckResult(True, 0.001, load=8.0), 10.0)
+    rate = backend.rate
+    assert pool.effective_load(backend, 10.0) == pytest.approx(8.0)
+    assert pool.effective_load(backend, 10.0 + 2 / rate) == pytest.approx(6.0)
+    pool.choose(10.0 + 2 / rate)
+    assert pool.effective_load(backend, 10.0 + 2 / rate) == pytest.approx(7.0)
+    assert pool.effective_load(backend, 10.0 + 100 / rate) == 0.0  # never below empty
+
+
+def test_a_fresh_low_report_takes_a_few_redirects_not_a_whole_interval_of_them() -> None:
+    """The herd the old rule made: after an interval of redirects, the backend whose report just came
+    back low took them all until it caught up. Now the others' estimates drained too."""
+    pool = up_pool(4)
+    now = 0.0
+    for _ in range(400):  # an interval of traffic at 200 a second, reports of the true queue (1 each)
+        now += 0.005
+        pool.choose(now)
+        pool.tick(now)
+    for backend in pool.backends[1:]:
+        pool.record_check(backend, CheckResult(True, 0.001, load=1.0), now)
+    pool.record_check(pool.backends[0], CheckResult(True, 0.001, load=0.0), now)
+    firsts = [pool.choose(now + i * 0.005) for i in range(8)]
+    assert sum(1 for b in firsts if b is pool.backends[0]) <= 3
+
+
+def test_a_rise_in_traffic_is_drained_at_once_so_estimates_do_not_grow() -> None:
+    """After a quiet spell the redirect rate is taken at its rise, not at its average's pace: a drain
+    that lagged would let every estimate grow, and a fresh low report would herd again."""
+    rate = estimate.RedirectRate(0.0)
+    rate.observe(0, 30.0)
+    assert rate.observe(180, 30.5) == pytest.approx(360.0)
+    assert rate.observe(180, 31.0) < 360.0  # a fall goes at the average's pace
+    assert rate.observe(180, 31.0) > estimate.MIN_RATE
+
+
+def test_a_fresh_report_below_everyone_gains_at_most_credit_requests() -> None:
+    """However low a report is against the others' estimates, it takes at most CREDIT + 1 in a row."""
+    pool = up_pool(4)
+    now = 0.0
+    for _ in range(400):
+        now += 0.001
+        pool.choose(now)  # estimates grow: 100 each, far above what a backend really holds
+    pool.record_check(pool.backends[0], CheckResult(True, 0.001, load=0.0), now)
+    firsts = [pool.choose(now) for _ in range(10)]
+    run = next(i for i, b in enumerate(firsts) if b is not pool.backends[0])
+    assert 1 <= run <= estimate.CREDIT + 1
+
+
+def test_redirect_rate_sets_the_drain_shares_by_weight() -> None:
+    """After a tick the drain share is the redirect rate split by weight among the usable backends."""
+    pool = up_pool(2, [3.0, 1.0])
+    now = 0.0
+    for _ in range(8000):
+        now += 0.001
+        pool.choose(now)
+        pool.tick(now)
+    assert pool.redirect_rate.rate == pytest.approx(1000.0, rel=0.05)
+    heavy, light = pool.backends
+    assert heavy.rate / light.rate == pytest.approx(3.0)
+    assert heavy.redirects / light.redirects == pytest.approx(3.0, rel=0.01)

@@ -1,0 +1,112 @@
+"""Settings: defaults from HAProxy, the TOML shape of the issue, one clear error per bad value."""
+
+import pytest
+
+from dispatcher.settings.config import (
+    Address,
+    ConfigError,
+    Settings,
+    apply,
+    parse_address,
+    parse_backend,
+    parse_toml,
+)
+
+EXAMPLE = """
+listen = "0.0.0.0:8080"
+admin_listen = "127.0.0.1:8081"
+[health]
+path = "/health"
+interval = 2
+timeout = 1
+rise = 2
+fall = 3
+[[backends]]
+url = "http://10.0.0.11:8080"
+name = "web-1"
+weight = 2
+[[backends]]
+url = "https://10.0.0.12/app/"
+"""
+
+
+def test_defaults_are_haproxys() -> None:
+    """inter 2s, rise 2, fall 3 (HAProxy), /health, 1 s timeout, front door 8080, admin 8081."""
+    settings = Settings()
+    assert (settings.health.interval, settings.health.rise, settings.health.fall) == (2.0, 2, 3)
+    assert (settings.health.path, settings.health.timeout) == ("/health", 1.0)
+    assert settings.listen == Address("0.0.0.0", 8080)
+    assert settings.admin_listen == Address("127.0.0.1", 8081)
+
+
+def test_example_file_parses() -> None:
+    """The issue's TOML shape gives names, weights, default names and path prefixes."""
+    settings = apply(Settings(), parse_toml(EXAMPLE))
+    first, second = settings.backends
+    assert (first.name, first.weight, first.base) == ("web-1", 2.0, "http://10.0.0.11:8080")
+    assert (second.name, second.weight, second.base) == ("10.0.0.12:443", 1.0, "https://10.0.0.12:443/app")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('listen = "nope"', "listen"),
+        ('listen = "h:99999"', "listen"),
+        ("[health]\nrise = 0", "health.rise"),
+        ("[health]\ninterval = -1", "health.interval"),
+        ('[health]\ntimeout = "1 fortnight"', "health.timeout"),
+        ('[health]\npath = "health"', "health.path"),
+        ("[health]\nbogus = 1", "health.bogus"),
+        ("colour = 1", "colour"),
+        ('[[backends]]\nurl = "ftp://x"', "backends[0]"),
+        ('[[backends]]\nurl = "http://x"\nweight = 0', "backends[0].weight"),
+        ('[[backends]]\nurl = "http://x?q=1"', "backends[0]"),
+        ('[[backends]]\nname = "a"', "backends[0].url"),
+        ('[[backends]]\nurl = "http://a"\n[[backends]]\nurl = "http://a"', "backends[1].name"),
+        ("listen = ", "config"),
+    ],
+)
+def test_bad_values_name_their_key(text: str, key: str) -> None:
+    """Every bad value raises a ConfigError whose key says where it is."""
+    with pytest.raises(ConfigError) as caught:
+        apply(Settings(), parse_toml(text))
+    assert caught.value.key == key
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("127.0.0.1:0", Address("127.0.0.1", 0)),
+        ("[::1]:8080", Address("::1", 8080)),
+        ("h:80", Address("h", 80)),
+    ],
+)
+def test_addresses(text: str, address: Address) -> None:
+    """HOST:PORT and [V6]:PORT both parse."""
+    assert parse_address("listen", text) == address
+
+
+def test_backend_default_name_is_host_port() -> None:
+    """The metrics label defaults to the URL's host:port, the default port made explicit."""
+    assert parse_backend("b", "http://example.test").name == "example.test:80"
+    assert parse_backend("b", "http://[::1]:81/x").base == "http://[::1]:81/x"
+
+
+@pytest.mark.parametrize(
+    ("text", "place"),
+    [
+        ('listen = "0.0.0.0:8080"\n[health\ninterval = 2\n', "/etc/d.toml:2:8: not valid TOML: Expected ']'"),
+        ('x = "\\q"\n', "/etc/d.toml:1:8: not valid TOML: Unescaped '\\' in a string"),
+        ("workers = 1\nlisten = \n", "/etc/d.toml:2:10: not valid TOML: Invalid value"),
+        # tomllib says "at end of document" here; the error is placed just after the last character.
+        ("workers = 1\nlisten = ", "/etc/d.toml:2:9: not valid TOML: Invalid value"),
+    ],
+    ids=["in-a-line", "in-a-string", "last-line", "end-of-document"],
+)
+def test_a_toml_syntax_error_names_the_file_line_and_column(text: str, place: str) -> None:
+    """A file that is not TOML: `path:line:column: not valid TOML: <tomllib's reason>`, on one line."""
+    with pytest.raises(ConfigError) as caught:
+        parse_toml(text, "/etc/d.toml")
+    assert str(caught.value).startswith(place)
+    assert "\n" not in str(caught.value)

@@ -1,0 +1,155 @@
+"""The command line as an operator meets it: errors that name their place, in one line.
+
+Each test runs `python -m dispatcher` as a child process on loopback ports and reads its exit
+status and stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+import socket
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from dispatcher import __version__
+from dispatcher.expose.logs import JsonFormatter
+from dispatcher.settings.config import Address, ConfigError
+from dispatcher.wiring.cli import build_parser, load_settings
+from tests.helpers import TestBackend, dispatcher_command, poll_admin, unused_port
+
+DISPATCHER = [sys.executable, "-m", "dispatcher"]
+
+
+async def run_dispatcher(*args: str) -> tuple[int, str]:
+    """Run the dispatcher with `args` until it exits (within 20 s); its exit status and stderr."""
+    with trio.fail_after(20):
+        result = await trio.run_process([*DISPATCHER, *args], check=False, capture_stderr=True)
+    return result.returncode, result.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("listener", "flag", "extra"),
+    [
+        ("front door", "--listen", []),
+        ("front door", "--listen", ["--workers=2", "--log-level=warning"]),
+        ("admin listener", "--admin-listen", []),
+    ],
+    ids=["front-door", "front-door-with-workers", "admin-listener"],
+)
+async def test_a_port_in_use_names_the_listener_and_its_address(
+    nursery: trio.Nursery, listener: str, flag: str, extra: list[str]
+) -> None:
+    """A port already taken: exit status 1 and one line, `<listener> <host:port>: address already in use`."""
+    backend = TestBackend("b1")
+    await nursery.start(backend.serve)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        ports = {"--listen": f"127.0.0.1:{unused_port()}", "--admin-listen": f"127.0.0.1:{unused_port()}"}
+        ports[flag] = address
+        flags = [f"{name}={value}" for name, value in ports.items()]
+        status, stderr = await run_dispatcher(*flags, f"--backend={backend.url}", *extra)
+    assert (status, stderr) == (1, f"dispatcher: {listener} {address}: address already in use\n")
+
+
+async def test_a_toml_syntax_error_names_the_file_and_where(tmp_path: Path) -> None:
+    """A config file that is not TOML: exit status 2 and one line, `path:line:column: not valid TOML`."""
+    path = tmp_path / "dispatcher.toml"
+    path.write_text('listen = "127.0.0.1:0"\n[health\ninterval = 2\n')
+    status, stderr = await run_dispatcher(f"--config={path}", "--backend=http://127.0.0.1:1")
+    assert status == 2
+    assert (
+        stderr == f"dispatcher: {path}:2:8: not valid TOML: Expected ']' at the end of a table declaration\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "listen"),
+    [
+        (["--demo"], Address("127.0.0.1", 8080)),
+        (["--demo", "--listen=0.0.0.0:9000"], Address("0.0.0.0", 9000)),
+        (["--backend=http://127.0.0.1:1"], Address("0.0.0.0", 8080)),
+    ],
+    ids=["demo", "demo-with-listen", "not-a-demo"],
+)
+def test_the_demo_listens_on_loopback_unless_told(args: list[str], listen: Address) -> None:
+    """--demo binds 127.0.0.1 (its URLs and its backends are loopback); --listen still decides."""
+    assert load_settings(build_parser().parse_args(args)).listen == listen
+
+
+async def json_log_lines(nursery: trio.Nursery, tmp_path: Path, *flags: str) -> list[dict[str, str]]:
+    """The stderr lines of a real dispatcher run with --log-format json, from start to SIGTERM, parsed."""
+    backend = TestBackend("b1")
+    await nursery.start(backend.serve)
+    port, admin_port = unused_port(), unused_port()
+    command = dispatcher_command(port, admin_port, [backend.url], "--log-format=json", *flags)
+    with (tmp_path / "stderr").open("wb") as stderr:
+        process: trio.Process = await nursery.start(
+            partial(trio.run_process, command, check=False, stderr=stderr)
+        )
+        await poll_admin(admin_port, "/readyz", lambda status, _: status == 200)
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await process.wait() == 0
+    return [json.loads(line) for line in (tmp_path / "stderr").read_text().splitlines()]
+
+
+async def test_json_logs_are_one_object_a_line(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """--log-format json: every stderr line of a run is a JSON object with time, level, logger, message."""
+    lines = await json_log_lines(nursery, tmp_path)
+    assert all(set(line) == {"time", "level", "logger", "message"} for line in lines), lines
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"]) for line in lines)
+    assert {"level": "INFO", "logger": "dispatcher", "message": "stopped"} in [
+        {key: line[key] for key in ("level", "logger", "message")} for line in lines
+    ]
+    assert any(line["message"].startswith("front door on 127.0.0.1:") for line in lines)
+
+
+async def test_json_logs_of_workers_are_json_too_and_say_which_worker(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """--workers 2 --log-format json: the workers write JSON objects as the master does, with `worker`."""
+    lines = await json_log_lines(nursery, tmp_path, "--workers=2")
+    workers = {line["worker"] for line in lines if "worker" in line}
+    assert workers == {"worker-0.0", "worker-0.1"}, lines
+
+
+def test_a_json_log_line_carries_the_traceback() -> None:
+    """An exception logged with its traceback: one line still, the traceback under `exception`."""
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord(
+            "dispatcher", logging.ERROR, __file__, 1, "failed: %s", ("x",), sys.exc_info()
+        )
+    line = JsonFormatter({"worker": "worker-0.1"}).format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert (entry["message"], entry["worker"]) == ("failed: x", "worker-0.1")
+    assert entry["exception"].endswith("ValueError: boom")
+
+
+@pytest.mark.parametrize("flag", ["-V", "--version"])
+async def test_the_version_flag(flag: str) -> None:
+    """-V is --version: `dispatcher <version>` on stdout, exit status 0."""
+    with trio.fail_after(20):
+        result = await trio.run_process([*DISPATCHER, flag], check=False, capture_stdout=True)
+    assert (result.returncode, result.stdout.decode()) == (0, f"dispatcher {__version__}\n")
+
+
+def test_max_discard_has_a_flag() -> None:
+    """--max-discard BYTES sets max_discard; a value that is not a whole number >= 1 names the flag."""
+    args = build_parser().parse_args(["--max-discard=1024", "--backend=http://127.0.0.1:1"])
+    assert load_settings(args).max_discard == 1024
+    for bad in ("0", "1k"):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(build_parser().parse_args([f"--max-discard={bad}", "--backend=http://127.0.0.1:1"]))
+        assert caught.value.key == "--max-discard"
