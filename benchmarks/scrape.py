@@ -46,7 +46,7 @@ from prometheus_client.exposition import choose_encoder
 
 from dispatcher.core.pool import Backend, CheckResult, Pool
 from dispatcher.core.stats import ServerStats
-from dispatcher.expose.metrics import Metrics
+from dispatcher.expose.render import Metrics
 from dispatcher.settings.config import BackendSpec, HealthSettings
 
 SCRAPE_INTERVAL = 15.0  # Prometheus' default scrape_interval

@@ -23,15 +23,8 @@ from prometheus_client.registry import Collector
 from dispatcher.core.health_state import Admin
 from dispatcher.core.pool import FAILURE_REASONS, Backend, CheckResult, Pool
 from dispatcher.core.stats import ServerStats
-from dispatcher.expose.metrics import (
-    BACKEND_FAMILIES,
-    KEPT_ENCODINGS,
-    RENDER_STEP,
-    Metrics,
-    SampleLabels,
-    _framing,
-    _sample_lines,
-)
+from dispatcher.expose.catalogue import BACKEND_FAMILIES, SampleLabels
+from dispatcher.expose.render import KEPT_ENCODINGS, RENDER_STEP, Metrics, _framing, _sample_lines
 from dispatcher.settings.config import BackendSpec, HealthSettings
 
 TEXT = "text/plain;version=0.0.4"
