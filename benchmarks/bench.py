@@ -8,11 +8,11 @@
 # scenarios compare the dispatcher with itself: 1,000 backends against 3, --workers 2 against 1, 1,000
 # backends streaming their load against the same pool polled.
 #
-# How: see scenarios.py (what each scenario does; scenario 8 is in streams.py) and harness.py (child
-# processes, wrk, /proc). Every server under load runs pinned to the first CPU and wrk and the helpers to
-# the others (taskset semantics), so that the load generator does not steal the server's core. Every child
-# process is stopped in a `finally`, also on Ctrl-C and SIGTERM; every wait is bounded. It must not import
-# `dispatcher`: the dispatcher is measured as users run it, as `python -m dispatcher`.
+# How: see scenarios/ (what each scenario does, one module each, and what they share) and harness.py
+# (child processes, wrk, /proc). Every server under load runs pinned to the first CPU and wrk and the
+# helpers to the others (taskset semantics), so that the load generator does not steal the server's core.
+# Every child process is stopped in a `finally`, also on Ctrl-C and SIGTERM; every wait is bounded. It must
+# not import `dispatcher`: the dispatcher is measured as users run it, as `python -m dispatcher`.
 #
 #   python benchmarks/bench.py [--quick] [--profile] [--duration 1] [--connections 50] [--threads 1]
 #                              [--rounds 40] [--only NAME ...] [--no-pin] [--json FILE]
@@ -34,22 +34,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 
-import scenarios
-import streams
 from harness import REPO_ROOT, TARGET, BenchError
-from scenarios import Bench, Figure, Report, Settings
+from scenarios import health_cost, latency, memory, pool_size, profile, streams, throughput, workers
+from scenarios.context import Bench, Settings
+from scenarios.results import Figure, Report
 
 # Run in this order. Scenario 1 ("throughput") has two sides that --only names on their own, as before:
 # `--only baseline`, `--only dispatcher`. The profile runs only when asked for (--profile).
 SCENARIOS: dict[str, Callable[[Bench], Report]] = {
-    "throughput": scenarios.throughput,
-    "profile": scenarios.profile,
-    "pool": scenarios.pool_size,
-    "health": scenarios.health_cost,
+    "throughput": throughput.throughput,
+    "profile": profile.profile,
+    "pool": pool_size.pool_size,
+    "health": health_cost.health_cost,
     "streams": streams.streams,
-    "latency": scenarios.latency,
-    "memory": scenarios.memory,
-    "workers": scenarios.workers,
+    "latency": latency.latency,
+    "memory": memory.memory,
+    "workers": workers.workers,
 }
 THROUGHPUT_SIDES = ("baseline", "dispatcher")
 ONLY_CHOICES = (*THROUGHPUT_SIDES, *(name for name in SCENARIOS if name != "throughput"))

@@ -6,7 +6,7 @@
 # of 0 to 9 in each), one whose backends.py answers ordinary checks (`--vary-load`: a random X-Load of 0
 # to 9, polled every 2 s, the default), so that in both pools the loads move and only how they arrive
 # differs. First both idle for idle_seconds (CPU of each, events received a second), then wrk loads them
-# in turns (Bench.take_turns) as in scenarios 2 and 3b. It reuses scenarios.py's servers, turns and rows;
+# in turns (Bench.take_turns) as in scenarios 2 and 3b. It reuses the package's servers, turns and rows;
 # what is its own: the two pools' modes, counting the events, and checking that every backend streams.
 #
 # Events received: the dispatcher's `dispatcher_load_stream_events_total` (one series per backend,
@@ -21,26 +21,22 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from harness import BenchError, busy_warning, fetch
-from scenarios import (
-    LARGE_POOL,
-    Bench,
-    Dispatcher,
+
+from scenarios.context import Bench
+from scenarios.idle import IdleCpu, backend_checks, backend_count, idle_cpu
+from scenarios.results import (
     Figure,
-    IdleCpu,
     Report,
     Run,
     at_least,
-    backend_checks,
-    backend_count,
-    idle_cpu,
     median_run,
-    pool_dispatcher,
     ratio,
     round_ratios,
     run_warnings,
     speed_figures,
     with_goal,
 )
+from scenarios.servers import LARGE_POOL, Dispatcher, pool_dispatcher
 
 EVENTS_PER_SECOND = 10  # per stream (issue 6)
 STREAMED_MODE = ("--stream", "--events-per-second", str(EVENTS_PER_SECOND))
