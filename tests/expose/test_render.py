@@ -220,20 +220,11 @@ def test_scrapes_interleaved_step_by_step_with_changes_leave_nothing_wrong() -> 
 
 
 @dataclass(frozen=True)
-class Report:
-    load: float
+class Check:
+    result: CheckResult  # a load report or a failure
 
     def apply(self, pool: Pool, backend: Backend, now: float) -> float:
-        pool.record_check(backend, check_ok(self.load), now)
-        return now
-
-
-@dataclass(frozen=True)
-class Fail:
-    reason: str
-
-    def apply(self, pool: Pool, backend: Backend, now: float) -> float:
-        pool.record_check(backend, check_fail(self.reason), now)
+        pool.record_check(backend, self.result, now)
         return now
 
 
@@ -268,8 +259,8 @@ class Tick:
 changes = st.tuples(
     st.integers(0, 11),
     st.one_of(
-        st.builds(Report, st.floats(0.0, 1000.0)),
-        st.builds(Fail, st.sampled_from(FAILURE_REASONS)),
+        st.builds(Check, st.builds(check_ok, st.floats(0.0, 1000.0))),
+        st.builds(Check, st.builds(check_fail, st.sampled_from(FAILURE_REASONS))),
         st.builds(Operator, st.sampled_from(list(Admin))),
         st.builds(Redirects, st.integers(1, 30)),
         st.builds(Tick, st.floats(0.0, 20.0)),
@@ -280,7 +271,7 @@ changes = st.tuples(
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(changes, max_size=6), min_size=1, max_size=8))
 def test_any_changes_between_scrapes_are_served_as_plain(
-    rounds: list[list[tuple[int, Report | Fail | Operator | Redirects | Tick]]],
+    rounds: list[list[tuple[int, Check | Operator | Redirects | Tick]]],
 ) -> None:
     """Whatever changes between scrapes, each scrape is prometheus-client's plain output of that moment."""
     pool = Pool(specs(*(f"b{i:02d}" for i in range(12))), HealthSettings(rise=2, fall=2), started_at=0.0)
