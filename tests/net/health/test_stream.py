@@ -22,8 +22,8 @@ import trio.testing
 from dispatcher.core.health_state import Admin
 from dispatcher.core.pool import Pool
 from dispatcher.core.report import BadLoad, parse_event
-from dispatcher.net.health import run_checks
-from dispatcher.net.stream import LoadStream, StreamFailed
+from dispatcher.net.health import HealthChecks
+from dispatcher.net.health.stream import LoadStream, StreamFailed
 from dispatcher.protocol.answer import AnswerReader
 from dispatcher.protocol.sse import MAX_LINE, BadStream, EventReader
 from dispatcher.settings import config
@@ -235,7 +235,7 @@ async def streaming(nursery: trio.Nursery, backend: StreamingBackend, **settings
     await nursery.start(backend.serve)
     checks = health(**{"interval": 2.0, "timeout": 1.0, **settings})
     pool = pool_for([backend], checks)  # type: ignore[list-item]
-    nursery.start_soon(run_checks, pool, checks)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for_state(pool, backend.name, "up")
     return pool
 
@@ -366,7 +366,7 @@ async def test_no_first_event_within_the_timeout_fails_the_check(
     checks = health(interval=2.0, timeout=1.0)
     pool = pool_for([backend], checks)  # type: ignore[list-item]
     seen = record_checks(pool)
-    nursery.start_soon(run_checks, pool, checks)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: len(seen) == 1)
     assert (seen[0].passed, seen[0].reason, seen[0].duration) == (False, "timeout", 1.0)
     assert pool.by_name["s1"].state == "down"
@@ -381,7 +381,7 @@ async def test_rise_counts_the_intervals_of_a_live_stream(
     checks = health(interval=2.0, timeout=1.0, rise=2)
     pool = pool_for([backend], checks)  # type: ignore[list-item]
     state = pool.by_name["s1"]
-    nursery.start_soon(run_checks, pool, checks)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: state.checks_failed == 1)  # no first event: down
     backend.connected = trio.Event()
     await backend.connected.wait()  # the next check's stream

@@ -1,4 +1,4 @@
-"""The probe loop and its HTTP client: real `health.run_checks` against real backends on loopback.
+"""The probe loop and its HTTP client: real `HealthChecks` against real backends on loopback.
 
 Every interval and timeout runs in virtual time (`autojump_clock`); with no jitter the check times
 are exact, so the tests assert them exactly. A check over loopback takes no virtual time; the sweep
@@ -22,7 +22,8 @@ import trio
 import trio.testing
 
 from dispatcher.core.pool import FAILURE_REASONS, Backend, CheckResult, LoadReport, Pool
-from dispatcher.net.health import CHECK_GRID, SO_TIMESTAMPNS, _sleep_in, run_checks
+from dispatcher.net.health import CHECK_GRID, HealthChecks
+from dispatcher.net.health.sweep import SO_TIMESTAMPNS, _sleep_in
 from dispatcher.settings import config
 from tests.helpers import (
     CountingBackend,
@@ -77,7 +78,7 @@ async def test_backend_is_usable_after_its_first_passing_check_and_not_before(
     pool.check_listeners.append(lambda b, r: chosen_while_checking.append(pool.choose()))
     t0 = trio.current_time()
     assert pool.choose() is None
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     assert await wait_for_state(pool, "b1", "up") == t0 + READ
     assert chosen_while_checking == [None]  # while the first result was being recorded
     assert pool.choose() is pool.by_name["b1"]
@@ -93,7 +94,7 @@ async def test_backend_whose_first_check_fails_needs_rise_passes(
     script_modes(pool, backend, ["ok"])
     seen = record_checks(pool)
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     assert await wait_for_state(pool, "b1", "up") == t0 + 4 + READ
     assert [(c.at - t0, c.passed) for c in seen] == [(READ, False), (2 + READ, True), (4 + READ, True)]
     assert pool.choose() is pool.by_name["b1"]
@@ -120,7 +121,7 @@ async def test_failed_check_is_counted_with_its_reason(
     pool = pool_for([backend], settings)
     seen = record_checks(pool)
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 1)
     state = pool.by_name["b1"]
     assert [(c.at - t0, c.passed, c.reason) for c in seen] == [(fails_after, False, reason)]
@@ -170,7 +171,7 @@ async def test_an_answers_duration_runs_until_the_kernel_received_it(
     pool = pool_for([backend], settings)
     seen = record_checks(pool)
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 2)
     assert [c.at - t0 for c in seen] == [READ, 2 + READ]  # the second one read a grid step late
     assert 0 <= seen[1].duration < READ
@@ -185,7 +186,7 @@ async def test_nothing_listening_fails_as_refused(
     pool = Pool([spec], settings)
     seen = record_checks(pool)
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: checked(pool.by_name["gone"]) == 1)
     assert [(c.at - t0, c.reason) for c in seen] == [(0.0, "refused")]
     assert pool.by_name["gone"].failures == {r: int(r == "refused") for r in FAILURE_REASONS}
@@ -206,7 +207,7 @@ async def test_backend_that_went_away_fails_as_refused_not_protocol(
     settings = health(interval=2.0)
     pool = pool_for([backend], settings)
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for_state(pool, "b1", "up")
     backend_scope.cancel()
     await wait_for(pool, lambda: pool.by_name["b1"].checks_failed == 1)
@@ -225,7 +226,7 @@ async def test_only_2xx_passes(
     settings = health()
     pool = pool_for([backend], settings)
     seen = record_checks(pool)
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 1)
     assert [(c.passed, c.reason) for c in seen] == [(passes, None if passes else "status")]
     assert pool.by_name["b1"].state == ("up" if passes else "down")
@@ -243,7 +244,7 @@ async def test_fall_failures_take_a_backend_down_and_rise_passes_bring_it_back(
     pool = pool_for([backend], settings)
     transitions = record_transitions(pool)
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     assert await wait_for_state(pool, "b1", "up") == t0 + READ
     backend.mode = "status"  # checks at t0+2, t0+4, t0+6 fail
     assert await wait_for_state(pool, "b1", "down") == t0 + 6 + READ
@@ -269,7 +270,7 @@ async def test_streaks_must_be_unbroken(
     modes = ["status", "status", "ok", "status", "status", "ok", "status", "status", "status"]
     script_modes(pool, backend, [*modes, "ok", "status", "ok", "status", "ok", "ok"])
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 16)
     assert transitions == [
         ("b1", "starting", "up", t0 + READ),
@@ -351,7 +352,7 @@ async def test_checks_run_every_interval_exactly_without_jitter(
     pool = pool_for([backend], settings)
     seen = record_checks(pool)
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 5)
     assert [c.at - t0 for c in seen] == [t + READ for t in (0.0, 3.0, 6.0, 9.0, 12.0)]
     assert backend.health_checks == 5
@@ -368,7 +369,7 @@ async def test_jitter_spreads_checks_and_keeps_each_interval_within_bounds(
     pool = Pool(specs, settings)
     seen = record_checks(pool)
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings, 100, random.Random(1))
+    nursery.start_soon(HealthChecks(pool, rng=random.Random(1)).run)
     await wait_for(pool, lambda: all(checked(b) >= 6 for b in pool.backends))
     times = {name: [c.at - t0 for c in seen if c.backend == name] for name in pool.by_name}
     first = [t[0] for t in times.values()]
@@ -396,7 +397,7 @@ async def test_hanging_backend_does_not_delay_another_backends_checks(
     pool = Pool(specs, settings)
     seen = record_checks(pool)
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: checked(pool.by_name["ok"]) == 4)
     assert [c.at - t0 for c in seen if c.backend == "ok"] == [t + READ for t in (0.0, 2.0, 4.0, 6.0)]
     assert [c.at - t0 for c in seen if c.backend == "hang0"] == [1.5, 3.5, 5.5]
@@ -416,7 +417,7 @@ async def test_many_hanging_backends_do_not_delay_a_healthy_backends_checks(
     pool = Pool(specs, settings)
     seen = record_checks(pool)
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)  # as the app calls it
+    nursery.start_soon(HealthChecks(pool).run)  # as the app calls it
     await wait_for(pool, lambda: checked(pool.by_name["ok"]) == 3)
     assert [c.at - t0 for c in seen if c.backend == "ok"] == [t + READ for t in (0.0, 2.0, 4.0)]
 
@@ -440,7 +441,7 @@ async def test_check_is_get_of_backend_prefix_plus_health_path(
     backend = await started(nursery, CountingBackend("b1", health_path=target))
     settings = health(path=path)
     pool = Pool([config.parse_backend("test", backend.url + prefix, name="b1")], settings)
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for_state(pool, "b1", "up")
     [request] = backend.health_requests
     assert (request.method, request.target) == ("GET", target)
@@ -455,7 +456,7 @@ async def test_connection_is_kept_alive_between_checks(
     backend = await started(nursery, CountingBackend("b1"))
     settings = health(interval=2.0)
     pool = pool_for([backend], settings)
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: pool.by_name["b1"].checks_passed == 5)
     assert (backend.connections, backend.health_checks) == (1, 5)
 
@@ -469,7 +470,7 @@ async def test_connection_closed_by_backend_is_reopened_without_a_failed_check(
     pool = pool_for([backend], settings)
     seen = record_checks(pool)
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for_state(pool, "b1", "up")
     await backend.drop_connections()
     await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 3)
@@ -485,7 +486,7 @@ async def test_failed_status_keeps_the_connection(
     backend = await started(nursery, CountingBackend("b1", mode="status"))
     settings = health(interval=2.0)
     pool = pool_for([backend], settings)
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: pool.by_name["b1"].checks_failed == 3)
     assert backend.connections == 1
 
@@ -520,7 +521,7 @@ async def test_kept_alive_connection_closed_unanswered_is_retried_once_fresh(
     pool = pool_for([backend], settings)
     seen = record_checks(pool)
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 4)
     # The retry's answer is read a grid step after the closed connection was seen.
     assert [(c.at - t0, c.passed) for c in seen] == [(READ, True)] + [
@@ -555,7 +556,7 @@ async def test_answer_framed_by_the_close_passes_and_reconnects(
     pool = pool_for([backend], settings)
     seen = record_checks(pool)
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 2)
     assert [(c.at - t0, c.passed) for c in seen] == [(READ, True), (2 + READ, True)]
     assert pool.by_name["b1"].load == 6.0
@@ -569,7 +570,7 @@ async def test_fresh_connection_closed_unanswered_fails_as_protocol_without_retr
     settings = health(interval=2.0)
     pool = pool_for([backend], settings)
     seen = record_checks(pool)
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 2)
     assert [(c.passed, c.reason) for c in seen] == [(False, "protocol"), (False, "protocol")]
     assert backend.connections == 2
@@ -603,7 +604,7 @@ async def test_load_report_forms(
     settings = health()
     pool = pool_for([backend], settings)
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for_state(pool, "b1", "up")
     assert pool.by_name["b1"].report == LoadReport(load, t0 + READ)
 
@@ -631,7 +632,7 @@ async def test_bad_load_fails_the_check(
     backend = await started(nursery, TestBackend("b1", body=body, extra_headers=headers))
     settings = health()
     pool = pool_for([backend], settings)
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: checked(pool.by_name["b1"]) == 1)
     state = pool.by_name["b1"]
     assert state.failures == {r: int(r == "bad_load") for r in FAILURE_REASONS}
@@ -648,7 +649,7 @@ async def test_passing_check_records_report_keeps_previous_and_resets_since(
     pool = pool_for([backend], settings)
     state = pool.by_name["b1"]
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for_state(pool, "b1", "up")
     assert (state.report, state.previous_report, state.since) == (LoadReport(3, t0 + READ), None, 0)
     for _ in range(4):
@@ -670,7 +671,7 @@ async def test_failed_check_keeps_the_last_report_and_since(
     pool = pool_for([backend], settings)
     state = pool.by_name["b1"]
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for_state(pool, "b1", "up")
     pool.choose()
     pool.choose()
@@ -719,7 +720,7 @@ async def test_sweep_sleep_is_still_cancelled_from_outside(autojump_clock: trio.
 
 def test_a_name_that_does_not_resolve_is_a_dns_failure_not_refused() -> None:
     """What failed is what the reason says: name resolution is `dns`, a refused connection `refused`."""
-    from dispatcher.net.health import _connect_failed
+    from dispatcher.net.health.client import _connect_failed
 
     dns = _connect_failed("web.internal", socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
     assert (dns.reason, dns.detail) == ("dns", "cannot resolve web.internal: Name or service not known")
@@ -734,7 +735,7 @@ async def test_a_404_on_the_health_path_says_to_set_health_path(
     backend = await started(nursery, TestBackend("b1", mode="status", status=404))
     settings = health()
     pool = pool_for([backend], settings)
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: pool.by_name["b1"].checks_failed == 1)
     last = pool.by_name["b1"].last_check
     assert last is not None and last.detail == (

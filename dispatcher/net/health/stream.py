@@ -2,11 +2,13 @@
 sends its load as events (issue 6); this module reads them as they arrive.
 
 Owns: each open stream's state (`LoadStream`, sans-IO: body bytes in, load reports out, and when the
-stream counts as silent), and the reader of every plain-HTTP stream (`StreamReader`): their sockets in
-an epoll set of its own, and one task that wakes as soon as any of them has bytes.
+stream counts as silent), the reader of every plain-HTTP stream (`StreamReader`): their sockets in
+an epoll set of its own, and one task that wakes as soon as any of them has bytes; and the reading of
+a stream over TLS (`read_tls`), in the task of the check that opened it.
 Rules: results go out through the two callbacks the health checks give (`Delivery`); this module
-never calls the pool. Time comes from trio's clock (mock clocks in tests). A stream's socket is the
-check's kept-alive connection, handed over by the sweep once the answer's head says it is a stream.
+never calls the pool, and imports of the checks only the schedule. Time comes from trio's clock (mock
+clocks in tests). A stream's socket is the check's kept-alive connection, handed over by the sweep once
+the answer's head says it is a stream.
 
 Why not the sweep's 20 ms grid: a stream exists to bring a backend's load while it is fresh, and
 20 ms is a whole service time of a typical request. Why not a task per stream: with 1,000 streaming
@@ -22,8 +24,6 @@ flight: its first event must come within the check's timeout, and completes the 
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 import select
 import socket
@@ -33,6 +33,7 @@ from typing import Protocol
 import trio
 
 from dispatcher.core.report import BadLoad, Report, parse_event
+from dispatcher.net.health.schedule import Timetable
 from dispatcher.protocol.answer import AnswerReader, BadAnswer
 from dispatcher.protocol.sse import BadStream, EventReader
 
@@ -43,6 +44,16 @@ class StreamFailed(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason, self.detail = reason, detail
+
+    @classmethod
+    def lost(cls, error: Exception) -> StreamFailed:
+        """The connection broke under the stream."""
+        return cls("protocol", f"load stream lost: {error}")
+
+    @classmethod
+    def closed(cls) -> StreamFailed:
+        """The backend closed the connection: a stream never ends on its own terms."""
+        return cls("protocol", "load stream closed by the backend")
 
 
 class LoadStream:
@@ -122,8 +133,8 @@ class StreamReader:
         self._silence = silence  # interval + timeout, as the health settings say now
         self._epoll = select.epoll()
         self._by_fd: dict[int, LoadStream] = {}
-        self._deadlines: list[tuple[float, int, LoadStream]] = []
-        self._order = itertools.count()
+        # A stream's deadline moves at every event: it is filed again only when it comes up.
+        self._deadlines: Timetable[LoadStream] = Timetable(_deadline, moves=True)
         self._waiting: trio.CancelScope | None = None
 
     def __len__(self) -> int:
@@ -134,7 +145,7 @@ class StreamReader:
         stream.sock = sock
         self._by_fd[sock.fileno()] = stream
         self._epoll.register(sock, select.EPOLLIN)
-        self._push(stream)
+        self._deadlines.add(stream, stream.deadline)
         if self._waiting is not None and stream.deadline < self._waiting.deadline:
             self._waiting.deadline = stream.deadline
         self._read(stream, b"", now, first=True)
@@ -151,7 +162,7 @@ class StreamReader:
     async def run(self) -> None:
         try:
             while True:
-                self._waiting = trio.CancelScope(deadline=self._next_deadline())
+                self._waiting = trio.CancelScope(deadline=self._deadlines.next_at())
                 with self._waiting:
                     await trio.lowlevel.wait_readable(self._epoll.fileno())
                 self._waiting = None
@@ -173,10 +184,10 @@ class StreamReader:
             except BlockingIOError:
                 return
             except OSError as error:
-                self._fail(stream, StreamFailed("protocol", f"load stream lost: {error}"), now)
+                self._fail(stream, StreamFailed.lost(error), now)
                 return
             if not data:
-                self._fail(stream, StreamFailed("protocol", "load stream closed by the backend"), now)
+                self._fail(stream, StreamFailed.closed(), now)
                 return
             if not self._read(stream, data, now) or len(data) < 65536:
                 return  # a short read took all there was: epoll (level-triggered) says if more comes
@@ -194,25 +205,41 @@ class StreamReader:
         self.close(stream)
         stream.fail(failure, now, self._delivery)
 
-    def _push(self, stream: LoadStream) -> None:
-        heapq.heappush(self._deadlines, (stream.deadline, next(self._order), stream))
-
-    def _next_deadline(self) -> float:
-        deadlines = self._deadlines
-        while deadlines:
-            at, _, stream = deadlines[0]
-            if not stream.open:
-                heapq.heappop(deadlines)
-            elif stream.deadline > at:  # it was heard since: its deadline moved on
-                heapq.heapreplace(deadlines, (stream.deadline, next(self._order), stream))
-            else:
-                return at
-        return math.inf
-
     def _expire(self, now: float) -> None:
-        while self._deadlines:
-            at = self._next_deadline()
-            if at > now:
-                return
-            stream = heapq.heappop(self._deadlines)[2]
+        for stream in self._deadlines.pop_due(now):
             self._fail(stream, stream.expired(now), now)
+
+
+def _deadline(stream: LoadStream) -> float:
+    """When an open stream fails unless it is heard (math.inf once it is closed)."""
+    return stream.deadline if stream.open else math.inf
+
+
+async def read_tls(
+    stream: LoadStream, tls: trio.abc.Stream, silence: Callable[[], float], delivery: Delivery
+) -> None:
+    """A load stream over TLS, read in the task of the check that opened it until it fails or closes.
+    TLS streams are few, and an SSLStream has no descriptor an epoll set could watch for its records."""
+    data, now = b"", trio.current_time()
+    try:
+        while stream.open and stream.deliver(data, now, silence(), delivery):
+            data = b""
+            with trio.move_on_at(stream.deadline):
+                data = await _receive(tls)
+            now = trio.current_time()
+            if not data and now >= stream.deadline:
+                stream.fail(stream.expired(now), now, delivery)
+                return
+    except StreamFailed as failure:
+        stream.fail(failure, trio.current_time(), delivery)
+
+
+async def _receive(tls: trio.abc.Stream) -> bytes:
+    """The next bytes of a TLS stream; StreamFailed once it broke or was closed."""
+    try:
+        data = bytes(await tls.receive_some(65536))
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+        raise StreamFailed.lost(error) from None
+    if not data:
+        raise StreamFailed.closed()
+    return data

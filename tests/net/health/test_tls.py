@@ -17,10 +17,10 @@ import pytest
 import trio
 import trio.testing
 
-from dispatcher.net.health import run_checks
+from dispatcher.net.health import HealthChecks
 from dispatcher.wiring import cli
 from tests.helpers import CountingBackend, health, pool_for, record_checks, wait_for
-from tests.net.test_stream import StreamingBackend, streaming
+from tests.net.health.test_stream import StreamingBackend, streaming
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(
@@ -105,7 +105,7 @@ async def test_https_backend_trusted_through_ca_file_passes_and_keeps_its_connec
     pool = pool_for([backend], settings)
     seen = record_checks(pool)
     t0 = trio.current_time()
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: pool.by_name["b1"].checks_passed + pool.by_name["b1"].checks_failed == 3)
     assert [(c.at - t0, c.passed) for c in seen] == [(0.0, True), (2.0, True), (4.0, True)]
     assert pool.by_name["b1"].load == 3.0
@@ -120,7 +120,7 @@ async def test_https_backend_on_an_unknown_ca_fails_as_tls_saying_why(
     await nursery.start(backend.serve)
     settings = health(interval=2.0)
     pool = pool_for([backend], settings)
-    nursery.start_soon(run_checks, pool, settings)
+    nursery.start_soon(HealthChecks(pool).run)
     await wait_for(pool, lambda: pool.by_name["b1"].checks_failed == 1)
     last = pool.by_name["b1"].last_check
     assert last is not None and last.reason == "tls"

@@ -1,0 +1,69 @@
+"""What the health checks tell an operator: a line per state change, and with `--log-level debug` a
+line per check and per stream event, rate-limited.
+
+Owns: the `dispatcher.health` logger (the name operators filter on, kept from before the checks
+became a package), the transition line, and the debug lines' rate limit.
+Rules: it reads a backend, never writes one; nothing else of the checks is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import trio
+
+from dispatcher.core.pool import Backend, CheckResult
+from dispatcher.core.report import Report
+
+log = logging.getLogger("dispatcher.health")
+
+# `--log-level debug` says every check's result and load and every load-stream event, but at most one
+# line per backend per this many seconds (with a count of those left out): 1,000 backends checked every
+# 2 s would otherwise write 500 lines a second, and a stream 10 events a second each.
+DEBUG_EVERY = 1.0
+
+
+def log_transition(backend: Backend, before: str, after: str, result: CheckResult | None) -> None:
+    """One line per state change that a check made: operators grep for these. A change the operator
+    asked for is logged by the admin API, with who asked, in its one line."""
+    if result is None:
+        return
+    why = "" if result.passed else f": {result.reason} ({result.detail})"
+    level = logging.INFO if after == "up" else logging.WARNING
+    log.log(level, "backend %s is %s (was %s)%s", backend.name, after, before, why)
+
+
+class DebugLog:
+    """Debug lines of checks and stream events, rate-limited per backend."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    @staticmethod
+    def wanted() -> DebugLog | None:
+        """A debug log when `--log-level debug` is on, else None: off, a check costs no call."""
+        return DebugLog() if log.isEnabledFor(logging.DEBUG) else None
+
+    def check(self, backend: Backend, result: CheckResult) -> None:
+        """A check's result, told before the pool applies it (the estimate shown is the one it met)."""
+        if result.passed:
+            load = "streamed" if result.load is None else f"{result.load:g}"
+            self._line(backend, "check passed in %.4fs, load %s", result.duration, load)
+        else:
+            self._line(backend, "check failed: %s (%s)", result.reason, result.detail)
+
+    def event(self, backend: Backend, report: Report) -> None:
+        self._line(backend, "stream event: load %g%s", report.load, ", drain" if report.drain else "")
+
+    def _line(self, backend: Backend, message: str, *args: object) -> None:
+        now, name = trio.current_time(), backend.name
+        if now - self._last.get(name, -math.inf) < DEBUG_EVERY:
+            self._skipped[name] = self._skipped.get(name, 0) + 1
+            return
+        self._last[name] = now
+        skipped = self._skipped.pop(name, 0)
+        more = f" ({skipped} more since the last line)" if skipped else ""
+        estimate = f"; estimate {backend.effective_load(now):.2f}, drain {backend.rate:.1f}/s"
+        log.debug("backend %s: " + message + estimate + more, name, *args)
