@@ -9,7 +9,7 @@ import trio
 
 from dispatcher import __version__
 from dispatcher.core.stats import RESPONSE_CODES
-from dispatcher.settings.config import Settings, apply, parse_toml
+from dispatcher.settings.config import Settings, apply, declared_settings, parse_toml
 from dispatcher.wiring.cli import build_parser
 from tests.helpers import admin_get, settings_for, start_backends, start_dispatcher
 
@@ -90,6 +90,19 @@ def test_the_flag_table_lists_every_flag_of_the_parser() -> None:
     listed = readme_flags()
     assert len(listed) == len(set(listed)), "a flag listed twice"
     assert set(listed) == set(parser_flags)
+
+
+def test_the_flag_table_gives_each_setting_its_declared_default() -> None:
+    """A setting's row shows the default of its one declaration (`2s`, `0.0.0.0:8080`), as code; a
+    setting with none to show (off, unset) shows no code there."""
+    defaults = {
+        flag: re.match(r"`([^`]*)`", row[1])
+        for row in table_rows(section("Command line"))
+        for flag in re.findall(r"`(--?[A-Za-z][a-z-]*)", row[0])
+    }
+    for declared in declared_settings():
+        shown = defaults[declared.flag]
+        assert (shown and shown[1]) == declared.shown, declared.flag
 
 
 def admin_routes() -> list[str]:

@@ -1,6 +1,9 @@
 """Settings: parse and validate the TOML file and the command line into one frozen `Settings`.
 
-Owns: the names of every setting (flags, TOML keys), their defaults and the precedent behind each.
+Owns: the catalogue of settings. Each is declared once, as a field of `Settings` or of its [health]
+table (`HealthSettings`): its TOML key, type, default, kind of value, help line and flag (see
+`declare`); the defaults here, with the precedent behind each. Also the TOML file's shape: the
+[[backends]] entries.
 Rules: no I/O here (the caller reads the file), no trio, no sockets. Every error is a `ConfigError`
 naming the key and the value, so the CLI can print one line and exit 2 instead of a traceback.
 """
@@ -8,13 +11,50 @@ naming the key and the value, so the CLI can print one line and exit 2 instead o
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from dispatcher.settings.declare import Declared, Kind, declared, lay, setting, table
+from dispatcher.settings.values import (
+    Address,
+    ConfigError,
+    boolean,
+    count,
+    file_path,
+    format_duration,
+    fraction,
+    non_negative_duration,
+    one_of,
+    parse_address,
+    parse_duration,
+    positive,
+    positive_duration,
+    token,
+    url_path,
+)
+
+__all__ = [
+    "Address",
+    "BackendSpec",
+    "ConfigError",
+    "HealthSettings",
+    "Settings",
+    "TomlError",
+    "apply",
+    "check",
+    "declared_settings",
+    "format_duration",
+    "is_loopback",
+    "parse_address",
+    "parse_backend",
+    "parse_duration",
+    "parse_toml",
+    "warnings",
+]
 
 # HAProxy's `default-server` check defaults: `inter 2s`, `rise 2`, `fall 3`. Its check timeout
 # defaults to `inter`; we use 1 s so that a hung backend is noticed within one round.
@@ -49,16 +89,24 @@ POLICIES = ("least-loaded", "p2c", "round-robin", "random")
 DEFAULT_POLICY = "least-loaded"
 
 DEFAULT_LISTEN = "0.0.0.0:8080"
+# `--demo` fronts backends on loopback and prints loopback URLs: its front door is on loopback too,
+# not on every interface of a laptop on a café's network, unless --listen (or the file) says so.
+DEMO_LISTEN = "127.0.0.1:8080"
 # Not 9090: that is the Prometheus server's own port.
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:8081"
 
 
-class ConfigError(ValueError):
-    """A setting that cannot be used; `str()` is the one line the CLI prints."""
-
-    def __init__(self, key: str, value: object, reason: str) -> None:
-        self.key, self.value, self.reason = key, value, reason
-        super().__init__(f"{key} = {value!r}: {reason}")
+# The kinds of value a setting holds: how TOML's value is checked, a flag's text read, a default shown.
+ADDRESS = Kind(parse_address, "HOST:PORT")
+DURATION = Kind(positive_duration, "DURATION", show=format_duration)
+DURATION_OR_OFF = Kind(non_negative_duration, "DURATION", show=format_duration)  # 0 is off
+COUNT = Kind(count, "N", text=int)
+FRACTION = Kind(fraction, "FRACTION", text=float)
+SWITCH = Kind(boolean, None)
+URL_PATH = Kind(url_path, "PATH")
+FILE = Kind(file_path, "FILE")
+TOKEN = Kind(token, "TOKEN", secret=True)
+POLICY = Kind(one_of(POLICIES), "NAME")
 
 
 class TomlError(ConfigError):
@@ -75,14 +123,25 @@ class TomlError(ConfigError):
 
 
 @dataclass(frozen=True, slots=True)
-class Address:
-    """A host and port to listen on."""
+class HealthSettings:
+    """How backends are checked: the [health] table and the --health-* flags."""
 
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+    path: str = setting(DEFAULT_HEALTH_PATH, URL_PATH, "checked with GET <backend><path>")
+    interval: float = setting(DEFAULT_INTERVAL, DURATION, "between checks of one backend, as HAProxy's inter")
+    timeout: float = setting(DEFAULT_TIMEOUT, DURATION, "per check")
+    rise: int = setting(
+        DEFAULT_RISE, COUNT, "passes in a row to come back up, as HAProxy's rise", flag="--rise"
+    )
+    fall: int = setting(DEFAULT_FALL, COUNT, "failures in a row to go down, as HAProxy's fall", flag="--fall")
+    jitter: float = setting(DEFAULT_JITTER, FRACTION, "spread of the interval")
+    # https backends are verified against the system's CA store, or against this PEM bundle instead
+    # (HAProxy's `ca-file`): backends on an internal CA. The CLI loads it, so a bad file is refused.
+    ca_file: str | None = setting(
+        None,
+        FILE,
+        "verify https backends against these CA certificates, not the system's (HAProxy ca-file)",
+        metavar="PEM",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,57 +160,6 @@ class BackendSpec:
     def base(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}{self.prefix}"
-
-
-@dataclass(frozen=True, slots=True)
-class HealthSettings:
-    path: str = DEFAULT_HEALTH_PATH
-    interval: float = DEFAULT_INTERVAL
-    timeout: float = DEFAULT_TIMEOUT
-    rise: int = DEFAULT_RISE
-    fall: int = DEFAULT_FALL
-    jitter: float = DEFAULT_JITTER
-    # https backends are verified against the system's CA store, or against this PEM bundle instead
-    # (HAProxy's `ca-file`): backends on an internal CA. The CLI loads it, so a bad file is refused.
-    ca_file: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    listen: Address = field(default_factory=lambda: parse_address("listen", DEFAULT_LISTEN))
-    admin_listen: Address = field(default_factory=lambda: parse_address("admin_listen", DEFAULT_ADMIN_LISTEN))
-    backends: tuple[BackendSpec, ...] = ()
-    health: HealthSettings = field(default_factory=HealthSettings)
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT
-    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
-    grace_period: float = DEFAULT_GRACE_PERIOD
-    max_discard: int = DEFAULT_MAX_DISCARD
-    admin_token: str | None = None
-    # An admin listener off loopback with no token lets anyone who reaches it drain the pool: refused
-    # at start (`check`) unless the operator says this is meant (a firewalled network).
-    admin_insecure: bool = False
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    reuse_port: bool = False
-    slow_start: float = 0.0
-    workers: int = 1
-    policy: str = DEFAULT_POLICY
-
-
-def parse_address(key: str, text: object) -> Address:
-    """`HOST:PORT` or `[V6]:PORT`; port 0 asks the system for a free port (tests)."""
-    if not isinstance(text, str) or ":" not in text:
-        raise ConfigError(key, text, "expected HOST:PORT")
-    host, _, port_text = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not host:
-        raise ConfigError(key, text, "expected HOST:PORT")
-    return Address(host, _port(key, text, port_text))
-
-
-def _port(key: str, text: str, port_text: str) -> int:
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(key, text, "port must be a number from 0 to 65535")
-    return int(port_text)
 
 
 def parse_backend(key: str, url: object, name: object = None, weight: object = 1) -> BackendSpec:
@@ -178,7 +186,7 @@ def parse_backend(key: str, url: object, name: object = None, weight: object = 1
         host=host,
         port=port,
         prefix=parts.path.rstrip("/"),
-        weight=_positive(f"{key}.weight", weight),
+        weight=positive(f"{key}.weight", weight),
     )
 
 
@@ -190,120 +198,91 @@ def _backend_name(key: str, name: object, default: str) -> str:
     return name
 
 
-def _positive(key: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(key, value, "must be a number")
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(key, value, "must be greater than 0")
-    return float(value)
+def _backends(key: str, entries: object) -> tuple[BackendSpec, ...]:
+    if not isinstance(entries, list):
+        raise ConfigError(key, entries, "must be an array of tables ([[backends]])")
+    specs = tuple(_backend_entry(f"{key}[{i}]", entry) for i, entry in enumerate(entries))
+    seen: set[str] = set()
+    for i, spec in enumerate(specs):
+        if spec.name in seen:
+            raise ConfigError(f"{key}[{i}].name", spec.name, "duplicate backend name")
+        seen.add(spec.name)
+    return specs
 
 
-# Durations as nginx writes them (`10s`, `500ms`, `1m`, `1h`: "Measurement units" in its docs), one
-# number and one unit; a bare number is seconds, as every duration here was before units existed.
-_DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+) *(?P<unit>ms|s|m|h)?")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+def _backend_entry(key: str, entry: object) -> BackendSpec:
+    if isinstance(entry, str):
+        return parse_backend(key, entry)
+    if not isinstance(entry, Mapping):
+        raise ConfigError(key, entry, "must be a table with a url")
+    for name in entry:
+        if name not in ("url", "name", "weight"):
+            raise ConfigError(f"{key}.{name}", entry[name], "unknown setting")
+    if "url" not in entry:
+        raise ConfigError(f"{key}.url", None, "missing")
+    return parse_backend(key, entry["url"], entry.get("name"), entry.get("weight", 1))
 
 
-def parse_duration(key: str, value: object) -> float:
-    """Seconds, from a number of seconds or a string with a unit: `2s`, `500ms`, `1.5s`, `1m`, `1h`."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
-    if match is None:
-        raise ConfigError(
-            key, value, "expected a duration: seconds, or a number with ms, s, m or h (2s, 500ms)"
-        )
-    return float(match["number"]) * _UNIT_SECONDS[match["unit"]]
+BACKENDS = Kind(_backends, "URL", repeatable=True)
+_LISTEN = parse_address("listen", DEFAULT_LISTEN)
+_ADMIN_LISTEN = parse_address("admin_listen", DEFAULT_ADMIN_LISTEN)
+_HEALTH = HealthSettings()
 
 
-def _positive_duration(key: str, value: object) -> float:
-    seconds = parse_duration(key, value)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(key, value, "must be a duration greater than 0")
-    return seconds
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the operator asked for; each field is the one declaration of its setting."""
+
+    # `setting()` and `table()` return a `dataclasses.field`, which ruff cannot see through (RUF009);
+    # these defaults are frozen dataclasses, safe to share between instances.
+    listen: Address = setting(_LISTEN, ADDRESS, f"the front door; with --demo {DEMO_LISTEN}")  # noqa: RUF009
+    admin_listen: Address = setting(_ADMIN_LISTEN, ADDRESS, "metrics, /healthz, /readyz")  # noqa: RUF009
+    backends: tuple[BackendSpec, ...] = setting(
+        (),
+        BACKENDS,
+        "backend base URL, http:// or https://, optional path prefix; repeatable",
+        flag="--backend",
+    )
+    health: HealthSettings = table(_HEALTH)  # noqa: RUF009
+    header_timeout: float = setting(DEFAULT_HEADER_TIMEOUT, DURATION, "to send a request head")
+    keepalive_timeout: float = setting(DEFAULT_KEEPALIVE_TIMEOUT, DURATION, "idle keep-alive")
+    grace_period: float = setting(DEFAULT_GRACE_PERIOD, DURATION, "on SIGTERM")
+    max_discard: int = setting(
+        DEFAULT_MAX_DISCARD,
+        COUNT,
+        "a request body up to this is read and dropped to keep the connection",
+        metavar="BYTES",
+    )
+    admin_token: str | None = setting(
+        None, TOKEN, "bearer token required by state-changing admin requests (or env DISPATCHER_ADMIN_TOKEN)"
+    )
+    # An admin listener off loopback with no token lets anyone who reaches it drain the pool: refused
+    # at start (`check`) unless the operator says this is meant (a firewalled network).
+    admin_insecure: bool = setting(
+        False,
+        SWITCH,
+        "allow an admin listener off loopback without a token (a network only trusted hosts reach)",
+    )
+    max_connections: int = setting(
+        DEFAULT_MAX_CONNECTIONS,
+        COUNT,
+        "open client connections at most; past it new ones wait in the backlog",
+    )
+    reuse_port: bool = setting(
+        False,
+        SWITCH,
+        "bind with SO_REUSEPORT, so that two instances can share the port for a rolling restart",
+    )
+    slow_start: float = setting(
+        0.0, DURATION_OR_OFF, "ramp a recovered backend's weight from 10% to 100% over this time; 0s is off"
+    )
+    workers: int = setting(1, COUNT, "front-door processes sharing the port (SO_REUSEPORT); checks run once")
+    policy: str = setting(DEFAULT_POLICY, POLICY, f"how a backend is chosen: {', '.join(POLICIES)}")
 
 
-def _non_negative_duration(key: str, value: object) -> float:
-    seconds = parse_duration(key, value)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigError(key, value, "must be a duration of at least 0")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """A duration as it could be written in the config: `1s`, `0.5s`, `120s`."""
-    return f"{seconds:g}s"
-
-
-def _count(key: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(key, value, "must be a whole number of at least 1")
-    return value
-
-
-def _boolean(key: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(key, value, "must be true or false")
-    return value
-
-
-def _fraction(key: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-        raise ConfigError(key, value, "must be a number from 0 to below 1")
-    return float(value)
-
-
-def _policy(key: str, value: object) -> str:
-    if value not in POLICIES:
-        raise ConfigError(key, value, f"must be one of {', '.join(POLICIES)}")
-    assert isinstance(value, str)
-    return value
-
-
-def _token(key: str, value: object) -> str:
-    if not isinstance(value, str) or len(value) < 8 or not value.isascii() or not value.isprintable():
-        raise ConfigError(key, "<hidden>", "must be at least 8 printable ASCII characters")
-    if " " in value:
-        raise ConfigError(key, "<hidden>", "must not contain spaces")
-    return value
-
-
-def _health_path(key: str, value: object) -> str:
-    if not isinstance(value, str) or not value.startswith("/") or not value.isprintable():
-        raise ConfigError(key, value, "must be a path starting with '/'")
-    if any(c in value for c in " #"):
-        raise ConfigError(key, value, "must not contain spaces or '#'")
-    return value
-
-
-def _file_path(key: str, value: object) -> str:
-    if not isinstance(value, str) or not value or not value.isprintable():
-        raise ConfigError(key, value, "must be a file path")
-    return value
-
-
-_HEALTH_KEYS: dict[str, Any] = {
-    "path": _health_path,
-    "interval": _positive_duration,
-    "timeout": _positive_duration,
-    "rise": _count,
-    "fall": _count,
-    "jitter": _fraction,
-    "ca_file": _file_path,
-}
-_TOP_KEYS: dict[str, Any] = {
-    "header_timeout": _positive_duration,
-    "keepalive_timeout": _positive_duration,
-    "grace_period": _positive_duration,
-    "max_discard": lambda key, value: int(_count(key, value)),
-    "max_connections": lambda key, value: int(_count(key, value)),
-    "reuse_port": lambda key, value: _boolean(key, value),
-    "admin_insecure": lambda key, value: _boolean(key, value),
-    "slow_start": _non_negative_duration,
-    "workers": lambda key, value: int(_count(key, value)),
-    "policy": _policy,
-}
-_KNOWN_TOP = {"listen", "admin_listen", "admin_token", "health", "backends", *_TOP_KEYS}
+def declared_settings() -> Iterator[Declared]:
+    """Every setting, in the order of its fields: what the CLI makes its flags of."""
+    return declared(Settings)
 
 
 # How tomllib ends its messages: "Invalid value (at line 3, column 9)", or "(at end of document)".
@@ -336,23 +315,7 @@ def _toml_place(message: str, text: str) -> tuple[str, int | None, int | None]:
 
 def apply(settings: Settings, table: Mapping[str, Any]) -> Settings:
     """Lay a table (from TOML, or built from flags) over `settings`, validating every key."""
-    for key in table:
-        if key not in _KNOWN_TOP:
-            raise ConfigError(key, table[key], "unknown setting")
-    changes: dict[str, Any] = {}
-    for key in ("listen", "admin_listen"):
-        if key in table:
-            changes[key] = parse_address(key, table[key])
-    for key, check in _TOP_KEYS.items():
-        if key in table:
-            changes[key] = check(key, table[key])
-    if "admin_token" in table:
-        changes["admin_token"] = _token("admin_token", table["admin_token"])
-    if "health" in table:
-        changes["health"] = _apply_health(settings.health, table["health"])
-    if "backends" in table:
-        changes["backends"] = _backends(table["backends"])
-    return replace(settings, **changes)
+    return lay(settings, table)
 
 
 def is_loopback(host: str) -> bool:
@@ -385,48 +348,13 @@ def check(settings: Settings) -> Settings:
 def warnings(settings: Settings) -> list[str]:
     """What is allowed but probably not meant, for the log at start and at each reload."""
     health = settings.health
-    found = []
-    if health.timeout >= health.interval:
-        found.append(
-            f"health.timeout ({format_duration(health.timeout)}) is not shorter than health.interval "
-            f"({format_duration(health.interval)}): a backend that hangs is checked once per timeout, "
-            f"not per interval, and is marked down only after fall x timeout "
-            f"({format_duration(health.fall * health.timeout)}); make the timeout shorter"
-        )
-    return found
+    return [_timeout_warning(health)] if health.timeout >= health.interval else []
 
 
-def _apply_health(health: HealthSettings, table: object) -> HealthSettings:
-    if not isinstance(table, Mapping):
-        raise ConfigError("health", table, "must be a table")
-    changes: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in _HEALTH_KEYS:
-            raise ConfigError(f"health.{key}", value, "unknown setting")
-        changes[key] = _HEALTH_KEYS[key](f"health.{key}", value)
-    return replace(health, **changes)
-
-
-def _backends(entries: object) -> tuple[BackendSpec, ...]:
-    if not isinstance(entries, list):
-        raise ConfigError("backends", entries, "must be an array of tables ([[backends]])")
-    specs = tuple(_backend_entry(f"backends[{i}]", entry) for i, entry in enumerate(entries))
-    seen: set[str] = set()
-    for i, spec in enumerate(specs):
-        if spec.name in seen:
-            raise ConfigError(f"backends[{i}].name", spec.name, "duplicate backend name")
-        seen.add(spec.name)
-    return specs
-
-
-def _backend_entry(key: str, entry: object) -> BackendSpec:
-    if isinstance(entry, str):
-        return parse_backend(key, entry)
-    if not isinstance(entry, Mapping):
-        raise ConfigError(key, entry, "must be a table with a url")
-    for name in entry:
-        if name not in ("url", "name", "weight"):
-            raise ConfigError(f"{key}.{name}", entry[name], "unknown setting")
-    if "url" not in entry:
-        raise ConfigError(f"{key}.url", None, "missing")
-    return parse_backend(key, entry["url"], entry.get("name"), entry.get("weight", 1))
+def _timeout_warning(health: HealthSettings) -> str:
+    return (
+        f"health.timeout ({format_duration(health.timeout)}) is not shorter than health.interval "
+        f"({format_duration(health.interval)}): a backend that hangs is checked once per timeout, "
+        f"not per interval, and is marked down only after fall x timeout "
+        f"({format_duration(health.fall * health.timeout)}); make the timeout shorter"
+    )

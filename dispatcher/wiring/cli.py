@@ -24,7 +24,8 @@ from dispatcher import __version__
 from dispatcher.expose import logs
 from dispatcher.net import health
 from dispatcher.settings import config
-from dispatcher.settings.config import ConfigError, Settings
+from dispatcher.settings.config import DEMO_LISTEN, ConfigError, Settings
+from dispatcher.settings.declare import Declared
 from dispatcher.wiring import app, demo
 
 log = logging.getLogger("dispatcher")
@@ -32,9 +33,6 @@ log = logging.getLogger("dispatcher")
 EXIT_USAGE = 2
 # The token is better passed in the environment than as a flag, which `ps` shows to every user.
 TOKEN_ENV = "DISPATCHER_ADMIN_TOKEN"
-# `--demo` fronts backends on loopback and prints loopback URLs: its front door is on loopback too,
-# not on every interface of a laptop on a café's network, unless --listen (or the file) says so.
-DEMO_LISTEN = "127.0.0.1:8080"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,151 +60,88 @@ Durations: 500ms, 2s, 1.5m, 1h, or a bare number of seconds.
 """
 
 
+DESCRIPTION = (
+    f"dispatcher {__version__}: a 307 front door that redirects every request\n"
+    "to the least-loaded healthy backend."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    """The flags: one for each declared setting (`config.declared_settings`), and the CLI's own."""
+    parser = _Parser(
         prog="dispatcher",
-        description=(
-            f"dispatcher {__version__}: a 307 front door that redirects every request\n"
-            "to the least-loaded healthy backend."
-        ),
+        description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-V", "--version", action="version", version=f"dispatcher {__version__}")
-    p.add_argument("--config", metavar="FILE", help="TOML file with the same settings; flags override it")
-    p.add_argument(
-        "--listen",
-        metavar="HOST:PORT",
-        help=f"front door (default {config.DEFAULT_LISTEN}; with --demo {DEMO_LISTEN})",
+    parser.add_argument("-V", "--version", action="version", version=f"dispatcher {__version__}")
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML file with the same settings; flags override it"
     )
-    p.add_argument(
-        "--admin-listen",
-        metavar="HOST:PORT",
-        help=f"metrics, /healthz, /readyz (default {config.DEFAULT_ADMIN_LISTEN})",
-    )
-    p.add_argument(
-        "--admin-token",
-        metavar="TOKEN",
-        help="bearer token required by state-changing admin requests (or env DISPATCHER_ADMIN_TOKEN)",
-    )
-    p.add_argument(
-        "--admin-insecure",
-        action="store_true",
-        default=None,
-        help="allow an admin listener off loopback without a token (a network only trusted hosts reach)",
-    )
-    p.add_argument(
-        "--backend",
-        metavar="URL",
-        action="append",
-        help="backend base URL, http:// or https://, optional path prefix; repeatable",
-    )
-    p.add_argument("--health-path", metavar="PATH", help=f"(default {config.DEFAULT_HEALTH_PATH})")
-    p.add_argument("--health-interval", metavar="DURATION", help="between checks (default 2s, HAProxy inter)")
-    p.add_argument("--health-timeout", metavar="DURATION", help="per check (default 1s)")
-    p.add_argument("--health-jitter", metavar="FRACTION", help="spread of the interval (default 0.1)")
-    p.add_argument(
-        "--health-ca-file",
-        metavar="PEM",
-        help="verify https backends against these CA certificates, not the system's (HAProxy ca-file)",
-    )
-    p.add_argument("--rise", metavar="N", help="passes in a row to come back up (default 2, HAProxy)")
-    p.add_argument("--fall", metavar="N", help="failures in a row to go down (default 3, HAProxy)")
-    p.add_argument("--header-timeout", metavar="DURATION", help="to send a request head (default 10s)")
-    p.add_argument("--keepalive-timeout", metavar="DURATION", help="idle keep-alive (default 75s)")
-    p.add_argument("--grace-period", metavar="DURATION", help="on SIGTERM (default 10s)")
-    p.add_argument(
-        "--max-discard",
-        metavar="BYTES",
-        help="a request body up to this is read and dropped to keep the connection (default 65536)",
-    )
-    p.add_argument(
-        "--max-connections",
-        metavar="N",
-        help="open client connections at most; past it new ones wait in the backlog (default 10000)",
-    )
-    p.add_argument(
-        "--reuse-port",
-        action="store_true",
-        default=None,
-        help="bind with SO_REUSEPORT, so that two instances can share the port for a rolling restart",
-    )
-    p.add_argument(
-        "--workers",
-        metavar="N",
-        help="front-door processes sharing the port (SO_REUSEPORT); checks run once (default 1)",
-    )
-    p.add_argument(
-        "--slow-start",
-        metavar="DURATION",
-        help="ramp a recovered backend's weight from 10%% to 100%% over this time (default 0: off)",
-    )
-    p.add_argument(
-        "--policy",
-        metavar="NAME",
-        help=f"how a backend is chosen: {', '.join(config.POLICIES)} (default {config.DEFAULT_POLICY})",
-    )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument(
+    for declared in config.declared_settings():
+        _add_setting(parser, declared)
+    _add_own_flags(parser)
+    return parser
+
+
+def _add_setting(parser: argparse.ArgumentParser, declared: Declared) -> None:
+    """A setting's flag. Its argparse default is None, so that a flag not given leaves the file's value."""
+    if declared.metavar is None:
+        parser.add_argument(declared.flag, action="store_true", default=None, help=_help(declared))
+        return
+    action = "append" if declared.setting.kind.repeatable else "store"
+    parser.add_argument(declared.flag, metavar=declared.metavar, action=action, help=_help(declared))
+
+
+def _help(declared: Declared) -> str:
+    """The declared help line, with the default when there is one to show (argparse reads % itself)."""
+    text = declared.setting.help
+    if declared.shown is not None:
+        text += f" (default {declared.shown})"
+    return text.replace("%", "%%")
+
+
+def _add_own_flags(parser: argparse.ArgumentParser) -> None:
+    """What the command line alone sets: the log and the demo."""
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
         "--log-format",
         default="text",
         choices=["text", "json"],
         help="text lines, or one JSON object a line: time, level, logger, message (default text)",
     )
-    p.add_argument("--demo", action="store_true", help="start three demo backends and front them")
-    return p
-
-
-# flag -> (path in the settings table, converter)
-_FLAGS: dict[str, tuple[tuple[str, ...], Any]] = {
-    "listen": (("listen",), str),
-    "admin_listen": (("admin_listen",), str),
-    "health_path": (("health", "path"), str),
-    "health_interval": (("health", "interval"), str),
-    "health_timeout": (("health", "timeout"), str),
-    "health_jitter": (("health", "jitter"), float),
-    "health_ca_file": (("health", "ca_file"), str),
-    "rise": (("health", "rise"), int),
-    "fall": (("health", "fall"), int),
-    "header_timeout": (("header_timeout",), str),
-    "keepalive_timeout": (("keepalive_timeout",), str),
-    "grace_period": (("grace_period",), str),
-    "admin_token": (("admin_token",), str),
-    "max_discard": (("max_discard",), int),
-    "max_connections": (("max_connections",), int),
-    "reuse_port": (("reuse_port",), bool),
-    "admin_insecure": (("admin_insecure",), bool),
-    "slow_start": (("slow_start",), str),
-    "workers": (("workers",), int),
-    "policy": (("policy",), str),
-}
+    parser.add_argument("--demo", action="store_true", help="start three demo backends and front them")
 
 
 def _flag_settings(settings: Settings, args: argparse.Namespace) -> Settings:
     """Lay the flags that were given over `settings`, one at a time so errors name the flag."""
-    for attr, (path, convert) in _FLAGS.items():
-        raw = getattr(args, attr)
-        if raw is None:
-            continue
-        flag = "--" + attr.replace("_", "-")
-        try:
-            value = convert(raw)
-        except ValueError:
-            expected = "a whole number" if convert is int else "a number"
-            raise ConfigError(flag, raw, f"expected {expected}") from None
-        table: dict[str, Any] = {path[-1]: value}
-        if len(path) == 2:
-            table = {path[0]: table}
-        try:
-            settings = config.apply(settings, table)
-        except ConfigError as error:
-            raise ConfigError(flag, error.value if attr == "admin_token" else raw, error.reason) from None
-    if args.backend:
-        try:
-            settings = config.apply(settings, {"backends": args.backend})
-        except ConfigError as error:
-            raise ConfigError("--backend", error.value, error.reason) from None
+    for declared in config.declared_settings():
+        raw = getattr(args, declared.dest)
+        if raw is not None:
+            settings = _apply_flag(settings, declared, raw)
     return settings
+
+
+def _apply_flag(settings: Settings, declared: Declared, raw: object) -> Settings:
+    try:
+        return config.apply(settings, declared.table(_flag_value(declared, raw)))
+    except ConfigError as error:
+        # The flag's own text, unless it is a secret (the error hides it) or several (the error names one).
+        kind = declared.setting.kind
+        shown = error.value if kind.secret or kind.repeatable else raw
+        raise ConfigError(declared.flag, shown, error.reason) from None
+
+
+def _flag_value(declared: Declared, raw: object) -> object:
+    """A flag's text as TOML would hold the value (a whole number for a count); a switch is True."""
+    if not isinstance(raw, str):
+        return raw
+    text = declared.setting.kind.text
+    try:
+        return text(raw)
+    except ValueError:
+        expected = "a whole number" if text is int else "a number"
+        raise ConfigError(declared.flag, raw, f"expected {expected}") from None
 
 
 def load_settings(args: argparse.Namespace) -> Settings:

@@ -1,0 +1,150 @@
+"""Values: one setting's value of one kind (an address, a duration, a count...) checked on its own.
+
+Owns: `ConfigError` (every bad value is one, naming its key) and the parser of each kind of value.
+Rules: no I/O, nothing of the package imported; a parser takes `(key, value)`, returns the value as
+`Settings` holds it, or raises a `ConfigError` naming `key`, so that the CLI prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; `str()` is the one line the CLI prints."""
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        self.key, self.value, self.reason = key, value, reason
+        super().__init__(f"{key} = {value!r}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A host and port to listen on."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(key: str, text: object) -> Address:
+    """`HOST:PORT` or `[V6]:PORT`; port 0 asks the system for a free port (tests)."""
+    if not isinstance(text, str) or ":" not in text:
+        raise ConfigError(key, text, "expected HOST:PORT")
+    host, _, port_text = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host:
+        raise ConfigError(key, text, "expected HOST:PORT")
+    return Address(host, _port(key, text, port_text))
+
+
+def _port(key: str, text: str, port_text: str) -> int:
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(key, text, "port must be a number from 0 to 65535")
+    return int(port_text)
+
+
+def positive(key: str, value: object) -> float:
+    """A number greater than 0 (a weight)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(key, value, "must be a number")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(key, value, "must be greater than 0")
+    return float(value)
+
+
+# Durations as nginx writes them (`10s`, `500ms`, `1m`, `1h`: "Measurement units" in its docs), one
+# number and one unit; a bare number is seconds, as every duration here was before units existed.
+_DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+) *(?P<unit>ms|s|m|h)?")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(key: str, value: object) -> float:
+    """Seconds, from a number of seconds or a string with a unit: `2s`, `500ms`, `1.5s`, `1m`, `1h`."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(
+            key, value, "expected a duration: seconds, or a number with ms, s, m or h (2s, 500ms)"
+        )
+    return float(match["number"]) * _UNIT_SECONDS[match["unit"]]
+
+
+def positive_duration(key: str, value: object) -> float:
+    seconds = parse_duration(key, value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(key, value, "must be a duration greater than 0")
+    return seconds
+
+
+def non_negative_duration(key: str, value: object) -> float:
+    seconds = parse_duration(key, value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(key, value, "must be a duration of at least 0")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as it could be written in the config: `1s`, `0.5s`, `120s`."""
+    return f"{seconds:g}s"
+
+
+def count(key: str, value: object) -> int:
+    """A whole number of at least 1 (rise, fall, workers, bytes)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, value, "must be a whole number of at least 1")
+    return value
+
+
+def boolean(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "must be true or false")
+    return value
+
+
+def fraction(key: str, value: object) -> float:
+    """A number from 0 to below 1 (the jitter)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ConfigError(key, value, "must be a number from 0 to below 1")
+    return float(value)
+
+
+def one_of(choices: Sequence[str]) -> Callable[[str, object], str]:
+    """A parser that takes one of `choices` (the policy's names)."""
+
+    def parse(key: str, value: object) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise ConfigError(key, value, f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def token(key: str, value: object) -> str:
+    """A bearer token; an error shows `<hidden>`, never the value (it may be a real token mistyped)."""
+    if not isinstance(value, str) or len(value) < 8 or not value.isascii() or not value.isprintable():
+        raise ConfigError(key, "<hidden>", "must be at least 8 printable ASCII characters")
+    if " " in value:
+        raise ConfigError(key, "<hidden>", "must not contain spaces")
+    return value
+
+
+def url_path(key: str, value: object) -> str:
+    """A path for a request line (the health path): starts with '/', no spaces, no fragment."""
+    if not isinstance(value, str) or not value.startswith("/") or not value.isprintable():
+        raise ConfigError(key, value, "must be a path starting with '/'")
+    if any(c in value for c in " #"):
+        raise ConfigError(key, value, "must not contain spaces or '#'")
+    return value
+
+
+def file_path(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value or not value.isprintable():
+        raise ConfigError(key, value, "must be a file path")
+    return value
