@@ -35,6 +35,7 @@ from harness import (
     stop,
     wait_until_ready,
 )
+
 from scenarios.results import Run
 
 FILE_BACKEND_COUNT = 3  # scenario 1's pool: three `python -m http.server`

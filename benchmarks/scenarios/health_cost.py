@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from harness import busy_warning
+
 from scenarios.context import Bench
 from scenarios.idle import IdleCpu, backend_checks, idle_cpu
 from scenarios.results import (

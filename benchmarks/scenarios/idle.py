@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from harness import BenchError, cpu_snapshot, fetch, others_cpu_percent, process_cpu_seconds
-from scenarios.context import Bench
-from scenarios.servers import Dispatcher
 
-# After /readyz says all are up, let the start-up burst of first checks pass before measuring idle CPU.
-SETTLE_SECONDS = 1.0
+from scenarios.context import Bench
+from scenarios.servers import SETTLE_SECONDS, Dispatcher
+
 Key = TypeVar("Key")  # what a scenario names the dispatchers of a comparison by (pool size, side)
 
 

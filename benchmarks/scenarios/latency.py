@@ -6,6 +6,7 @@
 from dataclasses import dataclass
 
 from harness import BENCHMARKS_DIR, WrkLoad
+
 from scenarios.context import Bench
 from scenarios.results import Figure, Report, Run, median_run, ratio, run_warnings
 from scenarios.servers import baseline_running, compared, file_dispatcher

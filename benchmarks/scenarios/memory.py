@@ -22,10 +22,10 @@ from harness import (
     running,
     stop,
 )
+
 from scenarios.context import Bench
-from scenarios.idle import SETTLE_SECONDS
 from scenarios.results import Figure, Report, at_most
-from scenarios.servers import backend_flags, dispatcher_running
+from scenarios.servers import SETTLE_SECONDS, backend_flags, dispatcher_running
 
 KEEPALIVE_SECONDS = "300"  # scenario 5: longer than the whole measurement, so no idle connection is closed
 IDLE_CLIENT_TIMEOUT_SECONDS = 120.0  # to open and get answers on all the idle connections

@@ -21,6 +21,7 @@ from harness import (
     prepare_child,
     wrk_argv,
 )
+
 from scenarios.context import Bench
 from scenarios.results import Report
 from scenarios.servers import backend_flags, dispatcher_running

@@ -24,6 +24,7 @@ from harness import (
     running,
     wait_until_ready,
 )
+
 from scenarios.context import Bench, Server, file_name
 from scenarios.results import Run
 
@@ -31,6 +32,9 @@ SMALL_POOL = 3
 LARGE_POOL = 1000
 # A pool of 1,000 must pass 1,000 first checks (at most 100 connecting at once) before /readyz says so.
 LARGE_POOL_READY_SECONDS = 60.0
+# After /readyz says all are up, let the start-up burst of first checks pass before measuring anything
+# idle (CPU, memory).
+SETTLE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass, field
 
 from harness import WrkLoad
+
 from scenarios.context import Bench
 from scenarios.results import Figure, Report, Run, median_run, run_warnings, speed_figures
 from scenarios.servers import compared, file_dispatcher
