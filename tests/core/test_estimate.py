@@ -34,6 +34,16 @@ def test_drain_rate_is_the_share_over_busy_time() -> None:
     assert estimate.drain_rate(45.0, busy=0.1) == pytest.approx(45.0 * estimate.MAX_BOOST)
 
 
+def test_busy_averages_the_first_reports_plainly_then_in_an_ewma() -> None:
+    """A pool just started learns how busy its backends are in a few reports, not in 20 intervals."""
+    busy = estimate.BUSY_PRIOR
+    for samples in range(4):  # four reports of a busy backend, each held for one 2 s interval
+        busy = estimate.next_busy(busy, 3.0, 2.0, samples)
+    assert busy == pytest.approx((estimate.BUSY_PRIOR + 4) / 5)
+    settled = estimate.next_busy(busy, 0.0, 2.0, 100)  # later: one report moves it by the EWMA's weight
+    assert settled == pytest.approx(busy * (1 - estimate.BUSY_WEIGHT))
+
+
 def test_redirect_rate_follows_the_redirects_and_never_drops_below_the_minimum() -> None:
     """An EWMA of redirects per second from a running total."""
     rate = estimate.RedirectRate(0.0)
