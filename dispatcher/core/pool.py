@@ -16,10 +16,10 @@ import math
 import random
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dispatcher.core import estimate
-from dispatcher.core.health_state import Admin, Health, next_health, visible_state
+from dispatcher.core.health_state import Admin, Event, Health, visible_state, walk
 from dispatcher.core.policy import LOAD_AWARE, Policy, make_policy
 from dispatcher.settings.config import DEFAULT_POLICY, BackendSpec, HealthSettings
 
@@ -87,7 +87,8 @@ class Backend:
     previous_report: LoadReport | None = None
     others: int = 0  # redirects other worker processes sent since `report` (--workers), as last seen
     reports: int = 0  # load reports taken: checks' answers and stream events
-    busy: float = 1.0  # the share of time it reports a load of 1 or more (estimate.next_busy)
+    busy: float = estimate.BUSY_PRIOR  # the share of time it reports a load of 1 or more (estimate.next_busy)
+    busy_samples: int = 0  # reports folded into `busy`
     carried: float = 0.0  # redirects sent just before `report` that it cannot have seen (estimate.unseen)
     delay: float = 0.0  # the last timed check's duration: how late a redirect reaches the backend
     source: str = "poll"  # one of LOAD_SOURCES
@@ -199,7 +200,7 @@ class Pool:
         self._ticked_at = -math.inf
         # The usable backends' mean `busy`, as of the last tick: one figure for the whole pool, so that
         # its noise moves every backend's drain alike and never reorders them.
-        self.busy = 1.0
+        self.busy = estimate.BUSY_PRIOR
         self.listeners: list[TransitionListener] = []
         self.check_listeners: list[CheckListener] = []
         # Told after anything that changes what choosing sees (a report, a state, a weight, a ramp).
@@ -241,7 +242,8 @@ class Pool:
         if previous is not None:
             arrivals = backend.carried + backend.since + backend.others - carried
             if arrivals > 0 or previous.value > 0:  # idle and sent nothing says nothing of busy
-                backend.busy = estimate.next_busy(backend.busy, previous.value, age)
+                backend.busy = estimate.next_busy(backend.busy, previous.value, age, backend.busy_samples)
+                backend.busy_samples += 1
         backend.previous_report = previous
         backend.report = LoadReport(load, now)
         backend.reports += 1
@@ -275,6 +277,34 @@ class Pool:
         backend.others = others
         if more > 0:
             backend.free_at = max(backend.free_at, now) + more / backend.rate
+
+    # --- a worker's mirror of the master's figures (--workers: processes/shared.py) ----------------
+
+    def take_master_report(self, backend: Backend, load: float, now: float) -> None:
+        """The master has a new report: what the other workers sent before it is in it."""
+        backend.others = 0
+        self.take_report(backend, load, now)
+
+    def mirror(
+        self, backend: Backend, usable: bool, weight: float, ramp: float, others: int, now: float
+    ) -> None:
+        """The master's health, weight and ramp for a backend, and the other workers' redirects since
+        its report. A worker checks nothing: its health is the master's, as the table's mirror rows say."""
+        self.add_others(backend, others, now)
+        self._step_health(backend, Event.MIRROR_UP if usable else Event.MIRROR_DOWN)
+        backend.ramp = ramp
+        if weight != backend.spec.weight:
+            backend.spec = replace(backend.spec, weight=weight)
+        self.reindex(backend)
+
+    def set_next_check(self, backend: Backend, at: float) -> None:
+        """When the master checks the backend next (a worker shows it; it checks nothing itself)."""
+        backend.next_check_at = at
+
+    def set_counts(self, backend: Backend, since: int, redirects: int) -> None:
+        """Counters summed from elsewhere: the workers' (in the master), or a predecessor's (in a worker
+        that was restarted), so that a counter never goes back."""
+        backend.since, backend.redirects = since, redirects
 
     def tick(self, now: float) -> None:
         """Every TICK: the redirect rate and the usable weight behind the drain shares; slow starts."""
@@ -326,31 +356,37 @@ class Pool:
             if result.timed:
                 backend.delay = result.duration
             if result.load is not None:
-                step = self.take_report(backend, result.load, now)
+                key_step = self.take_report(backend, result.load, now)
                 if backend.health is Health.UP and backend.self_drain == result.self_drain:
                     # Up and staying up, the visible state unchanged: the common case, on every check
                     # of every healthy backend. Only the new report is re-indexed, with figures at hand.
-                    backend.streak = 0
+                    self._step_health(backend, Event.PASS)
                     usable = backend.admin is Admin.READY and not backend.self_drain
-                    self._reindex_as(backend, usable, backend.free_at, step)
+                    self._reindex_as(backend, usable, backend.free_at, key_step)
                     return
             elif backend.health is Health.UP and backend.self_drain == result.self_drain:
-                backend.streak = 0  # a streaming backend's interval: its reports came as events
+                self._step_health(
+                    backend, Event.PASS
+                )  # a streaming backend's interval: its reports came as events
                 return
         else:
             backend.checks_failed += 1
             backend.failures[result.reason or "protocol"] += 1
         starting = backend.health is Health.STARTING
         before = backend.state
-        settings = self.health_settings
-        backend.health, backend.streak = next_health(
-            backend.health, backend.streak, result.passed, settings.rise, settings.fall
-        )
+        self._step_health(backend, Event.PASS if result.passed else Event.FAIL)
         if result.passed:
             backend.self_drain = result.self_drain
         if not starting and before == "down" and backend.health is Health.UP:
             self._begin_ramp(backend, now)
         self._changed(backend, before, result, starting)
+
+    def _step_health(self, backend: Backend, event: Event) -> None:
+        """The one place a backend's health moves: the state machine's table, walked."""
+        settings = self.health_settings
+        backend.health, backend.streak = walk(
+            backend.health, backend.streak, event, settings.rise, settings.fall
+        )
 
     def _begin_ramp(self, backend: Backend, now: float) -> None:
         """A backend back from down reports a low load and would take every request: ramp its weight
@@ -377,7 +413,7 @@ class Pool:
         """
         before = backend.state
         if backend.admin is Admin.MAINT and admin is not Admin.MAINT:
-            backend.health, backend.streak = Health.STARTING, 0
+            self._step_health(backend, Event.RESUME)
             backend.resumed_from = "maint"  # its first check's line says so, not "was starting"
         backend.admin = admin
         self._changed(backend, before, None)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from multiprocessing import shared_memory
 
 from dispatcher.core.health_state import Health
@@ -126,7 +126,7 @@ class SharedTable:
         """
         base = worker * self.layout.worker_cells
         for index, backend in enumerate(pool.backends):
-            backend.redirects = self.cells[base + 2 * index + _TOTAL]
+            pool.set_counts(backend, backend.since, self.cells[base + 2 * index + _TOTAL])
         before = stats_of(self.cells[base + 2 * self.layout.backends : base + self.layout.worker_cells - 1])
         stats.connections_total, stats.loops = before.connections_total, before.loops
         stats.responses, stats.duration_counts = before.responses, before.duration_counts
@@ -147,27 +147,22 @@ class SharedTable:
             changed = master[base + _SEQ] != seen[index]
             if changed:  # a new report: what this worker sent before it is in it
                 seen[index] = master[base + _SEQ]
-                backend.others = 0
-                pool.take_report(backend, master[base + _LOAD], now)
+                pool.take_master_report(backend, master[base + _LOAD], now)
             cells[mine + 2 * index + _TOTAL] = backend.redirects
             cells[mine + 2 * index + _SINCE] = backend.since
             row = [w * per + 2 * index for w in range(layout.workers) if w != worker]
             others = sum(cells[cell + _SINCE] for cell in row)
             others_total += sum(cells[cell + _TOTAL] for cell in row)
-            health = Health.UP if master[base + _USABLE] == 1.0 else Health.DOWN
+            usable = master[base + _USABLE] == 1.0
             weight, ramp = master[base + _WEIGHT] or backend.spec.weight, master[base + _RAMP] or 1.0
-            backend.next_check_at = master[base + _NEXT_CHECK]
-            if changed or (health, others, ramp, weight) != (
-                backend.health,
+            pool.set_next_check(backend, master[base + _NEXT_CHECK])
+            if changed or (usable, others, ramp, weight) != (
+                backend.health is Health.UP,
                 backend.others,
                 backend.ramp,
                 backend.spec.weight,
             ):
-                pool.add_others(backend, others, now)
-                backend.health, backend.ramp = health, ramp
-                if weight != backend.spec.weight:
-                    backend.spec = replace(backend.spec, weight=weight)
-                pool.reindex(backend)
+                pool.mirror(backend, usable, weight, ramp, others, now)
         pool.others_total = others_total
         self._publish_stats(mine + 2 * layout.backends, stats)
 

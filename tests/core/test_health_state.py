@@ -2,7 +2,18 @@
 
 import pytest
 
-from dispatcher.core.health_state import Admin, Health, next_health, visible_state
+from dispatcher.core.health_state import (
+    TRANSITIONS,
+    Admin,
+    Event,
+    Guard,
+    Health,
+    Streak,
+    Transition,
+    next_health,
+    visible_state,
+    walk,
+)
 
 RISE, FALL = 2, 3
 
@@ -25,6 +36,36 @@ RISE, FALL = 2, 3
 def test_transition(health: Health, streak: int, passed: bool, expected: tuple[Health, int]) -> None:
     """Each row of the rise/fall table moves health and streak as HAProxy's rise/fall do."""
     assert next_health(health, streak, passed, RISE, FALL) == expected
+
+
+def streak_for(row: Transition) -> int:
+    """A streak at which the row's guard holds, with rise 2 and fall 3."""
+    threshold = RISE if row.health is Health.DOWN else FALL
+    return {Guard.ALWAYS: 1, Guard.REACHED: threshold - 1, Guard.SHORT: threshold - 2}[row.guard]
+
+
+@pytest.mark.parametrize(
+    "row", TRANSITIONS, ids=lambda r: f"{r.health.value}-{r.event.value}-{r.guard.value}"
+)
+def test_each_row_of_the_table(row: Transition) -> None:
+    """Walking the table from a row's state, on its event, with its guard holding, lands where it says."""
+    streak = streak_for(row)
+    expected = 0 if row.streak is Streak.RESET else streak + 1
+    assert walk(row.health, streak, row.event, RISE, FALL) == (row.then, expected)
+
+
+def test_the_table_has_one_way_out_of_every_state_on_every_event() -> None:
+    """Every (health, event) has one ALWAYS row, or exactly a REACHED and a SHORT one."""
+    for health in Health:
+        for event in Event:
+            guards = sorted(r.guard.value for r in TRANSITIONS if (r.health, r.event) == (health, event))
+            assert guards in (["always"], ["reached", "short"]), (health, event)
+
+
+def test_leaving_maint_starts_over_from_any_health() -> None:
+    """Out of maint a backend's old health is stale: it is starting again, whatever it was."""
+    for health in Health:
+        assert walk(health, 2, Event.RESUME, RISE, FALL) == (Health.STARTING, 0)
 
 
 def test_rise_one_and_fall_one_flip_on_a_single_result() -> None:
