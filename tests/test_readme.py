@@ -105,6 +105,15 @@ def test_the_flag_table_gives_each_setting_its_declared_default() -> None:
         assert (shown and shown[1]) == declared.shown, declared.flag
 
 
+def test_the_config_example_gives_a_backend_its_own_health() -> None:
+    """The example's web-1 sets its own health keys; the other backend has the global [health]."""
+    [example] = re.findall(r"```toml\n(.*?)```", section("Config file"), re.DOTALL)
+    settings = apply(Settings(), parse_toml(example))
+    web, other = (backend.health for backend in settings.backends)
+    assert (web.interval, web.timeout, web.fall, web.rise) == (5.0, 2.0, 2, settings.health.rise)
+    assert other == settings.health
+
+
 def admin_routes() -> list[str]:
     """The routes of the README's admin API table: `GET /healthz`, `POST /backends/<name>/state`, ..."""
     return [row[0].strip("`") for row in table_rows(section("Admin API"))]

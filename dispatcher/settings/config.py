@@ -3,7 +3,8 @@
 Owns: the catalogue of settings. Each is declared once, as a field of `Settings` or of its [health]
 table (`HealthSettings`): its TOML key, type, default, kind of value, help line and flag (see
 `declare`); the defaults here, with the precedent behind each. Also the TOML file's shape: the
-[[backends]] entries.
+[[backends]] entries, each with its own health settings over the global ones (HAProxy's per-server
+`inter`, `rise`, `fall`), resolved into `BackendSpec.health`.
 Rules: no I/O here (the caller reads the file), no trio, no sockets. Every error is a `ConfigError`
 naming the key and the value, so the CLI can print one line and exit 2 instead of a traceback.
 """
@@ -14,7 +15,7 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -124,15 +125,30 @@ class TomlError(ConfigError):
 
 @dataclass(frozen=True, slots=True)
 class HealthSettings:
-    """How backends are checked: the [health] table and the --health-* flags."""
+    """How backends are checked: the [health] table, the --health-* flags, and those of its keys that
+    a [[backends]] entry may set for itself (`per_backend`)."""
 
-    path: str = setting(DEFAULT_HEALTH_PATH, URL_PATH, "checked with GET <backend><path>")
-    interval: float = setting(DEFAULT_INTERVAL, DURATION, "between checks of one backend, as HAProxy's inter")
-    timeout: float = setting(DEFAULT_TIMEOUT, DURATION, "per check")
-    rise: int = setting(
-        DEFAULT_RISE, COUNT, "passes in a row to come back up, as HAProxy's rise", flag="--rise"
+    path: str = setting(DEFAULT_HEALTH_PATH, URL_PATH, "checked with GET <backend><path>", per_backend=True)
+    interval: float = setting(
+        DEFAULT_INTERVAL, DURATION, "between checks of one backend, as HAProxy's inter", per_backend=True
     )
-    fall: int = setting(DEFAULT_FALL, COUNT, "failures in a row to go down, as HAProxy's fall", flag="--fall")
+    timeout: float = setting(DEFAULT_TIMEOUT, DURATION, "per check", per_backend=True)
+    rise: int = setting(
+        DEFAULT_RISE,
+        COUNT,
+        "passes in a row to come back up, as HAProxy's rise",
+        flag="--rise",
+        per_backend=True,
+    )
+    fall: int = setting(
+        DEFAULT_FALL,
+        COUNT,
+        "failures in a row to go down, as HAProxy's fall",
+        flag="--fall",
+        per_backend=True,
+    )
+    # These two are for every backend at once (HAProxy's per-server keys are `inter`, `rise`, `fall`):
+    # one spread of the checks, and one CA file, which the CLI proves loadable at start and reload.
     jitter: float = setting(DEFAULT_JITTER, FRACTION, "spread of the interval")
     # https backends are verified against the system's CA store, or against this PEM bundle instead
     # (HAProxy's `ca-file`): backends on an internal CA. The CLI loads it, so a bad file is refused.
@@ -155,11 +171,22 @@ class BackendSpec:
     port: int
     prefix: str
     weight: float = 1.0
+    # What its [[backends]] entry sets in its own `health` table, as sorted (key, value) pairs: kept
+    # apart, so that a key it does not set follows the global [health] through every reload.
+    health_overrides: tuple[tuple[str, Any], ...] = ()
+    # Its effective health settings, those overrides over the global ones. `Settings` resolves it
+    # whenever one is made (the file, the flags, a reload, a test): read it, do not build it.
+    health: HealthSettings = HealthSettings()
 
     @property
     def base(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}{self.prefix}"
+
+    def resolved(self, health: HealthSettings) -> BackendSpec:
+        """This backend with its own health settings laid over `health`, the global ones."""
+        own = replace(health, **dict(self.health_overrides)) if self.health_overrides else health
+        return self if own == self.health else replace(self, health=own)
 
 
 def parse_backend(key: str, url: object, name: object = None, weight: object = 1) -> BackendSpec:
@@ -216,11 +243,28 @@ def _backend_entry(key: str, entry: object) -> BackendSpec:
     if not isinstance(entry, Mapping):
         raise ConfigError(key, entry, "must be a table with a url")
     for name in entry:
-        if name not in ("url", "name", "weight"):
+        if name not in ("url", "name", "weight", "health"):
             raise ConfigError(f"{key}.{name}", entry[name], "unknown setting")
     if "url" not in entry:
         raise ConfigError(f"{key}.url", None, "missing")
-    return parse_backend(key, entry["url"], entry.get("name"), entry.get("weight", 1))
+    spec = parse_backend(key, entry["url"], entry.get("name"), entry.get("weight", 1))
+    own = _own_health(f"{key}.health", entry.get("health", {}))
+    return replace(spec, health_overrides=own).resolved(HealthSettings())
+
+
+# The [health] keys only the global table sets; the others a backend may set for itself.
+_GLOBAL_HEALTH_ONLY = {each.name for each in declared(HealthSettings) if not each.setting.per_backend}
+
+
+def _own_health(key: str, table: object) -> tuple[tuple[str, Any], ...]:
+    """A backend's `health` table, checked as [health] is, as sorted (key, value) pairs."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(key, table, "must be a table")
+    for name, value in table.items():
+        if name in _GLOBAL_HEALTH_ONLY:
+            raise ConfigError(f"{key}.{name}", value, "set for every backend at once, in [health]")
+    own = lay(HealthSettings(), table, key + ".")
+    return tuple(sorted((name, getattr(own, name)) for name in table))
 
 
 BACKENDS = Kind(_backends, "URL", repeatable=True)
@@ -278,6 +322,12 @@ class Settings:
     )
     workers: int = setting(1, COUNT, "front-door processes sharing the port (SO_REUSEPORT); checks run once")
     policy: str = setting(DEFAULT_POLICY, POLICY, f"how a backend is chosen: {', '.join(POLICIES)}")
+
+    def __post_init__(self) -> None:
+        # Each backend's effective health settings follow the global ones it does not set itself:
+        # resolved here, so that no way of making or replacing a Settings can leave them stale.
+        resolved = tuple(spec.resolved(self.health) for spec in self.backends)
+        object.__setattr__(self, "backends", resolved)
 
 
 def declared_settings() -> Iterator[Declared]:
@@ -346,9 +396,18 @@ def check(settings: Settings) -> Settings:
 
 
 def warnings(settings: Settings) -> list[str]:
-    """What is allowed but probably not meant, for the log at start and at each reload."""
-    health = settings.health
-    return [_timeout_warning(health)] if health.timeout >= health.interval else []
+    """What is allowed but probably not meant, for the log at start and at each reload: a check timeout
+    not shorter than its interval, in [health] and in each backend that sets either itself."""
+    found = [_timeout_warning(settings.health)] if _timeout_too_long(settings.health) else []
+    for i, spec in enumerate(settings.backends):
+        own = {name for name, _ in spec.health_overrides}
+        if own & {"interval", "timeout"} and _timeout_too_long(spec.health):
+            found.append(f"backends[{i}] ({spec.name}): {_timeout_warning(spec.health)}")
+    return found
+
+
+def _timeout_too_long(health: HealthSettings) -> bool:
+    return health.timeout >= health.interval
 
 
 def _timeout_warning(health: HealthSettings) -> str:

@@ -2,10 +2,11 @@
 
 A field says its name (the TOML key; in a table such as [health], `health.<name>`), its type and
 default (Python's own), and in its metadata the rest: the `Kind` of value it holds (how TOML's value is
-checked, how a flag's text is read, how the default is written back), the help line, and the flag when
-it is not `--<key>`. `config` lays a TOML table over those fields (`lay`); the CLI makes its flags from
-them and the README's check reads their defaults (`declared`). Precedent: `dataclasses.field(metadata=)`,
-which the standard library keeps for such uses.
+checked, how a flag's text is read, how the default is written back), the help line, the flag when it
+is not `--<key>`, and whether a [[backends]] entry may set it for that backend alone. `config` lays a
+TOML table over those fields (`lay`); the CLI makes its flags from them and the README's check reads
+their defaults (`declared`). Precedent: `dataclasses.field(metadata=)`, which the standard library
+keeps for such uses.
 
 Owns: `Kind`, `Setting`, the field specifiers `setting()` and `table()`, `declared()` and `lay()`.
 Rules: no I/O; names no particular setting (that is `config`'s catalogue).
@@ -51,6 +52,7 @@ class Setting:
     help: str
     flag: str | None = None  # None: --<key>, the dots and underscores written as dashes
     metavar: str | None = None  # None: the kind's
+    per_backend: bool = False  # a [[backends]] entry may set it for that backend alone
 
 
 def setting(
@@ -60,9 +62,10 @@ def setting(
     *,
     flag: str | None = None,
     metavar: str | None = None,
+    per_backend: bool = False,
 ) -> T:
     """The field of one setting, with its declaration in the field's metadata."""
-    return field(default=default, metadata={SETTING: Setting(kind, help, flag, metavar)})
+    return field(default=default, metadata={SETTING: Setting(kind, help, flag, metavar, per_backend)})
 
 
 def table(default: T) -> T:
