@@ -22,10 +22,10 @@ import h11
 import trio
 
 from dispatcher.core.health_state import Admin
+from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import BackendView, Pool
 from dispatcher.core.reply import Reply, text_reply
 from dispatcher.expose.metrics import Metrics
-from dispatcher.net.frontdoor import FrontDoor
 from dispatcher.protocol.wholemessage import WholeRequest, read_request, response_bytes
 
 log = logging.getLogger("dispatcher.admin")
@@ -43,13 +43,20 @@ _JSON = (b"content-type", b"application/json")
 class AdminApi:
     """Routes of the admin listener."""
 
-    def __init__(self, pool: Pool, metrics: Metrics, front: FrontDoor, token: str | None = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        metrics: Metrics,
+        lifecycle: Lifecycle,
+        token: str | None = None,
+        refresh: Callable[[], None] | None = None,
+    ) -> None:
         self.pool = pool
         self.metrics = metrics
-        self.front = front  # read for readiness: serving, shutting down
+        self.lifecycle = lifecycle  # read for readiness: serving, shutting down
         self.set_token(token)
         # With --workers, brings the counters in from the worker processes before each request.
-        self.refresh: Callable[[], None] | None = None
+        self.refresh = refresh
 
     def set_token(self, token: str | None) -> None:
         self._token = token.encode() if token else None
@@ -99,9 +106,9 @@ class AdminApi:
 
     def _ready(self) -> Reply:
         """Ready: at least one backend takes redirects, and we are not shutting down."""
-        if self.front.shutting_down:
+        if self.lifecycle.shutting_down:
             return text_reply(503, "shutting down", close=False)
-        if not self.front.serving:
+        if not self.lifecycle.serving:
             return text_reply(503, "starting: the front door is not listening yet", close=False)
         usable = self.pool.usable_count
         if usable == 0:

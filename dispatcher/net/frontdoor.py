@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import h11
 import trio
 
+from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Pool
 from dispatcher.core.reply import (
     DateHeader,
@@ -81,12 +82,11 @@ def _h11() -> h11.Connection:
 class FrontDoor:
     """Serves client connections: every request is answered from the pool's choice."""
 
-    def __init__(self, settings: Settings, pool: Pool) -> None:
+    def __init__(self, settings: Settings, pool: Pool, stats: ServerStats, lifecycle: Lifecycle) -> None:
         self.settings = settings
         self.pool = pool
-        self.stats = ServerStats()
-        self.shutting_down = False
-        self.serving = False  # listening (in this process or in its workers): /readyz needs it
+        self.stats = stats
+        self.lifecycle = lifecycle  # the wiring's: read here (shutting down), never written
         self._clients: set[_Client] = set()
         self._date = DateHeader()
         # One slot per open connection, taken by the listener before accept (listen.CappedListener).
@@ -113,27 +113,26 @@ class FrontDoor:
                     )
 
             await handlers.start(accept_loop)
-            self.serving = True
             task_status.started(listeners[0].socket.getsockname()[1])
             await stop.wait()
             grace = format_duration(self.settings.grace_period)
             log.info("shutting down: %s grace for exchanges in flight", grace)
             listen_scope.cancel()
-            self.begin_shutdown()
+            self.close_idle()
             for listener in listeners:
                 for stream in drain_backlog(listener):  # queued clients are served, not reset
                     handlers.start_soon(self.handle, stream, False)
                 await listener.aclose()  # refuse new connections now, not leave them in the backlog
             handlers.cancel_scope.deadline = trio.current_time() + self.settings.grace_period
 
-    def begin_shutdown(self) -> None:
-        """Answer what is in flight with `Connection: close`; close idle keep-alive connections now.
+    def close_idle(self) -> None:
+        """Close idle keep-alive connections now; what is in flight is answered with `Connection:
+        close`, as the lifecycle already says shutting down (the wiring sets it before `stop`).
 
         An idle connection is ended by shutting down its reading side, not by cancelling its task: its
         waiting recv then returns end-of-stream, after any request that had already arrived (which is
         answered). Cancelling cost trio about 90 us a connection; 10,000 idle ones took seconds.
         """
-        self.shutting_down = True
         for client in self._clients:
             if client.idle:
                 with contextlib.suppress(OSError):
@@ -226,7 +225,7 @@ class FrontDoor:
                 waiting = conn.their_state is h11.IDLE and not conn.trailing_data[0]
                 # At shutdown a kept-alive connection between requests is closed; a new one still gets
                 # its first request read (it was accepted: its client is owed an answer).
-                if waiting and kept_alive and self.shutting_down:
+                if waiting and kept_alive and self.lifecycle.shutting_down:
                     return False
                 if not waiting and conn.their_state is h11.IDLE and scope.deadline != head_deadline:
                     scope.deadline = head_deadline  # a head in pieces: its own deadline applies
@@ -298,7 +297,7 @@ class FrontDoor:
                 self.stats.loops += 1
             return self._refusal(refusal), True
         # With Expect: 100-continue the body was not sent: it goes to the backend, and we close.
-        close = close or self.shutting_down or conn.they_are_waiting_for_100_continue
+        close = close or self.lifecycle.shutting_down or conn.they_are_waiting_for_100_continue
         reply = reply_for(request.method, request.target, self.pool, trio.current_time)
         if type(reply) is bytes:
             self.stats.responses[307] += 1

@@ -41,9 +41,10 @@ from dataclasses import replace
 
 import trio
 
+from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Backend, Pool
+from dispatcher.core.stats import ServerStats
 from dispatcher.expose import logs
-from dispatcher.net.admin import AdminApi
 from dispatcher.net.frontdoor import FrontDoor
 from dispatcher.net.listen import CappedListener, open_listeners
 from dispatcher.processes.shared import (
@@ -215,14 +216,17 @@ async def _exited(process: multiprocessing.process.BaseProcess) -> None:
 
 
 class Master:
-    """The master's front-door part: the generations of workers, reloads, and their counters."""
+    """The master's front-door part: the generations of workers, reloads, and their counters.
 
-    def __init__(self, settings: Settings, pool: Pool, front: FrontDoor, admin: AdminApi) -> None:
+    `stats` receives the workers' counters at each `gather`, which the wiring calls before every
+    admin request (a scrape or the API); the master itself serves no client.
+    """
+
+    def __init__(self, settings: Settings, pool: Pool, stats: ServerStats) -> None:
         self.settings = settings
         self.pool = pool
         pool.chooses = False  # the workers choose; this pool checks, and shows their redirects
-        self.front = front
-        self.admin = admin
+        self.stats = stats
         self.listen = settings.listen
         self.generations: list[Generation] = []  # every one still running: starting, current, old
         self.current: Generation | None = None
@@ -243,7 +247,6 @@ class Master:
         """Start the workers, publish the pool to them, reload them, stop them."""
         reserve, self.listen = _reserve_port(self.settings.listen)
         self.pool.change_listeners.append(self._publish)
-        self.admin.refresh = self.gather
         try:
             # Generations drain in this nursery, which stopping does not cancel: a stop lets an old
             # generation that a reload retired finish its drain. Only a second SIGTERM/SIGINT, which
@@ -264,13 +267,11 @@ class Master:
 
     async def _serve(self, stop: trio.Event, task_status: trio.TaskStatus[int]) -> None:
         self.current = await self._start_generation(self.settings)
-        self.front.serving = True
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch, stop)
             nursery.start_soon(self._take_reloads)
             task_status.started(self.listen.port)
             await stop.wait()
-            self.front.shutting_down = True
             nursery.cancel_scope.cancel()
 
     async def _start_generation(self, settings: Settings) -> Generation:
@@ -361,7 +362,7 @@ class Master:
         for backend in self.pool.backends:
             backend.since, backend.redirects = since[backend], redirects[backend]
         # In place: the metrics collector holds this very object.
-        front, stats = self.front.stats, stats_of(counters)
+        front, stats = self.stats, stats_of(counters)
         front.open_connections, front.connections_total = stats.open_connections, stats.connections_total
         front.loops, front.responses = stats.loops, stats.responses
         front.duration_counts, front.duration_sum = stats.duration_counts, stats.duration_sum
@@ -399,42 +400,48 @@ async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> 
         pool = Pool(
             settings.backends, settings.health, trio.current_time(), settings.slow_start, settings.policy
         )
-        front = FrontDoor(settings, pool)
-        table.restore(index, pool, front.stats)
+        stats, lifecycle = ServerStats(), Lifecycle()
+        front = FrontDoor(settings, pool, stats, lifecycle)
+        table.restore(index, pool, stats)
         # Synced before listening: the first client already finds the backends up, and "listening"
         # (the ready flag, the socket) means this worker's counters are in the table.
         seen = [-1.0] * len(pool.backends)
-        table.sync(index, pool, front.stats, seen)
+        table.sync(index, pool, stats, seen)
         # SIGTERM from the master (a reload or a stop), or SIGINT from a terminal's Ctrl-C: drain and
         # exit. Caught before listening, so that a SIGTERM as soon as this worker listens drains it.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             listeners = await open_listeners(settings.listen, True)
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_sync, table, index, pool, front, seen)
-                nursery.start_soon(_watch_signals, signals, stop, nursery.cancel_scope)
+                nursery.start_soon(_sync, table, index, pool, stats, seen)
+                nursery.start_soon(_watch_signals, signals, stop, lifecycle, nursery.cancel_scope)
                 async with trio.open_nursery() as frontline:
                     capped = [CappedListener(listener, front.slots) for listener in listeners]
                     await frontline.start(front.serve, capped, stop)
+                    lifecycle.serving = True
                     table.set_ready(index, True)
                 nursery.cancel_scope.cancel()  # served and drained: stop syncing
-        table.sync(index, pool, front.stats, [-1.0] * len(pool.backends))  # the last counts
+        table.sync(index, pool, stats, [-1.0] * len(pool.backends))  # the last counts
     finally:
         table.set_ready(index, False)
         table.close()
 
 
-async def _sync(table: SharedTable, index: int, pool: Pool, front: FrontDoor, seen: list[float]) -> None:
+async def _sync(table: SharedTable, index: int, pool: Pool, stats: ServerStats, seen: list[float]) -> None:
     while True:
         await trio.sleep(SYNC_INTERVAL)
-        table.sync(index, pool, front.stats, seen)
+        table.sync(index, pool, stats, seen)
         pool.tick(trio.current_time())
 
 
-async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event, scope: trio.CancelScope) -> None:
-    """The first signal drains, a second stops at once, as in a single process (cli)."""
+async def _watch_signals(
+    signals: AsyncIterator[int], stop: trio.Event, lifecycle: Lifecycle, scope: trio.CancelScope
+) -> None:
+    """The first signal drains, a second stops at once, as in a single process (cli). The lifecycle
+    says shutting down before the front door hears `stop`: what it answers from then on closes."""
     async for _ in signals:
         if stop.is_set():
             scope.cancel()
             return
+        lifecycle.shutting_down = True
         stop.set()

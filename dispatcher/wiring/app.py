@@ -3,7 +3,11 @@
 Owns: start-up order (listeners bound before `started` is reported, so a caller can connect at
 once), and graceful shutdown: stop accepting, answer what is in flight with `Connection: close`,
 close idle keep-alive connections, wait at most the grace period, then cancel the rest.
-Rules: no decisions and no protocol here; only lifetimes.
+It owns the lifecycle (`dispatcher.core.lifecycle`) and is its only writer: serving once the front
+door (or with --workers, every worker) listens; shutting down as soon as `stop` comes, before the front
+door hears of it, so that every answer from then on closes and /readyz says 503.
+Rules: no decisions and no protocol here; only lifetimes. Parts that need another part get it, or a
+callback, from here, rather than importing across rooms (the master's `gather` for the admin listener).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from dataclasses import dataclass, replace
 
 import trio
 
+from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Pool
+from dispatcher.core.stats import ServerStats
 from dispatcher.expose.metrics import Metrics
 from dispatcher.net.admin import AdminApi
 from dispatcher.net.frontdoor import FrontDoor
@@ -33,14 +39,17 @@ RESTART_ONLY = ("listen", "admin_listen", "max_connections", "reuse_port", "work
 RAMP_STEP = 0.5
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Running:
     """A started dispatcher: the bound ports and its parts (for tests), and `reload`."""
 
     port: int
     admin_port: int
+    settings: Settings  # those running now: a reload replaces them
     pool: Pool
-    front: FrontDoor
+    stats: ServerStats
+    lifecycle: Lifecycle
+    front: FrontDoor | None  # None with --workers: the worker processes serve
     metrics: Metrics
     checks: HealthChecks
     admin: AdminApi
@@ -52,7 +61,7 @@ class Running:
         With --workers the master first starts new workers with the new settings; once they all
         listen the settings apply here and the old workers drain (nginx's reload, `Master.reload`).
         """
-        old = self.front.settings
+        old = self.settings
         for key in RESTART_ONLY:
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: %s changed; that takes a restart, keeping %s", key, getattr(old, key))
@@ -72,7 +81,9 @@ class Running:
             self.checks.remove(backend)
         for backend in added:
             self.checks.add(backend)
-        self.front.settings = new
+        self.settings = new
+        if self.front is not None:
+            self.front.settings = new
         self.admin.set_token(new.admin_token)
         log.info(
             "reloaded: %s (%d added, %d removed)",
@@ -104,6 +115,52 @@ def _bound_port(listeners: Sequence[trio.SocketListener]) -> int:
     return port
 
 
+def _front_or_master(
+    settings: Settings, pool: Pool, stats: ServerStats, lifecycle: Lifecycle
+) -> tuple[FrontDoor | None, Master | None]:
+    """The front door of a single process, or with --workers the master of the processes that serve."""
+    if settings.workers > 1:
+        return None, Master(settings, pool, stats)
+    return FrontDoor(settings, pool, stats, lifecycle), None
+
+
+async def _start_front(
+    nursery: trio.Nursery,
+    parts: tuple[FrontDoor | None, Master | None],
+    listeners: Sequence[trio.SocketListener],
+    settings: Settings,
+    stop: trio.Event,
+) -> int:
+    """Start serving in `nursery`; the port the front door listens on."""
+    front, master = parts
+    if master is not None:
+        with naming("front door", settings.listen):
+            port: int = await nursery.start(master.run, stop)
+        return port
+    assert front is not None
+    capped = [CappedListener(listener, front.slots) for listener in listeners]
+    served: int = await nursery.start(front.serve, capped, stop)
+    return served
+
+
+async def _shut_down_on(stop: trio.Event, lifecycle: Lifecycle, stopping: trio.Event) -> None:
+    """At `stop`, the lifecycle says shutting down first; then the front door (or master) hears it."""
+    await stop.wait()
+    lifecycle.shutting_down = True
+    stopping.set()
+
+
+def _log_start(settings: Settings, backends: int) -> None:
+    log.info(
+        "front door on %s (%d worker%s), admin on %s, %s",
+        settings.listen,
+        settings.workers,
+        "s" if settings.workers > 1 else "",
+        settings.admin_listen,
+        _backends(backends),
+    )
+
+
 async def run(
     settings: Settings,
     stop: trio.Event,
@@ -116,10 +173,11 @@ async def run(
     process keeps the health checks, the admin listener and the metrics.
     """
     pool = Pool(settings.backends, settings.health, trio.current_time(), settings.slow_start, settings.policy)
-    front = FrontDoor(settings, pool)
-    metrics = Metrics(pool, front.stats)
+    lifecycle, stats = Lifecycle(), ServerStats()
+    front, master = parts = _front_or_master(settings, pool, stats, lifecycle)
+    metrics = Metrics(pool, stats)
     pool.listeners.append(log_transition)
-    admin = AdminApi(pool, metrics, front, settings.admin_token)
+    admin = AdminApi(pool, metrics, lifecycle, settings.admin_token, master.gather if master else None)
     async with trio.open_nursery() as services:
         with naming("admin listener", settings.admin_listen):
             admin_listeners = await trio.open_tcp_listeners(
@@ -127,7 +185,7 @@ async def run(
             )
         # Bound before anything runs: a port that cannot be bound ends the start at once, in one line,
         # not after the first check results are logged. (With --workers, Master.run reserves the port.)
-        listeners = [] if settings.workers > 1 else await open_listeners(settings.listen, settings.reuse_port)
+        listeners = [] if master else await open_listeners(settings.listen, settings.reuse_port)
         warn_unless_migrating(settings.reuse_port, settings.workers)
         _warn_about(settings)
         await services.start(trio.serve_listeners, admin.handle, admin_listeners)
@@ -135,24 +193,15 @@ async def run(
         await services.start(checks.run)
         services.start_soon(_tick, pool)
         async with trio.open_nursery() as frontline:
-            master = None
-            if settings.workers > 1:
-                master = Master(settings, pool, front, admin)
-                with naming("front door", settings.listen):
-                    port = await frontline.start(master.run, stop)
-            else:
-                port = await frontline.start(
-                    front.serve, [CappedListener(listener, front.slots) for listener in listeners], stop
-                )
-            running = Running(port, _bound_port(admin_listeners), pool, front, metrics, checks, admin, master)
-            log.info(
-                "front door on %s (%d worker%s), admin on %s, %s",
-                settings.listen,
-                settings.workers,
-                "s" if settings.workers > 1 else "",
-                settings.admin_listen,
-                _backends(len(pool.backends)),
+            stopping = trio.Event()
+            frontline.start_soon(_shut_down_on, stop, lifecycle, stopping)
+            port = await _start_front(frontline, parts, listeners, settings, stopping)
+            lifecycle.serving = True
+            admin_port = _bound_port(admin_listeners)
+            running = Running(
+                port, admin_port, settings, pool, stats, lifecycle, front, metrics, checks, admin, master
             )
+            _log_start(settings, len(pool.backends))
             task_status.started(running)
         services.cancel_scope.cancel()
     for admin_listener in admin_listeners:

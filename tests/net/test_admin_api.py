@@ -21,8 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher import __version__
 from dispatcher.core.health_state import VISIBLE_STATES
-from dispatcher.core.pool import FAILURE_REASONS, Pool
+from dispatcher.core.lifecycle import Lifecycle
+from dispatcher.core.pool import FAILURE_REASONS, CheckResult, Pool
+from dispatcher.core.stats import ServerStats
+from dispatcher.expose.metrics import Metrics
+from dispatcher.net.admin import AdminApi
 from dispatcher.net.health import CHECK_GRID
+from dispatcher.protocol.wholemessage import WholeRequest
 from dispatcher.settings import config
 from dispatcher.settings.config import ConfigError
 from dispatcher.wiring.cli import build_parser, load_settings
@@ -593,3 +598,31 @@ async def test_scrape_of_1000_backends_has_every_series(nursery: trio.Nursery) -
     assert len(metrics.series("dispatcher_backend_up")) == 1000
     assert len(metrics.series("dispatcher_backend_state")) == 4000
     assert len(metrics.series("dispatcher_health_check_failures_total")) == 1000 * len(FAILURE_REASONS)
+
+
+# --- readiness reads the wiring's lifecycle (route, without sockets) -------------------------------
+
+
+def _admin_of(lifecycle: Lifecycle) -> AdminApi:
+    """An admin API over a pool of one backend that is up, reading `lifecycle`."""
+    pool = Pool([config.parse_backend("t", "http://10.0.0.1:8080", "b")], health())
+    pool.record_check(pool.backends[0], CheckResult(True, 0.0, load=0.0), now=0.0)
+    return AdminApi(pool, Metrics(pool, ServerStats()), lifecycle)
+
+
+def test_readyz_follows_the_lifecycle() -> None:
+    """/readyz: 503 until the lifecycle says serving, 200 while serving, 503 once shutting down."""
+    lifecycle = Lifecycle()
+    admin = _admin_of(lifecycle)
+    seen = []
+    for serving, shutting_down in [(False, False), (True, False), (True, True)]:
+        lifecycle.serving, lifecycle.shutting_down = serving, shutting_down
+        reply = admin.route(WholeRequest("GET", "/readyz", {}), 0.0)
+        seen.append((reply.status, reply.body.decode().split(":")[0].strip()))
+    assert seen == [(503, "starting"), (200, "ready"), (503, "shutting down")]
+
+
+def test_metrics_with_another_method_gets_405_from_route() -> None:
+    """POST /metrics is answered 405 with Allow by `route`; GET and HEAD scrapes are `handle`'s."""
+    reply = _admin_of(Lifecycle(serving=True)).route(WholeRequest("POST", "/metrics", {}), 0.0)
+    assert (reply.status, dict(reply.headers)[b"allow"]) == (405, b"GET, HEAD")
