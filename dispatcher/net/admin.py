@@ -62,18 +62,20 @@ class AdminApi:
         self._token = token.encode() if token else None
 
     def route(self, request: WholeRequest, now: float, peer: str = "-") -> Reply:
-        """The answer to one request at time `now`; `peer` (the client's address) is for the log."""
+        """The answer to one request at time `now`; `peer` (the client's address) is for the log.
+
+        All but a scrape: `handle` answers GET and HEAD /metrics itself, in steps (`_metrics_in_steps`).
+        """
         path, method = request.path, request.method
         if path in ("/metrics", "/healthz", "/readyz", "/backends"):
             if method not in ("GET", "HEAD"):
                 return _not_allowed("GET, HEAD")
-            if path == "/metrics":
-                return self._metrics(request, now)
             if path == "/healthz":
                 return text_reply(200, "ok", close=False)
             if path == "/readyz":
                 return self._ready()
-            return _json(200, [self._backend_json(view, now) for view in self.pool.view(now)])
+            if path == "/backends":
+                return _json(200, [self._backend_json(view, now) for view in self.pool.view(now)])
         parts = [unquote(part) for part in path.split("/")]
         if len(parts) == 4 and parts[1] == "backends" and parts[3] == "state":
             if method != "POST":
@@ -82,14 +84,6 @@ class AdminApi:
         if len(parts) == 3 and parts[1] == "backends" and method in ("GET", "HEAD"):
             return self._one_backend(parts[2], now)
         return text_reply(404, "not found: try /metrics, /healthz, /readyz, /backends", close=False)
-
-    def _metrics(self, request: WholeRequest, now: float) -> Reply:
-        """The scrape at once; `handle` runs it in steps instead (`_metrics_in_steps`)."""
-        return _metrics_reply(
-            *self.metrics.exposition(
-                now, request.headers.get("accept"), request.headers.get("accept-encoding")
-            )
-        )
 
     async def _metrics_in_steps(self, request: WholeRequest, now: float) -> Reply:
         """The scrape with the front door's tasks run between its steps (`Metrics.scrape`): a scrape of
