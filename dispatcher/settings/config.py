@@ -38,6 +38,8 @@ from dispatcher.settings.values import (
     url_path,
 )
 
+# Re-exported (mypy --strict asks for it): the rest of the package imports every setting's name and
+# type from `config` alone, the value parsers' among them.
 __all__ = [
     "Address",
     "BackendSpec",

@@ -1,9 +1,11 @@
 """The command line: flags and the config file into Settings, signals into a graceful stop.
 
-Owns: flag names (users' scripts depend on them), reading the config file, the exit statuses
-(0 after a clean stop, 2 for a bad flag, URL or config value, with one line on stderr and never a
-traceback), logging set-up, and `--demo`.
-Rules: flags override the file; validation itself lives in `config`.
+Owns: the parser, made from the declared settings (`config.declared_settings`: each setting's flag,
+help and default) and the command line's own flags (--config, the log's, --demo); reading the config
+file, the exit statuses (0 after a clean stop, 2 for a bad flag, URL or config value, with one line on
+stderr and never a traceback), logging set-up, and `--demo`.
+Rules: flags override the file; a setting's flag comes from its declaration in `config` (none is
+added here), and validation itself lives in `config`.
 """
 
 from __future__ import annotations
