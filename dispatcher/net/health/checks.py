@@ -5,9 +5,11 @@ Owns: `HealthChecks`: the backends' probes as they come and go (reloads), the lo
 sweep and starts the checks that are due, the choice for each due check (none in maint, a pass while a
 load stream lives, the sweep for plain HTTP, a task for a connect or a TLS check), the hand-over of a
 load stream to its reader, and the pool's context for TLS.
-Rules: results go to the pool through `Pool.record_check` and `Pool.record_load`, from here only; the
-engines (`sweep`, `tls`, `stream`) return or hand over what they find. A slow backend only ever delays
-its own checks.
+Rules: results go to the pool through `Pool.record_check`, `Pool.record_load` and `set_next_check`,
+from here only (a backend's load source and stream count are still written here: the pool has no
+method for them yet); the engines (`sweep`, `tls`, `stream`) return or hand over what they find.
+The top of the package: it may import every other module of it, and only the package's `__init__`
+imports it. A slow backend only ever delays its own checks.
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ class HealthChecks:
     # --- the schedule ---------------------------------------------------------------------------
 
     def _schedule(self, probe: Probe, at: float) -> None:
-        probe.due = probe.backend.next_check_at = at
+        probe.due = at
+        self.pool.set_next_check(probe.backend, at)
         self._due.add(probe, at)
         self._sweep.wake_by(at)
 
@@ -192,6 +195,11 @@ class HealthChecks:
         if probe.active:
             self._record(probe.backend, result, now)
             self._schedule_next(probe, now)
+
+    def polled(self, probe: Probe, result: CheckResult, now: float) -> None:
+        """A plain check answered without a stream: this backend's load arrives by polling."""
+        probe.backend.source = "poll"
+        self.finish(probe, result, now)
 
     def _record(self, backend: Backend, result: CheckResult, now: float) -> None:
         if self._debug is not None:

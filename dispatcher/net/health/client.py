@@ -6,7 +6,8 @@ TLS for https backends) under the pool's connect limiter, the reasons a connecti
 `refused`, `tls`), the check's deadline and the one wording of its timeout, the retry-once rule of a
 kept-alive connection, the verdict on an answer, and the TLS context.
 Rules: it never calls the pool (results are returned) and reads no socket: the engines own the reads.
-Time comes from trio's clock, so that timeouts run under a mock clock in tests.
+It imports no other module of the checks. Time comes from trio's clock, so that timeouts run under a
+mock clock in tests.
 """
 
 from __future__ import annotations

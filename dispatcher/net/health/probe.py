@@ -3,7 +3,8 @@
 Owns: `Probe`, the plain record of one backend's checks: where it stands in the schedule, the
 plain connection the sweep holds for it and the check in flight on it, its TLS check, its load stream.
 Rules: plain data, no behaviour: the schedule's fields are written by `checks`, the connection's by
-`sweep`, the stream by `checks` and `stream`; each field says below whose it is.
+`sweep`, the stream by `checks` and `stream`; the comments below say whose each field is. It imports
+the types of `client`, `tls` and `stream`, never `sweep` or `checks` (they import it).
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class LoadStream:
     __slots__ = ("answer", "deadline", "drain", "events", "first", "key", "open", "sock", "started")
 
     def __init__(self, key: object, answer: AnswerReader, started: float, timeout: float) -> None:
-        self.key = key  # the caller's handle for this backend (the sweep's probe)
+        self.key = key  # the caller's handle for this backend (the checks' probe)
         self.answer = answer
         self.events = EventReader()
         self.started = started  # when the check that opened it was sent

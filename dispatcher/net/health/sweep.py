@@ -4,7 +4,8 @@ Owns: the backends' plain sockets in an epoll set of its own (registered once, l
 checks in flight on them and their deadlines, the reading of their answers, each answer's duration by
 the kernel's receive time, and the sweep's sleep between grid steps.
 Rules: it connects, retries and times out through `client` (the path the TLS check takes too), and
-hands results, retries and load streams to its owner (`Outcomes`): it never calls the pool.
+hands results, retries and load streams to its owner (`Outcomes`): it never calls the pool, and
+imports neither `checks` nor `tls` nor `stream`.
 
 Why one sweep on a grid: it wakes only on the 20 ms grid of check times (and at a check's deadline):
 each time it reads every answer that has arrived, fails the checks whose time is up, and the checks
@@ -51,6 +52,9 @@ class Outcomes(Protocol):
 
     def finish(self, probe: Probe, result: CheckResult, now: float) -> None:
         """A check is over: its result."""
+
+    def polled(self, probe: Probe, result: CheckResult, now: float) -> None:
+        """A check is over with a whole answer that is not a load stream: its result."""
 
     def spawn_check(self, probe: Probe, start: float) -> None:
         """The check begun at `start` needs a fresh connection first (a task opens it)."""
@@ -204,13 +208,12 @@ class Sweep:
         if answer.streaming:
             self._hand_over(probe, now)
             return
-        probe.backend.source = "poll"
         result = probe.client.judge(answer.status, answer.headers, answer.body, _took(probe, now))
         if answer.reusable:
             probe.started, probe.deadline = None, math.inf  # the connection stays for the next check
         else:
             self.close(probe)  # `Connection: close`, or a body framed by the close
-        self._outcomes.finish(probe, result, now)
+        self._outcomes.polled(probe, result, now)
 
     def _hand_over(self, probe: Probe, now: float) -> None:
         """The answer is a load stream: its connection leaves the sweep for the stream reader, and the
