@@ -198,6 +198,9 @@ class Pool:
         # Before the first tick: the least rate over every configured backend.
         self.share_per_weight = estimate.MIN_RATE / max(1.0, sum(b.spec.weight for b in self.backends))
         self._ticked_at = -math.inf
+        # The mean reported load per unit of weight, over the last MEAN_ROUNDS rounds of reports:
+        # where an old report's estimate settles (estimate.settled).
+        self.mean_load = 0.0
         # The usable backends' mean `busy`, as of the last tick: one figure for the whole pool, so that
         # its noise moves every backend's drain alike and never reorders them.
         self.busy = estimate.BUSY_PRIOR
@@ -247,6 +250,9 @@ class Pool:
         backend.previous_report = previous
         backend.report = LoadReport(load, now)
         backend.reports += 1
+        self.mean_load += (load / backend.spec.weight - self.mean_load) / (
+            estimate.MEAN_ROUNDS * len(self.backends)
+        )
         backend.since, backend.carried = 0, carried
         step = self._step(backend)
         # A report below every other backend's estimate gives it a head start of at most CREDIT
@@ -331,6 +337,22 @@ class Pool:
                     if backend.free_at > now:
                         backend.free_at = now + (backend.free_at - now) * before * step
                     self._reindex_as(backend, True, backend.free_at, step)
+        self._settle(now)
+
+    def _settle(self, now: float) -> None:
+        """Raise old reports' estimates towards the pool's usual queue (estimate.settled)."""
+        if not self.drained or self.mean_load <= 0:
+            return
+        for backend in self.backends:
+            report = backend.report
+            if report is None or not backend.usable:
+                continue
+            step = self._step(backend)
+            usual = self.mean_load * backend.spec.weight * backend.ramp
+            floor = now + estimate.settled(usual, now - report.at, step) * step
+            if floor > backend.free_at:
+                backend.free_at = floor
+                self._reindex_as(backend, True, floor, step)
 
     def effective_load(self, backend: Backend, now: float) -> float:
         """What the admin API and the metrics show as the backend's effective load now."""

@@ -119,3 +119,27 @@ def test_redirect_rate_sets_the_drain_shares_by_weight() -> None:
     heavy, light = pool.backends
     assert heavy.rate / light.rate == pytest.approx(3.0)
     assert heavy.redirects / light.redirects == pytest.approx(3.0, rel=0.01)
+
+
+def test_an_old_report_settles_towards_the_pools_usual_queue() -> None:
+    """Nothing at once, most of the mean after a few SETTLE times, never more than the mean."""
+    assert estimate.settled(4.0, 0.0, 0.02) == 0.0
+    assert estimate.settled(4.0, estimate.SETTLE * 0.02, 0.02) == pytest.approx(4.0 * (1 - math.exp(-1)))
+    assert estimate.settled(4.0, 1e6, 0.02) == pytest.approx(4.0)
+
+
+def test_a_tick_raises_a_drained_old_estimate_to_the_settled_floor_and_no_further() -> None:
+    """Reports of 4 everywhere, then one backend's estimate drains to empty: a tick puts it back near
+    the usual queue, its settled floor; a backend whose estimate is above its floor is left alone."""
+    pool = up_pool(2)
+    low, high = pool.backends
+    for t in range(1, 200):  # a long run of reports of 4: the pool's usual queue becomes 4
+        pool.record_check(low, CheckResult(True, 0.001, load=4.0), t * 0.01)
+        pool.record_check(high, CheckResult(True, 0.001, load=4.0), t * 0.01)
+    assert pool.mean_load == pytest.approx(4.0, rel=0.01)
+    pool.record_check(high, CheckResult(True, 0.001, load=400.0), 2.0)
+    now = 2.0 + 10 * estimate.SETTLE / low.rate  # long after: `low` has drained to empty
+    pool.tick(now)
+    floor = now + estimate.settled(pool.mean_load, now - low.report.at, 1 / low.rate) / low.rate
+    assert low.free_at == pytest.approx(floor)
+    assert high.free_at > floor  # 400 reported: its own estimate is above the floor
