@@ -183,7 +183,9 @@ class Pool:
         self.health_settings = health
         self.started_at = started_at
         self.slow_start = slow_start
-        self.backends = [Backend(spec, spec.base.encode("ascii")) for spec in specs]
+        # Each with its health settings resolved over `health` (a Settings has done it already; a
+        # pool built from bare specs, as in tests and benchmarks, has not).
+        self.backends = [Backend(spec.resolved(health), spec.base.encode("ascii")) for spec in specs]
         self.by_name = {backend.name: backend for backend in self.backends}
         self.policy_name = policy
         self.policy: Policy[Backend] = make_policy(policy, rng)
@@ -405,7 +407,7 @@ class Pool:
 
     def _step_health(self, backend: Backend, event: Event) -> None:
         """The one place a backend's health moves: the state machine's table, walked."""
-        settings = self.health_settings
+        settings = backend.spec.health  # its own rise and fall, if its entry sets them (HAProxy's per server)
         backend.health, backend.streak = walk(
             backend.health, backend.streak, event, settings.rise, settings.fall
         )
@@ -478,7 +480,7 @@ class Pool:
         old = self.by_name
         kept: list[Backend] = []
         added: list[Backend] = []
-        for spec in specs:
+        for spec in (spec.resolved(self.health_settings) for spec in specs):
             backend = old.get(spec.name)
             if backend is not None and backend.spec.url == spec.url:
                 if backend.spec != spec:
