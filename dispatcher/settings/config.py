@@ -4,7 +4,9 @@ Owns: the catalogue of settings. Each is declared once, as a field of `Settings`
 table (`HealthSettings`): its TOML key, type, default, kind of value, help line and flag (see
 `declare`); the defaults here, with the precedent behind each. Also the TOML file's shape: the
 [[backends]] entries, each with its own health settings over the global ones (HAProxy's per-server
-`inter`, `rise`, `fall`), resolved into `BackendSpec.health`.
+`inter`, `rise`, `fall`), resolved into `BackendSpec.health`; and the entries whose members are
+published in DNS (`dns://`, `dns+srv://`: `ServiceSpec`), which `Settings` keeps apart in `services`,
+with the [dns] table of how they are resolved (`DnsSettings`).
 Rules: no I/O here (the caller reads the file), no trio, no sockets. Every error is a `ConfigError`
 naming the key and the value, so the CLI can print one line and exit 2 instead of a traceback.
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from dispatcher.settings.declare import Declared, Kind, declared, lay, setting, table
+from dispatcher.settings.declare import Declared, Kind, declared, derived, lay, setting, table
 from dispatcher.settings.values import (
     Address,
     ConfigError,
@@ -28,6 +30,7 @@ from dispatcher.settings.values import (
     file_path,
     format_duration,
     fraction,
+    ip_address_port,
     non_negative_duration,
     one_of,
     parse_address,
@@ -44,7 +47,9 @@ __all__ = [
     "Address",
     "BackendSpec",
     "ConfigError",
+    "DnsSettings",
     "HealthSettings",
+    "ServiceSpec",
     "Settings",
     "TomlError",
     "apply",
@@ -98,6 +103,32 @@ DEMO_LISTEN = "127.0.0.1:8080"
 # Not 9090: that is the Prometheus server's own port.
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:8081"
 
+# Pools from DNS service discovery (issue 14). Envoy re-resolves a STRICT_DNS cluster every
+# `dns_refresh_rate`, 5 s by default (HAProxy's resolvers keep a valid answer for `hold valid 10s`);
+# records whose TTL is shorter are asked again sooner (Envoy's `respect_dns_ttl`), see net/discovery.
+DEFAULT_DNS_INTERVAL = 5.0
+# HAProxy's resolvers retry a query after `timeout retry 1s`, `resolve_retries 3` times: a resolution
+# is given up after about 3 s, well within the interval.
+DEFAULT_DNS_TIMEOUT = 3.0
+
+# The schemes of a backend entry whose members are published in DNS: the record asked for ("A": every
+# A and AAAA record, the entry's port; "SRV": each record's target, port and weight) and the scheme of
+# the members' redirects, http unless the scheme ends in +https (the form of git+ssh:// and of
+# SQLAlchemy's postgresql+psycopg://: what is looked up first, the transport last).
+DISCOVERY_SCHEMES = {
+    "dns": ("A", "http"),
+    "dns+http": ("A", "http"),
+    "dns+https": ("A", "https"),
+    "dns+srv": ("SRV", "http"),
+    "dns+srv+http": ("SRV", "http"),
+    "dns+srv+https": ("SRV", "https"),
+}
+# A DNS name (RFC 1035 §2.3.4: labels of 1-63 characters, 253 in all), underscores allowed for
+# SRV's `_service._proto` labels (RFC 2782), an absolute name's final dot too.
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}\.?$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\.?"
+)
+
 
 # The kinds of value a setting holds: how TOML's value is checked, a flag's text read, a default shown.
 ADDRESS = Kind(parse_address, "HOST:PORT")
@@ -109,6 +140,7 @@ SWITCH = Kind(boolean, None)
 URL_PATH = Kind(url_path, "PATH")
 FILE = Kind(file_path, "FILE")
 TOKEN = Kind(token, "TOKEN", secret=True)
+RESOLVER = Kind(ip_address_port, "IP:PORT")
 POLICY = Kind(one_of(POLICIES), "NAME")
 
 
@@ -191,13 +223,64 @@ class BackendSpec:
         return self if own == self.health else replace(self, health=own)
 
 
-def parse_backend(key: str, url: object, name: object = None, weight: object = 1) -> BackendSpec:
-    """Validate one backend URL; the Location's scheme, host and port only ever come from here."""
-    if not isinstance(url, str):
-        raise ConfigError(key, url, "expected a URL string")
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """A backend entry whose members are published in DNS (`dns://`, `dns+srv://`): what to ask for,
+    and what every member it finds shares (its redirects' scheme and path prefix, its health table)."""
+
+    url: str  # as configured: the entry's name in logs and metrics
+    record: str  # "SRV", or "A" for every A and AAAA record
+    query: str  # the name asked for, absolute (no search domains), without its final dot
+    scheme: str  # the members' redirects': http or https
+    port: int | None  # the members' port (dns://); None for SRV, whose records give each one's
+    prefix: str = ""
+    weight: float = 1.0  # the members' weight (dns://); SRV records give each one's
+    health_overrides: tuple[tuple[str, Any], ...] = ()
+
+    def member(self, host: str, port: int, weight: float | None = None) -> BackendSpec:
+        """The member at host:port. It is named host:port, as a backend given by URL is by default: the
+        same record found again is the same backend, which keeps its state (Pool.reconcile). A host
+        that makes no URL is a ConfigError naming this entry."""
+        display = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        spec = parse_backend(self.url, f"{self.scheme}://{display}{self.prefix}")
+        own = self.weight if weight is None else weight
+        return replace(spec, weight=float(own), health_overrides=self.health_overrides)
+
+
+def parse_service(key: str, url: str, weight: object = None) -> ServiceSpec:
+    """Validate a `dns://NAME[:PORT][/prefix]` or `dns+srv://NAME[/prefix]` backend (no DNS asked here)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError(key, url, "URL must start with http:// or https://")
+    record, scheme = DISCOVERY_SCHEMES[parts.scheme]
+    host, port = _host_and_port(key, url)
+    if not _DNS_NAME.fullmatch(host) or _is_address(host):
+        raise ConfigError(key, url, "expected a DNS name to resolve after the scheme")
+    if record == "SRV" and port is not None:
+        raise ConfigError(key, url, "SRV records give each member's port: no port in a dns+srv:// URL")
+    if record == "SRV" and weight is not None:
+        raise ConfigError(f"{key}.weight", weight, "SRV records give each member's weight")
+    default_port = 443 if scheme == "https" else 80
+    return ServiceSpec(
+        url=url,
+        record=record,
+        query=host.removesuffix("."),
+        scheme=scheme,
+        port=None if record == "SRV" else (port if port is not None else default_port),
+        prefix=parts.path.rstrip("/"),
+        weight=1.0 if weight is None else positive(f"{key}.weight", weight),
+    )
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_and_port(key: str, url: str) -> tuple[str, int | None]:
+    """A backend URL's host and port (None when it gives none), checked as every backend URL is."""
+    parts = urlsplit(url)
     if parts.query or parts.fragment or "@" in parts.netloc:
         raise ConfigError(key, url, "URL may hold a path prefix, not a query, fragment or user")
     try:
@@ -206,6 +289,19 @@ def parse_backend(key: str, url: object, name: object = None, weight: object = 1
         raise ConfigError(key, url, "invalid port") from None
     if not host or any(c in host for c in " /\\"):
         raise ConfigError(key, url, "URL has no host")
+    return host, port
+
+
+def parse_backend(key: str, url: object, name: object = None, weight: object = 1) -> BackendSpec:
+    """Validate one backend URL; the Location's scheme, host and port only ever come from here."""
+    if not isinstance(url, str):
+        raise ConfigError(key, url, "expected a URL string")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(
+            key, url, "URL must start with http://, https://, dns:// or dns+srv:// (+https for https members)"
+        )
+    host, port = _host_and_port(key, url)
     port = port if port is not None else (443 if parts.scheme == "https" else 80)
     display = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return BackendSpec(
@@ -227,21 +323,31 @@ def _backend_name(key: str, name: object, default: str) -> str:
     return name
 
 
-def _backends(key: str, entries: object) -> tuple[BackendSpec, ...]:
+class _Entries(tuple[BackendSpec | ServiceSpec, ...]):
+    """The backend entries as given, by the file or by the flags, both kinds in their order. `Settings`
+    splits them into `backends` and `services`: a list given replaces both (--backend flags replace
+    the file's backends, those from DNS among them), while `replace(settings, backends=...)` with a
+    plain tuple keeps `services` as they were."""
+
+    __slots__ = ()
+
+
+def _backends(key: str, entries: object) -> _Entries:
     if not isinstance(entries, list):
         raise ConfigError(key, entries, "must be an array of tables ([[backends]])")
-    specs = tuple(_backend_entry(f"{key}[{i}]", entry) for i, entry in enumerate(entries))
+    specs = _Entries(_backend_entry(f"{key}[{i}]", entry) for i, entry in enumerate(entries))
     seen: set[str] = set()
     for i, spec in enumerate(specs):
-        if spec.name in seen:
-            raise ConfigError(f"{key}[{i}].name", spec.name, "duplicate backend name")
-        seen.add(spec.name)
+        name, what = (spec.name, "name") if isinstance(spec, BackendSpec) else (spec.url, "url")
+        if name in seen:
+            raise ConfigError(f"{key}[{i}].{what}", name, f"duplicate backend {what}")
+        seen.add(name)
     return specs
 
 
-def _backend_entry(key: str, entry: object) -> BackendSpec:
+def _backend_entry(key: str, entry: object) -> BackendSpec | ServiceSpec:
     if isinstance(entry, str):
-        return parse_backend(key, entry)
+        return _service_or_backend(key, entry, None, None)
     if not isinstance(entry, Mapping):
         raise ConfigError(key, entry, "must be a table with a url")
     for name in entry:
@@ -249,9 +355,20 @@ def _backend_entry(key: str, entry: object) -> BackendSpec:
             raise ConfigError(f"{key}.{name}", entry[name], "unknown setting")
     if "url" not in entry:
         raise ConfigError(f"{key}.url", None, "missing")
-    spec = parse_backend(key, entry["url"], entry.get("name"), entry.get("weight", 1))
+    spec = _service_or_backend(key, entry["url"], entry.get("name"), entry.get("weight"))
     own = _own_health(f"{key}.health", entry.get("health", {}))
+    if isinstance(spec, ServiceSpec):
+        return replace(spec, health_overrides=own)
     return replace(spec, health_overrides=own).resolved(HealthSettings())
+
+
+def _service_or_backend(key: str, url: object, name: object, weight: object) -> BackendSpec | ServiceSpec:
+    """A backend given by its URL, or (dns://, dns+srv://) the entry its members are found by."""
+    if not (isinstance(url, str) and urlsplit(url).scheme in DISCOVERY_SCHEMES):
+        return parse_backend(key, url, name, 1 if weight is None else weight)
+    if name is not None:
+        raise ConfigError(f"{key}.name", name, "members found in DNS are named host:port, by their records")
+    return parse_service(key, url, weight)
 
 
 # The [health] keys only the global table sets; the others a backend may set for itself.
@@ -276,6 +393,25 @@ _HEALTH = HealthSettings()
 
 
 @dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """How the members of dns:// and dns+srv:// backends are found: the [dns] table, the --dns-* flags."""
+
+    interval: float = setting(
+        DEFAULT_DNS_INTERVAL,
+        DURATION,
+        "between resolutions of dns:// and dns+srv:// backends, sooner when the records' TTL is shorter "
+        "(Envoy dns_refresh_rate)",
+    )
+    timeout: float = setting(DEFAULT_DNS_TIMEOUT, DURATION, "for one resolution")
+    resolver: Address | None = setting(  # noqa: RUF009 (as listen's, above)
+        None, RESOLVER, "the DNS server to ask, instead of the system's (/etc/resolv.conf)"
+    )
+
+
+_DNS = DnsSettings()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the operator asked for; each field is the one declaration of its setting."""
 
@@ -286,10 +422,15 @@ class Settings:
     backends: tuple[BackendSpec, ...] = setting(
         (),
         BACKENDS,
-        "backend base URL, http:// or https://, optional path prefix; repeatable",
+        "backend base URL, http:// or https://, optional path prefix; or dns://NAME:PORT or "
+        "dns+srv://NAME for the members DNS publishes; repeatable",
         flag="--backend",
     )
+    # The dns:// and dns+srv:// entries of the backend list, as given (__post_init__ sorts the two
+    # kinds): `backends` holds those given by URL.
+    services: tuple[ServiceSpec, ...] = derived((), "backends")
     health: HealthSettings = table(_HEALTH)  # noqa: RUF009
+    dns: DnsSettings = table(_DNS)  # noqa: RUF009
     header_timeout: float = setting(DEFAULT_HEADER_TIMEOUT, DURATION, "to send a request head")
     keepalive_timeout: float = setting(DEFAULT_KEEPALIVE_TIMEOUT, DURATION, "idle keep-alive")
     grace_period: float = setting(DEFAULT_GRACE_PERIOD, DURATION, "on SIGTERM")
@@ -326,6 +467,11 @@ class Settings:
     policy: str = setting(DEFAULT_POLICY, POLICY, f"how a backend is chosen: {', '.join(POLICIES)}")
 
     def __post_init__(self) -> None:
+        if isinstance(self.backends, _Entries):  # a list given: it replaces both kinds
+            services = tuple(spec for spec in self.backends if isinstance(spec, ServiceSpec))
+            object.__setattr__(self, "services", services)
+            plain = tuple(spec for spec in self.backends if isinstance(spec, BackendSpec))
+            object.__setattr__(self, "backends", plain)
         # Each backend's effective health settings follow the global ones it does not set itself:
         # resolved here, so that no way of making or replacing a Settings can leave them stale.
         resolved = tuple(spec.resolved(self.health) for spec in self.backends)
@@ -394,6 +540,12 @@ def check(settings: Settings) -> Settings:
             "admin_token (or DISPATCHER_ADMIN_TOKEN), or admin_insecure = true (--admin-insecure) if "
             "only trusted hosts can reach it",
         )
+    if settings.services and settings.workers > 1:
+        # The worker processes' shared table is laid out for a fixed backend list (processes/shared):
+        # members that come and go with DNS would need a new generation of workers at each change.
+        raise ConfigError(
+            "workers", settings.workers, "dns:// and dns+srv:// backends need workers = 1 for now"
+        )
     return settings
 
 
@@ -405,6 +557,11 @@ def warnings(settings: Settings) -> list[str]:
         own = {name for name, _ in spec.health_overrides}
         if own & {"interval", "timeout"} and _timeout_too_long(spec.health):
             found.append(f"backends[{i}] ({spec.name}): {_timeout_warning(spec.health)}")
+    for service in settings.services:  # its members' health, as a backend's
+        overrides = dict(service.health_overrides)
+        health = replace(settings.health, **overrides)
+        if overrides.keys() & {"interval", "timeout"} and _timeout_too_long(health):
+            found.append(f"{service.url}: {_timeout_warning(health)}")
     return found
 
 

@@ -8,7 +8,8 @@ TOML table over those fields (`lay`); the CLI makes its flags from them and the 
 their defaults (`declared`). Precedent: `dataclasses.field(metadata=)`, which the standard library
 keeps for such uses.
 
-Owns: `Kind`, `Setting`, the field specifiers `setting()` and `table()`, `declared()` and `lay()`.
+Owns: `Kind`, `Setting`, the field specifiers `setting()`, `table()` and `derived()`, `declared()` and
+`lay()`.
 Rules: no I/O; names no particular setting (that is `config`'s catalogue).
 """
 
@@ -30,6 +31,7 @@ Parse = Callable[[str, Any], Any]
 
 SETTING = "dispatcher.setting"  # the metadata key of a setting's declaration
 TABLE = "dispatcher.table"  # the metadata key of a field that is a table of settings ([health])
+DERIVED = "dispatcher.derived"  # the metadata key of a field filled from another setting's value
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,12 @@ def setting(
 def table(default: T) -> T:
     """The field of a table of settings ([health]), itself a frozen dataclass of `setting()` fields."""
     return field(default=default, metadata={TABLE: True})
+
+
+def derived(default: T, source: str) -> T:
+    """A field that is no setting of its own, filled from the setting `source` (the backends found in
+    DNS, from the backend list): no TOML key, no flag, no help of its own; `source` has them."""
+    return field(default=default, metadata={DERIVED: source})
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ Rules: no I/O, nothing of the package imported; a parser takes `(key, value)`, r
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -41,6 +42,21 @@ def parse_address(key: str, text: object) -> Address:
     if not host:
         raise ConfigError(key, text, "expected HOST:PORT")
     return Address(host, _port(key, text, port_text))
+
+
+def ip_address_port(key: str, text: object) -> Address:
+    """`IP:PORT` or `[V6]:PORT`, the host an address literal: a DNS resolver's address, which cannot be
+    a name (there would be nothing to resolve it with)."""
+    address = parse_address(key, text)
+    try:
+        ipaddress.ip_address(address.host)
+    except ValueError:
+        raise ConfigError(
+            key, text, "expected IP:PORT, an IP address (a resolver cannot be a name)"
+        ) from None
+    if address.port == 0:
+        raise ConfigError(key, text, "port must be a number from 1 to 65535")
+    return address
 
 
 def _port(key: str, text: str, port_text: str) -> int:

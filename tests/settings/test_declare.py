@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
-from dispatcher.settings.config import HealthSettings, Settings, apply, declared_settings
-from dispatcher.settings.declare import SETTING, TABLE, Declared
+from dispatcher.settings.config import DnsSettings, HealthSettings, Settings, apply, declared_settings
+from dispatcher.settings.declare import DERIVED, SETTING, TABLE, Declared
 from dispatcher.wiring.cli import build_parser
 
 DECLARED = list(declared_settings())
@@ -17,10 +17,13 @@ CLI_ONLY = {"-h", "--help", "-V", "--version", "--config", "--log-level", "--log
 
 
 def test_every_field_of_the_settings_is_declared() -> None:
-    """A field without a declaration would have no TOML key, no flag and no help: none has."""
-    for cls in (Settings, HealthSettings):
-        bare = [f.name for f in dataclasses.fields(cls) if not {SETTING, TABLE} & set(f.metadata)]
+    """A field without a declaration would have no TOML key, no flag and no help: none has, but those
+    derived from a setting that has them (the backends found in DNS, from the backend list)."""
+    for cls in (Settings, HealthSettings, DnsSettings):
+        bare = [f.name for f in dataclasses.fields(cls) if not {SETTING, TABLE, DERIVED} & set(f.metadata)]
         assert bare == [], cls
+        sources = [f.metadata[DERIVED] for f in dataclasses.fields(cls) if DERIVED in f.metadata]
+        assert all(SETTING in cls.__dataclass_fields__[source].metadata for source in sources), cls
 
 
 def test_the_parser_has_a_flag_for_each_declared_setting_and_its_own() -> None:
