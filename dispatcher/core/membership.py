@@ -81,13 +81,15 @@ def address_answer(service: ServiceSpec, addresses: Iterable[str], ttl: float | 
 def _answer(service: ServiceSpec, found: Sequence[tuple[str, int, float]], ttl: float | None) -> Answer:
     members: dict[str, BackendSpec] = {}
     skipped: list[str] = []
-    for host, port, weight in found:
+    # The heaviest first: of the same target and port twice, one member with the greater weight,
+    # whatever order the server sent them in.
+    for host, port, weight in sorted(found, key=lambda each: -each[2]):
         try:
             member = service.member(host.lower(), port, weight)
         except ConfigError:
             skipped.append(f"{host}:{port}")
             continue
-        members.setdefault(member.name, member)  # the same target and port twice: one member
+        members.setdefault(member.name, member)
     if not members:
         return Answer(EMPTY, detail="no record makes a backend URL", skipped=tuple(skipped))
     ordered = tuple(members[name] for name in sorted(members))

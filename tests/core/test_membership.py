@@ -53,6 +53,13 @@ def test_srv_weight_zero_is_a_very_small_share_unless_all_are_zero() -> None:
     assert [m.weight for m in zeros.members] == [1.0, 1.0]
 
 
+def test_the_same_target_and_port_twice_is_one_member_of_the_greater_weight() -> None:
+    """Whatever order the server sends them in: no change from one answer to the next."""
+    twice = [SrvRecord(0, 5, 80, "a.test"), SrvRecord(0, 9, 80, "a.test")]
+    for records in (twice, twice[::-1]):
+        assert [(m.name, m.weight) for m in srv_answer(SRV, records, None).members] == [("a.test:80", 9.0)]
+
+
 def test_an_srv_target_of_dot_is_no_member() -> None:
     """RFC 2782: "." says the service is decidedly not available here: an empty answer."""
     assert srv_answer(SRV, [SrvRecord(0, 0, 80, ".")], 5.0).outcome == EMPTY
