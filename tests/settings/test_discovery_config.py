@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from dispatcher.settings.config import (
     Address,
     ConfigError,
+    DnsSettings,
     ServiceSpec,
     Settings,
     apply,
@@ -17,6 +19,7 @@ from dispatcher.settings.config import (
     warnings,
 )
 from dispatcher.wiring.cli import build_parser, load_settings
+from tests.test_readme import section
 
 FILE = """
 [dns]
@@ -186,3 +189,13 @@ def test_a_dns_backends_own_health_timeout_is_warned_about_as_a_backends() -> No
     settings = apply(Settings(), {"backends": [{"url": "dns://w.test", "health": {"interval": "1s"}}]})
     [warning] = warnings(settings)
     assert warning.startswith("dns://w.test: health.timeout (1s) is not shorter than health.interval (1s)")
+
+
+def test_the_readmes_dns_example_is_a_valid_config() -> None:
+    """The README's "Backends from DNS" file parses and gives what it says: two entries, Consul's resolver."""
+    [example] = re.findall(r"```toml\n(.*?)```", section("Backends from DNS"), re.DOTALL)
+    settings = apply(Settings(), parse_toml(example))
+    srv, a = settings.services
+    assert (srv.record, srv.scheme, srv.health_overrides) == ("SRV", "https", (("path", "/ready"),))
+    assert (a.record, a.port, a.weight) == ("A", 8080, 2.0)
+    assert settings.dns == DnsSettings(interval=5.0, timeout=3.0, resolver=Address("127.0.0.1", 8600))
