@@ -1,0 +1,277 @@
+"""One client connection's conversation, without I/O: bytes in, bytes out, when to close, the deadline.
+
+Owns: each connection's h11 state, the answer to each request (chosen by `dispatcher.core.reply`),
+keep-alive and close decisions, the refusals (400, 408, 431, 501 ...), request bodies read and dropped,
+`Expect: 100-continue`, the deadline the transport must arm next, and the response counters.
+Rules: sans-IO, as h11 and hypercorn's protocol/: no trio, no sockets. Time comes from the clock it is
+given (trio.current_time in the front door), so tests drive it with plain numbers. The transport
+(`dispatcher.net.frontdoor`) feeds `receive` what recv returned, sends what it gives back, then closes
+when `closing` says so (lingering when `linger` does) and arms `deadline`; when that passes it sends
+`timed_out()` and closes.
+
+The hot path, and why it is shaped so:
+- h11 parses every request; answers are not serialised through h11. A redirect is one join of
+  four byte strings (status line + Location start, the backend's base, the path, a tail with the
+  Date that is rebuilt once a second). Walking h11's state machine for our own answer cost ~15 us
+  a request, a fifth of the whole; a fresh h11.Connection for the next request costs 0.7 us, so
+  each request gets one, fed with whatever the client sent after the previous request.
+- Answers to pipelined requests accumulate and go out in one send when h11 needs more data.
+- The deadline moves as little as possible (each move reschedules the transport's cancel scope): a
+  head's deadline is armed only when a head arrives in pieces, and the keep-alive deadline moves only
+  when it has slipped by 1 %.
+
+Timeouts: a request head must be complete within `header_timeout` of its first byte (or of the
+connection's start); an idle keep-alive connection is closed after `keepalive_timeout`; a client
+that stops reading our answers runs into the same deadline.
+
+Request bodies are never forwarded or buffered: the 307 goes out as soon as the head is read. With
+`Expect: 100-continue` the client has not sent the body and will send it to the backend, so we close.
+Otherwise a body up to `max_discard` bytes is read and dropped to keep the connection; a larger one
+closes it. Closing while the client may still be sending is a lingering close (send FIN, drain, then
+close, as nginx's `lingering_close`), or the kernel's RST could destroy the 307 before it is read:
+`linger` says when.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import h11
+
+from dispatcher.core.lifecycle import Lifecycle
+from dispatcher.core.pool import Pool
+from dispatcher.core.reply import (
+    DateHeader,
+    Reply,
+    folded,
+    head_size,
+    reply_for,
+    screen,
+    serialise,
+    text_reply,
+)
+from dispatcher.core.stats import ServerStats
+from dispatcher.settings.config import Settings
+
+# h11's own default (16 KiB) for the request head; past it the client gets 431. nginx's
+# large_client_header_buffers is 4 x 8k, HAProxy's tune.bufsize 16k: the same order.
+MAX_HEAD = 16 * 1024
+# How long a request that arrived as its connection was being closed may take to be answered.
+RESCUE_SECONDS = 1.0
+
+
+def _h11() -> h11.Connection:
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+
+
+class Replies:
+    """What a front door answers with, shared by all its conversations: the pool's choice, the
+    refusals, their counts and the cached Date. `settings` is replaced on reload."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: Pool,
+        stats: ServerStats,
+        lifecycle: Lifecycle,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.stats = stats
+        self.lifecycle = lifecycle
+        self.clock = clock
+        self._date = DateHeader()
+
+    def answer(self, conn: h11.Connection, request: h11.Request, maybe_large: bool) -> tuple[bytes, bool]:
+        """The bytes of one answer, and whether the connection closes after it."""
+        refusal, close = screen(
+            request.http_version, request.target, request.headers, self.settings.max_discard
+        )
+        if maybe_large and head_size(request.method, request.target, request.headers) > MAX_HEAD:
+            refusal = text_reply(431, "request header block too large")
+        if refusal is not None:
+            if refusal.status == 508:
+                self.stats.loops += 1
+            return self.refusal(refusal), True
+        # With Expect: 100-continue the body was not sent: it goes to the backend, and we close.
+        close = close or self.lifecycle.shutting_down or conn.they_are_waiting_for_100_continue
+        reply = reply_for(request.method, request.target, self.pool, self.clock)
+        if type(reply) is bytes:
+            self.stats.responses[307] += 1
+            return reply + self._date.tails(time.time())[close], close
+        assert isinstance(reply, Reply)
+        self.stats.responses[reply.status] = self.stats.responses.get(reply.status, 0) + 1
+        close = close or reply.close
+        return serialise(reply, self._date.at(time.time()), close, request.method == b"HEAD"), close
+
+    def refusal(self, reply: Reply) -> bytes:
+        """An error answer; the connection closes after it."""
+        self.stats.responses[reply.status] = self.stats.responses.get(reply.status, 0) + 1
+        return serialise(reply, self._date.at(time.time()), close=True)
+
+
+class Conversation:
+    """One connection's exchange. After each `receive`, the transport sends what it returned, then:
+    `closing` (close now; `linger` first when the client may still be sending), else arms `deadline`.
+
+    `answers` is how many requests the returned bytes answer and `arrived` when their bytes came (the
+    request-duration histogram); `idle` says the connection waits between requests (shutdown may end
+    it at once, and bytes that beat its deadline are owed an answer: `rescue`).
+    """
+
+    __slots__ = (
+        "_answered",
+        "_conn",
+        "_discarded",
+        "_head_bytes",
+        "_head_deadline",
+        "_kept_alive",
+        "_replies",
+        "_settings",
+        "_slack",
+        "answers",
+        "arrived",
+        "closing",
+        "deadline",
+        "idle",
+        "linger",
+        "started",
+    )
+
+    def __init__(self, replies: Replies) -> None:
+        now = replies.clock()
+        self._replies = replies
+        self._settings = settings = replies.settings  # a reload applies to the next connections
+        self._slack = settings.keepalive_timeout / 100
+        self._conn = _h11()
+        self._kept_alive = False  # a request was answered and the connection kept
+        self._answered = False  # the current request has its answer: no other may be sent for it
+        self._discarded = 0  # body bytes of the current request read and dropped
+        # Bytes received while a head was being read. h11 bounds only incomplete heads, so a head sent
+        # in pieces could pass whole; past MAX_HEAD received, the parsed head is measured.
+        self._head_bytes = 0
+        self._head_deadline = now + settings.header_timeout  # the current head's; the first runs from now
+        self.deadline = self._head_deadline
+        self.arrived = now
+        self.answers = 0
+        self.closing = False
+        self.linger = False
+        self.idle = False
+        self.started = False  # bytes of the current request have arrived: a timeout deserves a 408
+
+    def receive(self, data: bytes) -> bytearray:
+        """What the client sent (b"" at its end of stream) → the bytes to send it (maybe none)."""
+        conn = self._conn
+        self.arrived = now = self._replies.clock()
+        waiting = not self.started  # nothing of a request had come before (see _await_more)
+        self.answers = 0
+        self.idle = False
+        self.started = True
+        if conn.their_state is h11.IDLE:
+            self._head_bytes += len(data)
+            if folded(data, not waiting):
+                return self._refuse(bytearray(), _folding_refused())
+            if waiting and self._kept_alive:
+                self._head_deadline = now + self._settings.header_timeout
+        conn.receive_data(data)
+        # h11's events until it needs more data or the connection ends; the answers they make.
+        out = bytearray()
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as error:
+                return self._refuse(out, None if self._answered else _protocol_error(error))
+            if event is h11.NEED_DATA:
+                self._await_more(conn)
+                return out
+            kind = type(event)
+            if kind is h11.Request:
+                self._answer(event, out)  # type: ignore[arg-type]
+            elif kind is h11.EndOfMessage:
+                conn = self._next_request(out)  # the common case: one request, then NEED_DATA on the next
+            elif kind is h11.Data:
+                self._discard(event)  # type: ignore[arg-type]
+            elif kind is h11.ConnectionClosed:
+                self.closing = True
+            if self.closing:
+                return out
+
+    def timed_out(self) -> bytes:
+        """The deadline passed: a client stopped in the middle of a head is owed a 408 (RFC 9110
+        §15.5.9); one that sent nothing of its next request is closed without a word."""
+        if self.started and not self._answered:
+            return self._replies.refusal(text_reply(408, "request timeout"))
+        return b""
+
+    def rescue(self) -> float:
+        """The deadline passed on an idle connection just as bytes arrived: the client sent them on a
+        connection not yet closed, so they are owed an answer. The deadline for it, to arm now."""
+        self._head_deadline = self.deadline = self._replies.clock() + RESCUE_SECONDS
+        self._kept_alive = False  # its head keeps this deadline, as a connection's first head does
+        return self.deadline
+
+    def _await_more(self, conn: h11.Connection) -> None:
+        """h11 needs more bytes: wait for them, or close a kept-alive connection at shutdown."""
+        waiting = conn.their_state is h11.IDLE and not conn.trailing_data[0]
+        self.idle = waiting and self._kept_alive
+        self.started = not waiting
+        if self.idle and self._replies.lifecycle.shutting_down:
+            # Closed between requests; a new connection still gets its first request read (it was
+            # accepted: its client is owed an answer).
+            self.closing = True
+        elif not waiting and conn.their_state is h11.IDLE:
+            self.deadline = self._head_deadline  # a head in pieces: its own deadline applies
+
+    def _answer(self, request: h11.Request, out: bytearray) -> None:
+        self._answered = True
+        self.answers += 1
+        answer, close = self._replies.answer(self._conn, request, self._head_bytes > MAX_HEAD)
+        out += answer
+        if close:
+            self.closing = self.linger = True
+        self._discarded = self._head_bytes = 0
+
+    def _next_request(self, out: bytearray) -> h11.Connection:
+        """The request is complete: a fresh h11 connection takes what the client sent after it."""
+        leftover, closed = self._conn.trailing_data
+        conn = self._conn = _h11()
+        if leftover:
+            if folded(leftover, False):  # a pipelined head: scanned before h11 unfolds it
+                self._refuse(out, _folding_refused())
+                return conn
+            conn.receive_data(leftover)
+        if closed:
+            conn.receive_data(b"")
+        self._answered = False
+        self._kept_alive = True
+        arrived, settings = self.arrived, self._settings
+        self._head_deadline = arrived + settings.header_timeout  # a pipelined head started here
+        idle_deadline = arrived + settings.keepalive_timeout
+        if not idle_deadline - self._slack < self.deadline <= idle_deadline:
+            self.deadline = idle_deadline
+        return conn
+
+    def _discard(self, data: h11.Data) -> None:
+        self._discarded += len(data.data)
+        if self._discarded > self._settings.max_discard:  # a chunked body that grew too large
+            self.closing = self.linger = True
+
+    def _refuse(self, out: bytearray, reply: Reply | None) -> bytearray:
+        """`out` and then `reply`'s bytes, if any; the connection closes, lingering."""
+        if reply is not None:
+            out += self._replies.refusal(reply)
+        self.closing = self.linger = True
+        return out
+
+
+def _folding_refused() -> Reply:
+    return text_reply(400, "obsolete line folding refused")
+
+
+def _protocol_error(error: h11.RemoteProtocolError) -> Reply:
+    """400, 431 or 501, as h11 hints."""
+    status = error.error_status_hint
+    message = "request header block too large" if status == 431 else "malformed request"
+    return text_reply(status, message)
