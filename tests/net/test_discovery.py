@@ -17,6 +17,7 @@ import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -24,8 +25,11 @@ import pytest
 import trio
 
 from dispatcher.core.membership import EMPTY, FAILED, MIN_TTL, OK, Answer
+from dispatcher.core.pool import Pool
 from dispatcher.net.discovery import Discovery
+from dispatcher.net.health import HealthChecks
 from dispatcher.settings.config import BackendSpec, ServiceSpec, Settings, apply
+from tests.helpers import TestBackend, health, wait_for_state
 
 WAIT = 10.0  # seconds any one condition may take to come true: generous, for a loaded machine
 POLL = 0.02
@@ -353,3 +357,52 @@ async def test_a_resolver_that_never_answered_leaves_no_members_and_run_still_st
             await started(dnsmasq)
             await until(lambda: len(record.deliveries) == 2)
             assert record.last == ["10.9.9.9:80", "10.0.0.1:80"]
+
+
+def apply_members(pool: Pool, checks: HealthChecks, specs: tuple[BackendSpec, ...]) -> None:
+    """The wiring's few lines (as App._apply applies a reload): the pool reconciles, checks follow."""
+    added, removed = pool.reconcile(specs)
+    for backend in removed:
+        checks.remove(backend)
+    for backend in added:
+        checks.add(backend)
+
+
+async def test_members_reach_the_pool_checked_first_and_leave_it_with_their_records(
+    dnsmasq: Dnsmasq, nursery: trio.Nursery
+) -> None:
+    """Delivered to Pool.reconcile: a new member is starting until its check passes, then takes
+    traffic; a member whose record goes takes none; a stopped DNS server changes nothing."""
+    first, second = TestBackend("first"), TestBackend("second")
+    port = await nursery.start(first.serve, "127.0.0.2")
+    await nursery.start(second.serve, "127.0.0.3", port)
+    dnsmasq.hosts.write_text("127.0.0.2 web.test\n")
+    await started(dnsmasq)
+    settings = replace(settings_with(dnsmasq, f"dns://web.test:{port}"), health=health(interval=0.1, rise=1))
+    pool = Pool(settings.backends, settings.health, trio.current_time())
+    checks = HealthChecks(pool)
+    await nursery.start(checks.run)
+    usable: list[dict[str, bool]] = []  # each backend's, as each delivery left it
+
+    def deliver(specs: tuple[BackendSpec, ...]) -> None:
+        apply_members(pool, checks, specs)
+        usable.append({backend.name: backend.usable for backend in pool.backends})
+
+    discovery = Discovery(settings, deliver)
+    await nursery.start(discovery.run)
+    a, b = f"127.0.0.2:{port}", f"127.0.0.3:{port}"
+    assert usable == [{a: False}]  # not checked yet
+    with trio.fail_after(WAIT):
+        await wait_for_state(pool, a, "up")
+        dnsmasq.write_hosts("127.0.0.2 web.test", "127.0.0.3 web.test")
+        await until(lambda: len(usable) == 2)
+        assert usable[-1] == {a: True, b: False}  # b not before its first passing check
+        await wait_for_state(pool, b, "up")
+        kept = pool.by_name[a]
+        dnsmasq.write_hosts("127.0.0.3 web.test")
+        await until(lambda: a not in pool.by_name)
+        assert not kept.usable  # a redirect chosen from the old list cannot reach it any more
+        dnsmasq.stop()
+        await until(lambda: discovery.memberships[f"dns://web.test:{port}"].outcome == FAILED)
+    assert [(backend.name, backend.state) for backend in pool.backends] == [(b, "up")]
+    assert len(usable) == 3
