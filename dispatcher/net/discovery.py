@@ -131,8 +131,6 @@ class Discovery:
                 await trio.sleep(next_in(self.dns.interval, answer))
                 answer = await self.resolve(membership.service)
                 self._take(membership, answer)
-        if self._scopes.get(membership.service.url) is scope:
-            del self._scopes[membership.service.url]
 
     async def resolve(self, service: ServiceSpec) -> Answer:
         """One resolution of an entry, whatever happens: members, EMPTY or FAILED with the reason."""
