@@ -1,7 +1,7 @@
 """Health checks of https backends: a real TLS backend on loopback, with a certificate made for the test
 by the `openssl` command, trusted through `ca_file` (HAProxy's `ca-file`) or refused by the system store.
 
-The intervals run in virtual time (`autojump_clock`), as in test_health.py.
+The intervals run in virtual time (`autojump_clock`), as in test_checks.py.
 """
 
 from __future__ import annotations
