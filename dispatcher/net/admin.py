@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import h11
@@ -25,8 +25,9 @@ from dispatcher.core.health_state import Admin
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import BackendView, Pool
 from dispatcher.core.reply import Reply, text_reply
-from dispatcher.expose.metrics import Metrics
+from dispatcher.expose.render import Metrics
 from dispatcher.protocol.wholemessage import WholeRequest, read_request, response_bytes
+from dispatcher.settings.config import BackendSpec, ConfigError, parse_backend
 
 log = logging.getLogger("dispatcher.admin")
 
@@ -38,6 +39,16 @@ STATE_WORDS = {"ready": Admin.READY, "drain": Admin.DRAIN, "maint": Admin.MAINT}
 # A refused request's body is logged only this far: a client must not fill the log.
 MAX_LOGGED_WORD = 40
 _JSON = (b"content-type", b"application/json")
+# What POST /backends reads from its JSON object: parse_backend's arguments.
+BACKEND_FIELDS = ("url", "name", "weight")
+
+
+class BackendList(Protocol):
+    """What the wiring does for POST and DELETE /backends: the change made as a reload makes one."""
+
+    def add_backend(self, spec: BackendSpec) -> None: ...
+
+    def remove_backend(self, name: str) -> None: ...
 
 
 class AdminApi:
@@ -57,6 +68,7 @@ class AdminApi:
         self.set_token(token)
         # With --workers, brings the counters in from the worker processes before each request.
         self.refresh = refresh
+        self.roster: BackendList | None = None  # set by the wiring once it runs
 
     def set_token(self, token: str | None) -> None:
         self._token = token.encode() if token else None
@@ -67,9 +79,11 @@ class AdminApi:
         All but a scrape: `handle` answers GET and HEAD /metrics itself, in steps (`_metrics_in_steps`).
         """
         path, method = request.path, request.method
+        if path == "/backends" and method == "POST":
+            return self._audited(request, peer, lambda: self._add_backend(request, now))
         if path in ("/metrics", "/healthz", "/readyz", "/backends"):
             if method not in ("GET", "HEAD"):
-                return _not_allowed("GET, HEAD")
+                return _not_allowed("GET, HEAD, POST" if path == "/backends" else "GET, HEAD")
             if path == "/healthz":
                 return text_reply(200, "ok", close=False)
             if path == "/readyz":
@@ -81,9 +95,16 @@ class AdminApi:
             if method != "POST":
                 return _not_allowed("POST")
             return self._set_state(request, parts[2], now, peer)
-        if len(parts) == 3 and parts[1] == "backends" and method in ("GET", "HEAD"):
-            return self._one_backend(parts[2], now)
+        if len(parts) == 3 and parts[1] == "backends":
+            return self._backend_route(request, parts[2], now, peer)
         return text_reply(404, "not found: try /metrics, /healthz, /readyz, /backends", close=False)
+
+    def _backend_route(self, request: WholeRequest, name: str, now: float, peer: str) -> Reply:
+        if request.method in ("GET", "HEAD"):
+            return self._one_backend(name, now)
+        if request.method == "DELETE":
+            return self._audited(request, peer, lambda: self._remove_backend(request, name))
+        return _not_allowed("GET, HEAD, DELETE")
 
     async def _metrics_in_steps(self, request: WholeRequest, now: float) -> Reply:
         """The scrape with the front door's tasks run between its steps (`Metrics.scrape`): a scrape of
@@ -116,27 +137,64 @@ class AdminApi:
         return _json(200, self._backend_json(self.pool.view_of(backend, now), now))
 
     def _set_state(self, request: WholeRequest, name: str, now: float, peer: str) -> Reply:
-        """A state change, logged in one line whatever came of it: who (the peer's address), what
-        (the route and the word asked for) and the result; INFO when done, WARNING when refused."""
         word = request.body.decode("utf-8", "replace").strip().lower()
-        reply, result = self._change_state(request, name, word, now)
+        return self._audited(request, peer, lambda: self._change_state(request, name, word, now))
+
+    def _audited(self, request: WholeRequest, peer: str, change: Callable[[], tuple[Reply, str]]) -> Reply:
+        """A state-changing request, logged in one line whatever came of it: who (the peer's address),
+        what (the route and the start of the body) and the result; INFO when done, WARNING when not."""
+        reply, result = change()
+        word = request.body.decode("utf-8", "replace").strip()
         log.log(
-            logging.INFO if reply.status == 200 else logging.WARNING,
+            logging.INFO if reply.status in (200, 201) else logging.WARNING,
             "admin request from %s: %s %s %r: %d, %s",
             peer,
             request.method,
             request.path,
-            word[:MAX_LOGGED_WORD],
+            (word.lower() if request.path.endswith("/state") else word)[:MAX_LOGGED_WORD],
             reply.status,
             result,
         )
         return reply
 
+    def _refused(self) -> tuple[Reply, str]:
+        reply = text_reply(401, "a valid 'Authorization: Bearer <token>' is needed", close=False)
+        refused = Reply(401, [*reply.headers, (b"www-authenticate", b"Bearer")], reply.body)
+        return refused, "refused: no valid bearer token"
+
+    def _add_backend(self, request: WholeRequest, now: float) -> tuple[Reply, str]:
+        """POST /backends {"url": ..., "name": ..., "weight": ...}: validated as a config entry is."""
+        if not self._authorized(request):
+            return self._refused()
+        try:
+            spec = _backend_spec(request.body)
+        except ConfigError as error:
+            return text_reply(400, str(error), close=False), f"refused: {error}"
+        if spec.name in self.pool.by_name:
+            reply = text_reply(409, f"a backend named {spec.name!r} exists already", close=False)
+            return reply, "refused: the name is taken"
+        assert self.roster is not None
+        self.roster.add_backend(spec)
+        added = self.pool.by_name.get(spec.name)  # with --workers, once the new workers listen
+        body = self._backend_json(self.pool.view_of(added, now), now) if added else _spec_json(spec)
+        reply = _json(201, body)
+        location = f"/backends/{spec.name}".encode()
+        return Reply(201, [*reply.headers, (b"location", location)], reply.body, reply.close), (
+            f"backend {spec.name} added ({spec.url}, weight {spec.weight:g})"
+        )
+
+    def _remove_backend(self, request: WholeRequest, name: str) -> tuple[Reply, str]:
+        if not self._authorized(request):
+            return self._refused()
+        if name not in self.pool.by_name:
+            return text_reply(404, f"no backend named {name!r}", close=False), "no such backend"
+        assert self.roster is not None
+        self.roster.remove_backend(name)
+        return _json(200, {"removed": name}), f"backend {name} removed"
+
     def _change_state(self, request: WholeRequest, name: str, word: str, now: float) -> tuple[Reply, str]:
         if not self._authorized(request):
-            reply = text_reply(401, "a valid 'Authorization: Bearer <token>' is needed", close=False)
-            refused = Reply(401, [*reply.headers, (b"www-authenticate", b"Bearer")], reply.body)
-            return refused, "refused: no valid bearer token"
+            return self._refused()
         backend = self.pool.by_name.get(name)
         if backend is None:
             return text_reply(404, f"no backend named {name!r}", close=False), "no such backend"
@@ -243,6 +301,28 @@ def _wall_iso(now: float, at: float) -> str:
     """A trio-clock time as UTC wall time, for humans reading the API."""
     wall = time.time() - (now - at)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
+
+
+def _backend_spec(body: bytes) -> BackendSpec:
+    """POST /backends's body, a JSON object of BACKEND_FIELDS, as a backend entry; ConfigError names
+    what is wrong in one line, as for a config file."""
+    try:
+        fields = json.loads(body or b"null")
+    except ValueError:
+        fields = None
+    if not isinstance(fields, dict) or "url" not in fields:
+        raise ConfigError("body", body.decode("utf-8", "replace")[:MAX_LOGGED_WORD], _EXPECTED_BODY)
+    unknown = sorted(set(fields) - set(BACKEND_FIELDS))
+    if unknown:
+        raise ConfigError(unknown[0], fields[unknown[0]], f"unknown key; known: {', '.join(BACKEND_FIELDS)}")
+    return parse_backend("backend", fields["url"], fields.get("name"), fields.get("weight", 1))
+
+
+_EXPECTED_BODY = 'expected a JSON object {"url": ..., "name": ..., "weight": ...}'
+
+
+def _spec_json(spec: BackendSpec) -> dict[str, Any]:
+    return {"name": spec.name, "url": spec.url, "weight": spec.weight, "state": "starting"}
 
 
 def _json(status: int, value: object) -> Reply:

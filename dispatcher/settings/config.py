@@ -460,6 +460,13 @@ class Settings:
         SWITCH,
         "bind with SO_REUSEPORT, so that two instances can share the port for a rolling restart",
     )
+    # HAProxy's runtime `add server` / `del server` are lost on a reload (unless saved to a state
+    # file): the file is the truth. Kept only when the operator says so.
+    keep_runtime_backends: bool = setting(
+        False,
+        SWITCH,
+        "keep backends added or removed through the admin API (POST/DELETE /backends) across a reload",
+    )
     slow_start: float = setting(
         0.0, DURATION_OR_OFF, "ramp a recovered backend's weight from 10% to 100% over this time; 0s is off"
     )

@@ -13,22 +13,25 @@ callback, from here, rather than importing across rooms (the master's `gather` f
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import trio
 
 from dispatcher.core.lifecycle import Lifecycle
-from dispatcher.core.pool import Pool
+from dispatcher.core.pool import Backend, Pool
+from dispatcher.core.roster import Roster
 from dispatcher.core.stats import ServerStats
-from dispatcher.expose.metrics import Metrics
+from dispatcher.expose.render import Metrics
 from dispatcher.net.admin import AdminApi
+from dispatcher.net.discovery import Discovery
 from dispatcher.net.frontdoor import FrontDoor
 from dispatcher.net.health import HealthChecks, log_transition
 from dispatcher.net.listen import CappedListener, naming, open_listeners, warn_unless_migrating
 from dispatcher.processes.workers import Master
 from dispatcher.settings import config
-from dispatcher.settings.config import Settings
+from dispatcher.settings.config import BackendSpec, Settings
 
 log = logging.getLogger("dispatcher")
 
@@ -54,12 +57,15 @@ class Running:
     checks: HealthChecks
     admin: AdminApi
     master: Master | None = None  # with --workers: the worker processes
+    discovery: Discovery | None = None  # with dns:// or dns+srv:// backends
+    roster: Roster = field(default_factory=Roster)  # the admin API's POST and DELETE /backends
 
     def reload(self, new: Settings) -> None:
         """Apply new settings without dropping a connection; backends that stay keep their state.
 
         With --workers the master first starts new workers with the new settings; once they all
         listen the settings apply here and the old workers drain (nginx's reload, `Master.reload`).
+        Backends added or removed through the admin API are dropped unless `keep_runtime_backends`.
         """
         old = self.settings
         for key in RESTART_ONLY:
@@ -67,30 +73,62 @@ class Running:
                 log.warning("reload: %s changed; that takes a restart, keeping %s", key, getattr(old, key))
         new = replace(new, **{key: getattr(old, key) for key in RESTART_ONLY})
         _warn_about(new)
-        if self.master is not None:
-            self.master.reload(new, self._apply)
-        else:
-            self._apply(new)
+        if not new.keep_runtime_backends:
+            self.roster.clear()
+        given = self.discovery.reconfigure(new) if self.discovery is not None else new.backends
+        self._swap(new, given, "reloaded")
 
-    def _apply(self, new: Settings) -> None:
+    def add_backend(self, spec: BackendSpec) -> None:
+        """POST /backends: one more backend, checked before it takes traffic, as a reload adds one."""
+        self.roster.add(spec)
+        self._swap(self.settings, self._given(), "backends changed")
+
+    def remove_backend(self, name: str) -> None:
+        """DELETE /backends/<name>: no new redirect goes to it; its metrics series go with it."""
+        self.roster.remove(name)
+        self._swap(self.settings, self._given(), "backends changed")
+
+    def _given(self) -> tuple[BackendSpec, ...]:
+        """The backend list before the admin API's changes: the config's, with DNS's members."""
+        return self.discovery.specs if self.discovery is not None else self.settings.backends
+
+    def _swap(self, new: Settings, given: Sequence[BackendSpec], why: str) -> None:
+        specs = self.roster.overlay(given)
+        if self.master is not None:
+            self.master.reload(replace(new, backends=specs), lambda _: self._apply(new, specs, why))
+        else:
+            self._apply(new, specs, why)
+
+    def _apply(self, new: Settings, specs: Sequence[BackendSpec], why: str) -> None:
         self.pool.health_settings = new.health
         self.pool.slow_start = new.slow_start
         self.pool.set_policy(new.policy)
-        added, removed = self.pool.reconcile(new.backends)
-        for backend in removed:
-            self.checks.remove(backend)
-        for backend in added:
-            self.checks.add(backend)
+        added, removed = apply_backends(self.pool, self.checks, specs)
         self.settings = new
         if self.front is not None:
             self.front.settings = new
         self.admin.set_token(new.admin_token)
         log.info(
-            "reloaded: %s (%d added, %d removed)",
-            _backends(len(self.pool.backends)),
-            len(added),
-            len(removed),
+            "%s: %s (%d added, %d removed)", why, _backends(len(self.pool.backends)), len(added), len(removed)
         )
+
+
+def apply_backends(
+    pool: Pool, checks: HealthChecks, specs: Sequence[BackendSpec]
+) -> tuple[list[Backend], list[Backend]]:
+    """Run this backend list: those that stay keep their state, new ones are checked before they take
+    traffic, removed ones take no new redirect (a reload, DNS's members, the admin API alike)."""
+    added, removed = pool.reconcile(specs)
+    for backend in removed:
+        checks.remove(backend)
+    for backend in added:
+        checks.add(backend)
+    return added, removed
+
+
+def _members_changed(pool: Pool, checks: HealthChecks, roster: Roster, specs: Sequence[BackendSpec]) -> None:
+    """DNS's members came or went: the backend list with them, the admin API's changes laid over."""
+    apply_backends(pool, checks, roster.overlay(specs))
 
 
 def _warn_about(settings: Settings) -> None:
@@ -150,6 +188,18 @@ async def _shut_down_on(stop: trio.Event, lifecycle: Lifecycle, stopping: trio.E
     stopping.set()
 
 
+async def _start_discovery(
+    nursery: trio.Nursery, settings: Settings, deliver: Callable[[tuple[BackendSpec, ...]], None]
+) -> Discovery | None:
+    """With dns:// or dns+srv:// backends: their members known at start are in the pool (`deliver`)
+    before the front door serves."""
+    if not settings.services:
+        return None
+    discovery = Discovery(settings, deliver)
+    await nursery.start(discovery.run)
+    return discovery
+
+
 def _log_start(settings: Settings, backends: int) -> None:
     log.info(
         "front door on %s (%d worker%s), admin on %s, %s",
@@ -191,6 +241,10 @@ async def run(
         await services.start(trio.serve_listeners, admin.handle, admin_listeners)
         checks = HealthChecks(pool)
         await services.start(checks.run)
+        roster = Roster()
+        discovery = await _start_discovery(
+            services, settings, partial(_members_changed, pool, checks, roster)
+        )
         services.start_soon(_tick, pool)
         async with trio.open_nursery() as frontline:
             stopping = trio.Event()
@@ -201,6 +255,8 @@ async def run(
             running = Running(
                 port, admin_port, settings, pool, stats, lifecycle, front, metrics, checks, admin, master
             )
+            running.discovery, running.roster = discovery, roster
+            admin.roster = running
             _log_start(settings, len(pool.backends))
             task_status.started(running)
         services.cancel_scope.cancel()

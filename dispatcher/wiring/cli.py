@@ -56,6 +56,8 @@ admin routes (on --admin-listen; state changes need the token when one is set):
   GET /backends                  every backend as JSON: state, load, last check, redirects
   GET /backends/<name>           one backend
   POST /backends/<name>/state    body drain, maint or ready
+  POST /backends                 add a backend: JSON {"url", "name", "weight"}
+  DELETE /backends/<name>        remove a backend (both lost at a reload unless keep_runtime_backends)
 
 exit status: 0 after a stop, 1 when a port cannot be bound, 2 for a bad flag, URL or config.
 Durations: 500ms, 2s, 1.5m, 1h, or a bare number of seconds.
@@ -171,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"dispatcher: {error}", file=sys.stderr)
         return EXIT_USAGE
-    if not settings.backends and not args.demo:
+    if not (settings.backends or settings.services) and not args.demo:
         print(
             "dispatcher: no backends: give --backend URL (repeatable) or a --config file "
             "with [[backends]], or try --demo",
@@ -289,7 +291,7 @@ def _reload(args: argparse.Namespace, running: app.Running, demo_backends: tuple
         return
     if demo_backends is not None:
         settings = replace(settings, backends=demo_backends)
-    if not settings.backends:
+    if not (settings.backends or settings.services):
         log.error("reload refused, the running config stays: no backends")
         return
     running.reload(settings)

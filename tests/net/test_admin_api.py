@@ -24,7 +24,7 @@ from dispatcher.core.health_state import VISIBLE_STATES
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import FAILURE_REASONS, CheckResult, Pool
 from dispatcher.core.stats import ServerStats
-from dispatcher.expose.metrics import Metrics
+from dispatcher.expose.render import Metrics
 from dispatcher.net.admin import AdminApi
 from dispatcher.net.health import CHECK_GRID
 from dispatcher.protocol.wholemessage import WholeRequest

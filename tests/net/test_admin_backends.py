@@ -1,0 +1,172 @@
+"""Runtime pool changes through the admin API (HAProxy's `add server` / `del server`): POST /backends
+and DELETE /backends/<name>, their token rules, bad bodies, metrics series, and the reload rule."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests.helpers import (
+    Dispatcher,
+    TestBackend,
+    health,
+    settings_for,
+    start_backends,
+    start_dispatcher,
+    wait_all_up,
+    wait_for_state,
+)
+
+TOKEN = "s3cret-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+PATIENCE = 30.0
+INTERVAL = 2.0
+
+
+async def one_backend(nursery: trio.Nursery, **overrides: Any) -> tuple[Dispatcher, TestBackend]:
+    """A dispatcher in front of b1 (load 5), up, and a second backend `extra` (load 0) not yet in it."""
+    (b1,) = await start_backends(nursery, 5)
+    extra = TestBackend("extra", load=0)
+    await nursery.start(extra.serve)
+    settings = settings_for([b1], health=health(interval=INTERVAL), admin_token=TOKEN, **overrides)
+    dispatcher = await start_dispatcher(nursery, settings)
+    with trio.fail_after(PATIENCE):
+        await wait_all_up(dispatcher)
+    return dispatcher, extra
+
+
+async def post(http: httpx.AsyncClient, dispatcher: Dispatcher, body: object, **kw: Any) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return await http.post(f"{dispatcher.admin_url}/backends", content=content, **kw)
+
+
+async def series(http: httpx.AsyncClient, dispatcher: Dispatcher) -> set[str]:
+    """The backends that have a dispatcher_backend_up series in a scrape."""
+    text = (await http.get(f"{dispatcher.admin_url}/metrics")).text
+    return {
+        line.split('backend="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("dispatcher_backend_up{")
+    }
+
+
+async def test_a_posted_backend_is_checked_then_takes_traffic(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    """201 with its Location; it is starting until its first check passes, then takes the redirects
+    (its load is the lower); its metrics series appear with it."""
+    dispatcher, extra = await one_backend(nursery)
+    async with httpx.AsyncClient() as http:
+        added = await post(http, dispatcher, {"url": extra.url, "name": "extra", "weight": 2}, headers=AUTH)
+        assert added.status_code == 201, added.text
+        assert added.headers["location"] == "/backends/extra"
+        assert (added.json()["name"], added.json()["weight"]) == ("extra", 2.0)
+        assert dispatcher.pool.by_name["extra"].state == "down"  # starting: no traffic before a check
+        with trio.fail_after(PATIENCE):
+            await wait_for_state(dispatcher.pool, "extra", "up")
+        answer = await http.get(f"{dispatcher.url}/x", follow_redirects=False)
+        assert answer.headers["location"] == f"{extra.url}/x"
+        assert await series(http, dispatcher) == {"b1", "extra"}
+
+
+async def test_a_deleted_backend_takes_no_more_traffic_and_its_series_go(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    """DELETE /backends/<name>: 200, gone from /backends and from the metrics, no redirect to it."""
+    dispatcher, extra = await one_backend(nursery)
+    async with httpx.AsyncClient() as http:
+        await post(http, dispatcher, {"url": extra.url, "name": "extra"}, headers=AUTH)
+        with trio.fail_after(PATIENCE):
+            await wait_for_state(dispatcher.pool, "extra", "up")
+        gone = await http.delete(f"{dispatcher.admin_url}/backends/extra", headers=AUTH)
+        assert (gone.status_code, gone.json()) == (200, {"removed": "extra"})
+        assert (await http.get(f"{dispatcher.admin_url}/backends/extra")).status_code == 404
+        assert [b["name"] for b in (await http.get(f"{dispatcher.admin_url}/backends")).json()] == ["b1"]
+        assert await series(http, dispatcher) == {"b1"}
+        for _ in range(5):
+            answer = await http.get(f"{dispatcher.url}/x", follow_redirects=False)
+            assert not answer.headers["location"].startswith(extra.url)
+        missing = await http.delete(f"{dispatcher.admin_url}/backends/extra", headers=AUTH)
+        assert missing.status_code == 404
+
+
+async def test_runtime_changes_need_the_token(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    """Without the bearer token POST and DELETE are refused with 401 and change nothing."""
+    dispatcher, extra = await one_backend(nursery)
+    async with httpx.AsyncClient() as http:
+        refused = await post(http, dispatcher, {"url": extra.url, "name": "extra"})
+        assert (refused.status_code, refused.headers["www-authenticate"]) == (401, "Bearer")
+        assert (await http.delete(f"{dispatcher.admin_url}/backends/b1")).status_code == 401
+    assert list(dispatcher.pool.by_name) == ["b1"]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"not json", "expected a JSON object"),
+        ({"name": "x"}, "expected a JSON object"),
+        ({"url": "ftp://10.0.0.1"}, "backend = 'ftp://10.0.0.1'"),
+        ({"url": "http://10.0.0.1", "weight": -1}, "backend.weight"),
+        ({"url": "http://10.0.0.1", "colour": "red"}, "colour"),
+    ],
+)
+async def test_a_bad_body_gets_400_naming_what_is_wrong(
+    nursery: trio.Nursery, autojump_clock: Any, body: object, says: str
+) -> None:
+    """One line naming the key, as a bad config file gets; the pool is unchanged."""
+    dispatcher, _ = await one_backend(nursery)
+    async with httpx.AsyncClient() as http:
+        answer = await post(http, dispatcher, body, headers=AUTH)
+    assert answer.status_code == 400
+    assert says in answer.text and answer.text.count("\n") == 1
+    assert list(dispatcher.pool.by_name) == ["b1"]
+
+
+async def test_a_name_taken_gets_409(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    """A backend's name is its identity (metrics labels, the state API): a second of it is refused."""
+    dispatcher, extra = await one_backend(nursery)
+    async with httpx.AsyncClient() as http:
+        taken = await post(http, dispatcher, {"url": extra.url, "name": "b1"}, headers=AUTH)
+    assert taken.status_code == 409
+    assert dispatcher.pool.by_name["b1"].spec.url != extra.url
+
+
+async def test_each_runtime_change_is_logged_once(
+    nursery: trio.Nursery, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Who, what and the result, INFO when done, WARNING when refused."""
+    caplog.set_level(logging.INFO, logger="dispatcher.admin")
+    dispatcher, extra = await one_backend(nursery)
+    async with httpx.AsyncClient() as http:
+        await post(http, dispatcher, {"url": extra.url, "name": "extra"}, headers=AUTH)
+        await http.delete(f"{dispatcher.admin_url}/backends/extra")
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "dispatcher.admin"]
+    assert len(lines) == 2
+    assert (
+        lines[0][0] == logging.INFO
+        and "POST /backends" in lines[0][1]
+        and "201, backend extra added" in lines[0][1]
+    )
+    assert lines[1][0] == logging.WARNING and "DELETE /backends/extra" in lines[1][1] and "401" in lines[1][1]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+async def test_a_reload_keeps_runtime_changes_only_when_told(
+    nursery: trio.Nursery, autojump_clock: Any, keep: bool
+) -> None:
+    """The file is the truth on SIGHUP (HAProxy's rule) unless keep_runtime_backends: then a backend
+    added stays and one deleted stays out."""
+    dispatcher, extra = await one_backend(nursery, keep_runtime_backends=keep)
+    settings = replace(dispatcher.running.settings, backends=(*dispatcher.running.settings.backends,))
+    async with httpx.AsyncClient() as http:
+        await post(http, dispatcher, {"url": extra.url, "name": "extra"}, headers=AUTH)
+        assert (await http.delete(f"{dispatcher.admin_url}/backends/b1", headers=AUTH)).status_code == 200
+    assert list(dispatcher.pool.by_name) == ["extra"]
+    dispatcher.running.reload(settings)
+    assert list(dispatcher.pool.by_name) == (["extra"] if keep else ["b1"])
