@@ -360,7 +360,7 @@ class Master:
                     redirects[backend] += more
             add_counters(counters, generation.table.counters())
         for backend in self.pool.backends:
-            backend.since, backend.redirects = since[backend], redirects[backend]
+            self.pool.set_counts(backend, since[backend], redirects[backend])
         # In place: the metrics collector holds this very object.
         front, stats = self.stats, stats_of(counters)
         front.open_connections, front.connections_total = stats.open_connections, stats.connections_total
