@@ -48,7 +48,7 @@ class Probe:
         self.tls = TlsCheck(client) if client.https else None  # an https backend's checks
         # checks: the schedule, and the task a check runs in when it needs one.
         self.active = True  # False once removed (a reload): late results are dropped
-        self.due = 0.0  # when the current or next check was due, on the grid
+        self.due = 0.0  # when the current or next check was due, on the grid (math.inf: removed)
         self.scope: trio.CancelScope | None = None  # a connect or a TLS check running as a task
         self.stream: LoadStream | None = None  # its load stream, while one is open
         # sweep: the plain connection and the check in flight on it.

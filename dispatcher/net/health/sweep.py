@@ -29,6 +29,7 @@ import select
 import socket
 import struct
 import time
+from operator import attrgetter
 from typing import Protocol
 
 import trio
@@ -72,7 +73,8 @@ class Sweep:
         self._outcomes = outcomes
         self._epoll = select.epoll()
         self._by_fd: dict[int, Probe] = {}
-        self._in_flight: Timetable[Probe] = Timetable(_deadline)  # a check's deadline, filed when sent
+        # A check's deadline, filed when it is sent (math.inf once it is over).
+        self._in_flight: Timetable[Probe] = Timetable(attrgetter("deadline"))
         self._waiting: trio.CancelScope | None = None  # the sweep's wait, while it waits
 
     def read(self, now: float) -> None:
@@ -241,10 +243,6 @@ class Sweep:
         self.close(probe)
         duration = now - start if took is None else took
         self._outcomes.finish(probe, failure.result(duration), now)
-
-
-def _deadline(probe: Probe) -> float:
-    return probe.deadline
 
 
 def _took(probe: Probe, now: float) -> float:
