@@ -16,7 +16,7 @@ render.py or prometheus-client's encoders: how samples become bytes is the rende
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import accumulate, cycle
 
@@ -27,6 +27,7 @@ from prometheus_client.samples import Sample
 
 from dispatcher import __version__
 from dispatcher.core.health_state import VISIBLE_STATES
+from dispatcher.core.membership import BAD_OUTCOMES, OUTCOMES, Membership
 from dispatcher.core.pool import CHECK_BUCKETS, FAILURE_REASONS, LOAD_SOURCES, Backend, Pool
 from dispatcher.core.stats import DURATION_BUCKETS, ServerStats
 
@@ -375,21 +376,68 @@ class PoolReading:
         return family.read(self.backends, self.time)
 
 
-def registry(pool: Pool, stats: ServerStats, now: float) -> CollectorRegistry:
+# The memberships of the dns:// and dns+srv:// entries (net.discovery), by entry URL, read at scrape.
+Memberships = Callable[[], Mapping[str, Membership]]
+
+
+class DiscoveryCollector(Collector):
+    """The DNS entries' figures (issue 14): how often each was asked, how often its answers turned
+    bad, its members, its outcome now. Every series of a configured entry exists from the start."""
+
+    def __init__(self, memberships: Memberships) -> None:
+        self.memberships = memberships
+
+    def collect(self) -> Iterator[Metric]:
+        service = ["service"]
+        asked = CounterMetricFamily(
+            "dispatcher_discovery_resolutions",
+            "DNS answers taken for an entry, whatever came.",
+            labels=service,
+        )
+        failures = CounterMetricFamily(
+            "dispatcher_discovery_failures",
+            "Times an entry's answers turned bad (no answer, or no records): once per outage, not per query.",
+            labels=[*service, "outcome"],
+        )
+        members = GaugeMetricFamily("dispatcher_discovery_members", "An entry's members now.", labels=service)
+        changes = CounterMetricFamily(
+            "dispatcher_discovery_member_changes", "Times an entry's member list changed.", labels=service
+        )
+        state = GaugeMetricFamily(
+            "dispatcher_discovery_state",
+            "An entry's last outcome, as a state-set.",
+            labels=[*service, "state"],
+        )
+        for url, entry in self.memberships().items():
+            asked.add_metric([url], entry.resolutions)
+            for outcome in BAD_OUTCOMES:
+                failures.add_metric([url, outcome], entry.failures.get(outcome, 0))
+            members.add_metric([url], len(entry.members))
+            changes.add_metric([url], entry.changes)
+            for word in OUTCOMES:
+                state.add_metric([url, word], 1.0 if entry.outcome == word else 0.0)
+        yield from (asked, failures, members, changes, state)
+
+
+def registry(
+    pool: Pool, stats: ServerStats, now: float, memberships: Memberships | None = None
+) -> CollectorRegistry:
     """Every family of one scrape at trio time `now`, read afresh: what a render must equal."""
     whole = CollectorRegistry(auto_describe=False)
     whole.register(PoolCollector(pool, now))
-    _register_rest(whole, stats)
+    _register_rest(whole, stats, memberships)
     return whole
 
 
-def rest_registry(stats: ServerStats) -> CollectorRegistry:
-    """The families after the pool's (the front door's, the build's, the process's), read afresh."""
+def rest_registry(stats: ServerStats, memberships: Memberships | None = None) -> CollectorRegistry:
+    """The families after the pool's (the front door's, DNS's, the build's, the process's), afresh."""
     rest = CollectorRegistry(auto_describe=False)
-    _register_rest(rest, stats)
+    _register_rest(rest, stats, memberships)
     return rest
 
 
-def _register_rest(registry: CollectorRegistry, stats: ServerStats) -> None:
+def _register_rest(registry: CollectorRegistry, stats: ServerStats, memberships: Memberships | None) -> None:
     registry.register(ServerCollector(stats))
+    if memberships is not None:
+        registry.register(DiscoveryCollector(memberships))
     ProcessCollector(registry=registry)  # process_cpu_seconds_total, resident memory, fds

@@ -33,6 +33,7 @@ from dispatcher.expose.catalogue import (
     BACKEND_FAMILIES,
     BackendFamily,
     Labels,
+    Memberships,
     PoolReading,
     SampleLabels,
     registry,
@@ -98,6 +99,7 @@ class Metrics:
     def __init__(self, pool: Pool, stats: ServerStats) -> None:
         self.pool = pool
         self.stats = stats
+        self.memberships: Memberships | None = None  # with dns:// entries: set by the wiring
         # Both replaced as a whole, never changed in place: a scrape that is between steps reads one
         # version, and two scrapes at once both stay right (the later one's blocks are kept).
         self._labels = SampleLabels.of(())
@@ -105,7 +107,7 @@ class Metrics:
 
     def registry(self, now: float) -> CollectorRegistry:
         """A registry for one scrape at trio time `now`, kept nowhere: what `exposition` must equal."""
-        return registry(self.pool, self.stats, now)
+        return registry(self.pool, self.stats, now, self.memberships)
 
     def exposition(
         self, now: float, accept: str | None, accept_encoding: str | None = None
@@ -143,7 +145,9 @@ class Metrics:
         if blocks is None:  # a prometheus-client that lays its output out otherwise: keep nothing
             return [encoder(self.registry(now))]
         self._keep(kept, content_type, tuple(blocks))
-        return [part for block in blocks for part in block.parts()] + [encoder(rest_registry(self.stats))]
+        return [part for block in blocks for part in block.parts()] + [
+            encoder(rest_registry(self.stats, self.memberships))
+        ]
 
     def _pool_blocks(
         self, encoder: Encoder, previous: tuple[Block, ...], now: float

@@ -188,6 +188,20 @@ async def _shut_down_on(stop: trio.Event, lifecycle: Lifecycle, stopping: trio.E
     stopping.set()
 
 
+async def _open_admin(settings: Settings) -> list[trio.SocketListener]:
+    with naming("admin listener", settings.admin_listen):
+        return await trio.open_tcp_listeners(settings.admin_listen.port, host=settings.admin_listen.host)
+
+
+def _attach(running: Running, discovery: Discovery | None, roster: Roster) -> None:
+    """The parts that need the running dispatcher: the admin API's POST and DELETE /backends, and
+    the metrics of DNS's entries."""
+    running.discovery, running.roster = discovery, roster
+    running.admin.roster = running
+    if discovery is not None:
+        running.metrics.memberships = lambda: discovery.memberships
+
+
 async def _start_discovery(
     nursery: trio.Nursery, settings: Settings, deliver: Callable[[tuple[BackendSpec, ...]], None]
 ) -> Discovery | None:
@@ -229,10 +243,7 @@ async def run(
     pool.listeners.append(log_transition)
     admin = AdminApi(pool, metrics, lifecycle, settings.admin_token, master.gather if master else None)
     async with trio.open_nursery() as services:
-        with naming("admin listener", settings.admin_listen):
-            admin_listeners = await trio.open_tcp_listeners(
-                settings.admin_listen.port, host=settings.admin_listen.host
-            )
+        admin_listeners = await _open_admin(settings)
         # Bound before anything runs: a port that cannot be bound ends the start at once, in one line,
         # not after the first check results are logged. (With --workers, Master.run reserves the port.)
         listeners = [] if master else await open_listeners(settings.listen, settings.reuse_port)
@@ -255,8 +266,7 @@ async def run(
             running = Running(
                 port, admin_port, settings, pool, stats, lifecycle, front, metrics, checks, admin, master
             )
-            running.discovery, running.roster = discovery, roster
-            admin.roster = running
+            _attach(running, discovery, roster)
             _log_start(settings, len(pool.backends))
             task_status.started(running)
         services.cancel_scope.cancel()

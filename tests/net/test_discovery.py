@@ -21,6 +21,7 @@ from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -28,8 +29,10 @@ from dispatcher.core.membership import EMPTY, FAILED, MIN_TTL, OK, Answer
 from dispatcher.core.pool import Pool
 from dispatcher.net.discovery import Discovery
 from dispatcher.net.health import HealthChecks
+from dispatcher.settings import config
 from dispatcher.settings.config import BackendSpec, ServiceSpec, Settings, apply
-from tests.helpers import TestBackend, health, wait_for_state
+from dispatcher.wiring.app import apply_backends
+from tests.helpers import TestBackend, health, start_dispatcher, wait_for_state
 
 WAIT = 10.0  # seconds any one condition may take to come true: generous, for a loaded machine
 POLL = 0.02
@@ -359,15 +362,6 @@ async def test_a_resolver_that_never_answered_leaves_no_members_and_run_still_st
             assert record.last == ["10.9.9.9:80", "10.0.0.1:80"]
 
 
-def apply_members(pool: Pool, checks: HealthChecks, specs: tuple[BackendSpec, ...]) -> None:
-    """The wiring's few lines (as App._apply applies a reload): the pool reconciles, checks follow."""
-    added, removed = pool.reconcile(specs)
-    for backend in removed:
-        checks.remove(backend)
-    for backend in added:
-        checks.add(backend)
-
-
 async def test_members_reach_the_pool_checked_first_and_leave_it_with_their_records(
     dnsmasq: Dnsmasq, nursery: trio.Nursery
 ) -> None:
@@ -385,7 +379,7 @@ async def test_members_reach_the_pool_checked_first_and_leave_it_with_their_reco
     usable: list[dict[str, bool]] = []  # each backend's, as each delivery left it
 
     def deliver(specs: tuple[BackendSpec, ...]) -> None:
-        apply_members(pool, checks, specs)
+        apply_backends(pool, checks, specs)
         usable.append({backend.name: backend.usable for backend in pool.backends})
 
     discovery = Discovery(settings, deliver)
@@ -406,3 +400,36 @@ async def test_members_reach_the_pool_checked_first_and_leave_it_with_their_reco
         await until(lambda: discovery.memberships[f"dns://web.test:{port}"].outcome == FAILED)
     assert [(backend.name, backend.state) for backend in pool.backends] == [(b, "up")]
     assert len(usable) == 3
+
+
+async def test_a_running_dispatcher_redirects_to_the_members_and_exports_their_figures(
+    dnsmasq: Dnsmasq, nursery: trio.Nursery
+) -> None:
+    """Through the real wiring (app.run): the front door's 307 names the member DNS gives, a new
+    record moves the traffic once its member is up, and /metrics has the entry's figures."""
+    first, second = TestBackend("first", load=5), TestBackend("second", load=0)
+    port = await nursery.start(first.serve, "127.0.0.2")
+    await nursery.start(second.serve, "127.0.0.3", port)
+    dnsmasq.hosts.write_text("127.0.0.2 web.test\n")
+    await started(dnsmasq)
+    entry = f"dns://web.test:{port}"
+    settings = replace(settings_with(dnsmasq, entry), listen=config.parse_address("t", "127.0.0.1:0"))
+    settings = replace(
+        settings, admin_listen=config.parse_address("t", "127.0.0.1:0"), health=health(interval=0.1)
+    )
+    dispatcher = await start_dispatcher(nursery, settings)
+    a, b = f"127.0.0.2:{port}", f"127.0.0.3:{port}"
+    async with httpx.AsyncClient() as http:
+        with trio.fail_after(WAIT):
+            await wait_for_state(dispatcher.pool, a, "up")
+            answer = await http.get(f"{dispatcher.url}/x")
+            assert answer.headers["location"] == f"http://{a}/x"
+            dnsmasq.write_hosts("127.0.0.2 web.test", "127.0.0.3 web.test")
+            await until(lambda: b in dispatcher.pool.by_name)
+            await wait_for_state(dispatcher.pool, b, "up")
+            answer = await http.get(f"{dispatcher.url}/y")
+            assert answer.headers["location"] == f"http://{b}/y"  # the less loaded, now that it is up
+        text = (await http.get(f"{dispatcher.admin_url}/metrics")).text
+    assert f'dispatcher_discovery_members{{service="{entry}"}} 2.0' in text
+    assert f'dispatcher_discovery_state{{service="{entry}",state="ok"}} 1.0' in text
+    assert f'dispatcher_discovery_failures_total{{outcome="failed",service="{entry}"}} 0.0' in text
