@@ -51,6 +51,8 @@ __all__ = [
     "HealthSettings",
     "ServiceSpec",
     "Settings",
+    "SniCertificate",
+    "TlsSettings",
     "TomlError",
     "apply",
     "check",
@@ -411,6 +413,76 @@ class DnsSettings:
 _DNS = DnsSettings()
 
 
+# TLS on the front door (issue 14, item 1).
+@dataclass(frozen=True, slots=True)
+class SniCertificate:
+    """One [[tls.certificates]] entry: a certificate, its key, its chain, and the names (SNI) it serves."""
+
+    cert: str
+    key: str
+    names: tuple[str, ...]
+    ca: str | None = None
+
+
+def _sni_certificates(key: str, entries: object) -> tuple[SniCertificate, ...]:
+    """[[tls.certificates]] tables ({cert, key, names, ca}), or --tls-certificate CERT,KEY,NAME[,NAME...]."""
+    if not isinstance(entries, list):
+        raise ConfigError(key, entries, "must be an array of tables ([[tls.certificates]])")
+    return tuple(_sni_certificate(f"{key}[{i}]", entry) for i, entry in enumerate(entries))
+
+
+def _sni_certificate(key: str, entry: object) -> SniCertificate:
+    if isinstance(entry, str):
+        cert, _, rest = entry.partition(",")
+        private, _, listed = rest.partition(",")
+        entry = {"cert": cert, "key": private, "names": [name for name in listed.split(",") if name]}
+    if not isinstance(entry, Mapping):
+        raise ConfigError(key, entry, "must be a table with cert, key and names")
+    for field_name in entry:
+        if field_name not in ("cert", "key", "names", "ca"):
+            raise ConfigError(f"{key}.{field_name}", entry[field_name], "unknown setting")
+    names = entry.get("names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"{key}.names", names, "must be a list of the server names it serves")
+    ca = entry.get("ca")
+    return SniCertificate(
+        file_path(f"{key}.cert", entry.get("cert")),
+        file_path(f"{key}.key", entry.get("key")),
+        tuple(name.lower() for name in names),
+        None if ca is None else file_path(f"{key}.ca", ca),
+    )
+
+
+SNI_CERTIFICATES = Kind(_sni_certificates, "CERT,KEY,NAME[,NAME...]", repeatable=True)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """The front door over TLS: the [tls] table, the --tls-* flags. Off while no certificate is given."""
+
+    cert: str | None = setting(None, FILE, "serve TLS with this certificate (PEM)", metavar="PEM")
+    key: str | None = setting(None, FILE, "the certificate's private key (PEM)", metavar="PEM")
+    ca: str | None = setting(None, FILE, "the intermediate certificates sent with it (PEM)", metavar="PEM")
+    certificates: tuple[SniCertificate, ...] = setting(
+        (),
+        SNI_CERTIFICATES,
+        "one more certificate, for the server names (SNI) given; repeatable",
+        flag="--tls-certificate",
+    )
+    redirect_listen: Address | None = setting(  # noqa: RUF009 (as listen's)
+        None, ADDRESS, "a plain HTTP listener answering every request with a 308 to https"
+    )
+    # RFC 6797; off by default: once a browser has seen it, the host cannot go back to plain HTTP.
+    hsts: float = setting(0.0, DURATION_OR_OFF, "send Strict-Transport-Security with this max-age; 0s is off")
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None or bool(self.certificates)
+
+
+_TLS = TlsSettings()
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the operator asked for; each field is the one declaration of its setting."""
@@ -431,6 +503,7 @@ class Settings:
     services: tuple[ServiceSpec, ...] = derived((), "backends")
     health: HealthSettings = table(_HEALTH)  # noqa: RUF009
     dns: DnsSettings = table(_DNS)  # noqa: RUF009
+    tls: TlsSettings = table(_TLS)  # noqa: RUF009
     header_timeout: float = setting(DEFAULT_HEADER_TIMEOUT, DURATION, "to send a request head")
     keepalive_timeout: float = setting(DEFAULT_KEEPALIVE_TIMEOUT, DURATION, "idle keep-alive")
     grace_period: float = setting(DEFAULT_GRACE_PERIOD, DURATION, "on SIGTERM")
@@ -553,7 +626,18 @@ def check(settings: Settings) -> Settings:
         raise ConfigError(
             "workers", settings.workers, "dns:// and dns+srv:// backends need workers = 1 for now"
         )
+    _check_tls(settings)
     return settings
+
+
+def _check_tls(settings: Settings) -> None:
+    """A certificate needs its key; TLS runs in one process for now (each worker would need its own)."""
+    tls = settings.tls
+    if (tls.cert is None) != (tls.key is None):
+        given, missing = ("tls.cert", "tls.key") if tls.key is None else ("tls.key", "tls.cert")
+        raise ConfigError(missing, None, f"missing: {given} needs it")
+    if tls.enabled and settings.workers > 1:
+        raise ConfigError("workers", settings.workers, "TLS on the front door needs workers = 1 for now")
 
 
 def warnings(settings: Settings) -> list[str]:

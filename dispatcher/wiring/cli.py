@@ -24,7 +24,7 @@ import trio
 
 from dispatcher import __version__
 from dispatcher.expose import logs
-from dispatcher.net import health
+from dispatcher.net import certificates, health
 from dispatcher.settings import config
 from dispatcher.settings.config import DEMO_LISTEN, ConfigError, Settings
 from dispatcher.settings.declare import Declared
@@ -163,7 +163,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
     settings = _flag_settings(settings, args)
     if settings.health.ca_file is not None:
         health.tls_context(settings.health.ca_file)  # a file that cannot be used is refused now, by name
-    return config.check(settings)
+    settings = config.check(settings)  # first: a certificate without its key is named as such
+    if settings.tls.enabled:
+        certificates.server_context(settings.tls)  # a certificate or key that cannot be used, by name
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
