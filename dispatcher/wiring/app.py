@@ -25,10 +25,12 @@ from dispatcher.core.roster import Roster
 from dispatcher.core.stats import ServerStats
 from dispatcher.expose.render import Metrics
 from dispatcher.net.admin import AdminApi
+from dispatcher.net.certificates import Certificates
 from dispatcher.net.discovery import Discovery
 from dispatcher.net.frontdoor import FrontDoor
 from dispatcher.net.health import HealthChecks, log_transition
 from dispatcher.net.listen import CappedListener, naming, open_listeners, warn_unless_migrating
+from dispatcher.net.tlsdoor import TlsFrontDoor, redirect_door
 from dispatcher.processes.workers import Master
 from dispatcher.settings import config
 from dispatcher.settings.config import BackendSpec, Settings
@@ -76,6 +78,7 @@ class Running:
         if not new.keep_runtime_backends:
             self.roster.clear()
         given = self.discovery.reconfigure(new) if self.discovery is not None else new.backends
+        new = _reload_tls(self.front, old, new)
         self._swap(new, given, "reloaded")
 
     def add_backend(self, spec: BackendSpec) -> None:
@@ -131,6 +134,18 @@ def _members_changed(pool: Pool, checks: HealthChecks, roster: Roster, specs: Se
     apply_backends(pool, checks, roster.overlay(specs))
 
 
+def _reload_tls(front: FrontDoor | None, old: Settings, new: Settings) -> Settings:
+    """Reread the certificates: new connections get them, open ones keep theirs; a bad one is refused
+    in one line and the running ones stay. Turning TLS on or off, or moving the redirect listener,
+    takes a restart."""
+    if (new.tls.enabled, new.tls.redirect_listen) != (old.tls.enabled, old.tls.redirect_listen):
+        log.warning("reload: TLS turned on or off, or tls.redirect_listen moved; that takes a restart")
+        new = replace(new, tls=old.tls)
+    if isinstance(front, TlsFrontDoor):
+        front.certificates.reload(new.tls)
+    return new
+
+
 def _warn_about(settings: Settings) -> None:
     """Settings that are allowed but probably not meant (config.warnings), at start and each reload."""
     for warning in config.warnings(settings):
@@ -159,7 +174,24 @@ def _front_or_master(
     """The front door of a single process, or with --workers the master of the processes that serve."""
     if settings.workers > 1:
         return None, Master(settings, pool, stats)
+    if settings.tls.enabled:
+        return TlsFrontDoor(settings, pool, stats, lifecycle, Certificates(settings.tls)), None
     return FrontDoor(settings, pool, stats, lifecycle), None
+
+
+async def _start_redirects(
+    nursery: trio.Nursery, front: FrontDoor | None, https_port: int, stop: trio.Event
+) -> None:
+    """With tls.redirect_listen: the plain listener whose every answer is a 308 to the TLS front door.
+    Its connections count against max_connections with the front door's."""
+    if front is None or front.settings.tls.redirect_listen is None:
+        return
+    address = front.settings.tls.redirect_listen
+    with naming("TLS redirect listener", address):
+        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+    door = redirect_door(front.settings, front.replies.pool, front.stats, front.replies.lifecycle, https_port)
+    door.slots = front.slots
+    await nursery.start(door.serve, [CappedListener(listener, door.slots) for listener in listeners], stop)
 
 
 async def _start_front(
@@ -261,6 +293,7 @@ async def run(
             stopping = trio.Event()
             frontline.start_soon(_shut_down_on, stop, lifecycle, stopping)
             port = await _start_front(frontline, parts, listeners, settings, stopping)
+            await _start_redirects(frontline, front, port, stopping)
             lifecycle.serving = True
             admin_port = _bound_port(admin_listeners)
             running = Running(

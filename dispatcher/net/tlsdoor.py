@@ -1,0 +1,144 @@
+"""The front door over TLS, and the plain listener beside it that sends every request to https.
+
+Owns: each TLS client connection's life over `trio.SSLStream` (the handshake, then the conversation's
+bytes through the stream), `Strict-Transport-Security` on its answers, and the 308 answers of the plain
+redirect listener. The conversation (`dispatcher.protocol.conversation`) is the plain front door's, as
+are the accept loop, the connection cap, the counters and graceful shutdown (`FrontDoor`, inherited):
+only the exchange on the stream differs.
+Rules: nothing here parses HTTP beyond the Host of a request being redirected to https; the
+certificates are `certificates`'.
+
+Timeouts: the handshake runs under the conversation's first deadline, the header timeout from the
+connection's start, so a client that never finishes its handshake holds its connection slot no longer
+than a slowloris client that never finishes its head (HAProxy's `timeout http-request` covers the
+handshake too); then the conversation's deadlines apply as on the plain front door.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from typing import TypeVar
+
+import h11
+import trio
+
+from dispatcher.core.lifecycle import Lifecycle
+from dispatcher.core.pool import Pool
+from dispatcher.core.reply import Reply, path_and_query, serialise, text_reply
+from dispatcher.core.stats import ServerStats
+from dispatcher.net.certificates import Certificates
+from dispatcher.net.frontdoor import RECEIVE_SIZE, FrontDoor, _Client, _lingering_close
+from dispatcher.protocol.conversation import Replies
+from dispatcher.settings.config import Settings
+
+# A Host header the 308 may repeat: a DNS name or an IPv4 address, or an IPv6 one in brackets, with an
+# optional port (RFC 9110 §7.2); anything else is not echoed into a Location.
+_HOST = re.compile(rb"(?P<name>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?")
+HTTPS_PORT = 443
+R = TypeVar("R", bound=Replies)
+
+
+class SecureReplies(Replies):
+    """The front door's answers, with `Strict-Transport-Security` (RFC 6797) when tls.hsts is set."""
+
+    def answer(self, conn: h11.Connection, request: h11.Request, maybe_large: bool) -> tuple[bytes, bool]:
+        answer, close = super().answer(conn, request, maybe_large)
+        max_age = int(self.settings.tls.hsts)
+        if not max_age:
+            return answer, close
+        status, end, rest = answer.partition(b"\r\n")
+        return b"%s%sstrict-transport-security: max-age=%d\r\n%s" % (status, end, max_age, rest), close
+
+
+class HttpsRedirects(Replies):
+    """Every request answered with a 308 to the same host and target over https (`port`: the TLS
+    front door's). 308 keeps the method and body, as 307 does, and is permanent (RFC 9110 §15.4.9)."""
+
+    port = HTTPS_PORT
+
+    def answer(self, conn: h11.Connection, request: h11.Request, maybe_large: bool) -> tuple[bytes, bool]:
+        location = self.location(request)
+        if location is None:
+            return self.refusal(text_reply(400, "no usable Host or target to redirect to https")), True
+        close = self.lifecycle.shutting_down or conn.they_are_waiting_for_100_continue
+        self.stats.responses[308] = self.stats.responses.get(308, 0) + 1
+        reply = Reply(308, [(b"location", location), (b"content-length", b"0")])
+        date = self._date.at(time.time())
+        return serialise(reply, date, close, request.method == b"HEAD"), close
+
+    def location(self, request: h11.Request) -> bytes | None:
+        host = next((value for name, value in request.headers if name == b"host"), None)
+        target = path_and_query(request.target)
+        match = _HOST.fullmatch(host) if host is not None else None
+        if match is None or target is None:
+            return None
+        port = b"" if self.port == HTTPS_PORT else b":%d" % self.port
+        return b"https://" + match["name"] + port + target
+
+
+def secured(replies: Replies, cls: type[R]) -> R:
+    """`replies` (a front door's) as one of the kinds above: the same state, another answer. Copied
+    rather than built anew, so that this module need not follow what `Replies` is made of."""
+    made = copy.copy(replies)
+    made.__class__ = cls
+    assert isinstance(made, cls)
+    return made
+
+
+class TlsFrontDoor(FrontDoor):
+    """The front door, each connection wrapped in TLS with the certificates' context of the moment."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: Pool,
+        stats: ServerStats,
+        lifecycle: Lifecycle,
+        certificates: Certificates,
+    ) -> None:
+        super().__init__(settings, pool, stats, lifecycle)
+        self.replies = secured(self.replies, SecureReplies)
+        self.certificates = certificates
+
+    async def _serve(self, stream: trio.SocketStream, client: _Client) -> None:
+        conversation = client.conversation
+        # https_compatible: a client that closes without close_notify is an end of stream, as browsers
+        # and curl do it, not a broken connection (trio's advice for HTTPS servers).
+        tls = trio.SSLStream(stream, self.certificates.context, server_side=True, https_compatible=True)
+        with client.scope:
+            await tls.do_handshake()
+            await self._converse(tls, client)
+            if conversation.linger:
+                await _lingering_close(stream)  # FIN on the socket: the client reads our answer first
+            return
+        last_word = conversation.timed_out()
+        if last_word:
+            with trio.move_on_after(1):
+                await tls.send_all(last_word)
+                await _lingering_close(stream)
+
+    async def _converse(self, tls: trio.SSLStream[trio.SocketStream], client: _Client) -> None:
+        """Receive, answer and send until the conversation closes."""
+        scope, conversation, stats = client.scope, client.conversation, self.stats
+        while True:
+            out = conversation.receive(bytes(await tls.receive_some(RECEIVE_SIZE)))
+            if scope.deadline != conversation.deadline:
+                scope.deadline = conversation.deadline
+            if out:
+                await tls.send_all(out)
+                stats.observe(conversation.answers, trio.current_time() - conversation.arrived)
+            if conversation.closing:
+                return
+
+
+def redirect_door(
+    settings: Settings, pool: Pool, stats: ServerStats, lifecycle: Lifecycle, https_port: int
+) -> FrontDoor:
+    """A plain front door whose every answer is a 308 to https on `https_port`."""
+    door = FrontDoor(settings, pool, stats, lifecycle)
+    redirects = secured(door.replies, HttpsRedirects)
+    redirects.port = https_port
+    door.replies = redirects
+    return door

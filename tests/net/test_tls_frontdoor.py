@@ -1,0 +1,295 @@
+"""The front door over TLS on real loopback sockets, with a test CA (trustme) and real clients.
+
+httpx (verifying against the test CA's file), curl (`--cacert`) and trio's own SSLStream (to name the
+SNI server name and read the certificate it got); timeouts in virtual time (`autojump_clock`).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+import trustme
+
+from dispatcher.net.certificates import server_context
+from dispatcher.settings import config
+from dispatcher.settings.config import ConfigError, SniCertificate, TlsSettings
+from dispatcher.wiring.cli import main
+from tests.helpers import (
+    Dispatcher,
+    TestBackend,
+    read_until_close,
+    receive_responses,
+    request_head,
+    settings_for,
+    start_backends,
+    start_dispatcher,
+    unused_port,
+    wait_all_up,
+)
+
+
+@dataclass
+class Pems:
+    """A test CA's file and a certificate for `names` with its key, written in `folder`."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def issue(cls, ca: trustme.CA, folder: Path, stem: str, *names: str) -> Pems:
+        issued = ca.issue_cert(*names)
+        pems = cls(folder / "ca.pem", folder / f"{stem}.pem", folder / f"{stem}.key")
+        ca.cert_pem.write_to_path(str(pems.ca))
+        issued.cert_chain_pems[0].write_to_path(str(pems.cert))
+        issued.private_key_pem.write_to_path(str(pems.key))
+        return pems
+
+
+@dataclass
+class TlsFront:
+    dispatcher: Dispatcher
+    backends: list[TestBackend]
+    pems: Pems
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.dispatcher.port}"
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.pems.ca))
+
+    async def connect(self, server_name: str = "localhost") -> trio.SSLStream[trio.SocketStream]:
+        """A TLS connection asking for `server_name` (SNI), its handshake done."""
+        tcp = await trio.open_tcp_stream("127.0.0.1", self.dispatcher.port)
+        tls = trio.SSLStream(tcp, self.client_context(), server_hostname=server_name)
+        await tls.do_handshake()
+        return tls
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+async def start_tls(nursery: trio.Nursery, pems: Pems, **tls: Any) -> TlsFront:
+    backends = await start_backends(nursery, 0.1)
+    settings = settings_for(backends, tls=TlsSettings(cert=str(pems.cert), key=str(pems.key), **tls))
+    dispatcher = await start_dispatcher(nursery, settings)
+    await wait_all_up(dispatcher)
+    return TlsFront(dispatcher, backends, pems)
+
+
+def serial(tls: trio.SSLStream[trio.SocketStream]) -> str:
+    peer = tls.getpeercert()
+    assert peer is not None
+    return str(peer["serialNumber"])
+
+
+async def test_httpx_gets_the_307_over_tls_on_one_kept_alive_connection(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """httpx, verifying against the CA's file, gets each 307 over one TLS 1.2+ connection."""
+    front = await start_tls(nursery, Pems.issue(ca, tmp_path, "site", "localhost"))
+    async with httpx.AsyncClient(verify=front.client_context()) as client:
+        for i in range(3):
+            response = await client.get(f"{front.url}/r{i}?q=1")
+            assert response.status_code == 307
+            assert response.headers["location"] == f"{front.backends[0].url}/r{i}?q=1"
+            assert "strict-transport-security" not in response.headers  # off by default
+    assert front.dispatcher.running.stats.connections_total == 1
+
+
+async def test_curl_negotiates_http_1_1_by_alpn(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """curl --cacert verifies the certificate, is offered http/1.1 by ALPN, and reads the 307."""
+    front = await start_tls(nursery, Pems.issue(ca, tmp_path, "site", "localhost"))
+    result = await trio.run_process(
+        ["/usr/bin/curl", "-sS", "-v", "-i", "--cacert", str(front.pems.ca), f"{front.url}/a?b=c"],
+        capture_stdout=True,
+        capture_stderr=True,
+    )
+    assert result.stdout.decode().split("\r\n")[0] == "HTTP/1.1 307 Temporary Redirect"
+    assert "ALPN: server accepted http/1.1" in result.stderr.decode()
+
+
+async def test_a_tls_1_1_client_is_refused(nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path) -> None:
+    """TLS 1.2 at least: a client that offers no more than TLS 1.1 fails its handshake."""
+    front = await start_tls(nursery, Pems.issue(ca, tmp_path, "site", "localhost"))
+    context = front.client_context()
+    with warnings.catch_warnings():  # TLS 1.1 is deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+    async with await trio.open_tcp_stream("127.0.0.1", front.dispatcher.port) as tcp:
+        with pytest.raises(trio.BrokenResourceError):
+            await trio.SSLStream(tcp, context).do_handshake()
+
+
+async def test_sni_chooses_the_certificate_of_the_name_and_falls_back_to_the_default(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """A client asking for a name of [[tls.certificates]] gets its certificate (a wildcard too); any
+    other name gets the default one."""
+    default = Pems.issue(ca, tmp_path, "site", "localhost")
+    other = Pems.issue(ca, tmp_path, "other", "other.test", "*.wild.test")
+    entry = SniCertificate(str(other.cert), str(other.key), ("other.test", "*.wild.test"))
+    front = await start_tls(nursery, default, certificates=(entry,))
+    seen = {}
+    for name in ("localhost", "other.test", "a.wild.test"):
+        async with await front.connect(name) as tls:
+            seen[name] = serial(tls)
+            await tls.send_all(request_head("/x", f"Host: {name}"))
+            [response] = await receive_responses(tls, 1)
+            assert response.status == 307
+    assert seen["other.test"] == seen["a.wild.test"] != seen["localhost"]
+    # A name no entry serves: the default certificate, which does not verify for it.
+    async with await trio.open_tcp_stream("127.0.0.1", front.dispatcher.port) as tcp:
+        with pytest.raises(trio.BrokenResourceError):
+            await trio.SSLStream(tcp, front.client_context(), server_hostname="nobody.test").do_handshake()
+
+
+async def test_the_redirect_listener_sends_every_request_to_https(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """The plain listener answers a 308 to the same host and target over https, on the TLS port."""
+    plain = unused_port()
+    redirect = config.Address("127.0.0.1", plain)
+    front = await start_tls(nursery, Pems.issue(ca, tmp_path, "site", "localhost"), redirect_listen=redirect)
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"http://localhost:{plain}/p/q?x=1", content=b"body")
+        assert response.status_code == 308
+        assert response.headers["location"] == f"{front.url}/p/q?x=1"
+        # Followed: the 308 keeps the method and the body, the 307 sends them on to the backend.
+    async with httpx.AsyncClient(verify=front.client_context()) as client:
+        response = await client.post(response.headers["location"], content=b"body")
+        assert response.status_code == 307
+
+
+async def test_hsts_is_sent_when_set(nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path) -> None:
+    """tls.hsts gives every answer `Strict-Transport-Security: max-age` in seconds (RFC 6797)."""
+    front = await start_tls(nursery, Pems.issue(ca, tmp_path, "site", "localhost"), hsts=365 * 86400.0)
+    async with httpx.AsyncClient(verify=front.client_context()) as client:
+        response = await client.get(f"{front.url}/a")
+    assert response.status_code == 307
+    assert response.headers["strict-transport-security"] == "max-age=31536000"
+
+
+async def test_a_reload_swaps_the_certificate_and_an_old_connection_keeps_working(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """Certificate files rewritten and reloaded: new connections get the new one, an open
+    connection keeps its own and is still answered."""
+    pems = Pems.issue(ca, tmp_path, "site", "localhost")
+    front = await start_tls(nursery, pems)
+    async with await front.connect() as old:
+        before = serial(old)
+        Pems.issue(ca, tmp_path, "site", "localhost")  # the same paths, a new certificate
+        front.dispatcher.running.reload(front.dispatcher.running.settings)
+        async with await front.connect() as new:
+            assert serial(new) != before
+        await old.send_all(request_head("/still", "Host: localhost"))
+        [response] = await receive_responses(old, 1)
+        assert response.status == 307
+
+
+async def test_a_bad_reload_is_refused_in_one_line_and_the_running_certificate_stays(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key that does not match the new certificate: one error line, and connections still get the
+    certificate that was running."""
+    pems = Pems.issue(ca, tmp_path, "site", "localhost")
+    front = await start_tls(nursery, pems)
+    async with await front.connect() as tls:
+        before = serial(tls)
+    ca.issue_cert("localhost").cert_chain_pems[0].write_to_path(str(pems.cert))  # the old key stays
+    with caplog.at_level(logging.ERROR):
+        front.dispatcher.running.reload(front.dispatcher.running.settings)
+    [line] = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert line.startswith("TLS reload refused, the running certificates stay: tls.key = ")
+    async with await front.connect() as tls:
+        assert serial(tls) == before
+
+
+async def test_a_stalled_handshake_is_closed_at_the_header_timeout(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A client that connects and never sends its ClientHello is closed at header_timeout exactly,
+    as a slowloris client is, and holds one of max_connections until then."""
+    pems = Pems.issue(ca, tmp_path, "site", "localhost")
+    backends = await start_backends(nursery, 0.1)
+    tls = TlsSettings(cert=str(pems.cert), key=str(pems.key))
+    settings = settings_for(backends, tls=tls, header_timeout=4.0, max_connections=1)
+    dispatcher = await start_dispatcher(nursery, settings)
+    front = TlsFront(dispatcher, backends, pems)
+    stalled = await trio.open_tcp_stream("127.0.0.1", dispatcher.port)
+    start = trio.current_time()
+
+    async def second_client() -> None:
+        async with await front.connect():  # waits in the backlog while the slot is held
+            assert trio.current_time() - start == pytest.approx(4.0)
+
+    async with trio.open_nursery() as clients:
+        clients.start_soon(second_client)
+        async with stalled:
+            assert await read_until_close(stalled) == b""
+            assert trio.current_time() - start == pytest.approx(4.0)
+
+
+def test_a_key_that_does_not_match_is_one_line_and_exit_2(
+    ca: trustme.CA, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At start, a key that is not the certificate's: one line naming tls.key, exit status 2."""
+    site = Pems.issue(ca, tmp_path, "site", "localhost")
+    other = Pems.issue(ca, tmp_path, "other", "other.test")
+    flags = ["--backend", "http://127.0.0.1:9", "--tls-cert", str(site.cert), "--tls-key", str(other.key)]
+    assert main(flags) == 2
+    assert capsys.readouterr().err == (
+        f"dispatcher: tls.key = '{other.key}': does not match the certificate ({site.cert})\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("tls", "key", "reason"),
+    [
+        ({"cert": "missing.pem", "key": "k.pem"}, "tls.cert", "cannot read"),
+        ({"cert": "c.pem"}, "tls.key", "missing"),
+    ],
+)
+def test_a_certificate_that_cannot_be_used_names_its_key(
+    tmp_path: Path, tls: dict[str, str], key: str, reason: str
+) -> None:
+    """A file that is not there, or a certificate without its key: a ConfigError naming the key."""
+    given = {name: str(tmp_path / path) for name, path in tls.items()}
+    with pytest.raises(ConfigError) as error:
+        settings = config.check(config.apply(config.Settings(), {"tls": given}))
+        server_context(settings.tls)
+    assert error.value.key == key
+    assert error.value.reason.startswith(reason)
+
+
+def test_certificates_for_sni_come_from_an_array_of_tables_or_a_flag() -> None:
+    """[[tls.certificates]] and --tls-certificate CERT,KEY,NAME... give the same entries."""
+    text = '[[tls.certificates]]\ncert = "a.pem"\nkey = "a.key"\nnames = ["A.test", "b.test"]\n'
+    from_file = config.apply(config.Settings(), config.parse_toml(text)).tls.certificates
+    from_flag = config.apply(config.Settings(), {"tls": {"certificates": ["a.pem,a.key,A.test,b.test"]}})
+    assert (
+        from_file == from_flag.tls.certificates == (SniCertificate("a.pem", "a.key", ("a.test", "b.test")),)
+    )
+
+
+def test_tls_with_workers_is_refused() -> None:
+    """--workers with TLS is refused at start in one line: each worker would need its own contexts."""
+    settings = replace(config.Settings(), tls=TlsSettings(cert="c.pem", key="k.pem"), workers=2)
+    with pytest.raises(ConfigError, match="TLS on the front door needs workers = 1"):
+        config.check(settings)
