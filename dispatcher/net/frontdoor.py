@@ -12,6 +12,10 @@ The hot path, and why it is shaped so (the conversation's header says the rest):
   wrappers: on this path they cost more than the system calls' own Python.
 - One cancel scope per connection whose deadline moves only when the conversation moves it,
   instead of a scope per receive.
+
+The access log (`dispatcher.expose.access_log`), when on: the conversation says what each answer was,
+this transport adds the client's address (read once per connection) and the duration once the answer
+is sent, and `access_logging` runs its one-second flush and closes it. Off, it costs a test per send.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -27,6 +31,7 @@ import trio
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Pool
 from dispatcher.core.stats import ServerStats
+from dispatcher.expose.access_log import FLUSH_INTERVAL, AccessLog
 from dispatcher.net.listen import CappedListener, drain_backlog
 from dispatcher.protocol.conversation import Conversation, Replies
 from dispatcher.settings.config import Settings, format_duration
@@ -43,6 +48,7 @@ class _Client:
     scope: trio.CancelScope
     sock: trio.socket.SocketType
     conversation: Conversation
+    peer: tuple[str, int] = ("-", 0)  # the client's address, read only for the access log
 
 
 class FrontDoor:
@@ -51,6 +57,7 @@ class FrontDoor:
     def __init__(self, settings: Settings, pool: Pool, stats: ServerStats, lifecycle: Lifecycle) -> None:
         self.stats = stats
         self.replies = Replies(settings, pool, stats, lifecycle, trio.current_time)
+        self.access_log: AccessLog | None = None  # open while `serve` runs, when the settings name one
         self._clients: set[_Client] = set()
         # One slot per open connection, taken by the listener before accept (listen.CappedListener).
         self.slots = trio.Semaphore(settings.max_connections)
@@ -72,7 +79,19 @@ class FrontDoor:
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until `stop`, then shut down gracefully: stop accepting (serving what the kernel had
-        already queued), close idle keep-alive connections, give the rest the grace period."""
+        already queued), close idle keep-alive connections, give the rest the grace period. The
+        access log the settings name is open meanwhile, its last lines written once all is answered."""
+        async with trio.open_nursery() as flusher, access_logging(self.settings, flusher) as access_log:
+            self.access_log = access_log
+            self.replies.logging = access_log is not None
+            try:
+                await self._serve_listeners(listeners, stop, task_status)
+            finally:
+                self.access_log, self.replies.logging = None, False
+
+    async def _serve_listeners(
+        self, listeners: Sequence[CappedListener], stop: trio.Event, task_status: trio.TaskStatus[int]
+    ) -> None:
         listen_scope = trio.CancelScope()
         async with trio.open_nursery() as handlers:
 
@@ -121,12 +140,16 @@ class FrontDoor:
         client = _Client(trio.CancelScope(deadline=conversation.deadline), stream.socket, conversation)
         self._clients.add(client)
         try:
+            if self.access_log is not None:
+                client.peer = _peer(stream.socket)
             await self._serve(stream, client)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away (reset, broken pipe): nothing to answer
         except Exception:
             log.exception("connection handler failed; closing that connection only")
         finally:
+            if conversation.answered:  # a last word (408), or answers whose send failed
+                self._log(client)
             self._clients.discard(client)
             self.stats.open_connections -= 1
             # A plain close: trio.aclose_forcefully closes inside a cancelled scope, and delivering that
@@ -177,8 +200,56 @@ class FrontDoor:
             if out:
                 await _send(sock, out)
                 stats.observe(conversation.answers, trio.current_time() - conversation.arrived)
+                if conversation.answered:
+                    self._log(client)
             if conversation.closing:
                 return None
+
+    def reopen_access_log(self) -> None:
+        """SIGUSR1: the access log's file opened again (logrotate has moved it)."""
+        if self.access_log is not None:
+            self.access_log.reopen()
+
+    def _log(self, client: _Client) -> None:
+        """The access log's lines for the answers just sent (or given up on) to this client."""
+        conversation, access_log = client.conversation, self.access_log
+        assert conversation.answered is not None
+        if access_log is not None:  # None only past the end of `serve`
+            access_log.write(client.peer, conversation.answered, trio.current_time() - conversation.arrived)
+        conversation.answered.clear()
+
+
+def _peer(sock: trio.socket.SocketType) -> tuple[str, int]:
+    """The client's host and port; ("-", 0) when the socket no longer knows (a reset)."""
+    try:
+        address = sock.getpeername()
+    except OSError:
+        return "-", 0
+    return str(address[0]), int(address[1])
+
+
+@contextlib.asynccontextmanager
+async def access_logging(settings: Settings, nursery: trio.Nursery) -> AsyncIterator[AccessLog | None]:
+    """The access log of this process while the body runs (None when it is off): flushed every
+    FLUSH_INTERVAL by a task in `nursery`, and at the end, flushed and closed."""
+    if settings.access_log is None:
+        yield None
+        return
+    access_log = AccessLog(settings.access_log, settings.access_log_format)
+    scope = trio.CancelScope()
+
+    async def flush_every_interval() -> None:
+        with scope:
+            while True:
+                await trio.sleep(FLUSH_INTERVAL)
+                access_log.flush()
+
+    nursery.start_soon(flush_every_interval)
+    try:
+        yield access_log
+    finally:
+        scope.cancel()
+        access_log.close()
 
 
 async def _send(sock: trio.socket.SocketType, data: bytes | bytearray) -> None:

@@ -30,6 +30,10 @@ Otherwise a body up to `max_discard` bytes is read and dropped to keep the conne
 closes it. Closing while the client may still be sending is a lingering close (send FIN, drain, then
 close, as nginx's `lingering_close`), or the kernel's RST could destroy the 307 before it is read:
 `linger` says when.
+
+The access log (`dispatcher.expose.access_log`) is fed from here when it is on (`Replies.logging`):
+each answer's method, target, version, status, size and chosen backend go to `answered`, for the
+transport to log with the client and the time once it has sent them. Off, it costs one test per answer.
 """
 
 from __future__ import annotations
@@ -42,10 +46,12 @@ import h11
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Pool
 from dispatcher.core.reply import (
+    REDIRECT_START,
     DateHeader,
     Reply,
     folded,
     head_size,
+    path_and_query,
     reply_for,
     screen,
     serialise,
@@ -59,6 +65,10 @@ from dispatcher.settings.config import Settings
 MAX_HEAD = 16 * 1024
 # How long a request that arrived as its connection was being closed may take to be answered.
 RESCUE_SECONDS = 1.0
+
+# What the access log is told of one answer: method, target and HTTP version (empty when no request head
+# was read), status, bytes sent, and the chosen backend's name (None when none was chosen). No header.
+Answered = tuple[bytes, bytes, bytes, int, int, str | None]
 
 
 def _h11() -> h11.Connection:
@@ -83,6 +93,8 @@ class Replies:
         self.lifecycle = lifecycle
         self.clock = clock
         self._date = DateHeader()
+        self.logging = False  # the access log is on: conversations collect `answered`
+        self._names: dict[bytes, str] = {}  # a backend's Location base to its name, for the log
 
     def answer(self, conn: h11.Connection, request: h11.Request, maybe_large: bool) -> tuple[bytes, bool]:
         """The bytes of one answer, and whether the connection closes after it."""
@@ -111,6 +123,26 @@ class Replies:
         self.stats.responses[reply.status] = self.stats.responses.get(reply.status, 0) + 1
         return serialise(reply, self._date.at(time.time()), close=True)
 
+    def logged(self, request: h11.Request | None, answer: bytes) -> Answered:
+        """What the access log says of `answer` (to `request`, if its head was read). The status is
+        read back from the status line and the backend from the Location, so that the answer's own
+        path stays as it is when the log is off."""
+        status = int(answer[9:12])
+        if request is None:
+            return b"", b"", b"", status, len(answer), None
+        backend = self._backend_of(request.target, answer) if status == 307 else None
+        return request.method, request.target, request.http_version, status, len(answer), backend
+
+    def _backend_of(self, target: bytes, answer: bytes) -> str:
+        start = len(REDIRECT_START)
+        path = path_and_query(target) or b""
+        base = answer[start : answer.index(b"\r\n", start) - len(path)]
+        name = self._names.get(base)
+        if name is None:  # a backend this cache has not seen: the pool's backends changed
+            self._names = {backend.location_base: backend.name for backend in self.pool.backends}
+            name = self._names.get(base, base.decode("latin-1"))
+        return name
+
 
 class Conversation:
     """One connection's exchange. After each `receive`, the transport sends what it returned, then:
@@ -131,6 +163,7 @@ class Conversation:
         "_replies",
         "_settings",
         "_slack",
+        "answered",
         "answers",
         "arrived",
         "closing",
@@ -160,6 +193,8 @@ class Conversation:
         self.linger = False
         self.idle = False
         self.started = False  # bytes of the current request have arrived: a timeout deserves a 408
+        # With the access log on, what each answer was, until the transport logs it.
+        self.answered: list[Answered] | None = [] if replies.logging else None
 
     def receive(self, data: bytes) -> bytearray:
         """What the client sent (b"" at its end of stream) → the bytes to send it (maybe none)."""
@@ -202,7 +237,7 @@ class Conversation:
         """The deadline passed: a client stopped in the middle of a head is owed a 408 (RFC 9110
         §15.5.9); one that sent nothing of its next request is closed without a word."""
         if self.started and not self._answered:
-            return self._replies.refusal(text_reply(408, "request timeout"))
+            return self._refused(text_reply(408, "request timeout"))
         return b""
 
     def rescue(self) -> float:
@@ -229,6 +264,8 @@ class Conversation:
         self.answers += 1
         answer, close = self._replies.answer(self._conn, request, self._head_bytes > MAX_HEAD)
         out += answer
+        if self.answered is not None:
+            self.answered.append(self._replies.logged(request, answer))
         if close:
             self.closing = self.linger = True
         self._discarded = self._head_bytes = 0
@@ -261,9 +298,16 @@ class Conversation:
     def _refuse(self, out: bytearray, reply: Reply | None) -> bytearray:
         """`out` and then `reply`'s bytes, if any; the connection closes, lingering."""
         if reply is not None:
-            out += self._replies.refusal(reply)
+            out += self._refused(reply)
         self.closing = self.linger = True
         return out
+
+    def _refused(self, reply: Reply) -> bytes:
+        """A refusal before or instead of a request's head: it has no method or target to log."""
+        answer = self._replies.refusal(reply)
+        if self.answered is not None:
+            self.answered.append(self._replies.logged(None, answer))
+        return answer
 
 
 def _folding_refused() -> Reply:

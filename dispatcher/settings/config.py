@@ -545,6 +545,16 @@ class Settings:
     )
     workers: int = setting(1, COUNT, "front-door processes sharing the port (SO_REUSEPORT); checks run once")
     policy: str = setting(DEFAULT_POLICY, POLICY, f"how a backend is chosen: {', '.join(POLICIES)}")
+    # The access log (issue 14, item 3; dispatcher/expose/access_log.py): off unless a path is given,
+    # as nginx's `access_log off`; `-` is stdout. Its kinds are its own, declared here with it.
+    access_log: str | None = setting(
+        None,
+        Kind(file_path, "PATH|-"),
+        "one line per answer, appended to PATH (- is stdout); reopened on SIGUSR1",
+    )
+    access_log_format: str = setting(
+        "text", Kind(one_of(("text", "json")), "FORMAT"), "text (combined log format and more) or json lines"
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.backends, _Entries):  # a list given: it replaces both kinds
