@@ -29,6 +29,7 @@ import logging
 import os
 import select
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring_ascii as _json_string
 
@@ -49,6 +50,9 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 # What a target may hold unescaped: printable ASCII but for the quote and the backslash (nginx escapes
 # those and every other byte as \xHH, so that a line cannot be forged or broken by a target).
 _PLAIN = frozenset(range(0x21, 0x7F)) - {0x22, 0x5C}
+# Every access log open in this process (the front door's, the TLS door's plain 308 listener's): what
+# SIGUSR1 reopens.
+_OPEN: weakref.WeakSet[AccessLog] = weakref.WeakSet()
 
 
 def _open(path: str) -> int:
@@ -133,6 +137,7 @@ class AccessLog:
         self._lines: list[str] = []
         self._size = 0
         self._failing = False  # the last write failed: said once, not at every flush
+        _OPEN.add(self)
 
     def write(self, client: tuple[str, int], answered: Iterable[Answered], duration: float) -> None:
         """The lines of answers sent to `client` (host, port), which took `duration` seconds."""
@@ -187,7 +192,14 @@ class AccessLog:
 
     def close(self) -> None:
         """The last lines, then the file is closed (stdout stays open)."""
+        _OPEN.discard(self)
         self.flush()
         if self._fd != 1:
             os.close(self._fd)
             self._fd = -1
+
+
+def reopen_all() -> None:
+    """SIGUSR1: every access log open in this process reopens its path."""
+    for access_log in list(_OPEN):
+        access_log.reopen()

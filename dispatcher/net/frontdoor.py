@@ -205,11 +205,6 @@ class FrontDoor:
             if conversation.closing:
                 return None
 
-    def reopen_access_log(self) -> None:
-        """SIGUSR1: the access log's file opened again (logrotate has moved it)."""
-        if self.access_log is not None:
-            self.access_log.reopen()
-
     def _log(self, client: _Client) -> None:
         """The access log's lines for the answers just sent (or given up on) to this client."""
         conversation, access_log = client.conversation, self.access_log

@@ -33,6 +33,7 @@ import logging
 import math
 import multiprocessing
 import multiprocessing.process
+import os
 import signal
 import socket
 import time
@@ -44,7 +45,7 @@ import trio
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Backend, Pool
 from dispatcher.core.stats import ServerStats
-from dispatcher.expose import logs
+from dispatcher.expose import access_log, logs
 from dispatcher.net.frontdoor import FrontDoor
 from dispatcher.net.listen import CappedListener, open_listeners
 from dispatcher.processes.shared import (
@@ -347,6 +348,14 @@ class Master:
         for generation in self.generations:
             generation.publish(backend, self.pool.health_settings.interval)
 
+    def reopen_logs(self) -> None:
+        """SIGUSR1 to every worker still running: each reopens its own access log."""
+        for generation in self.generations:
+            for process in generation.processes:
+                if process.pid is not None and process.is_alive():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGUSR1)
+
     def gather(self) -> None:
         """Sum the workers' counters into the master's pool and stats, for one scrape or API call."""
         since = dict.fromkeys(self.pool.backends, 0)
@@ -390,6 +399,8 @@ def worker_main(
     """The entry point of a worker process; its log lines, in the master's format, say which
     generation it is of."""
     logs.configure(log_level, log_format, {"worker": f"worker-{generation}.{index}"})
+    # SIGUSR1 (reopen the access log) kills by default: ignored until the worker's receiver takes it.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(_worker, settings, name, layout, index, clock=MonotonicClock())
 
@@ -409,7 +420,7 @@ async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> 
         table.sync(index, pool, stats, seen)
         # SIGTERM from the master (a reload or a stop), or SIGINT from a terminal's Ctrl-C: drain and
         # exit. Caught before listening, so that a SIGTERM as soon as this worker listens drains it.
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
             listeners = await open_listeners(settings.listen, True)
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
@@ -437,9 +448,13 @@ async def _sync(table: SharedTable, index: int, pool: Pool, stats: ServerStats, 
 async def _watch_signals(
     signals: AsyncIterator[int], stop: trio.Event, lifecycle: Lifecycle, scope: trio.CancelScope
 ) -> None:
-    """The first signal drains, a second stops at once, as in a single process (cli). The lifecycle
-    says shutting down before the front door hears `stop`: what it answers from then on closes."""
-    async for _ in signals:
+    """SIGUSR1 reopens the access log. Otherwise the first signal drains, a second stops at once, as in
+    a single process (cli). The lifecycle says shutting down before the front door hears `stop`: what
+    it answers from then on closes."""
+    async for signum in signals:
+        if signum == signal.SIGUSR1:
+            access_log.reopen_all()
+            continue
         if stop.is_set():
             scope.cancel()
             return

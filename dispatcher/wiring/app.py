@@ -23,6 +23,7 @@ from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Backend, Pool
 from dispatcher.core.roster import Roster
 from dispatcher.core.stats import ServerStats
+from dispatcher.expose import access_log
 from dispatcher.expose.render import Metrics
 from dispatcher.net.admin import AdminApi
 from dispatcher.net.certificates import Certificates
@@ -39,7 +40,9 @@ log = logging.getLogger("dispatcher")
 
 
 # Settings that a reload cannot change in a running process: they need a restart.
-RESTART_ONLY = ("listen", "admin_listen", "max_connections", "reuse_port", "workers")
+# The access log is opened where the front door serves, once (SIGUSR1 reopens the same path).
+RESTART_ONLY: tuple[str, ...] = ("listen", "admin_listen", "max_connections", "reuse_port", "workers")
+RESTART_ONLY += ("access_log", "access_log_format")
 # How often slow-start weights grow and the drain shares are refreshed (Pool.tick).
 RAMP_STEP = 0.5
 
@@ -80,6 +83,12 @@ class Running:
         given = self.discovery.reconfigure(new) if self.discovery is not None else new.backends
         new = _reload_tls(self.front, old, new)
         self._swap(new, given, "reloaded")
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate's postrotate): the access log opened again, here or in every worker."""
+        access_log.reopen_all()  # the front door's (and the TLS door's 308 listener's)
+        if self.master is not None:
+            self.master.reopen_logs()
 
     def add_backend(self, spec: BackendSpec) -> None:
         """POST /backends: one more backend, checked before it takes traffic, as a reload adds one."""

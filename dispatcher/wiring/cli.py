@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import trio
 
 from dispatcher import __version__
-from dispatcher.expose import logs
+from dispatcher.expose import access_log, logs
 from dispatcher.net import certificates, health
 from dispatcher.settings import config
 from dispatcher.settings.config import DEMO_LISTEN, ConfigError, Settings
@@ -46,6 +46,7 @@ class _Parser(argparse.ArgumentParser):
 EPILOG = """\
 signals:
   SIGHUP            reload the config file and the flags; backends that stay keep their state
+  SIGUSR1           reopen the access log (logrotate's postrotate)
   SIGTERM, SIGINT   graceful stop: stop accepting, answer what is in flight, wait at most
                     --grace-period; a second SIGTERM or SIGINT stops at once
 
@@ -163,6 +164,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
     settings = _flag_settings(settings, args)
     if settings.health.ca_file is not None:
         health.tls_context(settings.health.ca_file)  # a file that cannot be used is refused now, by name
+    access_log.check_path("access_log", settings.access_log)  # one that cannot be opened, too
     settings = config.check(settings)  # first: a certificate without its key is named as such
     if settings.tls.enabled:
         certificates.server_context(settings.tls)  # a certificate or key that cannot be used, by name
@@ -255,8 +257,9 @@ def _os_error(error: BaseException) -> OSError | None:
 async def _run(settings: Settings, args: argparse.Namespace) -> None:
     stop = trio.Event()
     reload_hook: list[Callable[[], None]] = []
+    reopen_hook: list[Callable[[], None]] = []  # SIGUSR1
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, stop, nursery.cancel_scope, reload_hook)
+        nursery.start_soon(_watch_signals, stop, nursery.cancel_scope, reload_hook, reopen_hook)
         if args.demo:
             backends = await demo.start_demo(nursery)
             settings = replace(
@@ -266,6 +269,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> None:
         done = trio.Event()
         running = await nursery.start(_app, settings, stop, done)
         reload_hook.append(partial(_reload, args, running, settings.backends if args.demo else None))
+        reopen_hook.append(running.reopen_logs)
         if args.demo:
             _print_demo(settings, running)
         await done.wait()
@@ -301,14 +305,18 @@ def _reload(args: argparse.Namespace, running: app.Running, demo_backends: tuple
 
 
 async def _watch_signals(
-    stop: trio.Event, scope: trio.CancelScope, reload_hook: list[Callable[[], None]]
+    stop: trio.Event,
+    scope: trio.CancelScope,
+    reload_hook: list[Callable[[], None]],
+    reopen_hook: list[Callable[[], None]],
 ) -> None:
-    """SIGHUP: reload the config file. First SIGTERM/SIGINT: graceful stop. A second one: stop now."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    """SIGHUP: reload the config file. SIGUSR1: reopen the access log. First SIGTERM/SIGINT: graceful
+    stop. A second one: stop now."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as signals:
         async for signum in signals:
-            if signum == signal.SIGHUP:
-                for reload in reload_hook:
-                    reload()
+            if signum in (signal.SIGHUP, signal.SIGUSR1):
+                for hook in reload_hook if signum == signal.SIGHUP else reopen_hook:
+                    hook()
                 continue
             if stop.is_set():
                 log.warning("second %s: stopping now", signal.Signals(signum).name)

@@ -1,8 +1,9 @@
 """The access log: its two line formats, its batches, its reopen, and its lines from a real dispatcher.
 
 The formats and batches are tested on `AccessLog` with a fixed wall clock; the one-second flush under
-trio's MockClock; the lines of every kind of answer through a dispatcher over loopback, and from the
-worker processes of `python -m dispatcher --workers 2`.
+trio's MockClock; the lines of every kind of answer through a dispatcher over loopback; the workers of
+`python -m dispatcher --workers 2`, SIGUSR1 and the refusal of a path that cannot be opened through
+the command line.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dispatcher.core.health_state import Admin
 from dispatcher.expose.access_log import BATCH_BYTES, FLUSH_INTERVAL, AccessLog, check_path
 from dispatcher.net.frontdoor import access_logging
 from dispatcher.settings.config import ConfigError, Settings
+from dispatcher.wiring import cli
 from tests.helpers import (
     TestBackend,
     dispatcher_command,
@@ -152,6 +154,16 @@ def test_a_path_that_cannot_be_opened_is_refused_naming_the_key(tmp_path: Path) 
     check_path("access_log", None)
 
 
+def test_the_command_line_exits_2_for_a_log_it_cannot_open(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--access-log into a missing directory: one line on stderr naming access_log, exit status 2."""
+    bad = str(tmp_path / "missing" / "access.log")
+    assert cli.main(["--backend", "http://127.0.0.1:1", "--access-log", bad]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("dispatcher: access_log = ") and bad in line
+
+
 async def test_the_log_is_flushed_every_second(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
@@ -198,6 +210,33 @@ async def test_a_real_dispatcher_logs_every_answer_and_no_credential(
     assert "s3cret" not in path.read_text()
 
 
+async def test_sigusr1_reopens_the_log(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """`python -m dispatcher`: the file is moved, SIGUSR1, and the new lines go to a new file."""
+    backend = TestBackend("b1")
+    await nursery.start(backend.serve)
+    path, rotated = tmp_path / "access.log", tmp_path / "access.log.1"
+    port, admin_port = unused_port(), unused_port()
+    flags = ["--log-level=warning", f"--access-log={path}"]
+    command = dispatcher_command(port, admin_port, [backend.url], *flags)
+    process: trio.Process = await nursery.start(partial(trio.run_process, command, check=False))
+    try:
+        await poll_admin(admin_port, "/readyz", lambda status, _: status == 200)
+        await _requests(port, 20, "/before")
+        await _wait_lines(path, 20)
+        path.rename(rotated)
+        process.send_signal(signal.SIGUSR1)
+        await _wait_file(path)  # reopened: the lines that waited went to the moved file first
+        await _requests(port, 20, "/after")
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert {line.split()[6] for line in lines_of(rotated)} >= {"/before"}
+    assert "/after" in path.read_text() and "/before" not in path.read_text()
+
+
 async def _requests(port: int, count: int, target: str) -> None:
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         for _ in range(count):
@@ -209,6 +248,12 @@ async def _wait_lines(path: Path, count: int) -> None:
     """Another process writes the file (at its one-second flush): polled, bounded."""
     with trio.fail_after(5):
         while not (path.exists() and path.read_text().count("\n") >= count):
+            await trio.sleep(0.05)
+
+
+async def _wait_file(path: Path) -> None:
+    with trio.fail_after(5):
+        while not path.exists():
             await trio.sleep(0.05)
 
 
