@@ -48,8 +48,10 @@ class SecureReplies(Replies):
         max_age = int(self.settings.tls.hsts)
         if not max_age:
             return answer, close
-        status, end, rest = answer.partition(b"\r\n")
-        return b"%s%sstrict-transport-security: max-age=%d\r\n%s" % (status, end, max_age, rest), close
+        # At the end of the head: a 307's Location stays right after its status line, where the access
+        # log reads the backend back from it.
+        end = answer.index(b"\r\n\r\n") + 2
+        return b"%sstrict-transport-security: max-age=%d\r\n%s" % (answer[:end], max_age, answer[end:]), close
 
 
 class HttpsRedirects(Replies):
@@ -129,6 +131,8 @@ class TlsFrontDoor(FrontDoor):
             if out:
                 await tls.send_all(out)
                 stats.observe(conversation.answers, trio.current_time() - conversation.arrived)
+                if conversation.answered:  # the access log's lines, as the plain front door writes them
+                    self._log(client)
             if conversation.closing:
                 return
 

@@ -185,6 +185,27 @@ async def test_hsts_is_sent_when_set(nursery: trio.Nursery, ca: trustme.CA, tmp_
     assert response.headers["strict-transport-security"] == "max-age=31536000"
 
 
+async def test_the_access_log_names_the_backend_of_a_307_over_tls_with_hsts(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """With HSTS on, the access log still reads each 307's backend back from its Location."""
+    pems = Pems.issue(ca, tmp_path, "site", "localhost")
+    backends = await start_backends(nursery, 0.1)
+    path = tmp_path / "access.log"
+    tls = TlsSettings(cert=str(pems.cert), key=str(pems.key), hsts=60.0)
+    async with trio.open_nursery() as serving:  # ends when the dispatcher has stopped: the log is flushed
+        dispatcher = await start_dispatcher(serving, settings_for(backends, tls=tls, access_log=str(path)))
+        await wait_all_up(dispatcher)
+        front = TlsFront(dispatcher, backends, pems)
+        async with httpx.AsyncClient(verify=front.client_context()) as client:
+            response = await client.get(f"{front.url}/logged?x=1")
+        assert response.headers["strict-transport-security"] == "max-age=60"
+        dispatcher.stop.set()
+    [line] = path.read_text().splitlines()
+    assert '"GET /logged?x=1 HTTP/1.1" 307 ' in line
+    assert line.split('"')[-2] == "b1"
+
+
 async def test_a_reload_swaps_the_certificate_and_an_old_connection_keeps_working(
     nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
 ) -> None:
