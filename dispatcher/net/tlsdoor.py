@@ -92,17 +92,10 @@ def secured(replies: Replies, cls: type[R]) -> R:
 class TlsFrontDoor(FrontDoor):
     """The front door, each connection wrapped in TLS with the certificates' context of the moment."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        pool: Pool,
-        stats: ServerStats,
-        lifecycle: Lifecycle,
-        certificates: Certificates,
-    ) -> None:
+    def __init__(self, settings: Settings, pool: Pool, stats: ServerStats, lifecycle: Lifecycle) -> None:
         super().__init__(settings, pool, stats, lifecycle)
         self.replies = secured(self.replies, SecureReplies)
-        self.certificates = certificates
+        self.certificates = Certificates(settings.tls)  # a reload rereads them (`Certificates.reload`)
 
     async def _serve(self, stream: trio.SocketStream, client: _Client) -> None:
         conversation = client.conversation

@@ -26,7 +26,6 @@ from dispatcher.core.stats import ServerStats
 from dispatcher.expose import access_log
 from dispatcher.expose.render import Metrics
 from dispatcher.net.admin import AdminApi
-from dispatcher.net.certificates import Certificates
 from dispatcher.net.discovery import Discovery
 from dispatcher.net.frontdoor import FrontDoor
 from dispatcher.net.health import HealthChecks, log_transition
@@ -184,7 +183,7 @@ def _front_or_master(
     if settings.workers > 1:
         return None, Master(settings, pool, stats)
     if settings.tls.enabled:
-        return TlsFrontDoor(settings, pool, stats, lifecycle, Certificates(settings.tls)), None
+        return TlsFrontDoor(settings, pool, stats, lifecycle), None
     return FrontDoor(settings, pool, stats, lifecycle), None
 
 
