@@ -191,13 +191,15 @@ async def _start_redirects(
     nursery: trio.Nursery, front: FrontDoor | None, https_port: int, stop: trio.Event
 ) -> None:
     """With tls.redirect_listen: the plain listener whose every answer is a 308 to the TLS front door.
-    Its connections count against max_connections with the front door's."""
+    Its connections count against max_connections with the front door's. Its 308s are not in the
+    access log: a second writer of the file would miss SIGUSR1's reopen, which reaches the front door."""
     if front is None or front.settings.tls.redirect_listen is None:
         return
     address = front.settings.tls.redirect_listen
     with naming("TLS redirect listener", address):
         listeners = await trio.open_tcp_listeners(address.port, host=address.host)
-    door = redirect_door(front.settings, front.replies.pool, front.stats, front.replies.lifecycle, https_port)
+    settings = replace(front.settings, access_log=None)
+    door = redirect_door(settings, front.replies.pool, front.stats, front.replies.lifecycle, https_port)
     door.slots = front.slots
     await nursery.start(door.serve, [CappedListener(listener, door.slots) for listener in listeners], stop)
 
