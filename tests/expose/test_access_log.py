@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -212,29 +214,47 @@ async def test_a_real_dispatcher_logs_every_answer_and_no_credential(
 
 async def test_sigusr1_reopens_the_log(nursery: trio.Nursery, tmp_path: Path) -> None:
     """`python -m dispatcher`: the file is moved, SIGUSR1, and the new lines go to a new file."""
-    backend = TestBackend("b1")
-    await nursery.start(backend.serve)
     path, rotated = tmp_path / "access.log", tmp_path / "access.log.1"
-    port, admin_port = unused_port(), unused_port()
-    flags = ["--log-level=warning", f"--access-log={path}"]
-    command = dispatcher_command(port, admin_port, [backend.url], *flags)
-    process: trio.Process = await nursery.start(partial(trio.run_process, command, check=False))
-    try:
-        await poll_admin(admin_port, "/readyz", lambda status, _: status == 200)
+    async with _dispatcher_process(nursery, f"--access-log={path}") as (port, process):
         await _requests(port, 20, "/before")
         await _wait_lines(path, 20)
         path.rename(rotated)
         process.send_signal(signal.SIGUSR1)
-        await _wait_file(path)  # reopened: the lines that waited went to the moved file first
+        await _wait_lines(path, 0)  # reopened: the lines that waited went to the moved file first
         await _requests(port, 20, "/after")
+    assert {line.split()[6] for line in lines_of(rotated)} >= {"/before"}
+    assert "/after" in path.read_text() and "/before" not in path.read_text()
+
+
+async def test_workers_append_whole_lines_to_one_file(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """`--workers 2`: each worker writes its own batches to the same file; every line is whole."""
+    path = tmp_path / "access.log"
+    flags = (f"--access-log={path}", "--workers=2", "--access-log-format=json")
+    async with _dispatcher_process(nursery, *flags) as (port, _), trio.open_nursery() as clients:
+        for client in range(8):
+            clients.start_soon(_requests, port, 50, f"/c{client}")
+    targets = [json.loads(line)["target"] for line in lines_of(path)]
+    assert sorted(targets) == sorted(f"/c{client}" for client in range(8) for _ in range(50))
+
+
+@asynccontextmanager
+async def _dispatcher_process(nursery: trio.Nursery, *flags: str) -> AsyncIterator[tuple[int, trio.Process]]:
+    """`python -m dispatcher` with `flags` in front of a backend, until the body is done; then SIGTERM,
+    and it must exit 0 (its access log is complete by then)."""
+    backend = TestBackend("b1")
+    await nursery.start(backend.serve)
+    port, admin_port = unused_port(), unused_port()
+    command = dispatcher_command(port, admin_port, [backend.url], "--log-level=warning", *flags)
+    process: trio.Process = await nursery.start(partial(trio.run_process, command, check=False))
+    try:
+        await poll_admin(admin_port, "/readyz", lambda status, _: status == 200)
+        yield port, process
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
             assert await process.wait() == 0
     finally:
         if process.returncode is None:
             process.kill()
-    assert {line.split()[6] for line in lines_of(rotated)} >= {"/before"}
-    assert "/after" in path.read_text() and "/before" not in path.read_text()
 
 
 async def _requests(port: int, count: int, target: str) -> None:
@@ -249,36 +269,6 @@ async def _wait_lines(path: Path, count: int) -> None:
     with trio.fail_after(5):
         while not (path.exists() and path.read_text().count("\n") >= count):
             await trio.sleep(0.05)
-
-
-async def _wait_file(path: Path) -> None:
-    with trio.fail_after(5):
-        while not path.exists():
-            await trio.sleep(0.05)
-
-
-async def test_workers_append_whole_lines_to_one_file(nursery: trio.Nursery, tmp_path: Path) -> None:
-    """`--workers 2`: each worker writes its own batches to the same file; every line is whole."""
-    backend = TestBackend("b1")
-    await nursery.start(backend.serve)
-    path = tmp_path / "access.log"
-    port, admin_port = unused_port(), unused_port()
-    flags = ["--log-level=warning", f"--access-log={path}", "--workers=2", "--access-log-format=json"]
-    command = dispatcher_command(port, admin_port, [backend.url], *flags)
-    process: trio.Process = await nursery.start(partial(trio.run_process, command, check=False))
-    try:
-        await poll_admin(admin_port, "/readyz", lambda status, _: status == 200)
-        async with trio.open_nursery() as clients:
-            for client in range(8):
-                clients.start_soon(_requests, port, 50, f"/c{client}")
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(10):
-            assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-    targets = [json.loads(line)["target"] for line in lines_of(path)]
-    assert sorted(targets) == sorted(f"/c{client}" for client in range(8) for _ in range(50))
 
 
 async def test_refusals_are_logged_with_what_is_known(nursery: trio.Nursery, tmp_path: Path) -> None:
