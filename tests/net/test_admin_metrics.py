@@ -264,5 +264,5 @@ async def test_healthz_readyz_and_unknown_paths(
     await wait_for_state(pool, "b1", "down")
     assert (await admin_get(dispatcher, "/readyz")).status_code == 503
     assert (await admin_get(dispatcher, "/healthz")).status_code == 200
-    for path in ("/nope", "/metrics/extra", "/metricsz", "/"):
+    for path in ("/nope", "/metrics/extra", "/metricsz", "/status/x"):
         assert (await admin_get(dispatcher, path)).status_code == 404, path
