@@ -130,25 +130,39 @@ async def start_dispatcher(nursery: trio.Nursery, settings: Settings) -> Dispatc
     return Dispatcher(running, stop)
 
 
+CheckCallback = Callable[[Backend, CheckResult], None]
+
+
+def on_check(pool: Pool, callback: CheckCallback) -> Callable[[], None]:
+    """Call `callback(backend, result)` as each check result reaches the pool, before the pool applies
+    it; returns what undoes it. The pool has no hook for this (it would cost every check): the
+    test wraps the pool's `record_check` on this one instance."""
+    record = pool.record_check
+
+    def recorded(backend: Backend, result: CheckResult, now: float) -> None:
+        callback(backend, result)
+        record(backend, result, now)
+
+    pool.record_check = recorded  # type: ignore[method-assign]
+    return lambda: setattr(pool, "record_check", record)
+
+
 async def wait_for(pool: Pool, condition: Callable[[], bool]) -> None:
-    """Wait until `condition()` holds, woken by the pool's own check events and by every change of
-    what choosing sees (a load stream's reports come as the latter): no polling sleeps."""
+    """Wait until `condition()` holds, woken by every check result the pool takes and by every change
+    of what choosing sees (a load stream's reports come as the latter): no polling sleeps."""
     changed = trio.Event()
 
-    def on_check(backend: Backend, result: CheckResult) -> None:
+    def on_change(*_: object) -> None:
         changed.set()
 
-    def on_change(backend: Backend) -> None:
-        changed.set()
-
-    pool.check_listeners.append(on_check)
+    undo = on_check(pool, on_change)
     pool.change_listeners.append(on_change)
     try:
         while not condition():
             await changed.wait()
             changed = trio.Event()
     finally:
-        pool.check_listeners.remove(on_check)
+        undo()
         pool.change_listeners.remove(on_change)
 
 
@@ -270,7 +284,7 @@ async def read_until_close(stream: trio.abc.ReceiveStream, *, timeout: float = 1
     return bytes(received)
 
 
-# Health-check and metrics helpers (tests/net/test_health.py, tests/net/test_admin_metrics.py).
+# Health-check and metrics helpers (tests/net/health/test_checks.py, tests/net/test_admin_metrics.py).
 
 
 @dataclass(eq=False)
@@ -312,7 +326,7 @@ def unused_port() -> int:
 
 
 def pool_for(backends: list[LoadReportingBackend], settings: HealthSettings) -> Pool:
-    """A pool over `backends` (named by their `name`), started now, for running `health.run_checks`."""
+    """A pool over `backends` (named by their `name`), started now, for running `HealthChecks`."""
     specs = [config.parse_backend("test", b.url, name=b.name) for b in backends]
     return Pool(specs, settings, started_at=trio.current_time())
 
@@ -332,11 +346,11 @@ def record_checks(pool: Pool) -> list[CheckSeen]:
     """A list that fills with every check result the pool receives, in order."""
     seen: list[CheckSeen] = []
 
-    def on_check(backend: Backend, result: CheckResult) -> None:
+    def seen_check(backend: Backend, result: CheckResult) -> None:
         now = trio.current_time()
         seen.append(CheckSeen(backend.name, now, result.passed, result.reason, result.duration))
 
-    pool.check_listeners.append(on_check)
+    on_check(pool, seen_check)
     return seen
 
 

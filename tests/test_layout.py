@@ -39,7 +39,7 @@ def test_no_room_imports_a_room_above_it() -> None:
     """The flow stays one way: settings → core → protocol → expose → net → processes → wiring."""
     upward = []
     for room in ROOMS:
-        for path in sorted((PACKAGE / room).glob("*.py")):
+        for path in sorted((PACKAGE / room).rglob("*.py")):
             for other in imported_rooms(path):
                 if ROOMS.index(other) > ROOMS.index(room):
                     upward.append(f"{room}/{path.name} imports {other}")

@@ -84,7 +84,6 @@ class Backend:
     admin: Admin = Admin.READY
     self_drain: bool = False
     report: LoadReport | None = None
-    previous_report: LoadReport | None = None
     others: int = 0  # redirects other worker processes sent since `report` (--workers), as last seen
     reports: int = 0  # load reports taken: checks' answers and stream events
     busy: float = estimate.BUSY_PRIOR  # the share of time it reports a load of 1 or more (estimate.next_busy)
@@ -164,7 +163,6 @@ class BackendView:
 
 # (backend, before, after, the check that made the change; None: the operator's word)
 TransitionListener = Callable[[Backend, str, str, CheckResult | None], None]
-CheckListener = Callable[[Backend, CheckResult], None]
 ChangeListener = Callable[[Backend], None]
 
 
@@ -207,7 +205,6 @@ class Pool:
         # its noise moves every backend's drain alike and never reorders them.
         self.busy = estimate.BUSY_PRIOR
         self.listeners: list[TransitionListener] = []
-        self.check_listeners: list[CheckListener] = []
         # Told after anything that changes what choosing sees (a report, a state, a weight, a ramp).
         self.change_listeners: list[ChangeListener] = []
 
@@ -249,7 +246,6 @@ class Pool:
             if arrivals > 0 or previous.value > 0:  # idle and sent nothing says nothing of busy
                 backend.busy = estimate.next_busy(backend.busy, previous.value, age, backend.busy_samples)
                 backend.busy_samples += 1
-        backend.previous_report = previous
         backend.report = LoadReport(load, now)
         backend.reports += 1
         self.mean_load += (load / backend.spec.weight - self.mean_load) / (
@@ -306,8 +302,18 @@ class Pool:
         self.reindex(backend)
 
     def set_next_check(self, backend: Backend, at: float) -> None:
-        """When the master checks the backend next (a worker shows it; it checks nothing itself)."""
+        """When the backend is checked next: set by the health checks, and in a worker by the master's
+        figure (a worker shows it; it checks nothing itself)."""
         backend.next_check_at = at
+
+    def polled(self, backend: Backend) -> None:
+        """Its check answered without a load stream: its load arrives by polling."""
+        backend.source = "poll"
+
+    def stream_opened(self, backend: Backend) -> None:
+        """A load stream of the backend's gave its first event: its load arrives as it changes."""
+        backend.source = "stream"
+        backend.stream_connections += 1
 
     def set_counts(self, backend: Backend, since: int, redirects: int) -> None:
         """Counters summed from elsewhere: the workers' (in the master), or a predecessor's (in a worker
@@ -373,8 +379,6 @@ class Pool:
         if result.timed:
             backend.check_durations[bisect_left(CHECK_BUCKETS, result.duration)] += 1
             backend.check_duration_sum += result.duration
-        for listener in self.check_listeners:
-            listener(backend, result)
         if result.passed:
             backend.checks_passed += 1
             if result.timed:

@@ -31,6 +31,7 @@ from tests.helpers import (
     exchange,
     health,
     metric,
+    on_check,
     one_response,
     parse_responses,
     poll_admin,
@@ -173,7 +174,7 @@ async def test_flapping_backend_never_comes_up_nor_gets_a_redirect(
         if backend is flaps:
             flapping.mode = "ok" if flapping.mode == "status" else "status"
 
-    pool.check_listeners.append(flip)
+    on_check(pool, flip)
     ports = Counter[int | None]()
     for checks in range(1, 13):
         await wait_for(pool, partial(lambda n: flaps.checks_passed + flaps.checks_failed == n, checks))

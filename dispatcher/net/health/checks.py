@@ -53,8 +53,11 @@ class HealthChecks:
         self._streams = StreamReader(self, self._silence)
         self._debug = DebugLog.wanted()
 
-    def _silence(self) -> float:
-        return stream_silence(self.pool.health_settings)
+    def _silence(self, stream: LoadStream) -> float:
+        """How long the stream may be quiet: its backend's interval + timeout (its own, if it sets them)."""
+        probe = stream.key
+        assert isinstance(probe, Probe)
+        return stream_silence(probe.backend.spec.health)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -84,7 +87,7 @@ class HealthChecks:
 
     def add(self, backend: Backend) -> None:
         assert self._nursery is not None, "HealthChecks.run has not started"
-        settings = self.pool.health_settings
+        settings = backend.spec.health  # its own path, interval and timeout, if its entry sets them
         probe = Probe(backend, CheckClient(backend, settings, self._limiter, self._tls_context))
         self._probes[backend.name] = probe
         self._schedule(probe, first_check_at(trio.current_time(), settings, self._jitter()))
@@ -119,7 +122,8 @@ class HealthChecks:
 
     def _schedule_next(self, probe: Probe, now: float) -> None:
         """Settings are read at every round, so a reload's new interval applies from the next check on."""
-        self._schedule(probe, next_check_at(probe.due, now, self.pool.health_settings, self._jitter()))
+        settings = probe.backend.spec.health
+        self._schedule(probe, next_check_at(probe.due, now, settings, self._jitter()))
 
     def _start_due(self, now: float) -> None:
         # Started after all are popped: a check that is rescheduled at once waits for the next pass.
@@ -139,7 +143,7 @@ class HealthChecks:
         if stream is not None:  # still waiting for its first event: this check is still in flight
             self._schedule_next(probe, now)
             return
-        probe.client.settings = self.pool.health_settings
+        probe.client.settings = probe.backend.spec.health
         if probe.sock is None or probe.tls is not None:
             self.spawn_check(probe, now)
         else:
@@ -200,7 +204,7 @@ class HealthChecks:
 
     def polled(self, probe: Probe, result: CheckResult, now: float) -> None:
         """A plain check answered without a stream: this backend's load arrives by polling."""
-        probe.backend.source = "poll"
+        self.pool.polled(probe.backend)
         self.finish(probe, result, now)
 
     def _record(self, backend: Backend, result: CheckResult, now: float) -> None:
@@ -232,8 +236,7 @@ class HealthChecks:
         backend = probe.backend
         if stream.first:
             stream.first = False
-            backend.source = "stream"
-            backend.stream_connections += 1
+            self.pool.stream_opened(backend)
             first, reports = reports[0], reports[1:]
             result = CheckResult(True, now - stream.started, load=first.load, self_drain=first.drain)
             self.finish(probe, result, now)

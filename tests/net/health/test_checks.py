@@ -29,6 +29,7 @@ from tests.helpers import (
     CountingBackend,
     TestBackend,
     health,
+    on_check,
     pool_for,
     record_checks,
     record_transitions,
@@ -57,11 +58,11 @@ def script_modes(pool: Pool, backend: TestBackend, modes: list[str]) -> None:
     """After each check of `backend`, switch its mode to the next of `modes` (then stay on the last)."""
     upcoming: Iterator[str] = iter(modes)
 
-    def on_check(checked_backend: Backend, result: CheckResult) -> None:
+    def switch(checked_backend: Backend, result: CheckResult) -> None:
         if checked_backend.name == backend.name:
             backend.mode = next(upcoming, backend.mode)
 
-    pool.check_listeners.append(on_check)
+    on_check(pool, switch)
 
 
 # --- start ------------------------------------------------------------------------------------------
@@ -75,7 +76,7 @@ async def test_backend_is_usable_after_its_first_passing_check_and_not_before(
     settings = health(interval=2.0)
     pool = pool_for([backend], settings)
     chosen_while_checking: list[Backend | None] = []
-    pool.check_listeners.append(lambda b, r: chosen_while_checking.append(pool.choose()))
+    on_check(pool, lambda b, r: chosen_while_checking.append(pool.choose()))
     t0 = trio.current_time()
     assert pool.choose() is None
     nursery.start_soon(HealthChecks(pool).run)
@@ -643,7 +644,7 @@ async def test_bad_load_fails_the_check(
 async def test_passing_check_records_report_keeps_previous_and_resets_since(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """A pass stores (load, time), moves the last report to `previous_report` and zeroes `since`."""
+    """A pass stores (load, time) as the report and zeroes `since`."""
     backend = await started(nursery, TestBackend("b1", load=3))
     settings = health(interval=2.0)
     pool = pool_for([backend], settings)
@@ -651,14 +652,13 @@ async def test_passing_check_records_report_keeps_previous_and_resets_since(
     t0 = trio.current_time()
     nursery.start_soon(HealthChecks(pool).run)
     await wait_for_state(pool, "b1", "up")
-    assert (state.report, state.previous_report, state.since) == (LoadReport(3, t0 + READ), None, 0)
+    assert (state.report, state.since) == (LoadReport(3, t0 + READ), 0)
     for _ in range(4):
         assert pool.choose() is state
     assert (state.since, pool.effective_load(state, trio.current_time())) == (4, 7.0)
     backend.load = 5
     await wait_for(pool, lambda: state.checks_passed == 2)
-    first, second = LoadReport(3, t0 + READ), LoadReport(5, t0 + 2 + READ)
-    assert (state.report, state.previous_report) == (second, first)
+    assert state.report == LoadReport(5, t0 + 2 + READ)
     assert (state.since, state.redirects, pool.effective_load(state, trio.current_time())) == (0, 4, 5.0)
 
 
@@ -677,7 +677,7 @@ async def test_failed_check_keeps_the_last_report_and_since(
     pool.choose()
     backend.mode = "status"
     await wait_for(pool, lambda: state.checks_failed == 1)
-    assert (state.report, state.previous_report, state.since) == (LoadReport(3, t0 + READ), None, 2)
+    assert (state.report, state.since) == (LoadReport(3, t0 + READ), 2)
     assert state.state == "up"  # one failure of fall 3
 
 
@@ -741,3 +741,29 @@ async def test_a_404_on_the_health_path_says_to_set_health_path(
     assert last is not None and last.detail == (
         "status 404: set health.path to a route that backend serves (it is /health)"
     )
+
+
+async def test_a_backend_with_its_own_interval_and_path_is_checked_by_them(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Per-backend health overrides (HAProxy's per-server `inter`): `own` is checked every second on
+    its own path, `shared` every 4 s on the global one, both under the same HealthChecks."""
+    shared = await started(nursery, TestBackend("shared", load=1))
+    own = await started(nursery, TestBackend("own", load=1, health_path="/ready"))
+    specs = [
+        config.parse_backend("test", shared.url, name="shared"),
+        replace(
+            config.parse_backend("test", own.url, name="own"),
+            health_overrides=(("interval", 1.0), ("path", "/ready")),
+        ),
+    ]
+    pool = Pool(specs, health(interval=4.0, jitter=0.0), started_at=trio.current_time())
+    seen = record_checks(pool)
+    t0 = trio.current_time()
+    nursery.start_soon(HealthChecks(pool).run)
+    await trio.sleep_until(t0 + 8.5)
+    counts = {
+        name: sum(1 for check in seen if check.backend == name and check.passed) for name in ("shared", "own")
+    }
+    assert counts == {"shared": 3, "own": 9}  # at 0, 4, 8 s; at 0, 1, ..., 8 s
+    assert pool.by_name["own"].state == "up"  # its own path answered
