@@ -125,12 +125,20 @@ class Delivery(Protocol):
     def failed(self, stream: LoadStream, failure: StreamFailed, now: float) -> None: ...
 
 
+# Passes of the reader are at least this far apart. A pass costs a wake-up of this task (the trio
+# scheduler, a cancel scope, an epoll call) on top of each read: 1,000 backends sending 10 events a
+# second woke it 10,000 times a second for one event each. Gathered, a pass reads about ten, and an
+# event waits at most this long: a twentieth of a 20 ms request (issue 6 asks that events be read
+# as they arrive, not on the checks' 20 ms grid). An idle set's first event is read at once.
+MIN_PASS_GAP = 0.001
+
+
 class StreamReader:
     """Every plain-HTTP load stream: one epoll set, one task, events read as they arrive."""
 
-    def __init__(self, delivery: Delivery, silence: Callable[[], float]) -> None:
+    def __init__(self, delivery: Delivery, silence: Callable[[LoadStream], float]) -> None:
         self._delivery = delivery
-        self._silence = silence  # interval + timeout, as the health settings say now
+        self._silence = silence  # interval + timeout, as the stream's backend's settings say now
         self._epoll = select.epoll()
         self._by_fd: dict[int, LoadStream] = {}
         # A stream's deadline moves at every event: it is filed again only when it comes up.
@@ -160,13 +168,17 @@ class StreamReader:
             sock.close()
 
     async def run(self) -> None:
+        last = -math.inf
         try:
             while True:
+                pause = last + MIN_PASS_GAP - trio.current_time()
+                if pause > 0:  # a busy set: let events gather, then read them in one pass
+                    await trio.sleep(pause)
                 self._waiting = trio.CancelScope(deadline=self._deadlines.next_at())
                 with self._waiting:
                     await trio.lowlevel.wait_readable(self._epoll.fileno())
                 self._waiting = None
-                now = trio.current_time()
+                now = last = trio.current_time()
                 for fd, _ in self._epoll.poll(0):
                     stream = self._by_fd.get(fd)
                     if stream is not None and stream.sock is not None:
@@ -196,7 +208,7 @@ class StreamReader:
         """Feed and deliver; False once the stream failed."""
         if first and not stream.answer.stream and not stream.answer.ended:
             return True
-        if stream.deliver(data, now, self._silence(), self._delivery):
+        if stream.deliver(data, now, self._silence(stream), self._delivery):
             return True
         self.close(stream)
         return False
@@ -216,13 +228,13 @@ def _deadline(stream: LoadStream) -> float:
 
 
 async def read_tls(
-    stream: LoadStream, tls: trio.abc.Stream, silence: Callable[[], float], delivery: Delivery
+    stream: LoadStream, tls: trio.abc.Stream, silence: Callable[[LoadStream], float], delivery: Delivery
 ) -> None:
     """A load stream over TLS, read in the task of the check that opened it until it fails or closes.
     TLS streams are few, and an SSLStream has no descriptor an epoll set could watch for its records."""
     data, now = b"", trio.current_time()
     try:
-        while stream.open and stream.deliver(data, now, silence(), delivery):
+        while stream.open and stream.deliver(data, now, silence(stream), delivery):
             data = b""
             with trio.move_on_at(stream.deadline):
                 data = await _receive(tls)
