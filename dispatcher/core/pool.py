@@ -1,12 +1,15 @@
 """The pool: every backend's state, owned in one place.
 
-Owns: per backend the health state machine's position, the operator's state, the load reports (the
-last one and the one before, each with its time) and the redirects sent since the last report, the
-counters that metrics read, and the policy index that choosing uses.
+Owns: per backend the health state machine's position, the operator's state, the last load report
+(with its time) and the redirects sent since, the load estimate's figures, the counters that
+metrics read, and the policy index that choosing uses.
 Rules: no I/O, no trio; time is passed in (`now`, from trio.current_time() by the caller) so that
-everything here runs under a mock clock and without sockets. Health results come in through
-`record_check` (only the health module calls it), redirects go out through `choose` (only the
-front door calls it). Metrics and the admin API read `view()` snapshots and the counters.
+everything here runs under a mock clock and without sockets. The pool is the only writer of a
+`Backend`: health results come in through `record_check` and `record_load` (net.health), redirects
+go out through `choose` (core.reply), a worker's mirror of the master through `take_master_report`,
+`mirror`, `set_next_check` and `set_counts` (processes), the backend list through `reconcile`
+(a reload, DNS, the admin API). Health moves only by walking core.health_state's table. The admin
+API reads `view()` snapshots; metrics read the backends' fields at scrape time.
 """
 
 from __future__ import annotations

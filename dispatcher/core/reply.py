@@ -1,8 +1,11 @@
 """Request to reply: what the front door answers, as plain data.
 
 Owns: the redirect (307 + Location), the 503 when nothing is usable, the answers that are not
-redirects (OPTIONS *, CONNECT, bad targets) and the cached Date header.
-Rules: sans-IO: no trio, no sockets. It asks the pool for a backend and nothing else.
+redirects (OPTIONS *, CONNECT, bad targets), the screening of a request head (limits, smuggling
+ambiguities, a looped-back check) and the cached Date header.
+Rules: sans-IO: no trio, no sockets, no parsing (protocol.conversation hands it h11's events). Of the
+pool it asks two things: a backend (`choose`, which counts the redirect) and, for a 503's
+Retry-After, when the next check is due.
 
 The Location's scheme, host and port always come from a configured backend: the request target only
 ever contributes a path and query, so no target (absolute form, `//host`, backslashes, encoded CR/LF)
