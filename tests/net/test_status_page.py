@@ -382,6 +382,10 @@ def rates(seen: Snapshot) -> list[float]:
     return [float(row["rate"].replace(",", "")) for row in seen["rows"].values() if row["rate"] != "\u2013"]
 
 
+# Requests a second at most: each waits for its answer, then 1 / TRAFFIC seconds.
+TRAFFIC = 40
+
+
 async def redirect_traffic(url: str, per_second: float) -> None:
     """Requests to the front door, each answered with a redirect, until cancelled."""
     async with httpx.AsyncClient(trust_env=False) as client:
@@ -407,7 +411,7 @@ async def test_a_mixed_pool_under_traffic(nursery: trio.Nursery, browser: WebDri
             headers={"authorization": f"Bearer {TOKEN}"},
         )
         assert answer.status_code == 200
-    nursery.start_soon(redirect_traffic, dispatcher.url, 40)
+    nursery.start_soon(redirect_traffic, dispatcher.url, TRAFFIC)
     page = await open_page(browser, dispatcher)
     await in_browser(page.give_token, TOKEN)
     want = {"web-1": "up", "web-2": "up", "web-3": "draining", "web-4": "down"}
@@ -416,6 +420,7 @@ async def test_a_mixed_pool_under_traffic(nursery: trio.Nursery, browser: WebDri
     )
     assert seen["summary"] == ["policy least-loaded \u00b7 4 backends: 2 up, 1 draining, 1 down"]
     assert seen["rows"]["web-4"]["check"].startswith("fail: status")
+    assert sum(rates(seen)) <= TRAFFIC * 1.1  # counted on the dispatcher's clock: no more than were sent
     assert seen["rows"]["web-3"]["rate"] in ("0", "\u2013")  # draining: no new redirects
     path = os.environ.get(SCREENSHOT_ENV)
     if path:
