@@ -184,7 +184,7 @@ class AdminApi:
     def _audited(self, request: WholeRequest, peer: str, change: Callable[[], tuple[Reply, str]]) -> Reply:
         """A state-changing request, logged in one line whatever came of it: who (the peer's address),
         what (the route and the start of the body) and the result; INFO when done, WARNING when not."""
-        reply, result = change()
+        reply, result = self._cross_site(request) or change()
         word = request.body.decode("utf-8", "replace").strip()
         log.log(
             logging.INFO if reply.status in (200, 201) else logging.WARNING,
@@ -197,6 +197,19 @@ class AdminApi:
             result,
         )
         return reply
+
+    def _cross_site(self, request: WholeRequest) -> tuple[Reply, str] | None:
+        """A state change sent by a browser from another site's page is refused (403), token or not.
+
+        A page the operator happens to visit can POST to 127.0.0.1:8081 without the browser asking
+        anyone, and without a token configured nothing else would stop it. Browsers name the page's
+        origin in `Origin` on every cross-site POST and DELETE; curl and scripts send none, and the
+        status page's own requests name this listener (as `Host` does)."""
+        origin = request.headers.get("origin")
+        if origin is None or origin.partition("://")[2] == request.headers.get("host", ""):
+            return None
+        reply = text_reply(403, "refused: a state change from another site's page (Origin)", close=False)
+        return reply, f"refused: cross-site request from {origin[:MAX_LOGGED_WORD]!r}"
 
     def _refused(self) -> tuple[Reply, str]:
         reply = text_reply(401, "a valid 'Authorization: Bearer <token>' is needed", close=False)

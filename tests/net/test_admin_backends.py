@@ -170,3 +170,25 @@ async def test_a_reload_keeps_runtime_changes_only_when_told(
     assert list(dispatcher.pool.by_name) == ["extra"]
     dispatcher.running.reload(settings)
     assert list(dispatcher.pool.by_name) == (["extra"] if keep else ["b1"])
+
+
+async def test_a_state_change_from_another_sites_page_is_refused(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    """A browser's cross-site POST (its Origin names another site) gets 403 even with no token set;
+    the same request naming this listener, or naming no origin (curl), is done."""
+    dispatcher, extra = await one_backend(nursery)
+    dispatcher.running.admin.set_token(None)
+    body = {"url": extra.url, "name": "extra"}
+    async with httpx.AsyncClient() as http:
+        evil = await post(http, dispatcher, body, headers={"origin": "http://evil.example"})
+        assert evil.status_code == 403
+        assert "extra" not in dispatcher.pool.by_name
+        drained = await http.post(
+            f"{dispatcher.admin_url}/backends/b1/state",
+            content=b"drain",
+            headers={"origin": "https://evil.example"},
+        )
+        assert (drained.status_code, dispatcher.pool.by_name["b1"].state) == (403, "up")
+        own = f"http://127.0.0.1:{dispatcher.running.admin_port}"
+        assert (await post(http, dispatcher, body, headers={"origin": own})).status_code == 201
