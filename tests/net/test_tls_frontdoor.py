@@ -7,7 +7,9 @@ SNI server name and read the certificate it got); timeouts in virtual time (`aut
 from __future__ import annotations
 
 import logging
+import signal
 import ssl
+import subprocess
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +28,8 @@ from dispatcher.wiring.cli import main
 from tests.helpers import (
     Dispatcher,
     TestBackend,
+    dispatcher_command,
+    poll_admin,
     read_until_close,
     receive_responses,
     request_head,
@@ -240,6 +244,62 @@ async def test_a_bad_reload_is_refused_in_one_line_and_the_running_certificate_s
     assert line.startswith("TLS reload refused, the running certificates stay: tls.key = ")
     async with await front.connect() as tls:
         assert serial(tls) == before
+
+
+async def _log_lines(process: trio.Process, seen: dict[str, trio.Event]) -> None:
+    """Set each event of `seen` when the process logs a line containing its key."""
+    assert process.stderr is not None
+    text = ""
+    async for chunk in process.stderr:
+        text += chunk.decode(errors="replace")
+        for needle, event in seen.items():
+            if needle in text:
+                event.set()
+
+
+async def test_sighup_rereads_the_certificate_of_a_real_process(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """`python -m dispatcher --tls-cert --tls-key`: SIGHUP serves new connections the rewritten
+    certificate while an open one keeps working; a key that no longer matches is refused in one line."""
+    pems = Pems.issue(ca, tmp_path, "site", "localhost")
+    [backend] = await start_backends(nursery, 0.1)
+    port, admin = unused_port(), unused_port()
+    flags = ["--tls-cert", str(pems.cert), "--tls-key", str(pems.key), "--health-interval", "0.1"]
+    argv = dispatcher_command(port, admin, [backend.url], *flags)
+    process = await trio.lowlevel.open_process(argv, stderr=subprocess.PIPE)
+    seen = {"reloaded": trio.Event(), "reload refused": trio.Event()}
+    nursery.start_soon(_log_lines, process, seen)
+    context = ssl.create_default_context(cafile=str(pems.ca))
+    try:
+        await poll_admin(admin, "/readyz", lambda status, _: status == 200)
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        async with trio.SSLStream(tcp, context, server_hostname="localhost") as old:
+            await old.do_handshake()
+            first = serial(old)
+            Pems.issue(ca, tmp_path, "site", "localhost")
+            process.send_signal(signal.SIGHUP)
+            await seen["reloaded"].wait()
+            second = await _serial_at(port, context)
+            assert second != first
+            await old.send_all(request_head("/still", "Host: localhost"))
+            [response] = await receive_responses(old, 1)
+            assert response.status == 307
+        ca.issue_cert("localhost").cert_chain_pems[0].write_to_path(str(pems.cert))  # the old key stays
+        process.send_signal(signal.SIGHUP)
+        await seen["reload refused"].wait()
+        assert await _serial_at(port, context) == second
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await process.wait() == 0
+
+
+async def _serial_at(port: int, context: ssl.SSLContext) -> str:
+    """The serial number of the certificate a new connection to `port` gets."""
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    async with trio.SSLStream(tcp, context, server_hostname="localhost") as tls:
+        await tls.do_handshake()
+        return serial(tls)
 
 
 async def test_a_stalled_handshake_is_closed_at_the_header_timeout(
