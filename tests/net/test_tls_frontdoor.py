@@ -327,6 +327,26 @@ async def test_a_stalled_handshake_is_closed_at_the_header_timeout(
             assert trio.current_time() - start == pytest.approx(4.0)
 
 
+async def test_shutdown_closes_an_idle_tls_connection_at_once(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """At stop, an idle kept-alive TLS connection is closed at once, not after the grace period."""
+    pems = Pems.issue(ca, tmp_path, "site", "localhost")
+    backends = await start_backends(nursery, 0.1)
+    tls = TlsSettings(cert=str(pems.cert), key=str(pems.key))
+    async with trio.open_nursery() as serving:  # ends when the dispatcher has stopped
+        dispatcher = await start_dispatcher(serving, settings_for(backends, tls=tls))
+        await wait_all_up(dispatcher)
+        client = await TlsFront(dispatcher, backends, pems).connect()
+        await client.send_all(request_head("/a", "Host: localhost"))
+        [response] = await receive_responses(client, 1)
+        assert response.status == 307
+        start = trio.current_time()
+        dispatcher.stop.set()
+    assert trio.current_time() - start < 1.0  # the grace period is 10 s
+    await client.aclose()
+
+
 def test_a_key_that_does_not_match_is_one_line_and_exit_2(
     ca: trustme.CA, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
