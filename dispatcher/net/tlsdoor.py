@@ -116,18 +116,21 @@ class TlsFrontDoor(FrontDoor):
 
     async def _converse(self, tls: trio.SSLStream[trio.SocketStream], client: _Client) -> None:
         """Receive, answer and send until the conversation closes."""
-        scope, conversation, stats = client.scope, client.conversation, self.stats
-        while True:
+        scope, conversation = client.scope, client.conversation
+        while not conversation.closing:
             out = conversation.receive(bytes(await tls.receive_some(RECEIVE_SIZE)))
             if scope.deadline != conversation.deadline:
                 scope.deadline = conversation.deadline
             if out:
                 await tls.send_all(out)
-                stats.observe(conversation.answers, trio.current_time() - conversation.arrived)
-                if conversation.answered:  # the access log's lines, as the plain front door writes them
-                    self._log(client)
-            if conversation.closing:
-                return
+                self._sent(client)
+
+    def _sent(self, client: _Client) -> None:
+        """An answer is out: its duration in the histogram, its lines in the access log (when on)."""
+        conversation = client.conversation
+        self.stats.observe(conversation.answers, trio.current_time() - conversation.arrived)
+        if conversation.answered:
+            self._log(client)
 
 
 def redirect_door(
