@@ -50,9 +50,14 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 # What a target may hold unescaped: printable ASCII but for the quote and the backslash (nginx escapes
 # those and every other byte as \xHH, so that a line cannot be forged or broken by a target).
 _PLAIN = frozenset(range(0x21, 0x7F)) - {0x22, 0x5C}
+_UNSAFE = bytes(byte for byte in range(256) if byte not in _PLAIN)  # to delete: what is left is plain
 # Every access log open in this process (the front door's, the TLS door's plain 308 listener's): what
 # SIGUSR1 reopens.
 _OPEN: weakref.WeakSet[AccessLog] = weakref.WeakSet()
+_VERSIONS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
+_JSON_NAMES: dict[str, str] = {}
+_BACKSLASH = "\\"
+MAX_NAMES = 10_000
 
 
 def _open(path: str) -> int:
@@ -71,7 +76,9 @@ def check_path(key: str, path: str | None) -> None:
 
 def quoted(raw: bytes) -> str:
     """A target or method as the line writes it: as sent when plain, else with \\xHH escapes."""
-    if _PLAIN.issuperset(raw):
+    # h11 lets only printable ASCII through (RFC 9112's vchar, tokens): the quote and the backslash
+    # are what is left to look for, two scans in C. Anything else still comes out escaped.
+    if b'"' not in raw and b"\\" not in raw and raw.isascii() and len(raw.split()) == 1:
         return raw.decode("ascii")
     return "".join(chr(byte) if byte in _PLAIN else f"\\x{byte:02X}" for byte in raw)
 
@@ -81,14 +88,14 @@ class _Clock:
 
     def __init__(self, wall: Callable[[], float]) -> None:
         self._wall = wall
-        self._second = -1
+        self._second = self._next = -1.0  # the second the stamps are of, and the one after it
         self.text = self.iso = ""
 
     def now(self) -> float:
         moment = self._wall()
-        second = int(moment)
-        if second != self._second:
-            self._second = second
+        if not self._second <= moment < self._next:
+            self._second = second = int(moment)
+            self._next = second + 1.0
             t = time.gmtime(second)
             self.text = (
                 f"[{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
@@ -98,29 +105,40 @@ class _Clock:
         return moment
 
 
-def text_line(stamp: str, host: str, entry: Answered, duration: float) -> str:
-    """One line of the `text` format (see the module's header)."""
+def text_line(start: str, entry: Answered, duration: float) -> str:
+    """One line of the `text` format (see the module's header); `start` is its client and time."""
     method, target, version, status, size, backend = entry
-    request = f"{quoted(method)} {quoted(target)} HTTP/{version.decode()}" if method else "-"
+    if not method:
+        return f'{start}"-" {status} {size} "-" {duration:.6f}\n'
     chosen = backend if backend is not None else "-"
-    return f'{host} - - {stamp} "{request}" {status} {size} "{chosen}" {duration:.6f}\n'
+    request = f"{quoted(method)} {quoted(target)} {_VERSIONS.get(version) or 'HTTP/' + version.decode()}"
+    return f'{start}"{request}" {status} {size} "{chosen}" {duration:.6f}\n'
 
 
-def json_line(stamp: str, client: tuple[str, int], entry: Answered, duration: float) -> str:
-    """One line of the `json` format (see the module's header); `stamp` is the time, ISO 8601."""
+def json_line(start: str, entry: Answered, duration: float) -> str:
+    """One line of the `json` format (see the module's header); `start` holds its time and client."""
     method, target, version, status, size, backend = entry
     if method:
-        request = (
-            f'"method": "{quoted(method)}", "target": {_json_string(quoted(target))}, '
-            f'"version": "{version.decode()}"'
-        )
+        text = quoted(target)  # printable ASCII, with no quote; a backslash only in an escape
+        target_json = _json_string(text) if _BACKSLASH in text else '"' + text + '"'
+        request = f'"method": "{quoted(method)}", "target": {target_json}, "version": "{version.decode()}"'
     else:
         request = '"method": null, "target": null, "version": null'
-    chosen = "null" if backend is None else _json_string(backend)
+    chosen = "null" if backend is None else _json_name(backend)
     return (
-        f'{{"time": "{stamp}", "client": "{client[0]}", "client_port": {client[1]}, {request}, '
-        f'"status": {status}, "bytes": {size}, "backend": {chosen}, "duration": {duration:.6f}}}\n'
+        f'{start}{request}, "status": {status}, "bytes": {size}, "backend": {chosen}, '
+        f'"duration": {duration:.6f}}}\n'
     )
+
+
+def _json_name(name: str) -> str:
+    """A backend's name as a JSON string: names are few, each encoded once."""
+    encoded = _JSON_NAMES.get(name)
+    if encoded is None:
+        if len(_JSON_NAMES) > MAX_NAMES:  # names found in DNS come and go
+            _JSON_NAMES.clear()
+        encoded = _JSON_NAMES[name] = _json_string(name)
+    return encoded
 
 
 class AccessLog:
@@ -141,16 +159,20 @@ class AccessLog:
 
     def write(self, client: tuple[str, int], answered: Iterable[Answered], duration: float) -> None:
         """The lines of answers sent to `client` (host, port), which took `duration` seconds."""
-        clock = self._clock
+        clock, lines, size = self._clock, self._lines, self._size
         moment = clock.now()
         if self.json:
             stamp = f"{clock.iso}.{int(moment * 1000) % 1000:03d}Z"
-            lines = [json_line(stamp, client, entry, duration) for entry in answered]
+            start = f'{{"time": "{stamp}", "client": "{client[0]}", "client_port": {client[1]}, '
+            format_line = json_line
         else:
-            lines = [text_line(clock.text, client[0], entry, duration) for entry in answered]
-        self._lines += lines
-        self._size += sum(map(len, lines))
-        if self._size >= self._batch:
+            start, format_line = f"{client[0]} - - {clock.text} ", text_line
+        for entry in answered:
+            line = format_line(start, entry, duration)
+            lines.append(line)
+            size += len(line)
+        self._size = size
+        if size >= self._batch:
             self.flush()
 
     def flush(self) -> None:

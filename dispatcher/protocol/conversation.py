@@ -127,15 +127,16 @@ class Replies:
         """What the access log says of `answer` (to `request`, if its head was read). The status is
         read back from the status line and the backend from the Location, so that the answer's own
         path stays as it is when the log is off."""
-        status = int(answer[9:12])
         if request is None:
-            return b"", b"", b"", status, len(answer), None
-        backend = self._backend_of(request.target, answer) if status == 307 else None
-        return request.method, request.target, request.http_version, status, len(answer), backend
+            return b"", b"", b"", int(answer[9:12]), len(answer), None
+        if answer.startswith(REDIRECT_START):
+            backend = self._backend_of(request.target, answer)
+            return request.method, request.target, request.http_version, 307, len(answer), backend
+        return request.method, request.target, request.http_version, int(answer[9:12]), len(answer), None
 
     def _backend_of(self, target: bytes, answer: bytes) -> str:
         start = len(REDIRECT_START)
-        path = path_and_query(target) or b""
+        path = target if target[:1] == b"/" else path_and_query(target) or b""  # the Location's end
         base = answer[start : answer.index(b"\r\n", start) - len(path)]
         name = self._names.get(base)
         if name is None:  # a backend this cache has not seen: the pool's backends changed
