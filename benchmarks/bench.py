@@ -35,7 +35,18 @@ from pathlib import Path
 from types import FrameType
 
 from harness import REPO_ROOT, TARGET, BenchError
-from scenarios import health_cost, latency, memory, pool_size, profile, streams, throughput, tls, workers
+from scenarios import (
+    access_log,
+    health_cost,
+    latency,
+    memory,
+    pool_size,
+    profile,
+    streams,
+    throughput,
+    tls,
+    workers,
+)
 from scenarios.context import Bench, Settings
 from scenarios.results import Figure, Report
 
@@ -50,6 +61,7 @@ SCENARIOS: dict[str, Callable[[Bench], Report]] = {
     "latency": latency.latency,
     "memory": memory.memory,
     "workers": workers.workers,
+    "access-log": access_log.access_log,
     "tls": tls.tls,
 }
 THROUGHPUT_SIDES = ("baseline", "dispatcher")

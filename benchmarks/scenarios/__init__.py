@@ -10,6 +10,7 @@
 #   4 latency      p50/p99 at half the saturating rate, against the baseline at the same rate
 #   5 memory       resident memory with 10,000 idle keep-alive connections
 #   6 workers      --workers 2 against --workers 1 (when the flag exists)
+#   9 access_log   --access-log FILE (text, json) against no access log
 #  10 tls          the front door over TLS against plain HTTP: keep-alive req/s, new connections/s
 #
 # What they share, beside harness.py's processes, wrk and /proc: results.py (the rows and the comparisons),
