@@ -51,6 +51,8 @@ signals:
                     --grace-period; a second SIGTERM or SIGINT stops at once
 
 admin routes (on --admin-listen; state changes need the token when one is set):
+  GET /                          the status page, for a browser (buttons with the token)
+  GET /status                    the JSON the status page reads
   GET /healthz                   200 while the process runs
   GET /readyz                    200 when a backend is up and not shutting down, else 503
   GET /metrics                   Prometheus text, or OpenMetrics when asked for
