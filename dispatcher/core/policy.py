@@ -245,7 +245,7 @@ class Random(Generic[C]):
 
 
 # The policies that go by the load estimate (the others are blind to it; their step is 1 / weight).
-LOAD_AWARE = ("least-loaded", "p2c")
+LOAD_AWARE = ("least-loaded", "p2c", "hash")
 
 POLICY_CLASSES: dict[str, type] = {
     "least-loaded": LeastLoaded,

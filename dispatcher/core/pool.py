@@ -24,7 +24,15 @@ from dataclasses import dataclass, field, replace
 from dispatcher.core import estimate
 from dispatcher.core.health_state import Admin, Event, Health, visible_state, walk
 from dispatcher.core.policy import LOAD_AWARE, Policy, make_policy
-from dispatcher.settings.config import DEFAULT_POLICY, BackendSpec, HealthSettings
+from dispatcher.settings.config import (
+    DEFAULT_POLICY,
+    DEFAULT_POOL,
+    BackendSpec,
+    Fallback,
+    HashKey,
+    HealthSettings,
+    PoolSpec,
+)
 
 log = logging.getLogger("dispatcher.pool")
 
@@ -110,6 +118,7 @@ class Backend:
     ramp: float = 1.0
     up_at: float = 0.0
     resumed_from: str | None = None  # the state it left for a fresh start (maint), until its first check
+    pool: str = DEFAULT_POOL  # the name of the pool it is in (labels, the admin API)
 
     @property
     def name(self) -> str:
@@ -162,6 +171,7 @@ class BackendView:
     last_check: CheckResult | None
     drain_rate: float
     load_source: str
+    pool: str = DEFAULT_POOL
 
 
 # (backend, before, after, the check that made the change; None: the operator's word)
@@ -180,16 +190,28 @@ class Pool:
         slow_start: float = 0.0,
         policy: str = DEFAULT_POLICY,
         rng: random.Random | None = None,
+        spec: PoolSpec | None = None,
     ) -> None:
+        # Which pool this is (the default one unless routes name others) and its own settings: the
+        # answer when nothing is usable, the hash policy's key and balance.
+        self.spec = spec or PoolSpec(DEFAULT_POOL, policy=policy)
+        self.name = self.spec.name
+        self.fallback: Fallback = self.spec.fallback
+        self.maintenance = (
+            False  # the operator holds the whole pool in maintenance: every answer is its fallback
+        )
+        self.fallbacks = 0  # answers given by the fallback, for metrics
+        self._usable: set[int] = set()  # ids of the usable backends, so that `takes_redirects` is O(1)
+        self._rng = rng
         self.health_settings = health
         self.started_at = started_at
         self.slow_start = slow_start
         # Each with its health settings resolved over `health` (a Settings has done it already; a
         # pool built from bare specs, as in tests and benchmarks, has not).
-        self.backends = [Backend(spec.resolved(health), spec.base.encode("ascii")) for spec in specs]
+        self.backends = [self._backend(spec.resolved(health)) for spec in specs]
         self.by_name = {backend.name: backend for backend in self.backends}
         self.policy_name = policy
-        self.policy: Policy[Backend] = make_policy(policy, rng)
+        self.policy: Policy[Backend] = self._make_policy(policy)
         self.drained = policy in LOAD_AWARE  # the policy goes by the drained estimate
         # This process chooses (False in the --workers master, which only checks and reports).
         self.chooses = True
@@ -211,18 +233,49 @@ class Pool:
         # Told after anything that changes what choosing sees (a report, a state, a weight, a ramp).
         self.change_listeners: list[ChangeListener] = []
 
+    def _backend(self, spec: BackendSpec) -> Backend:
+        return Backend(spec, spec.base.encode("ascii"), pool=self.name)
+
+    def _make_policy(self, name: str) -> Policy[Backend]:
+        if name == "hash":
+            from dispatcher.core.hashing import BoundedLoadHash
+
+            return BoundedLoadHash(self._rng, self.spec.balance_factor)
+        return make_policy(name, self._rng)
+
+    @property
+    def hash_key(self) -> HashKey | None:
+        """What the hash policy hashes; None for the other policies (routing reads no key for them)."""
+        return self.spec.hash_key if self.policy_name == "hash" else None
+
+    def set_spec(self, spec: PoolSpec) -> None:
+        """A reload: this pool's policy, fallback and hash settings (its backends: `reconcile`)."""
+        balance_changed = spec.balance_factor != self.spec.balance_factor
+        self.spec, self.fallback = spec, spec.fallback
+        if balance_changed and spec.policy == "hash" == self.policy_name:
+            self.policy_name = ""  # the same name, a new factor: a new index
+        self.set_policy(spec.policy)
+
     def set_policy(self, name: str) -> None:
         """A reload named another policy: file every backend in a new one (their figures stay)."""
         if name == self.policy_name:
             return
-        self.policy_name, self.policy = name, make_policy(name)
+        self.policy_name, self.policy = name, self._make_policy(name)
         self.drained = name in LOAD_AWARE
         for backend in self.backends:
             self.reindex(backend)
 
-    def choose(self, now: float = -math.inf) -> Backend | None:
-        """The backend for one redirect, counted as sent; None when no backend is usable."""
-        return self.policy.choose(now)
+    def choose(self, now: float = -math.inf, key: bytes | None = None) -> Backend | None:
+        """The backend for one redirect, counted as sent; None when no backend is usable. `key`: what
+        the hash policy hashes (routing's, from the request); the other policies take none."""
+        if key is None:
+            return self.policy.choose(now)
+        return self.policy.choose(now, key)  # type: ignore[call-arg]
+
+    @property
+    def takes_redirects(self) -> bool:
+        """Has a usable backend and is not in maintenance: a split's variant can be chosen."""
+        return bool(self._usable) and not self.maintenance
 
     @property
     def usable_count(self) -> int:
@@ -455,6 +508,10 @@ class Pool:
 
     def _reindex_as(self, backend: Backend, usable: bool, key: float, step: float) -> None:
         backend.version += 1
+        if usable:
+            self._usable.add(id(backend))
+        else:
+            self._usable.discard(id(backend))
         self.policy.update(backend, usable, key, step)
         for listener in self.change_listeners:
             listener(backend)
@@ -495,7 +552,7 @@ class Pool:
                     self.reindex(backend)
                 kept.append(backend)
             else:
-                added.append(Backend(spec, spec.base.encode("ascii")))
+                added.append(self._backend(spec))
         keep = {id(b) for b in kept}
         removed = [b for b in self.backends if id(b) not in keep]
         for backend in removed:
@@ -525,6 +582,7 @@ class Pool:
             last_check=backend.last_check,
             drain_rate=backend.rate,
             load_source=backend.source,
+            pool=backend.pool,
         )
 
     def next_check_in(self, now: float) -> float:

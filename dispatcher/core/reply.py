@@ -146,12 +146,43 @@ def reply_for(method: bytes, target: bytes, pool: Pool, clock: Callable[[], floa
     """
     path = path_and_query(target)
     if path is None or method == b"CONNECT":
-        return _not_redirected(method, target)
+        return not_redirected(method, target)
     now = clock()
-    backend = pool.choose(now)
+    backend = pool.choose(now) if not pool.maintenance else None
     if backend is None:
-        return unavailable(pool, now)
+        return fallback(pool, path, now)
     return REDIRECT_START + backend.location_base + path
+
+
+def redirect_in(pool: Pool, path: bytes, hash_key: bytes | None, now: float) -> Reply | bytes:
+    """A redirect to a backend of `pool` (a route's), or the pool's fallback; as `reply_for`."""
+    backend = None if pool.maintenance else pool.choose(now, hash_key)
+    if backend is None:
+        return fallback(pool, path, now)
+    return REDIRECT_START + backend.location_base + path
+
+
+def fallback(pool: Pool, path: bytes, now: float) -> Reply | bytes:
+    """What a pool answers with no usable backend, or in maintenance (settings.routing.Fallback):
+    503 + Retry-After, a 307 to the fallback URL, or the fixed page, framed as every other answer."""
+    pool.fallbacks += 1
+    spec = pool.fallback
+    if spec.redirect is not None:
+        base = spec.redirect.encode("ascii")
+        if not spec.keep_path:
+            return REDIRECT_START + base
+        return REDIRECT_START + base.rstrip(b"/") + path
+    if spec.body is not None:
+        headers = [
+            (b"content-type", spec.content_type.encode()),
+            (b"content-length", str(len(spec.body)).encode()),
+        ]
+        if spec.status == 503 and not pool.maintenance:
+            headers.append(_retry_after(pool, now))
+        return Reply(spec.status, headers, spec.body)
+    if pool.maintenance:
+        return text_reply(503, "in maintenance", close=False)
+    return unavailable(pool, now)
 
 
 ALLOWED = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
@@ -192,7 +223,8 @@ def screen(
     return None, close or length > max_discard
 
 
-def _not_redirected(method: bytes, target: bytes) -> Reply:
+def not_redirected(method: bytes, target: bytes) -> Reply:
+    """The answers to a request that has no path to redirect: CONNECT, OPTIONS *, a bad target."""
     if method == b"CONNECT":
         message = "CONNECT is not supported: this is a redirector, not a tunnel"
         return text_reply(405, message, [(b"allow", ALLOWED)])
@@ -204,5 +236,9 @@ def _not_redirected(method: bytes, target: bytes) -> Reply:
 
 def unavailable(pool: Pool, now: float) -> Reply:
     """503 with Retry-After: the seconds until the next health check, at least 1 (RFC 9110 §10.2.3)."""
+    return text_reply(503, "no healthy backend", [_retry_after(pool, now)], close=False)
+
+
+def _retry_after(pool: Pool, now: float) -> tuple[bytes, bytes]:
     retry = max(1, math.ceil(pool.next_check_in(now)))
-    return text_reply(503, "no healthy backend", [(b"retry-after", str(retry).encode())], close=False)
+    return (b"retry-after", str(retry).encode())

@@ -29,7 +29,10 @@ from dispatcher import __version__
 from dispatcher.core.health_state import VISIBLE_STATES
 from dispatcher.core.membership import BAD_OUTCOMES, OUTCOMES, Membership
 from dispatcher.core.pool import CHECK_BUCKETS, FAILURE_REASONS, LOAD_SOURCES, Backend, Pool
+from dispatcher.core.pools import Pools
+from dispatcher.core.routes import Router
 from dispatcher.core.stats import DURATION_BUCKETS, ServerStats
+from dispatcher.settings.config import DEFAULT_POOL
 
 Labels = dict[str, str]
 
@@ -41,7 +44,7 @@ class ScrapeTime:
 
     now: float
     started_at: float
-    pool: Pool
+    pool: Pool | Pools
 
 
 # The sample values of one family for one scrape, read straight from the pool's figures: a family of
@@ -63,15 +66,18 @@ class BackendLabels:
     histogram: tuple[Labels, ...]  # one per bucket (`le`, +Inf last), then _count and _sum
 
     @classmethod
-    def of(cls, name: str) -> BackendLabels:
-        backend = {"backend": name}
+    def of(cls, key: str) -> BackendLabels:
+        """The label sets of the backend `pool/name` (a name alone: the default pool's). Neither a
+        backend's name nor a pool's can hold a '/' (config), so the key is never ambiguous."""
+        pool, _, name = key.rpartition("/")
+        backend = {"backend": name, "pool": pool or DEFAULT_POOL}
         return cls(
             backend=backend,
-            states=tuple({"backend": name, "state": word} for word in VISIBLE_STATES),
-            results=({"backend": name, "result": "pass"}, {"backend": name, "result": "fail"}),
-            reasons=tuple({"backend": name, "reason": reason} for reason in FAILURE_REASONS),
-            sources=tuple({"backend": name, "source": source} for source in LOAD_SOURCES),
-            histogram=(*({"backend": name, "le": le} for le in CHECK_BOUNDS), backend, backend),
+            states=tuple({**backend, "state": word} for word in VISIBLE_STATES),
+            results=({**backend, "result": "pass"}, {**backend, "result": "fail"}),
+            reasons=tuple({**backend, "reason": reason} for reason in FAILURE_REASONS),
+            sources=tuple({**backend, "source": source} for source in LOAD_SOURCES),
+            histogram=(*({**backend, "le": le} for le in CHECK_BOUNDS), backend, backend),
         )
 
 
@@ -163,7 +169,7 @@ def _per_backend(
 ) -> BackendFamily:
     """A family of one sample per backend, labelled with the backend's name."""
     suffix = "_total" if kind is CounterMetricFamily else ""
-    return BackendFamily(kind, name, documentation, ("backend",), (suffix,), _one, read)
+    return BackendFamily(kind, name, documentation, ("backend", "pool"), (suffix,), _one, read)
 
 
 STATE_SET = {word: [1.0 if other == word else 0.0 for other in VISIBLE_STATES] for word in VISIBLE_STATES}
@@ -186,7 +192,7 @@ BACKEND_FAMILIES = (
         GaugeMetricFamily,
         "dispatcher_backend_state",
         "Backend state as a state-set (1 for the current state).",
-        ("backend", "state"),
+        ("backend", "pool", "state"),
         ("",) * len(VISIBLE_STATES),
         lambda labels: labels.states,
         _states,
@@ -226,7 +232,7 @@ BACKEND_FAMILIES = (
         GaugeMetricFamily,
         "dispatcher_backend_load_source",
         "How the backend's load arrives, as a state-set: poll (check answers) or stream (events).",
-        ("backend", "source"),
+        ("backend", "pool", "source"),
         ("",) * len(LOAD_SOURCES),
         lambda labels: labels.sources,
         _sources,
@@ -253,7 +259,7 @@ BACKEND_FAMILIES = (
         CounterMetricFamily,
         "dispatcher_health_checks",
         "Health checks by result.",
-        ("backend", "result"),
+        ("backend", "pool", "result"),
         ("_total", "_total"),
         lambda labels: labels.results,
         _checks,
@@ -262,7 +268,7 @@ BACKEND_FAMILIES = (
         CounterMetricFamily,
         "dispatcher_health_check_failures",
         "Failed health checks by reason.",
-        ("backend", "reason"),
+        ("backend", "pool", "reason"),
         ("_total",) * len(FAILURE_REASONS),
         lambda labels: labels.reasons,
         _failures,
@@ -271,7 +277,7 @@ BACKEND_FAMILIES = (
         HistogramMetricFamily,
         "dispatcher_health_check_duration_seconds",
         "Health check duration, pass or fail (a load stream's checks: the one that opened it).",
-        ("backend",),
+        ("backend", "pool"),
         ("_bucket",) * len(CHECK_BOUNDS) + ("_count", "_sum"),
         lambda labels: labels.histogram,
         _check_durations,
@@ -282,7 +288,7 @@ BACKEND_FAMILIES = (
 class PoolCollector(Collector):
     """Reads every backend's figures at scrape time: one family after another, as in BACKEND_FAMILIES."""
 
-    def __init__(self, pool: Pool, now: float) -> None:
+    def __init__(self, pool: Pool | Pools, now: float) -> None:
         self.pool = pool
         self.now = now
 
@@ -365,11 +371,10 @@ class PoolReading:
     time: ScrapeTime
 
     @classmethod
-    def of(cls, pool: Pool, now: float) -> PoolReading:
+    def of(cls, pool: Pool | Pools, now: float) -> PoolReading:
         backends = list(pool.backends)
-        return cls(
-            backends, tuple(backend.name for backend in backends), ScrapeTime(now, pool.started_at, pool)
-        )
+        names = tuple(f"{backend.pool}/{backend.name}" for backend in backends)
+        return cls(backends, names, ScrapeTime(now, pool.started_at, pool))
 
     def values(self, family: BackendFamily) -> list[float]:
         """The values of every sample of `family`, backend after backend."""
@@ -419,25 +424,103 @@ class DiscoveryCollector(Collector):
         yield from (asked, failures, members, changes, state)
 
 
+# The router the front door answers with now (a reload replaces it; None: no routes), read at scrape.
+CurrentRouter = Callable[[], Router | None]
+
+
+class RoutingCollector(Collector):
+    """The pools' and the routes' figures (issue 13): each pool's state, usable backends and fallback
+    answers; requests per route (route="" for those no route took) and per variant of a split."""
+
+    def __init__(self, pools: Pools, router: CurrentRouter | None) -> None:
+        self.pools, self.router = pools, router
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._pool_families()
+        router = self.router() if self.router is not None else None
+        if router is None:
+            return
+        requests = CounterMetricFamily(
+            "dispatcher_route_requests",
+            'Requests each route took (route="": none matched, the default pool\'s).',
+            labels=["route"],
+        )
+        variants = CounterMetricFamily(
+            "dispatcher_route_variant_requests",
+            "Requests each route sent to each of its pools (a split's variants; a plain route's one pool).",
+            labels=["route", "pool"],
+        )
+        requests.add_metric([""], router.defaulted)
+        for route in router.routes:
+            requests.add_metric([route.spec.name], route.requests)
+            for pool, count in zip(route.pools, route.variant_requests, strict=True):
+                variants.add_metric([route.spec.name, pool.name], count)
+        yield from (requests, variants)
+
+    def _pool_families(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "dispatcher_pool_state",
+            "A pool's operator state, as a state-set: maint sends every request to its fallback.",
+            labels=["pool", "state"],
+        )
+        usable = GaugeMetricFamily(
+            "dispatcher_pool_usable_backends",
+            "Backends of the pool that take redirects now.",
+            labels=["pool"],
+        )
+        fallbacks = CounterMetricFamily(
+            "dispatcher_pool_fallback_responses",
+            "Answers given by the pool's fallback (no usable backend, or maintenance), by its kind.",
+            labels=["pool", "fallback"],
+        )
+        for pool in self.pools:
+            for word in ("ready", "maint"):
+                state.add_metric([pool.name, word], 1.0 if (word == "maint") == pool.maintenance else 0.0)
+            usable.add_metric([pool.name], pool.usable_count)
+            fallbacks.add_metric([pool.name, pool.fallback.kind], pool.fallbacks)
+        yield from (state, usable, fallbacks)
+
+
 def registry(
-    pool: Pool, stats: ServerStats, now: float, memberships: Memberships | None = None
+    pool: Pool | Pools,
+    stats: ServerStats,
+    now: float,
+    memberships: Memberships | None = None,
+    router: CurrentRouter | None = None,
 ) -> CollectorRegistry:
     """Every family of one scrape at trio time `now`, read afresh: what a render must equal."""
     whole = CollectorRegistry(auto_describe=False)
     whole.register(PoolCollector(pool, now))
-    _register_rest(whole, stats, memberships)
+    _register_rest(whole, stats, memberships, _pools(pool), router)
     return whole
 
 
-def rest_registry(stats: ServerStats, memberships: Memberships | None = None) -> CollectorRegistry:
+def _pools(pool: Pool | Pools) -> Pools:
+    return pool if isinstance(pool, Pools) else Pools(pool)
+
+
+def rest_registry(
+    stats: ServerStats,
+    memberships: Memberships | None = None,
+    pools: Pools | None = None,
+    router: CurrentRouter | None = None,
+) -> CollectorRegistry:
     """The families after the pool's (the front door's, DNS's, the build's, the process's), afresh."""
     rest = CollectorRegistry(auto_describe=False)
-    _register_rest(rest, stats, memberships)
+    _register_rest(rest, stats, memberships, pools, router)
     return rest
 
 
-def _register_rest(registry: CollectorRegistry, stats: ServerStats, memberships: Memberships | None) -> None:
+def _register_rest(
+    registry: CollectorRegistry,
+    stats: ServerStats,
+    memberships: Memberships | None,
+    pools: Pools | None = None,
+    router: CurrentRouter | None = None,
+) -> None:
     registry.register(ServerCollector(stats))
     if memberships is not None:
         registry.register(DiscoveryCollector(memberships))
+    if pools is not None:
+        registry.register(RoutingCollector(pools, router))
     ProcessCollector(registry=registry)  # process_cpu_seconds_total, resident memory, fds

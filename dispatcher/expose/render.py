@@ -28,10 +28,12 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
 from dispatcher.core.pool import Pool
+from dispatcher.core.pools import Pools
 from dispatcher.core.stats import ServerStats
 from dispatcher.expose.catalogue import (
     BACKEND_FAMILIES,
     BackendFamily,
+    CurrentRouter,
     Labels,
     Memberships,
     PoolReading,
@@ -96,18 +98,29 @@ class Metrics:
     (`# EOF` in OpenMetrics): so the same bytes.
     """
 
-    def __init__(self, pool: Pool, stats: ServerStats) -> None:
+    def __init__(self, pool: Pool | Pools, stats: ServerStats) -> None:
         self.pool = pool
         self.stats = stats
         self.memberships: Memberships | None = None  # with dns:// entries: set by the wiring
+        self.router: CurrentRouter | None = None  # the front door's router now: set by the wiring
         # Both replaced as a whole, never changed in place: a scrape that is between steps reads one
         # version, and two scrapes at once both stay right (the later one's blocks are kept).
         self._labels = SampleLabels.of(())
         self._blocks: dict[str, tuple[Block, ...]] = {}  # by content type, the most recently used last
 
+    @property
+    def pool(self) -> Pool | Pools:
+        """What is scraped: one pool (tests, benchmarks) or every pool."""
+        return self._pool
+
+    @pool.setter
+    def pool(self, pool: Pool | Pools) -> None:
+        self._pool = pool
+        self.pools = pool if isinstance(pool, Pools) else Pools(pool)
+
     def registry(self, now: float) -> CollectorRegistry:
         """A registry for one scrape at trio time `now`, kept nowhere: what `exposition` must equal."""
-        return registry(self.pool, self.stats, now, self.memberships)
+        return registry(self.pools, self.stats, now, self.memberships, self.router)
 
     def exposition(
         self, now: float, accept: str | None, accept_encoding: str | None = None
@@ -146,7 +159,7 @@ class Metrics:
             return [encoder(self.registry(now))]
         self._keep(kept, content_type, tuple(blocks))
         return [part for block in blocks for part in block.parts()] + [
-            encoder(rest_registry(self.stats, self.memberships))
+            encoder(rest_registry(self.stats, self.memberships, self.pools, self.router))
         ]
 
     def _pool_blocks(
@@ -154,7 +167,7 @@ class Metrics:
     ) -> Steps[list[Block] | None]:
         """Every per-backend family rendered, from the previous blocks and the samples that changed;
         None if the encoder's output is not laid out as a header and one line per sample."""
-        reading = PoolReading.of(self.pool, now)
+        reading = PoolReading.of(self.pools, now)
         labels = yield from self._labels_of(reading.names)
         blocks: list[Block] = []
         olds = previous or (None,) * len(BACKEND_FAMILIES)

@@ -27,6 +27,7 @@ from dispatcher import __version__
 from dispatcher.core.health_state import Admin
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import BackendView, Pool
+from dispatcher.core.pools import Pools
 from dispatcher.core.reply import Reply, text_reply
 from dispatcher.expose.render import Metrics
 from dispatcher.net.status_page import status_page
@@ -47,10 +48,11 @@ _JSON = (b"content-type", b"application/json")
 _NO_STORE = (b"cache-control", b"no-store")
 # What POST /backends reads from its JSON object: parse_backend's arguments.
 BACKEND_FIELDS = ("url", "name", "weight")
-# The dispatcher has one pool today; /status lists pools so that the page need not change for more.
-POOL_NAME = "default"
 # Routes that only read, answered to GET and HEAD (`/backends` takes a POST too, which adds one).
-READ_ROUTES = ("/", "/status", "/metrics", "/healthz", "/readyz", "/backends")
+READ_ROUTES = ("/", "/status", "/metrics", "/healthz", "/readyz", "/backends", "/pools")
+# What POST /pools/<name>/state takes: a whole pool held in maintenance (every answer its fallback),
+# or ready again (HAProxy's `disable backend`/`enable backend` of its runtime API, by another name).
+POOL_WORDS = ("maint", "ready")
 
 
 class BackendList(Protocol):
@@ -66,13 +68,13 @@ class AdminApi:
 
     def __init__(
         self,
-        pool: Pool,
+        pool: Pool | Pools,
         metrics: Metrics,
         lifecycle: Lifecycle,
         token: str | None = None,
         refresh: Callable[[], None] | None = None,
     ) -> None:
-        self.pool = pool
+        self.pool = pool if isinstance(pool, Pools) else Pools(pool)
         self.metrics = metrics
         self.lifecycle = lifecycle  # read for readiness: serving, shutting down
         self.set_token(token)
@@ -103,7 +105,60 @@ class AdminApi:
             return self._set_state(request, parts[2], now, peer)
         if len(parts) == 3 and parts[1] == "backends":
             return self._backend_route(request, parts[2], now, peer)
-        return text_reply(404, "not found: try /, /metrics, /healthz, /readyz, /backends", close=False)
+        if len(parts) in (3, 4) and parts[1] == "pools":
+            return self._pool_route(request, parts, now, peer)
+        return text_reply(
+            404, "not found: try /, /metrics, /healthz, /readyz, /backends, /pools", close=False
+        )
+
+    def _pool_route(self, request: WholeRequest, parts: list[str], now: float, peer: str) -> Reply:
+        """GET /pools/<name>: the pool and its backends; POST /pools/<name>/state: maint or ready."""
+        pool = self.pool.by_pool.get(parts[2])
+        if len(parts) == 4:
+            if parts[3] != "state":
+                return text_reply(404, "not found: /pools/<name> or /pools/<name>/state", close=False)
+            if request.method != "POST":
+                return _not_allowed("POST")
+            return self._audited(request, peer, lambda: self._change_pool(request, parts[2], now))
+        if request.method not in ("GET", "HEAD"):
+            return _not_allowed("GET, HEAD")
+        if pool is None:
+            return text_reply(404, f"no pool named {parts[2]!r}", close=False)
+        return _json(200, self._pool_json(pool, now, with_backends=True))
+
+    def _change_pool(self, request: WholeRequest, name: str, now: float) -> tuple[Reply, str]:
+        if not self._authorized(request):
+            return self._refused()
+        pool = self.pool.by_pool.get(name)
+        if pool is None:
+            return text_reply(404, f"no pool named {name!r}", close=False), "no such pool"
+        word = request.body.decode("utf-8", "replace").strip().lower()
+        if word not in POOL_WORDS:
+            reply = text_reply(400, "body must be one of: maint, ready", close=False)
+            return reply, "refused: the body is not maint or ready"
+        before = "maint" if pool.maintenance else "ready"
+        pool.maintenance = word == "maint"
+        if before != word:
+            log.warning(
+                "pool %s %s",
+                name,
+                "in maintenance: every answer is its fallback" if pool.maintenance else "ready again",
+            )
+        return _json(200, self._pool_json(pool, now)), f"pool {name} is {word} (was {before})"
+
+    def _pool_json(self, pool: Pool, now: float, with_backends: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": pool.name,
+            "state": "maint" if pool.maintenance else "ready",
+            "policy": pool.policy_name,
+            "backends": len(pool.backends),
+            "usable": pool.usable_count,
+            "fallback": pool.fallback.kind,
+            "fallback_answers": pool.fallbacks,
+        }
+        if with_backends:
+            body["backends"] = [self._backend_json(view, now) for view in pool.view(now)]
+        return body
 
     def _read(self, path: str, now: float) -> Reply:
         """GET of one of READ_ROUTES but /metrics."""
@@ -115,6 +170,8 @@ class AdminApi:
             return text_reply(200, "ok", close=False)
         if path == "/readyz":
             return self._ready()
+        if path == "/pools":
+            return _json(200, [self._pool_json(pool, now) for pool in self.pool])
         return _json(200, [self._backend_json(view, now) for view in self.pool.view(now)])
 
     def _status(self, now: float) -> dict[str, Any]:
@@ -122,13 +179,21 @@ class AdminApi:
         each with its operator's word and its last check's age, and `clock` (seconds on the
         dispatcher's monotonic clock) to work out redirects per second between two readings."""
         ready = self._ready()
-        backends = [self._status_json(view, now) for view in self.pool.view(now)]
+        pools = [
+            {
+                "name": pool.name,
+                "policy": pool.policy_name,
+                "state": "maint" if pool.maintenance else "ready",
+                "backends": [self._status_json(view, now) for view in pool.view(now)],
+            }
+            for pool in self.pool
+        ]
         return {
             "version": __version__,
             "clock": round(now, 6),
             "ready": {"ready": ready.status == 200, "why": ready.body.decode().strip()},
             "admin": {"token_required": self._token is not None},
-            "pools": [{"name": POOL_NAME, "policy": self.pool.policy_name, "backends": backends}],
+            "pools": pools,
         }
 
     def _status_json(self, view: BackendView, now: float) -> dict[str, Any]:
@@ -330,6 +395,7 @@ def _backend_json(view: BackendView, now: float, started_at: float) -> dict[str,
         }
     return {
         "name": view.name,
+        "pool": view.pool,
         "url": view.url,
         "state": view.state,
         "weight": view.weight,

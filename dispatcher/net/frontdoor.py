@@ -140,8 +140,9 @@ class FrontDoor:
         client = _Client(trio.CancelScope(deadline=conversation.deadline), stream.socket, conversation)
         self._clients.add(client)
         try:
-            if self.access_log is not None:
+            if self.replies.needs_peer:
                 client.peer = _peer(stream.socket)
+                conversation.peer = client.peer[0]
             await self._serve(stream, client)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away (reset, broken pipe): nothing to answer

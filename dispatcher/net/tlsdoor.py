@@ -43,8 +43,10 @@ R = TypeVar("R", bound=Replies)
 class SecureReplies(Replies):
     """The front door's answers, with `Strict-Transport-Security` (RFC 6797) when tls.hsts is set."""
 
-    def answer(self, conn: h11.Connection, request: h11.Request, maybe_large: bool) -> tuple[bytes, bool]:
-        answer, close = super().answer(conn, request, maybe_large)
+    def answer(
+        self, conn: h11.Connection, request: h11.Request, maybe_large: bool, peer: str = "-"
+    ) -> tuple[bytes, bool]:
+        answer, close = super().answer(conn, request, maybe_large, peer)
         max_age = int(self.settings.tls.hsts)
         if not max_age:
             return answer, close
@@ -60,7 +62,9 @@ class HttpsRedirects(Replies):
 
     port = HTTPS_PORT
 
-    def answer(self, conn: h11.Connection, request: h11.Request, maybe_large: bool) -> tuple[bytes, bool]:
+    def answer(
+        self, conn: h11.Connection, request: h11.Request, maybe_large: bool, peer: str = "-"
+    ) -> tuple[bytes, bool]:
         location = self.location(request)
         if location is None:
             return self.refusal(text_reply(400, "no usable Host or target to redirect to https")), True

@@ -45,6 +45,7 @@ import h11
 
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Pool
+from dispatcher.core.pools import Pools
 from dispatcher.core.reply import (
     REDIRECT_START,
     DateHeader,
@@ -57,6 +58,7 @@ from dispatcher.core.reply import (
     serialise,
     text_reply,
 )
+from dispatcher.core.routes import Router
 from dispatcher.core.stats import ServerStats
 from dispatcher.settings.config import Settings
 
@@ -94,9 +96,20 @@ class Replies:
         self.clock = clock
         self._date = DateHeader()
         self.logging = False  # the access log is on: conversations collect `answered`
+        # With routes or a hash pool (dispatcher.core.routes): the router answers, reading the head
+        # and the client's address. None: the default pool alone, the path with nothing to read.
+        self.router: Router | None = None
+        self.pools: Pools | None = None  # every pool, for the access log's backend names
         self._names: dict[bytes, str] = {}  # a backend's Location base to its name, for the log
 
-    def answer(self, conn: h11.Connection, request: h11.Request, maybe_large: bool) -> tuple[bytes, bool]:
+    @property
+    def needs_peer(self) -> bool:
+        """The client's address is read at accept: for the access log, or for routes and hashing."""
+        return self.logging or self.router is not None
+
+    def answer(
+        self, conn: h11.Connection, request: h11.Request, maybe_large: bool, peer: str = "-"
+    ) -> tuple[bytes, bool]:
         """The bytes of one answer, and whether the connection closes after it."""
         refusal, close = screen(
             request.http_version, request.target, request.headers, self.settings.max_discard
@@ -109,7 +122,11 @@ class Replies:
             return self.refusal(refusal), True
         # With Expect: 100-continue the body was not sent: it goes to the backend, and we close.
         close = close or self.lifecycle.shutting_down or conn.they_are_waiting_for_100_continue
-        reply = reply_for(request.method, request.target, self.pool, self.clock)
+        router = self.router
+        if router is None:
+            reply = reply_for(request.method, request.target, self.pool, self.clock)
+        else:
+            reply = router.reply(request.method, request.target, request.headers, peer, self.clock())
         if type(reply) is bytes:
             self.stats.responses[307] += 1
             return reply + self._date.tails(time.time())[close], close
@@ -134,14 +151,19 @@ class Replies:
             return request.method, request.target, request.http_version, 307, len(answer), backend
         return request.method, request.target, request.http_version, int(answer[9:12]), len(answer), None
 
-    def _backend_of(self, target: bytes, answer: bytes) -> str:
+    def _backend_of(self, target: bytes, answer: bytes) -> str | None:
         start = len(REDIRECT_START)
         path = target if target[:1] == b"/" else path_and_query(target) or b""  # the Location's end
-        base = answer[start : answer.index(b"\r\n", start) - len(path)]
+        location = answer[start : answer.index(b"\r\n", start)]
+        base = location[: len(location) - len(path)]
         name = self._names.get(base)
         if name is None:  # a backend this cache has not seen: the pool's backends changed
-            self._names = {backend.location_base: backend.name for backend in self.pool.backends}
-            name = self._names.get(base, base.decode("latin-1"))
+            backends = self.pools.backends if self.pools is not None else self.pool.backends
+            self._names = {backend.location_base: backend.name for backend in backends}
+            name = self._names.get(base)
+        if name is None:  # a route rewrote the path, or a pool's fallback URL: the longest base that fits
+            fits = [(len(b), n) for b, n in self._names.items() if location.startswith(b)]
+            return max(fits)[1] if fits else None
         return name
 
 
@@ -171,6 +193,7 @@ class Conversation:
         "deadline",
         "idle",
         "linger",
+        "peer",
         "started",
     )
 
@@ -194,6 +217,7 @@ class Conversation:
         self.linger = False
         self.idle = False
         self.started = False  # bytes of the current request have arrived: a timeout deserves a 408
+        self.peer = "-"  # the client's address, when the transport read it (Replies.needs_peer)
         # With the access log on, what each answer was, until the transport logs it.
         self.answered: list[Answered] | None = [] if replies.logging else None
 
@@ -263,7 +287,7 @@ class Conversation:
     def _answer(self, request: h11.Request, out: bytearray) -> None:
         self._answered = True
         self.answers += 1
-        answer, close = self._replies.answer(self._conn, request, self._head_bytes > MAX_HEAD)
+        answer, close = self._replies.answer(self._conn, request, self._head_bytes > MAX_HEAD, self.peer)
         out += answer
         if self.answered is not None:
             self.answered.append(self._replies.logged(request, answer))

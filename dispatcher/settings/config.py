@@ -22,6 +22,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dispatcher.settings.declare import Declared, Kind, declared, derived, lay, setting, table
+from dispatcher.settings.routing import (
+    DEFAULT_HASH_KEY,
+    Fallback,
+    HashKey,
+    RouteSpec,
+    parse_fallback,
+    parse_hash_key,
+    parse_routes,
+    unreachable,
+)
 from dispatcher.settings.values import (
     Address,
     ConfigError,
@@ -48,7 +58,11 @@ __all__ = [
     "BackendSpec",
     "ConfigError",
     "DnsSettings",
+    "Fallback",
+    "HashKey",
     "HealthSettings",
+    "PoolSpec",
+    "RouteSpec",
     "ServiceSpec",
     "Settings",
     "SniCertificate",
@@ -95,7 +109,7 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 # How a backend is chosen (issue 6). `least-loaded` uses the load estimate that stays sane between
 # reports (dispatcher/core/estimate.py); `p2c` is Envoy's LEAST_REQUEST and HAProxy's `random(2)`;
 # `round-robin` is weighted and smooth; `random` is weighted. Weights and slow start apply to all.
-POLICIES = ("least-loaded", "p2c", "round-robin", "random")
+POLICIES = ("least-loaded", "p2c", "round-robin", "random", "hash")
 DEFAULT_POLICY = "least-loaded"
 
 DEFAULT_LISTEN = "0.0.0.0:8080"
@@ -389,6 +403,111 @@ def _own_health(key: str, table: object) -> tuple[tuple[str, Any], ...]:
 
 
 BACKENDS = Kind(_backends, "URL", repeatable=True)
+# HAProxy's hash-balance-factor is a percentage (125 is its documented example); the paper's c: 1.25.
+DEFAULT_BALANCE_FACTOR = 1.25
+# The pool that the top level of the file configures ([[backends]], --backend, policy, fallback):
+# requests that no route takes go to it, as to HAProxy's `default_backend`.
+DEFAULT_POOL = "default"
+
+
+_HASH_KEY = HashKey(DEFAULT_HASH_KEY)
+_FALLBACK = Fallback()
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """One pool: its backends, how they are checked and chosen, and what it answers when none is usable.
+
+    The default pool is the file's top level; the named ones are [pools.NAME] tables. Each keeps one
+    set of health checks however many routes send to it."""
+
+    name: str
+    backends: tuple[BackendSpec, ...] = ()
+    services: tuple[ServiceSpec, ...] = ()
+    health_overrides: tuple[tuple[str, Any], ...] = ()  # its `health` table, over the global [health]
+    policy: str = DEFAULT_POLICY
+    hash_key: HashKey = _HASH_KEY
+    balance_factor: float = DEFAULT_BALANCE_FACTOR
+    fallback: Fallback = _FALLBACK
+
+    def health(self, global_health: HealthSettings) -> HealthSettings:
+        """Its health settings: its own table's keys over the global [health]."""
+        return (
+            replace(global_health, **dict(self.health_overrides)) if self.health_overrides else global_health
+        )
+
+
+_POOL_KEYS = ("backends", "health", "policy", "hash_key", "hash_balance_factor", "fallback")
+_POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _pools(key: str, tables: object) -> tuple[PoolSpec, ...]:
+    """The [pools.NAME] tables, in the file's order."""
+    if not isinstance(tables, Mapping):
+        raise ConfigError(key, tables, "must be a table of pools ([pools.NAME])")
+    return tuple(_pool(f"{key}.{name}", name, table) for name, table in tables.items())
+
+
+def _pool(key: str, name: str, table: object) -> PoolSpec:
+    if not _POOL_NAME.fullmatch(name):
+        raise ConfigError(key, name, "a pool's name is letters, digits, - _ . (it labels metrics)")
+    if name == DEFAULT_POOL:
+        raise ConfigError(
+            key, name, "the default pool is the file's top level: [[backends]], policy, [fallback]"
+        )
+    if not isinstance(table, Mapping):
+        raise ConfigError(key, table, "must be a table with backends")
+    for each in table:
+        if each not in _POOL_KEYS:
+            raise ConfigError(f"{key}.{each}", table[each], "unknown setting")
+    if not table.get("backends"):
+        raise ConfigError(f"{key}.backends", table.get("backends"), "a pool needs one backend or more")
+    entries = _backends(f"{key}.backends", table["backends"])
+    return PoolSpec(
+        name=name,
+        backends=tuple(spec for spec in entries if isinstance(spec, BackendSpec)),
+        services=tuple(spec for spec in entries if isinstance(spec, ServiceSpec)),
+        health_overrides=_own_health(f"{key}.health", table.get("health", {})),
+        policy=POLICY.parse(f"{key}.policy", table.get("policy", DEFAULT_POLICY)),
+        hash_key=parse_hash_key(f"{key}.hash_key", table.get("hash_key", DEFAULT_HASH_KEY)),
+        balance_factor=_balance_factor(f"{key}.hash_balance_factor", table.get("hash_balance_factor", 1.25)),
+        fallback=parse_fallback(f"{key}.fallback", table.get("fallback", {})),
+    )
+
+
+def _balance_factor(key: str, value: object) -> float:
+    factor = positive(key, value)
+    if factor <= 1.0:
+        raise ConfigError(key, value, "must be more than 1: at 1 every backend is full at the mean load")
+    return factor
+
+
+def _trusted(key: str, value: object) -> tuple[str, ...]:
+    """Addresses or CIDR networks, from the file (a list) or a flag (one per --trusted-proxy)."""
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
+        raise ConfigError(key, value, "must be a list of addresses or CIDR networks")
+    for text in values:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ConfigError(key, text, "must be an address or CIDR network, as 10.0.0.0/8") from None
+    return tuple(values)
+
+
+def _header_name(key: str, value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", value):
+        raise ConfigError(key, value, "must be a header name")
+    return value.lower()
+
+
+POOLS = Kind(_pools, None)
+ROUTES = Kind(parse_routes, None)
+FALLBACK = Kind(parse_fallback, None)
+HASH_KEY = Kind(parse_hash_key, "SOURCE[:NAME]", show=str)
+BALANCE_FACTOR = Kind(_balance_factor, "FACTOR", text=float)
+TRUSTED = Kind(_trusted, "CIDR", repeatable=True)
+HEADER_NAME = Kind(_header_name, "NAME")
 _LISTEN = parse_address("listen", DEFAULT_LISTEN)
 _ADMIN_LISTEN = parse_address("admin_listen", DEFAULT_ADMIN_LISTEN)
 _HEALTH = HealthSettings()
@@ -555,6 +674,36 @@ class Settings:
     access_log_format: str = setting(
         "text", Kind(one_of(("text", "json")), "FORMAT"), "text (combined log format and more) or json lines"
     )
+    # Routes and pools (issue 13; dispatcher/settings/routing.py, dispatcher/core/routes.py). The top
+    # level is the default pool; these tables add named ones and what sends requests to them.
+    hash_key: HashKey = setting(  # noqa: RUF009 (as listen's)
+        _HASH_KEY,
+        HASH_KEY,
+        "what policy = hash hashes: cookie:NAME, header:NAME, path or client",
+    )
+    hash_balance_factor: float = setting(
+        DEFAULT_BALANCE_FACTOR,
+        BALANCE_FACTOR,
+        "policy = hash: a backend takes a key while its load is under this times the mean",
+    )
+    fallback: Fallback = setting(  # noqa: RUF009 (as listen's)
+        _FALLBACK, FALLBACK, "the default pool's answer when none is usable", toml_only=True
+    )
+    pools: tuple[PoolSpec, ...] = setting((), POOLS, "named pools: [pools.NAME]", toml_only=True)
+    routes: tuple[RouteSpec, ...] = setting((), ROUTES, "[[routes]]: first match wins", toml_only=True)
+    # X-Forwarded-For and Forwarded are believed only from these peers (nginx's set_real_ip_from).
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        TRUSTED,
+        "believe X-Forwarded-For / Forwarded from these peers (address or CIDR); repeatable",
+        flag="--trusted-proxy",
+    )
+    geoip_db: str | None = setting(
+        None, FILE, "a MaxMind DB (GeoLite2 Country or a site's own) for routes' countries", metavar="MMDB"
+    )
+    country_header: str | None = setting(
+        None, HEADER_NAME, "a country code header set by a trusted proxy (as CF-IPCountry), for routes"
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.backends, _Entries):  # a list given: it replaces both kinds
@@ -566,6 +715,30 @@ class Settings:
         # resolved here, so that no way of making or replacing a Settings can leave them stale.
         resolved = tuple(spec.resolved(self.health) for spec in self.backends)
         object.__setattr__(self, "backends", resolved)
+        pools = []
+        for pool in self.pools:
+            health = pool.health(self.health)
+            pools.append(replace(pool, backends=tuple(spec.resolved(health) for spec in pool.backends)))
+        object.__setattr__(self, "pools", tuple(pools))
+
+    @property
+    def default_pool(self) -> PoolSpec:
+        """The pool of the top level: --backend, [[backends]], policy, hash_key, [fallback]."""
+        return PoolSpec(
+            DEFAULT_POOL,
+            self.backends,
+            self.services,
+            (),
+            self.policy,
+            self.hash_key,
+            self.hash_balance_factor,
+            self.fallback,
+        )
+
+    @property
+    def all_pools(self) -> tuple[PoolSpec, ...]:
+        """The default pool first, then the named ones in the file's order."""
+        return (self.default_pool, *self.pools)
 
 
 def declared_settings() -> Iterator[Declared]:
@@ -637,7 +810,34 @@ def check(settings: Settings) -> Settings:
             "workers", settings.workers, "dns:// and dns+srv:// backends need workers = 1 for now"
         )
     _check_tls(settings)
+    _check_pools(settings)
     return settings
+
+
+def _check_pools(settings: Settings) -> None:
+    """Routes name pools that exist; backend names are unique across pools (the admin API and the
+    metrics name a backend alone); a pool without its own health checks is not one."""
+    names = {each.name for each in settings.all_pools}
+    for i, route in enumerate(settings.routes):
+        for j, wanted in enumerate(route.pools):
+            if wanted not in names:
+                key = f"routes[{i}].pool" if route.pool is not None else f"routes[{i}].split[{j}].pool"
+                raise ConfigError(key, wanted, f"no such pool (pools: {', '.join(sorted(names))})")
+    seen: dict[str, str] = {}
+    for each in settings.all_pools:
+        for spec in each.backends:
+            if spec.name in seen and seen[spec.name] != each.name:
+                where = "backends" if each.name == DEFAULT_POOL else f"pools.{each.name}.backends"
+                reason = f"backend name already used in pool {seen[spec.name]}: names are unique"
+                raise ConfigError(where, spec.name, reason)
+            seen[spec.name] = each.name
+    if settings.workers > 1 and (settings.pools or settings.routes):
+        # The worker processes' shared table is laid out for one pool's list (processes/shared).
+        raise ConfigError("workers", settings.workers, "[pools] and [[routes]] need workers = 1 for now")
+    for named in settings.pools:
+        if named.services:
+            key, url = f"pools.{named.name}.backends", named.services[0].url
+            raise ConfigError(key, url, "dns:// backends are for the default pool for now")
 
 
 def _check_tls(settings: Settings) -> None:
@@ -654,6 +854,9 @@ def warnings(settings: Settings) -> list[str]:
     """What is allowed but probably not meant, for the log at start and at each reload: a check timeout
     not shorter than its interval, in [health] and in each backend that sets either itself."""
     found = [_timeout_warning(settings.health)] if _timeout_too_long(settings.health) else []
+    found += unreachable(settings.routes)
+    used = {pool for route in settings.routes for pool in route.pools}
+    found += [f"pools.{pool.name}: no route sends to it" for pool in settings.pools if pool.name not in used]
     for i, spec in enumerate(settings.backends):
         own = {name for name, _ in spec.health_overrides}
         if own & {"interval", "timeout"} and _timeout_too_long(spec.health):

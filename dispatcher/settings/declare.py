@@ -55,6 +55,7 @@ class Setting:
     flag: str | None = None  # None: --<key>, the dots and underscores written as dashes
     metavar: str | None = None  # None: the kind's
     per_backend: bool = False  # a [[backends]] entry may set it for that backend alone
+    toml_only: bool = False  # a table of tables ([pools], [[routes]]): no flag could say it
 
 
 def setting(
@@ -65,9 +66,11 @@ def setting(
     flag: str | None = None,
     metavar: str | None = None,
     per_backend: bool = False,
+    toml_only: bool = False,
 ) -> T:
     """The field of one setting, with its declaration in the field's metadata."""
-    return field(default=default, metadata={SETTING: Setting(kind, help, flag, metavar, per_backend)})
+    declaration = Setting(kind, help, flag, metavar, per_backend, toml_only)
+    return field(default=default, metadata={SETTING: declaration})
 
 
 def table(default: T) -> T:

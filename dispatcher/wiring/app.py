@@ -21,7 +21,9 @@ import trio
 
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Backend, Pool
+from dispatcher.core.pools import Pools
 from dispatcher.core.roster import Roster
+from dispatcher.core.routes import CountryOf, router_for
 from dispatcher.core.stats import ServerStats
 from dispatcher.expose import access_log
 from dispatcher.expose.render import Metrics
@@ -33,7 +35,7 @@ from dispatcher.net.listen import CappedListener, naming, open_listeners, warn_u
 from dispatcher.net.tlsdoor import TlsFrontDoor, redirect_door
 from dispatcher.processes.workers import Master
 from dispatcher.settings import config
-from dispatcher.settings.config import BackendSpec, Settings
+from dispatcher.settings.config import BackendSpec, PoolSpec, Settings
 
 log = logging.getLogger("dispatcher")
 
@@ -41,7 +43,7 @@ log = logging.getLogger("dispatcher")
 # Settings that a reload cannot change in a running process: they need a restart.
 # The access log is opened where the front door serves, once (SIGUSR1 reopens the same path).
 RESTART_ONLY: tuple[str, ...] = ("listen", "admin_listen", "max_connections", "reuse_port", "workers")
-RESTART_ONLY += ("access_log", "access_log_format")
+RESTART_ONLY += ("access_log", "access_log_format", "geoip_db")
 # How often slow-start weights grow and the drain shares are refreshed (Pool.tick).
 RAMP_STEP = 0.5
 
@@ -63,6 +65,11 @@ class Running:
     master: Master | None = None  # with --workers: the worker processes
     discovery: Discovery | None = None  # with dns:// or dns+srv:// backends
     roster: Roster = field(default_factory=Roster)  # the admin API's POST and DELETE /backends
+    pools: Pools | None = None  # every pool, the default one (`pool`) first
+    # The named pools' health checks, each in its own cancel scope (a reload may remove a pool).
+    pool_checks: dict[str, tuple[HealthChecks, trio.CancelScope]] = field(default_factory=dict)
+    nursery: trio.Nursery | None = None  # where a pool added by a reload runs its checks
+    country_of: CountryOf | None = None  # the GeoIP database's lookup, when one is configured
 
     def reload(self, new: Settings) -> None:
         """Apply new settings without dropping a connection; backends that stay keep their state.
@@ -113,15 +120,74 @@ class Running:
     def _apply(self, new: Settings, specs: Sequence[BackendSpec], why: str) -> None:
         self.pool.health_settings = new.health
         self.pool.slow_start = new.slow_start
-        self.pool.set_policy(new.policy)
+        self.pool.set_spec(new.default_pool)
         added, removed = apply_backends(self.pool, self.checks, specs)
+        more, fewer = self._apply_pools(new)
         self.settings = new
         if self.front is not None:
             self.front.settings = new
+            self._route(new)
         self.admin.set_token(new.admin_token)
+        count = sum(len(pool.backends) for pool in self._pools())
         log.info(
-            "%s: %s (%d added, %d removed)", why, _backends(len(self.pool.backends)), len(added), len(removed)
+            "%s: %s (%d added, %d removed)", why, _backends(count), len(added) + more, len(removed) + fewer
         )
+
+    def _pools(self) -> Pools:
+        assert self.pools is not None
+        return self.pools
+
+    def _apply_pools(self, new: Settings) -> tuple[int, int]:
+        """The named pools of a reload: kept ones take their new settings and backends (those that stay
+        keep their state), new ones start their checks, removed ones stop them. (added, removed)"""
+        pools, added, removed = self._pools(), 0, 0
+        wanted = {spec.name: spec for spec in new.pools}
+        for name in [pool.name for pool in pools if pool is not self.pool and pool.name not in wanted]:
+            _, scope = self.pool_checks.pop(name)
+            removed += len(pools.by_pool[name].backends)
+            scope.cancel()
+            pools.remove(name)
+        for spec in new.pools:
+            pool = pools.by_pool.get(spec.name)
+            if pool is None:
+                assert self.nursery is not None
+                pool = new_pool(spec, new, trio.current_time())
+                pool.listeners.append(log_transition)
+                pools.add(pool)
+                self.pool_checks[spec.name] = start_checks(self.nursery, pool)
+                added += len(pool.backends)
+                continue
+            pool.health_settings, pool.slow_start = spec.health(new.health), new.slow_start
+            pool.set_spec(spec)
+            more, fewer = apply_backends(pool, self.pool_checks[spec.name][0], spec.backends)
+            added, removed = added + len(more), removed + len(fewer)
+        return added, removed
+
+    def _route(self, settings: Settings) -> None:
+        """The front door's router for these settings over the pools now (None: the default pool alone)."""
+        assert self.front is not None
+        pools = self._pools()
+        self.front.replies.router = router_for(settings, pools.by_pool, self.country_of)
+        self.front.replies.pools = pools
+
+
+def new_pool(spec: PoolSpec, settings: Settings, now: float) -> Pool:
+    """A named pool ([pools.NAME]): its backends, health settings over the global ones, its policy."""
+    health = spec.health(settings.health)
+    return Pool(spec.backends, health, now, settings.slow_start, spec.policy, spec=spec)
+
+
+def start_checks(nursery: trio.Nursery, pool: Pool) -> tuple[HealthChecks, trio.CancelScope]:
+    """A named pool's health checks, in a scope of their own that a reload removing the pool cancels."""
+    checks = HealthChecks(pool)
+    scope = trio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await checks.run()
+
+    nursery.start_soon(run)
+    return checks, scope
 
 
 def apply_backends(
@@ -160,11 +226,13 @@ def _warn_about(settings: Settings) -> None:
         log.warning("%s", warning)
 
 
-async def _tick(pool: Pool) -> None:
-    """Slow start's weights and the estimate's drain shares, step by step (Pool.tick)."""
+async def _tick(pools: Pools) -> None:
+    """Slow start's weights and the estimate's drain shares, step by step (Pool.tick), in every pool."""
     while True:
         await trio.sleep(RAMP_STEP)
-        pool.tick(trio.current_time())
+        now = trio.current_time()
+        for pool in list(pools):
+            pool.tick(now)
 
 
 def _backends(count: int) -> str:
@@ -271,6 +339,7 @@ async def run(
     settings: Settings,
     stop: trio.Event,
     *,
+    country_of: CountryOf | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until `stop` is set, then shut down gracefully and return.
@@ -278,12 +347,24 @@ async def run(
     With `workers` > 1 the front door runs in worker processes (`dispatcher.processes.workers`) and this
     process keeps the health checks, the admin listener and the metrics.
     """
-    pool = Pool(settings.backends, settings.health, trio.current_time(), settings.slow_start, settings.policy)
+    now = trio.current_time()
+    pool = Pool(
+        settings.backends,
+        settings.health,
+        now,
+        settings.slow_start,
+        settings.policy,
+        spec=settings.default_pool,
+    )
+    pools = Pools(pool)
+    for spec in settings.pools:
+        pools.add(new_pool(spec, settings, now))
     lifecycle, stats = Lifecycle(), ServerStats()
     front, master = parts = _front_or_master(settings, pool, stats, lifecycle)
-    metrics = Metrics(pool, stats)
-    pool.listeners.append(log_transition)
-    admin = AdminApi(pool, metrics, lifecycle, settings.admin_token, master.gather if master else None)
+    metrics = Metrics(pools, stats)
+    for each in pools:
+        each.listeners.append(log_transition)
+    admin = AdminApi(pools, metrics, lifecycle, settings.admin_token, master.gather if master else None)
     async with trio.open_nursery() as services:
         admin_listeners = await _open_admin(settings)
         # Bound before anything runs: a port that cannot be bound ends the start at once, in one line,
@@ -294,11 +375,12 @@ async def run(
         await services.start(trio.serve_listeners, admin.handle, admin_listeners)
         checks = HealthChecks(pool)
         await services.start(checks.run)
+        pool_checks = {each.name: start_checks(services, each) for each in pools if each is not pool}
         roster = Roster()
         discovery = await _start_discovery(
             services, settings, partial(_members_changed, pool, checks, roster)
         )
-        services.start_soon(_tick, pool)
+        services.start_soon(_tick, pools)
         async with trio.open_nursery() as frontline:
             stopping = trio.Event()
             frontline.start_soon(_shut_down_on, stop, lifecycle, stopping)
@@ -310,7 +392,12 @@ async def run(
                 port, admin_port, settings, pool, stats, lifecycle, front, metrics, checks, admin, master
             )
             _attach(running, discovery, roster)
-            _log_start(settings, len(pool.backends))
+            running.pools, running.pool_checks, running.nursery = pools, pool_checks, services
+            running.country_of = country_of
+            if front is not None:
+                running._route(settings)
+                metrics.router = lambda: front.replies.router
+            _log_start(settings, len(pools.backends))
             task_status.started(running)
         services.cancel_scope.cancel()
     for admin_listener in admin_listeners:

@@ -24,9 +24,9 @@ import trio
 
 from dispatcher import __version__
 from dispatcher.expose import access_log, logs
-from dispatcher.net import certificates, health
+from dispatcher.net import certificates, geoip, health
 from dispatcher.settings import config
-from dispatcher.settings.config import DEMO_LISTEN, ConfigError, Settings
+from dispatcher.settings.config import DEMO_LISTEN, ConfigError, Fallback, Settings
 from dispatcher.settings.declare import Declared
 from dispatcher.wiring import app, demo
 
@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE", help="TOML file with the same settings; flags override it"
     )
     for declared in config.declared_settings():
-        _add_setting(parser, declared)
+        if not declared.setting.toml_only:
+            _add_setting(parser, declared)
     _add_own_flags(parser)
     return parser
 
@@ -118,11 +119,18 @@ def _add_own_flags(parser: argparse.ArgumentParser) -> None:
         help="text lines, or one JSON object a line: time, level, logger, message (default text)",
     )
     parser.add_argument("--demo", action="store_true", help="start three demo backends and front them")
+    parser.add_argument(
+        "--check-config",
+        metavar="FILE",
+        help="validate this config file (with the other flags) and exit: 0, or 2 and one line naming the key",
+    )
 
 
 def _flag_settings(settings: Settings, args: argparse.Namespace) -> Settings:
     """Lay the flags that were given over `settings`, one at a time so errors name the flag."""
     for declared in config.declared_settings():
+        if declared.setting.toml_only:
+            continue
         raw = getattr(args, declared.dest)
         if raw is not None:
             settings = _apply_flag(settings, declared, raw)
@@ -170,11 +178,62 @@ def load_settings(args: argparse.Namespace) -> Settings:
     settings = config.check(settings)  # first: a certificate without its key is named as such
     if settings.tls.enabled:
         certificates.server_context(settings.tls)  # a certificate or key that cannot be used, by name
-    return settings
+    if settings.geoip_db is not None:
+        geoip.CountryDatabase.open(settings.geoip_db).close()  # a file that is no MaxMind DB, by name
+    return _with_pages(settings)
+
+
+# A fallback page is held in memory and sent whole: a maintenance page, not a site.
+MAX_PAGE = 1024 * 1024
+
+
+def _with_pages(settings: Settings) -> Settings:
+    """Each pool's fallback page read now (at start and at each reload), so that a page that cannot be
+    read is refused in one line naming its key, and a running page changes only with a reload."""
+    fallback = _read_page("fallback.page", settings.fallback)
+    pools = tuple(
+        replace(p, fallback=_read_page(f"pools.{p.name}.fallback.page", p.fallback)) for p in settings.pools
+    )
+    return replace(settings, fallback=fallback, pools=pools)
+
+
+def _read_page(key: str, fallback: Fallback) -> Fallback:
+    if fallback.page is None:
+        return fallback
+    try:
+        with open(fallback.page, "rb") as file:
+            body = file.read(MAX_PAGE + 1)
+    except OSError as error:
+        raise ConfigError(key, fallback.page, f"cannot read: {error.strerror or error}") from None
+    if len(body) > MAX_PAGE:
+        raise ConfigError(
+            key, fallback.page, f"larger than {MAX_PAGE // 1024} KiB: a fallback page is sent from memory"
+        )
+    return replace(fallback, body=body)
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """--check-config FILE: the file (and the flags) validated as a start would, nothing started."""
+    args.config = args.check_config
+    try:
+        settings = load_settings(args)
+    except ConfigError as error:
+        print(f"dispatcher: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    for warning in config.warnings(settings):
+        print(f"dispatcher: warning: {warning}", file=sys.stderr)
+    backends = sum(len(pool.backends) + len(pool.services) for pool in settings.all_pools)
+    print(
+        f"{args.check_config}: ok: {len(settings.all_pools)} pool(s), {len(settings.routes)} route(s), "
+        f"{backends} backend entr{'y' if backends == 1 else 'ies'}"
+    )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.check_config is not None:
+        return check_config(args)
     try:
         settings = load_settings(args)
     except ConfigError as error:
@@ -285,9 +344,15 @@ async def _app(
     *,
     task_status: trio.TaskStatus[app.Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    database = geoip.CountryDatabase.open(settings.geoip_db) if settings.geoip_db is not None else None
+    if database is not None:
+        log.info("%s", database.describe())
     try:
-        await app.run(settings, stop, task_status=task_status)
+        country_of = database.country_of if database is not None else None
+        await app.run(settings, stop, country_of=country_of, task_status=task_status)
     finally:
+        if database is not None:
+            database.close()
         done.set()
 
 

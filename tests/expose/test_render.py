@@ -116,7 +116,7 @@ def test_a_figure_back_to_an_earlier_value_is_served_as_it_is_now(metrics: Metri
         a.check_durations[:] = [0] * len(a.check_durations)  # only the load differs between rounds
         a.check_duration_sum, a.checks_passed = 0.0, 0
         body = assert_served_as_plain(metrics, 3.0)[0]
-        assert f'dispatcher_backend_load{{backend="a"}} {load}\n'.encode() in body
+        assert f'dispatcher_backend_load{{backend="a",pool="default"}} {load}\n'.encode() in body
 
 
 def test_a_load_of_minus_zero_is_served_as_zero(metrics: Metrics) -> None:
@@ -126,7 +126,7 @@ def test_a_load_of_minus_zero_is_served_as_zero(metrics: Metrics) -> None:
     assert_served_as_plain(metrics, 2.0)
     metrics.pool.record_check(a, check_ok(load=-0.0), 2.0)
     for body in assert_served_as_plain(metrics, 2.0):
-        assert b'dispatcher_backend_load{backend="a"} 0.0\n' in body
+        assert b'dispatcher_backend_load{backend="a",pool="default"} 0.0\n' in body
 
 
 def test_a_reload_that_adds_removes_and_reorders_backends(metrics: Metrics) -> None:
@@ -140,7 +140,7 @@ def test_a_reload_that_adds_removes_and_reorders_backends(metrics: Metrics) -> N
     assert [backend.name for backend in pool.backends] == ["c", "a", "d"]
     body = assert_served_as_plain(metrics, 4.0)[0]
     assert b'backend="b"' not in body
-    assert b'dispatcher_backend_weight{backend="a"} 2.0\n' in body
+    assert b'dispatcher_backend_weight{backend="a",pool="default"} 2.0\n' in body
 
 
 def test_a_reload_that_only_renames(metrics: Metrics) -> None:

@@ -64,6 +64,8 @@ class Scrape:
                 self.samples[key] = sample.value
 
     def value(self, name: str, **labels: str) -> float:
+        if "backend" in labels:  # every backend's series names its pool: here the default one
+            labels.setdefault("pool", "default")
         return self.samples[(name, frozenset(labels.items()))]
 
     def series(self, name: str) -> dict[Labels, float]:

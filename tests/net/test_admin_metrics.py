@@ -65,6 +65,8 @@ async def scrape(dispatcher: Dispatcher) -> dict[SampleKey, float]:
 
 
 def value(samples: dict[SampleKey, float], name: str, **labels: str) -> float:
+    if "backend" in labels:  # every backend's series names its pool: here the default one
+        labels.setdefault("pool", "default")
     return samples[(name, tuple(sorted(labels.items())))]
 
 

@@ -321,7 +321,7 @@ async def test_reload_swaps_the_workers_without_a_failed_request_and_counters_ad
         every = [location for seen in traffic.locations.values() for location in seen]
         by_backend = Counter(location.rsplit(b"/", 1)[0].decode() for location in every)
         expected = {
-            f"dispatcher_redirects_total{{backend={b.name}}}": float(by_backend[b.url])
+            f"dispatcher_redirects_total{{backend={b.name},pool=default}}": float(by_backend[b.url])
             for b in (kept, drained, added)
         }
         expected["dispatcher_responses_total{code=307}"] = float(len(every))

@@ -12,8 +12,10 @@ from dispatcher.settings.declare import DERIVED, SETTING, TABLE, Declared
 from dispatcher.wiring.cli import build_parser
 
 DECLARED = list(declared_settings())
+# The tables of tables ([pools.NAME], [[routes]]) are the file's alone: no flag could say them.
+FLAGGED = [d for d in DECLARED if not d.setting.toml_only]
 # The command line's own flags: not settings of the file.
-CLI_ONLY = {"-h", "--help", "-V", "--version", "--config", "--log-level", "--log-format", "--demo"}
+CLI_ONLY = {"-h", "--help", "-V", "--version", "--config", "--log-level", "--log-format", "--demo", "--check-config"}
 
 
 def test_every_field_of_the_settings_is_declared() -> None:
@@ -30,10 +32,10 @@ def test_the_parser_has_a_flag_for_each_declared_setting_and_its_own() -> None:
     """The parser's flags are the declared ones and the command line's own, each once."""
     flags = [flag for action in build_parser()._actions for flag in action.option_strings]
     assert len(flags) == len(set(flags))
-    assert set(flags) == {d.flag for d in DECLARED} | CLI_ONLY
+    assert set(flags) == {d.flag for d in FLAGGED} | CLI_ONLY
 
 
-@pytest.mark.parametrize("declared", DECLARED, ids=[d.key for d in DECLARED])
+@pytest.mark.parametrize("declared", FLAGGED, ids=[d.key for d in FLAGGED])
 def test_the_default_shown_is_the_default(declared: Declared) -> None:
     """What --help and the README write as the default reads back, as a flag, to the default itself."""
     if declared.shown is None:
@@ -45,7 +47,7 @@ def test_the_default_shown_is_the_default(declared: Declared) -> None:
     assert read == declared.default
 
 
-@pytest.mark.parametrize("declared", DECLARED, ids=[d.key for d in DECLARED])
+@pytest.mark.parametrize("declared", FLAGGED, ids=[d.key for d in FLAGGED])
 def test_help_gives_each_flag_its_declared_default(declared: Declared) -> None:
     """`--health-interval DURATION ... (default 2s)`: the help line is the declaration's."""
     [action] = [a for a in build_parser()._actions if declared.flag in a.option_strings]
