@@ -9,7 +9,7 @@ import trio
 
 from dispatcher import __version__
 from dispatcher.core.stats import RESPONSE_CODES
-from dispatcher.settings.config import Settings, apply, declared_settings, parse_toml
+from dispatcher.settings.config import Settings, apply, check, declared_settings, parse_toml
 from dispatcher.wiring.cli import build_parser
 from tests.helpers import admin_get, settings_for, start_backends, start_dispatcher
 
@@ -105,6 +105,18 @@ def test_the_flag_table_gives_each_setting_its_declared_default() -> None:
             continue
         shown = defaults[declared.flag]
         assert (shown and shown[1]) == declared.shown, declared.flag
+
+
+def test_every_example_of_routes_and_pools_is_a_valid_config() -> None:
+    """Each TOML block of "Routes and pools" parses, passes the checks across settings, and routes only
+    to pools it defines: the examples are what users copy."""
+    text = README.read_text(encoding="utf-8")
+    whole = text.split("\n## Routes and pools\n", 1)[1].split("\n## ", 1)[0]  # its subsections too
+    blocks = re.findall(r"```toml\n(.*?)```", whole, re.DOTALL)
+    assert len(blocks) >= 6
+    for block in blocks:
+        settings = check(apply(Settings(), parse_toml(block)))
+        assert settings.backends or settings.pools, block
 
 
 def test_the_config_example_gives_a_backend_its_own_health() -> None:

@@ -282,9 +282,8 @@ def router_for(
     """The router of these settings over these pools (by name, the default pool's `default`), or None."""
     if not needs_router(settings):
         return None
-    trusted = clientaddr.TrustedProxies(
-        ipaddress.ip_network(t, strict=False) for t in settings.trusted_proxies
-    )
+    networks = (ipaddress.ip_network(text) for text in settings.trusted_proxies)
+    trusted = clientaddr.TrustedProxies(networks, settings.forwarding_header.encode())
     header = settings.country_header.encode() if settings.country_header else None
     return Router(settings.routes, pools, pools[DEFAULT_POOL], Client(trusted, country_of, header))
 

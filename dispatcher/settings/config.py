@@ -489,10 +489,19 @@ def _trusted(key: str, value: object) -> tuple[str, ...]:
         raise ConfigError(key, value, "must be a list of addresses or CIDR networks")
     for text in values:
         try:
-            ipaddress.ip_network(text, strict=False)
+            network = ipaddress.ip_network(text, strict=False)
         except ValueError:
             raise ConfigError(key, text, "must be an address or CIDR network, as 10.0.0.0/8") from None
+        if str(network) != text and str(network.network_address) != text:
+            # Host bits set (10.0.0.1/8): which network was meant cannot be guessed.
+            raise ConfigError(key, text, f"has host bits set: write {network} for the network")
     return tuple(values)
+
+
+def _forwarding_header(key: str, value: object) -> str:
+    if not isinstance(value, str) or value.lower() not in ("x-forwarded-for", "forwarded"):
+        raise ConfigError(key, value, "must be x-forwarded-for or forwarded (RFC 7239)")
+    return value.lower()
 
 
 def _header_name(key: str, value: object) -> str:
@@ -698,6 +707,13 @@ class Settings:
         "believe X-Forwarded-For / Forwarded from these peers (address or CIDR); repeatable",
         flag="--trusted-proxy",
     )
+    # One header, never "Forwarded if present, else X-Forwarded-For": proxies that append to one pass a
+    # client's own copy of the other through, and that forged copy would then name the client.
+    forwarding_header: str = setting(
+        "x-forwarded-for",
+        Kind(_forwarding_header, "NAME"),
+        "the header trusted proxies append the client's address to: x-forwarded-for or forwarded",
+    )
     geoip_db: str | None = setting(
         None, FILE, "a MaxMind DB (GeoLite2 Country or a site's own) for routes' countries", metavar="MMDB"
     )
@@ -855,6 +871,12 @@ def warnings(settings: Settings) -> list[str]:
     not shorter than its interval, in [health] and in each backend that sets either itself."""
     found = [_timeout_warning(settings.health)] if _timeout_too_long(settings.health) else []
     found += unreachable(settings.routes)
+    if settings.geoip_db is None and settings.country_header is None:
+        found += [
+            f"routes[{i}] ({route.name}): countries, but neither geoip_db nor country_header is set: it never matches"
+            for i, route in enumerate(settings.routes)
+            if route.countries
+        ]
     used = {pool for route in settings.routes for pool in route.pools}
     found += [f"pools.{pool.name}: no route sends to it" for pool in settings.pools if pool.name not in used]
     for i, spec in enumerate(settings.backends):

@@ -61,6 +61,9 @@ admin routes (on --admin-listen; state changes need the token when one is set):
   POST /backends/<name>/state    body drain, maint or ready
   POST /backends                 add a backend: JSON {"url", "name", "weight"}
   DELETE /backends/<name>        remove a backend (both lost at a reload unless keep_runtime_backends)
+  GET /pools                     every pool: state, policy, usable backends, fallback
+  GET /pools/<name>              one pool, with its backends
+  POST /pools/<name>/state       body maint (every answer its fallback) or ready
 
 exit status: 0 after a stop, 1 when a port cannot be bound, 2 for a bad flag, URL or config.
 Durations: 500ms, 2s, 1.5m, 1h, or a bare number of seconds.
