@@ -873,7 +873,8 @@ def warnings(settings: Settings) -> list[str]:
     found += unreachable(settings.routes)
     if settings.geoip_db is None and settings.country_header is None:
         found += [
-            f"routes[{i}] ({route.name}): countries, but neither geoip_db nor country_header is set: it never matches"
+            f"routes[{i}] ({route.name}): countries, but neither geoip_db nor country_header is set: "
+            "it never matches"
             for i, route in enumerate(settings.routes)
             if route.countries
         ]
