@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from dispatcher.core import estimate
+from dispatcher.core.hashing import BoundedLoadHash
 from dispatcher.core.health_state import Admin, Event, Health, visible_state, walk
 from dispatcher.core.policy import LOAD_AWARE, Policy, make_policy
 from dispatcher.settings.config import (
@@ -270,7 +271,10 @@ class Pool:
         the hash policy hashes (routing's, from the request); the other policies take none."""
         if key is None:
             return self.policy.choose(now)
-        return self.policy.choose(now, key)  # type: ignore[call-arg]
+        policy = self.policy
+        if isinstance(policy, BoundedLoadHash):
+            return policy.choose(now, key)
+        return policy.choose(now)
 
     @property
     def takes_redirects(self) -> bool:

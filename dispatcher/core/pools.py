@@ -71,3 +71,28 @@ class Pools:
 
     def set_admin(self, backend: Backend, admin: Admin) -> None:
         self.pool_of(backend).set_admin(backend, admin)
+
+    # --- --workers: the shared table's reader and writer go through here (processes/shared.py) --------
+
+    def set_counts(self, backend: Backend, since: int, redirects: int) -> None:
+        self.pool_of(backend).set_counts(backend, since, redirects)
+
+    def take_master_report(self, backend: Backend, load: float, now: float) -> None:
+        self.pool_of(backend).take_master_report(backend, load, now)
+
+    def mirror(
+        self, backend: Backend, usable: bool, weight: float, ramp: float, others: int, now: float
+    ) -> None:
+        self.pool_of(backend).mirror(backend, usable, weight, ramp, others, now)
+
+    def set_next_check(self, backend: Backend, at: float) -> None:
+        self.pool_of(backend).set_next_check(backend, at)
+
+    def set_others_totals(self, totals: dict[str, int]) -> None:
+        """The other workers' redirects in all, per pool: each pool's redirect rate counts its own."""
+        for pool in self.by_pool.values():
+            pool.others_total = totals.get(pool.name, 0)
+
+    def tick(self, now: float) -> None:
+        for pool in list(self.by_pool.values()):
+            pool.tick(now)

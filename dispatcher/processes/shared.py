@@ -23,6 +23,7 @@ from multiprocessing import shared_memory
 
 from dispatcher.core.health_state import Health
 from dispatcher.core.pool import Backend, Pool
+from dispatcher.core.pools import Pools
 from dispatcher.core.stats import DURATION_BUCKETS, RESPONSE_CODES, ServerStats
 
 # A worker's view of the other workers is at most this old; a report reaches it this late at most.
@@ -118,13 +119,14 @@ class SharedTable:
 
     # --- a worker's side ---------------------------------------------------------------------------
 
-    def restore(self, worker: int, pool: Pool, stats: ServerStats) -> None:
+    def restore(self, worker: int, pool: Pool | Pools, stats: ServerStats) -> None:
         """A restarted worker carries on from its predecessor's totals, so counters never go back.
 
         Its front-door counters too: its first sync overwrites the cells with `stats`. Open
         connections are not carried: the predecessor's died with it.
         """
         base = worker * self.layout.worker_cells
+        pool = _pools(pool)
         for index, backend in enumerate(pool.backends):
             pool.set_counts(backend, backend.since, self.cells[base + 2 * index + _TOTAL])
         before = stats_of(self.cells[base + 2 * self.layout.backends : base + self.layout.worker_cells - 1])
@@ -132,7 +134,7 @@ class SharedTable:
         stats.responses, stats.duration_counts = before.responses, before.duration_counts
         stats.duration_sum = before.duration_sum
 
-    def sync(self, worker: int, pool: Pool, stats: ServerStats, seen: list[float]) -> None:
+    def sync(self, worker: int, pool: Pool | Pools, stats: ServerStats, seen: list[float]) -> None:
         """Publish this worker's counters; take the master's figures and the other workers' redirects.
 
         `seen` holds, per backend, the report sequence number this worker last took.
@@ -141,7 +143,8 @@ class SharedTable:
         per = layout.worker_cells
         mine = worker * per
         now = time.monotonic()
-        others_total = 0
+        pool = _pools(pool)
+        others_totals = dict.fromkeys((each.name for each in pool), 0)
         for index, backend in enumerate(pool.backends):
             base = index * _MASTER_FIELDS
             changed = master[base + _SEQ] != seen[index]
@@ -152,7 +155,7 @@ class SharedTable:
             cells[mine + 2 * index + _SINCE] = backend.since
             row = [w * per + 2 * index for w in range(layout.workers) if w != worker]
             others = sum(cells[cell + _SINCE] for cell in row)
-            others_total += sum(cells[cell + _TOTAL] for cell in row)
+            others_totals[backend.pool] += sum(cells[cell + _TOTAL] for cell in row)
             usable = master[base + _USABLE] == 1.0
             weight, ramp = master[base + _WEIGHT] or backend.spec.weight, master[base + _RAMP] or 1.0
             pool.set_next_check(backend, master[base + _NEXT_CHECK])
@@ -163,7 +166,7 @@ class SharedTable:
                 backend.spec.weight,
             ):
                 pool.mirror(backend, usable, weight, ramp, others, now)
-        pool.others_total = others_total
+        pool.set_others_totals(others_totals)
         self._publish_stats(mine + 2 * layout.backends, stats)
 
     def set_ready(self, worker: int, ready: bool) -> None:
@@ -180,6 +183,11 @@ class SharedTable:
         values.append(round(stats.duration_sum * 1e6))  # not int(): restored, n / 1e6 * 1e6 may be n - 1
         for offset, value in enumerate(values):
             self.cells[start + offset] = value
+
+
+def _pools(pool: Pool | Pools) -> Pools:
+    """Every pool, the default one's backends first: the rows of the table in order."""
+    return pool if isinstance(pool, Pools) else Pools(pool)
 
 
 def empty_counters() -> list[int]:

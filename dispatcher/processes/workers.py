@@ -44,8 +44,11 @@ import trio
 
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Backend, Pool
+from dispatcher.core.pools import Pools
+from dispatcher.core.routes import router_for
 from dispatcher.core.stats import ServerStats
 from dispatcher.expose import access_log, logs
+from dispatcher.net import geoip
 from dispatcher.net.frontdoor import FrontDoor
 from dispatcher.net.listen import CappedListener, open_listeners
 from dispatcher.processes.shared import (
@@ -112,26 +115,28 @@ class Generation:
         self.number = number
         self.count = settings.workers
         self.settings = replace(settings, workers=1)  # what each worker runs: one front door
-        self.table = SharedTable.create(Layout(len(settings.backends), settings.workers))
-        self._rows = {(spec.name, spec.url): row for row, spec in enumerate(settings.backends)}
+        # Every pool's backends, the default pool's first: the order the workers' Pools lay them out in.
+        specs = [spec for pool in settings.all_pools for spec in pool.backends]
+        self.table = SharedTable.create(Layout(len(specs), settings.workers))
+        self._rows = {(spec.name, spec.url): row for row, spec in enumerate(specs)}
         self.index: dict[Backend, int] = {}
         self.retiring = False  # its workers were told to stop
         self._context = multiprocessing.get_context("spawn")
         self.processes: list[multiprocessing.process.BaseProcess] = []
 
-    def adopt(self, backends: Iterable[Backend], interval: float) -> None:
+    def adopt(self, backends: Iterable[Backend]) -> None:
         """Take in and publish the master's backends that this generation has a row for: the same
         name and URL, the rule by which a reload keeps a backend (`Pool.reconcile`)."""
         for backend in backends:
             row = self._rows.get((backend.name, backend.spec.url))
             if row is not None:
                 self.index[backend] = row
-                self.table.publish(row, backend, interval)
+                self.table.publish(row, backend, backend.spec.health.interval)
 
-    def publish(self, backend: Backend, interval: float) -> None:
+    def publish(self, backend: Backend) -> None:
         row = self.index.get(backend)
         if row is not None:
-            self.table.publish(row, backend, interval)
+            self.table.publish(row, backend, backend.spec.health.interval)
 
     def start(self, index: int) -> multiprocessing.process.BaseProcess:
         level = logging.getLogger().getEffectiveLevel()
@@ -223,10 +228,11 @@ class Master:
     admin request (a scrape or the API); the master itself serves no client.
     """
 
-    def __init__(self, settings: Settings, pool: Pool, stats: ServerStats) -> None:
+    def __init__(self, settings: Settings, pool: Pool | Pools, stats: ServerStats) -> None:
         self.settings = settings
-        self.pool = pool
-        pool.chooses = False  # the workers choose; this pool checks, and shows their redirects
+        self.pool = pool if isinstance(pool, Pools) else Pools(pool)  # every pool: the master checks them all
+        for each in self.pool:
+            each.chooses = False  # the workers choose; this pool checks, and shows their redirects
         self.stats = stats
         self.listen = settings.listen
         self.generations: list[Generation] = []  # every one still running: starting, current, old
@@ -247,7 +253,8 @@ class Master:
     ) -> None:
         """Start the workers, publish the pool to them, reload them, stop them."""
         reserve, self.listen = _reserve_port(self.settings.listen)
-        self.pool.change_listeners.append(self._publish)
+        for each in self.pool:
+            each.change_listeners.append(self._publish)
         try:
             # Generations drain in this nursery, which stopping does not cancel: a stop lets an old
             # generation that a reload retired finish its drain. Only a second SIGTERM/SIGINT, which
@@ -262,8 +269,9 @@ class Master:
                         if not generation.retiring:
                             self._retire_soon(generation)
         finally:
-            with contextlib.suppress(ValueError):
-                self.pool.change_listeners.remove(self._publish)
+            for each in self.pool:
+                with contextlib.suppress(ValueError):
+                    each.change_listeners.remove(self._publish)
             reserve.close()
 
     async def _serve(self, stop: trio.Event, task_status: trio.TaskStatus[int]) -> None:
@@ -284,7 +292,7 @@ class Master:
         """A table for `settings`' backends, with the master's figures in it; no worker yet."""
         generation = Generation(replace(settings, listen=self.listen, reuse_port=True), next(self._numbers))
         self.generations.append(generation)  # counted and stopped from here on, even if it fails
-        generation.adopt(self.pool.backends, self.pool.health_settings.interval)
+        generation.adopt(self.pool.backends)
         return generation
 
     async def _take_reloads(self) -> None:
@@ -314,7 +322,11 @@ class Master:
                 self._retire_soon(new)
             return
         apply(settings)  # the master's pool: backends added, removed, reweighted
-        new.adopt(self.pool.backends, self.pool.health_settings.interval)  # with those added now
+        for each in self.pool:  # a pool the reload added: its redirects are the workers'
+            if each.chooses:
+                each.chooses = False
+                each.change_listeners.append(self._publish)
+        new.adopt(self.pool.backends)  # with those added now
         self.current = new
         if old is not None:
             log.info("reload: generation %d of workers listens; generation %d drains", new.number, old.number)
@@ -346,7 +358,7 @@ class Master:
 
     def _publish(self, backend: Backend) -> None:
         for generation in self.generations:
-            generation.publish(backend, self.pool.health_settings.interval)
+            generation.publish(backend)
 
     def reopen_logs(self) -> None:
         """SIGUSR1 to every worker still running: each reopens its own access log."""
@@ -408,11 +420,24 @@ def worker_main(
 async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> None:
     table = SharedTable.attach(name, layout)
     try:
-        pool = Pool(
-            settings.backends, settings.health, trio.current_time(), settings.slow_start, settings.policy
+        now = trio.current_time()
+        default = Pool(
+            settings.backends,
+            settings.health,
+            now,
+            settings.slow_start,
+            settings.policy,
+            spec=settings.default_pool,
         )
+        pool = Pools(default)
+        for spec in settings.pools:
+            health = spec.health(settings.health)
+            pool.add(Pool(spec.backends, health, now, settings.slow_start, spec.policy, spec=spec))
         stats, lifecycle = ServerStats(), Lifecycle()
-        front = FrontDoor(settings, pool, stats, lifecycle)
+        front = FrontDoor(settings, default, stats, lifecycle)
+        database = geoip.CountryDatabase.open(settings.geoip_db) if settings.geoip_db else None
+        front.replies.router = router_for(settings, pool.by_pool, database.country_of if database else None)
+        front.replies.pools = pool
         table.restore(index, pool, stats)
         # Synced before listening: the first client already finds the backends up, and "listening"
         # (the ready flag, the socket) means this worker's counters are in the table.
@@ -438,7 +463,7 @@ async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> 
         table.close()
 
 
-async def _sync(table: SharedTable, index: int, pool: Pool, stats: ServerStats, seen: list[float]) -> None:
+async def _sync(table: SharedTable, index: int, pool: Pools, stats: ServerStats, seen: list[float]) -> None:
     while True:
         await trio.sleep(SYNC_INTERVAL)
         table.sync(index, pool, stats, seen)

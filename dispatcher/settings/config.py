@@ -847,9 +847,6 @@ def _check_pools(settings: Settings) -> None:
                 reason = f"backend name already used in pool {seen[spec.name]}: names are unique"
                 raise ConfigError(where, spec.name, reason)
             seen[spec.name] = each.name
-    if settings.workers > 1 and (settings.pools or settings.routes):
-        # The worker processes' shared table is laid out for one pool's list (processes/shared).
-        raise ConfigError("workers", settings.workers, "[pools] and [[routes]] need workers = 1 for now")
     for named in settings.pools:
         if named.services:
             key, url = f"pools.{named.name}.backends", named.services[0].url

@@ -245,11 +245,12 @@ def _bound_port(listeners: Sequence[trio.SocketListener]) -> int:
 
 
 def _front_or_master(
-    settings: Settings, pool: Pool, stats: ServerStats, lifecycle: Lifecycle
+    settings: Settings, pools: Pools, stats: ServerStats, lifecycle: Lifecycle
 ) -> tuple[FrontDoor | None, Master | None]:
     """The front door of a single process, or with --workers the master of the processes that serve."""
+    pool = pools.default
     if settings.workers > 1:
-        return None, Master(settings, pool, stats)
+        return None, Master(settings, pools, stats)
     if settings.tls.enabled:
         return TlsFrontDoor(settings, pool, stats, lifecycle), None
     return FrontDoor(settings, pool, stats, lifecycle), None
@@ -360,7 +361,7 @@ async def run(
     for spec in settings.pools:
         pools.add(new_pool(spec, settings, now))
     lifecycle, stats = Lifecycle(), ServerStats()
-    front, master = parts = _front_or_master(settings, pool, stats, lifecycle)
+    front, master = parts = _front_or_master(settings, pools, stats, lifecycle)
     metrics = Metrics(pools, stats)
     for each in pools:
         each.listeners.append(log_transition)
