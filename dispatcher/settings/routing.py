@@ -102,6 +102,11 @@ def parse_fallback(key: str, table: object) -> Fallback:
     redirect = table.get("redirect")
     if redirect is not None:
         redirect = _absolute_url(f"{key}.redirect", redirect)
+        if table.get("keep_path") is True and urlsplit(redirect).query:
+            # The request's path would land after the URL's query: ...?from=shop/path?q.
+            raise ConfigError(
+                f"{key}.redirect", redirect, "keep_path appends the path: the URL can have no query"
+            )
     elif "keep_path" in table:
         raise ConfigError(f"{key}.keep_path", table["keep_path"], "only a redirect keeps the path")
     page = file_path(f"{key}.page", table["page"]) if "page" in table else None
@@ -123,6 +128,10 @@ def _absolute_url(key: str, value: object) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
         raise ConfigError(key, value, "must be an absolute http:// or https:// URL without a fragment")
+    try:
+        parts.port  # noqa: B018 (urlsplit checks the port only when asked)
+    except ValueError:
+        raise ConfigError(key, value, "has a port that is not a number from 0 to 65535") from None
     return value
 
 
@@ -421,7 +430,7 @@ def _set_covers(a: Any, b: Any) -> bool:
 
 
 def _prefix_covers(a: str | None, b: str | None) -> bool:
-    if a is None:
+    if a is None or a == "/":  # every request path starts with "/"
         return True
     if b is None:
         return False
