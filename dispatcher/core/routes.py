@@ -169,6 +169,24 @@ class Router:
         }
         self.defaulted = 0  # requests no route took: the default pool's
 
+    def counts(self) -> list[int]:
+        """Every counter, flat (`count_labels` names them): what --workers' shared table carries."""
+        flat = [self.defaulted]
+        for route in self.routes:
+            flat.append(route.requests)
+            flat.extend(route.variant_requests)
+        return flat
+
+    def restore(self, counts: Sequence[int]) -> None:
+        """Counters carried on from a predecessor (a restarted worker), in `counts` order."""
+        if len(counts) != len(self.counts()):
+            return
+        values = iter(counts)
+        self.defaulted = next(values)
+        for route in self.routes:
+            route.requests = next(values)
+            route.variant_requests = [next(values) for _ in route.variant_requests]
+
     def candidates(self, path: bytes) -> list[Route]:
         """The routes that could match this path, in order."""
         return self._by_segment.get(first_segment(path), self._any_segment)
@@ -268,6 +286,21 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return ipaddress.ip_address(text)
     except ValueError:
         return None
+
+
+# One counter of the router: (route, pool) — route "" with pool None is the requests no route took; a
+# route with pool None its requests; with a pool, those it sent to that pool (a variant).
+CountLabel = tuple[str, str | None]
+
+
+def count_labels(routes: Sequence[RouteSpec]) -> list[CountLabel]:
+    """The labels of `Router.counts`, in its order, from the routes alone (the --workers master has
+    no router of its own)."""
+    labels: list[CountLabel] = [("", None)]
+    for route in routes:
+        labels.append((route.name, None))
+        labels.extend((route.name, pool) for pool in route.pools)
+    return labels
 
 
 def needs_router(settings: Settings) -> bool:

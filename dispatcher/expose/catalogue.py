@@ -30,7 +30,7 @@ from dispatcher.core.health_state import VISIBLE_STATES
 from dispatcher.core.membership import BAD_OUTCOMES, OUTCOMES, Membership
 from dispatcher.core.pool import CHECK_BUCKETS, FAILURE_REASONS, LOAD_SOURCES, Backend, Pool
 from dispatcher.core.pools import Pools
-from dispatcher.core.routes import Router
+from dispatcher.core.routes import CountLabel, Router, count_labels
 from dispatcher.core.stats import DURATION_BUCKETS, ServerStats
 from dispatcher.settings.config import DEFAULT_POOL
 
@@ -424,21 +424,29 @@ class DiscoveryCollector(Collector):
         yield from (asked, failures, members, changes, state)
 
 
-# The router the front door answers with now (a reload replaces it; None: no routes), read at scrape.
-CurrentRouter = Callable[[], Router | None]
+# The router's counters now, by (route, pool) label (core.routes.count_labels); None without routes.
+# A single process reads its router's; the --workers master the sum of its workers' (Master).
+RouteCounts = Callable[[], Mapping[CountLabel, int] | None]
+
+
+def router_counts(router: Router | None) -> Mapping[CountLabel, int] | None:
+    """A router's counters by label: what a single process exports."""
+    if router is None:
+        return None
+    return dict(zip(count_labels([route.spec for route in router.routes]), router.counts(), strict=True))
 
 
 class RoutingCollector(Collector):
     """The pools' and the routes' figures (issue 13): each pool's state, usable backends and fallback
     answers; requests per route (route="" for those no route took) and per variant of a split."""
 
-    def __init__(self, pools: Pools, router: CurrentRouter | None) -> None:
-        self.pools, self.router = pools, router
+    def __init__(self, pools: Pools, route_counts: RouteCounts | None) -> None:
+        self.pools, self.route_counts = pools, route_counts
 
     def collect(self) -> Iterator[Metric]:
         yield from self._pool_families()
-        router = self.router() if self.router is not None else None
-        if router is None:
+        counts = self.route_counts() if self.route_counts is not None else None
+        if counts is None:
             return
         requests = CounterMetricFamily(
             "dispatcher_route_requests",
@@ -450,11 +458,11 @@ class RoutingCollector(Collector):
             "Requests each route sent to each of its pools (a split's variants; a plain route's one pool).",
             labels=["route", "pool"],
         )
-        requests.add_metric([""], router.defaulted)
-        for route in router.routes:
-            requests.add_metric([route.spec.name], route.requests)
-            for pool, count in zip(route.pools, route.variant_requests, strict=True):
-                variants.add_metric([route.spec.name, pool.name], count)
+        for (route, pool), count in counts.items():
+            if pool is None:
+                requests.add_metric([route], count)
+            else:
+                variants.add_metric([route, pool], count)
         yield from (requests, variants)
 
     def _pool_families(self) -> Iterator[Metric]:
@@ -486,7 +494,7 @@ def registry(
     stats: ServerStats,
     now: float,
     memberships: Memberships | None = None,
-    router: CurrentRouter | None = None,
+    router: RouteCounts | None = None,
 ) -> CollectorRegistry:
     """Every family of one scrape at trio time `now`, read afresh: what a render must equal."""
     whole = CollectorRegistry(auto_describe=False)
@@ -503,7 +511,7 @@ def rest_registry(
     stats: ServerStats,
     memberships: Memberships | None = None,
     pools: Pools | None = None,
-    router: CurrentRouter | None = None,
+    router: RouteCounts | None = None,
 ) -> CollectorRegistry:
     """The families after the pool's (the front door's, DNS's, the build's, the process's), afresh."""
     rest = CollectorRegistry(auto_describe=False)
@@ -516,7 +524,7 @@ def _register_rest(
     stats: ServerStats,
     memberships: Memberships | None,
     pools: Pools | None = None,
-    router: CurrentRouter | None = None,
+    router: RouteCounts | None = None,
 ) -> None:
     registry.register(ServerCollector(stats))
     if memberships is not None:

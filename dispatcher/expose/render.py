@@ -33,10 +33,10 @@ from dispatcher.core.stats import ServerStats
 from dispatcher.expose.catalogue import (
     BACKEND_FAMILIES,
     BackendFamily,
-    CurrentRouter,
     Labels,
     Memberships,
     PoolReading,
+    RouteCounts,
     SampleLabels,
     registry,
     rest_registry,
@@ -102,7 +102,7 @@ class Metrics:
         self.pool = pool
         self.stats = stats
         self.memberships: Memberships | None = None  # with dns:// entries: set by the wiring
-        self.router: CurrentRouter | None = None  # the front door's router now: set by the wiring
+        self.router: RouteCounts | None = None  # the routes' counters now: set by the wiring
         # Both replaced as a whole, never changed in place: a scrape that is between steps reads one
         # version, and two scrapes at once both stay right (the later one's blocks are kept).
         self._labels = SampleLabels.of(())

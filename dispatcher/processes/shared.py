@@ -44,10 +44,16 @@ _STATS += [f"d{i}" for i in range(len(DURATION_BUCKETS) + 1)]
 class Layout:
     backends: int
     workers: int
+    routes: int = 0  # the router's counters (core.routes.Router.counts), after the backends' cells
+
+    @property
+    def stats_start(self) -> int:
+        """Where a worker's front-door counters start among its cells."""
+        return 2 * self.backends + self.routes
 
     @property
     def worker_cells(self) -> int:
-        return 2 * self.backends + len(_STATS) + 2  # + the duration sum, + the ready flag
+        return self.stats_start + len(_STATS) + 2  # + the duration sum, + the ready flag
 
     @property
     def size(self) -> int:
@@ -108,10 +114,30 @@ class SharedTable:
         since = sum(cells[w * per + row + _SINCE] for w in range(self.layout.workers))
         return since, sum(cells[w * per + row + _TOTAL] for w in range(self.layout.workers))
 
+    def route_counts(self) -> list[int]:
+        """The router's counters summed over the workers, in `Router.counts` order."""
+        per, start, width = self.layout.worker_cells, 2 * self.layout.backends, self.layout.routes
+        totals = [0] * width
+        for w in range(self.layout.workers):
+            for i, value in enumerate(self.cells[w * per + start : w * per + start + width]):
+                totals[i] += value
+        return totals
+
+    def publish_routes(self, worker: int, counts: Sequence[int]) -> None:
+        """A worker's router counters (core.routes.Router.counts), as they are now."""
+        start = worker * self.layout.worker_cells + 2 * self.layout.backends
+        for i, value in enumerate(counts[: self.layout.routes]):
+            self.cells[start + i] = value
+
+    def restored_routes(self, worker: int) -> list[int]:
+        """What a restarted worker's predecessor had counted: so that the route counters never go back."""
+        start = worker * self.layout.worker_cells + 2 * self.layout.backends
+        return list(self.cells[start : start + self.layout.routes])
+
     def counters(self) -> list[int]:
         """The workers' front-door counters, summed, as integers in cell order (`stats_of` reads
         them): sums of sums stay exact, so a counter added up across tables never goes back."""
-        per, start = self.layout.worker_cells, 2 * self.layout.backends
+        per, start = self.layout.worker_cells, self.layout.stats_start
         totals = empty_counters()
         for w in range(self.layout.workers):
             add_counters(totals, self.cells[w * per + start : (w + 1) * per - 1])
@@ -129,7 +155,7 @@ class SharedTable:
         pool = _pools(pool)
         for index, backend in enumerate(pool.backends):
             pool.set_counts(backend, backend.since, self.cells[base + 2 * index + _TOTAL])
-        before = stats_of(self.cells[base + 2 * self.layout.backends : base + self.layout.worker_cells - 1])
+        before = stats_of(self.cells[base + self.layout.stats_start : base + self.layout.worker_cells - 1])
         stats.connections_total, stats.loops = before.connections_total, before.loops
         stats.responses, stats.duration_counts = before.responses, before.duration_counts
         stats.duration_sum = before.duration_sum
@@ -167,7 +193,7 @@ class SharedTable:
             ):
                 pool.mirror(backend, usable, weight, ramp, others, now)
         pool.set_others_totals(others_totals)
-        self._publish_stats(mine + 2 * layout.backends, stats)
+        self._publish_stats(mine + layout.stats_start, stats)
 
     def set_ready(self, worker: int, ready: bool) -> None:
         """A worker says it listens (and, at its end, that it no longer does)."""

@@ -45,7 +45,7 @@ import trio
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Backend, Pool
 from dispatcher.core.pools import Pools
-from dispatcher.core.routes import router_for
+from dispatcher.core.routes import CountLabel, Router, count_labels, needs_router, router_for
 from dispatcher.core.stats import ServerStats
 from dispatcher.expose import access_log, logs
 from dispatcher.net import geoip
@@ -117,7 +117,8 @@ class Generation:
         self.settings = replace(settings, workers=1)  # what each worker runs: one front door
         # Every pool's backends, the default pool's first: the order the workers' Pools lay them out in.
         specs = [spec for pool in settings.all_pools for spec in pool.backends]
-        self.table = SharedTable.create(Layout(len(specs), settings.workers))
+        self.route_labels = count_labels(settings.routes) if needs_router(settings) else []
+        self.table = SharedTable.create(Layout(len(specs), settings.workers, len(self.route_labels)))
         self._rows = {(spec.name, spec.url): row for row, spec in enumerate(specs)}
         self.index: dict[Backend, int] = {}
         self.retiring = False  # its workers were told to stop
@@ -240,6 +241,7 @@ class Master:
         # What stopped generations counted, carried so that counters never go back.
         self._carried: dict[Backend, int] = {}
         self._carried_counters = empty_counters()  # the front door's, in the table's order
+        self._carried_routes: dict[CountLabel, int] = {}  # the routes' counters, by label
         self._numbers = itertools.count()
         self._reloads_in, self._reloads = trio.open_memory_channel[tuple[Settings, Apply]](math.inf)
         self._retiring: trio.Nursery | None = None  # where generations drain (see run)
@@ -352,6 +354,8 @@ class Master:
             if backend in live:
                 self._carried[backend] = self._carried.get(backend, 0) + generation.table.redirects(row)[1]
         add_counters(self._carried_counters, generation.table.counters(), gauges=False)
+        for label, count in zip(generation.route_labels, generation.table.route_counts(), strict=True):
+            self._carried_routes[label] = self._carried_routes.get(label, 0) + count
         self._carried = {backend: n for backend, n in self._carried.items() if backend in live}
         self.generations.remove(generation)
         generation.table.close()
@@ -367,6 +371,18 @@ class Master:
                 if process.pid is not None and process.is_alive():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(process.pid, signal.SIGUSR1)
+
+    def route_counts(self) -> dict[CountLabel, int] | None:
+        """The routes' counters summed over every generation's workers (and those stopped), for the
+        labels of the routes running now; None without routes."""
+        if self.current is None or not self.current.route_labels:
+            return None
+        totals = {label: self._carried_routes.get(label, 0) for label in self.current.route_labels}
+        for generation in self.generations:
+            for label, count in zip(generation.route_labels, generation.table.route_counts(), strict=True):
+                if label in totals:
+                    totals[label] += count
+        return totals
 
     def gather(self) -> None:
         """Sum the workers' counters into the master's pool and stats, for one scrape or API call."""
@@ -436,8 +452,10 @@ async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> 
         stats, lifecycle = ServerStats(), Lifecycle()
         front = FrontDoor(settings, default, stats, lifecycle)
         database = geoip.CountryDatabase.open(settings.geoip_db) if settings.geoip_db else None
-        front.replies.router = router_for(settings, pool.by_pool, database.country_of if database else None)
-        front.replies.pools = pool
+        router = router_for(settings, pool.by_pool, database.country_of if database else None)
+        front.replies.router, front.replies.pools = router, pool
+        if router is not None:
+            router.restore(table.restored_routes(index))
         table.restore(index, pool, stats)
         # Synced before listening: the first client already finds the backends up, and "listening"
         # (the ready flag, the socket) means this worker's counters are in the table.
@@ -449,7 +467,7 @@ async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> 
             listeners = await open_listeners(settings.listen, True)
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_sync, table, index, pool, stats, seen)
+                nursery.start_soon(_sync, table, index, pool, stats, seen, router)
                 nursery.start_soon(_watch_signals, signals, stop, lifecycle, nursery.cancel_scope)
                 async with trio.open_nursery() as frontline:
                     capped = [CappedListener(listener, front.slots) for listener in listeners]
@@ -458,15 +476,21 @@ async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> 
                     table.set_ready(index, True)
                 nursery.cancel_scope.cancel()  # served and drained: stop syncing
         table.sync(index, pool, stats, [-1.0] * len(pool.backends))  # the last counts
+        if router is not None:
+            table.publish_routes(index, router.counts())
     finally:
         table.set_ready(index, False)
         table.close()
 
 
-async def _sync(table: SharedTable, index: int, pool: Pools, stats: ServerStats, seen: list[float]) -> None:
+async def _sync(
+    table: SharedTable, index: int, pool: Pools, stats: ServerStats, seen: list[float], router: Router | None
+) -> None:
     while True:
         await trio.sleep(SYNC_INTERVAL)
         table.sync(index, pool, stats, seen)
+        if router is not None:
+            table.publish_routes(index, router.counts())
         pool.tick(trio.current_time())
 
 

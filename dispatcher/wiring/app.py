@@ -26,6 +26,7 @@ from dispatcher.core.roster import Roster
 from dispatcher.core.routes import CountryOf, router_for
 from dispatcher.core.stats import ServerStats
 from dispatcher.expose import access_log
+from dispatcher.expose.catalogue import router_counts
 from dispatcher.expose.render import Metrics
 from dispatcher.net.admin import AdminApi
 from dispatcher.net.discovery import Discovery
@@ -397,7 +398,9 @@ async def run(
             running.country_of = country_of
             if front is not None:
                 running._route(settings)
-                metrics.router = lambda: front.replies.router
+                metrics.router = lambda: router_counts(front.replies.router)
+            elif master is not None:
+                metrics.router = master.route_counts
             _log_start(settings, len(pools.backends))
             task_status.started(running)
         services.cancel_scope.cancel()

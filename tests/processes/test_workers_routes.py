@@ -55,7 +55,7 @@ async def _location(port: int, request: bytes) -> bytes:
 
 async def test_two_workers_route_alike_and_count_every_pool(nursery: trio.Nursery, tmp_path: Path) -> None:
     """Both workers send a route's requests to its pool with its rewrite, hash a key to one backend,
-    and the master's scrape labels each backend's redirects with its pool."""
+    and the master's scrape labels each backend's redirects with its pool and sums the route counters."""
     web, forms, a1, a2, a3 = await start_backends(nursery, 0, 0, 0, 0, 0)
     port, admin = unused_port(), unused_port()
     urls = {"web": web.url, "forms": forms.url, "a1": a1.url, "a2": a2.url, "a3": a3.url}
@@ -93,6 +93,14 @@ async def test_two_workers_route_alike_and_count_every_pool(nursery: trio.Nurser
             ("app", "a2"),
             ("app", "a3"),
         }
+        assert sum(v for (pool, _), v in redirects.items() if pool == "app") == 24
+        # The route counters are the workers', summed in the master's scrape as the backends' are.
+        text = await poll_admin(
+            admin, "/metrics", lambda _, text: 'dispatcher_route_requests_total{route="app"} 24.0' in text
+        )
+        assert 'dispatcher_route_requests_total{route="submit"} 10.0' in text
+        assert 'dispatcher_route_requests_total{route=""} 1.0' in text
+        assert 'dispatcher_route_variant_requests_total{pool="forms",route="submit"} 10.0' in text
     finally:
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
