@@ -55,6 +55,26 @@ READ_ROUTES = ("/", "/status", "/metrics", "/healthz", "/readyz", "/backends", "
 POOL_WORDS = ("maint", "ready")
 
 
+# What scrapers and orchestrators read, by whatever name they know the host by (Debian's /etc/hosts
+# maps the host's own name to 127.0.1.1): never refused for their Host.
+SCRAPED = ("/metrics", "/healthz", "/readyz")
+
+
+def loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine's loopback: localhost, 127.x.x.x or [::1], any port.
+
+    A browser sends the name it resolved in Host. After DNS rebinding (an attacker's name that now
+    resolves to 127.0.0.1) that is the attacker's name, and its page is "same origin" with us: the
+    Origin check of state changes cannot see it, and without a token a drain would go through."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if host.startswith("[") and "]" in host:
+        name = host[1 : host.index("]")]
+    if name.lower() in ("localhost", "::1"):
+        return True
+    parts = name.split(".")
+    return len(parts) == 4 and parts[0] == "127" and all(p.isdigit() and int(p) < 256 for p in parts)
+
+
 class BackendList(Protocol):
     """What the wiring does for POST and DELETE /backends: the change made as a reload makes one."""
 
@@ -81,6 +101,9 @@ class AdminApi:
         # With --workers, brings the counters in from the worker processes before each request.
         self.refresh = refresh
         self.roster: BackendList | None = None  # set by the wiring once it runs
+        # The listener is on loopback (the default): a request naming another host in Host is a page
+        # of another site that had its name resolve to 127.0.0.1 (DNS rebinding), set by the wiring.
+        self.loopback = False
 
     def set_token(self, token: str | None) -> None:
         self._token = token.encode() if token else None
@@ -91,6 +114,12 @@ class AdminApi:
         All but a scrape: `handle` answers GET and HEAD /metrics itself, in steps (`_metrics_in_steps`).
         """
         path, method = request.path, request.method
+        if self.loopback and path not in SCRAPED and not loopback_host(request.headers.get("host", "")):
+            return text_reply(
+                403,
+                "refused: this listener is on loopback, and Host names another site (DNS rebinding?)",
+                close=False,
+            )
         if path == "/backends" and method == "POST":
             return self._audited(request, peer, lambda: self._add_backend(request, now))
         if path in READ_ROUTES:

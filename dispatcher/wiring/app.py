@@ -367,6 +367,7 @@ async def run(
     for each in pools:
         each.listeners.append(log_transition)
     admin = AdminApi(pools, metrics, lifecycle, settings.admin_token, master.gather if master else None)
+    admin.loopback = config.is_loopback(settings.admin_listen.host)
     async with trio.open_nursery() as services:
         admin_listeners = await _open_admin(settings)
         # Bound before anything runs: a port that cannot be bound ends the start at once, in one line,

@@ -25,7 +25,7 @@ from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import FAILURE_REASONS, CheckResult, Pool
 from dispatcher.core.stats import ServerStats
 from dispatcher.expose.render import Metrics
-from dispatcher.net.admin import AdminApi
+from dispatcher.net.admin import AdminApi, loopback_host
 from dispatcher.net.health import CHECK_GRID
 from dispatcher.protocol.wholemessage import WholeRequest
 from dispatcher.settings import config
@@ -628,3 +628,41 @@ def test_metrics_with_another_method_gets_405_from_route() -> None:
     """POST /metrics is answered 405 with Allow by `route`; GET and HEAD scrapes are `handle`'s."""
     reply = _admin_of(Lifecycle(serving=True)).route(WholeRequest("POST", "/metrics", {}), 0.0)
     assert (reply.status, dict(reply.headers)[b"allow"]) == (405, b"GET, HEAD")
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("localhost:8081", True),
+        ("LOCALHOST:8081", True),
+        ("127.0.0.1:8081", True),
+        ("127.1.2.3", True),
+        ("[::1]:8081", True),
+        ("[::1]", True),
+        ("evil.example:8081", False),
+        ("127.0.0.1.evil.example", False),
+        ("10.0.0.1:8081", False),
+        ("", False),
+    ],
+)
+def test_a_host_names_loopback_or_not(host: str, loopback: bool) -> None:
+    """Only localhost, 127/8 and [::1] (any port) name this machine's loopback."""
+    assert loopback_host(host) is loopback
+
+
+def test_a_loopback_listener_refuses_a_state_change_naming_another_host() -> None:
+    """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 is same-origin with
+    the listener, Origin and Host agree, and no token is set; its drain is refused, as is its read of
+    /status, while a scrape by any name still works."""
+    admin = _admin_of(Lifecycle(serving=True))
+    admin.loopback = True
+    name = admin.pool.backends[0].name
+    headers = {"host": "evil.example:8081", "origin": "http://evil.example:8081"}
+    refused = admin.route(WholeRequest("POST", f"/backends/{name}/state", headers, b"drain"), 0.0)
+    assert refused.status == 403
+    assert admin.pool.backends[0].state != "draining"
+    assert admin.route(WholeRequest("GET", "/status", headers), 0.0).status == 403
+    assert admin.route(WholeRequest("GET", "/readyz", headers), 0.0).status in (200, 503)
+    own = {"host": "127.0.0.1:8081", "origin": "http://127.0.0.1:8081"}
+    assert admin.route(WholeRequest("POST", f"/backends/{name}/state", own, b"drain"), 0.0).status == 200
