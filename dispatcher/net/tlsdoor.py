@@ -47,13 +47,20 @@ class SecureReplies(Replies):
         self, conn: h11.Connection, request: h11.Request, maybe_large: bool, peer: str = "-"
     ) -> tuple[bytes, bool]:
         answer, close = super().answer(conn, request, maybe_large, peer)
+        return self._with_hsts(answer), close
+
+    def refusal(self, reply: Reply) -> bytes:
+        """A refusal (400, 408, 431 ...) over TLS says it too: "every answer", as RFC 6797 §8.1 has it."""
+        return self._with_hsts(super().refusal(reply))
+
+    def _with_hsts(self, answer: bytes) -> bytes:
         max_age = int(self.settings.tls.hsts)
         if not max_age:
-            return answer, close
+            return answer
         # At the end of the head: a 307's Location stays right after its status line, where the access
         # log reads the backend back from it.
         end = answer.index(b"\r\n\r\n") + 2
-        return b"%sstrict-transport-security: max-age=%d\r\n%s" % (answer[:end], max_age, answer[end:]), close
+        return b"%sstrict-transport-security: max-age=%d\r\n%s" % (answer[:end], max_age, answer[end:])
 
 
 class HttpsRedirects(Replies):

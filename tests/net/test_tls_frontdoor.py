@@ -189,6 +189,19 @@ async def test_hsts_is_sent_when_set(nursery: trio.Nursery, ca: trustme.CA, tmp_
     assert response.headers["strict-transport-security"] == "max-age=31536000"
 
 
+async def test_hsts_is_sent_on_a_refusal_too(nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path) -> None:
+    """A malformed request's 400 over TLS carries Strict-Transport-Security as a 307 does: every answer."""
+    front = await start_tls(nursery, Pems.issue(ca, tmp_path, "site", "localhost"), hsts=60.0)
+    tls = await front.connect()
+    async with tls:
+        await tls.send_all(b"GET /a HTTP/1.1\r\nhost: x\r\nbad header line\r\n\r\n")
+        received = b""
+        while b"\r\n\r\n" not in received and (chunk := await tls.receive_some(4096)):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 400 ")
+    assert b"strict-transport-security: max-age=60\r\n" in received
+
+
 async def test_the_access_log_names_the_backend_of_a_307_over_tls_with_hsts(
     nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
 ) -> None:
