@@ -71,6 +71,7 @@ class Running:
     pool_checks: dict[str, tuple[HealthChecks, trio.CancelScope]] = field(default_factory=dict)
     nursery: trio.Nursery | None = None  # where a pool added by a reload runs its checks
     country_of: CountryOf | None = None  # the GeoIP database's lookup, when one is configured
+    redirects: FrontDoor | None = None  # tls.redirect_listen's plain listener of 308s
 
     def reload(self, new: Settings) -> None:
         """Apply new settings without dropping a connection; backends that stay keep their state.
@@ -128,6 +129,8 @@ class Running:
         if self.front is not None:
             self.front.settings = new
             self._route(new)
+        if self.redirects is not None:  # its timeouts and HSTS follow the reload too (its log stays off)
+            self.redirects.settings = replace(new, access_log=None)
         self.admin.set_token(new.admin_token)
         count = sum(len(pool.backends) for pool in self._pools())
         log.info(
@@ -259,12 +262,12 @@ def _front_or_master(
 
 async def _start_redirects(
     nursery: trio.Nursery, front: FrontDoor | None, https_port: int, stop: trio.Event
-) -> None:
+) -> FrontDoor | None:
     """With tls.redirect_listen: the plain listener whose every answer is a 308 to the TLS front door.
     Its connections count against max_connections with the front door's. Its 308s are not in the
     access log: a second writer of the file would miss SIGUSR1's reopen, which reaches the front door."""
     if front is None or front.settings.tls.redirect_listen is None:
-        return
+        return None
     address = front.settings.tls.redirect_listen
     with naming("TLS redirect listener", address):
         listeners = await trio.open_tcp_listeners(address.port, host=address.host)
@@ -272,6 +275,7 @@ async def _start_redirects(
     door = redirect_door(settings, front.replies.pool, front.stats, front.replies.lifecycle, https_port)
     door.slots = front.slots
     await nursery.start(door.serve, [CappedListener(listener, door.slots) for listener in listeners], stop)
+    return door
 
 
 async def _start_front(
@@ -388,7 +392,7 @@ async def run(
             stopping = trio.Event()
             frontline.start_soon(_shut_down_on, stop, lifecycle, stopping)
             port = await _start_front(frontline, parts, listeners, settings, stopping)
-            await _start_redirects(frontline, front, port, stopping)
+            redirects = await _start_redirects(frontline, front, port, stopping)
             lifecycle.serving = True
             admin_port = _bound_port(admin_listeners)
             running = Running(
@@ -397,6 +401,7 @@ async def run(
             _attach(running, discovery, roster)
             running.pools, running.pool_checks, running.nursery = pools, pool_checks, services
             running.country_of = country_of
+            running.redirects = redirects
             if front is not None:
                 running._route(settings)
                 metrics.router = lambda: router_counts(front.replies.router)

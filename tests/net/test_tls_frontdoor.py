@@ -85,6 +85,25 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
+async def test_a_reload_reaches_the_redirect_listener(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """The 308 listener takes a reload's settings as the front door does: a new connection there runs
+    under the new header timeout, and is closed when it passes."""
+    redirect = config.Address("127.0.0.1", unused_port())
+    front = await start_tls(nursery, Pems.issue(ca, tmp_path, "site", "localhost"), redirect_listen=redirect)
+    running = front.dispatcher.running
+    running.reload(replace(running.settings, header_timeout=0.3))
+    assert running.redirects is not None and running.redirects.settings.header_timeout == 0.3
+    with trio.fail_after(5):  # the old 10 s would not close it in time
+        async with await trio.open_tcp_stream("127.0.0.1", redirect.port) as idle:
+            await idle.send_all(b"GET /a HTTP/1.1\r\n")  # a head begun, never finished
+            received = b""
+            while chunk := await idle.receive_some(4096):
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 408 ")
+
+
 async def start_tls(nursery: trio.Nursery, pems: Pems, **tls: Any) -> TlsFront:
     backends = await start_backends(nursery, 0.1)
     settings = settings_for(backends, tls=TlsSettings(cert=str(pems.cert), key=str(pems.key), **tls))
