@@ -322,6 +322,14 @@ class ServerCollector(Collector):
             "Requests refused with 508: a dispatcher's health check reached this front door.",
             value=stats.loops,
         )
+        failures = CounterMetricFamily(
+            "dispatcher_tls_handshake_failures",
+            "TLS handshakes on the front door that failed (error) or did not finish in the header timeout.",
+            labels=["reason"],
+        )
+        for reason, count in stats.tls_handshake_failures.items():
+            failures.add_metric([reason], count)
+        yield failures
         yield _build_info()
 
 

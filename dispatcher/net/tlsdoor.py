@@ -113,11 +113,20 @@ class TlsFrontDoor(FrontDoor):
         # https_compatible: a client that closes without close_notify is an end of stream, as browsers
         # and curl do it, not a broken connection (trio's advice for HTTPS servers).
         tls = trio.SSLStream(stream, self.certificates.context, server_side=True, https_compatible=True)
+        handshaken = False
         with client.scope:
-            await tls.do_handshake()
+            try:
+                await tls.do_handshake()
+            except trio.BrokenResourceError:
+                self.stats.tls_handshake_failures["error"] += 1
+                raise
+            handshaken = True
             await self._converse(tls, client)
             if conversation.linger:
                 await _lingering_close(stream)  # FIN on the socket: the client reads our answer first
+            return
+        if not handshaken:  # the header timeout ran out in the handshake: nothing to say over TLS
+            self.stats.tls_handshake_failures["timeout"] += 1
             return
         last_word = conversation.timed_out()
         if last_word:

@@ -157,6 +157,11 @@ async def test_a_tls_1_1_client_is_refused(nursery: trio.Nursery, ca: trustme.CA
     async with await trio.open_tcp_stream("127.0.0.1", front.dispatcher.port) as tcp:
         with pytest.raises(trio.BrokenResourceError):
             await trio.SSLStream(tcp, context).do_handshake()
+    stats = front.dispatcher.running.stats
+    with trio.fail_after(5):  # the server's side of the failed handshake is counted as it closes
+        while stats.tls_handshake_failures["error"] != 1:
+            await trio.sleep(0.01)
+    assert stats.tls_handshake_failures["timeout"] == 0
 
 
 async def test_sni_chooses_the_certificate_of_the_name_and_falls_back_to_the_default(
@@ -357,6 +362,7 @@ async def test_a_stalled_handshake_is_closed_at_the_header_timeout(
         async with stalled:
             assert await read_until_close(stalled) == b""
             assert trio.current_time() - start == pytest.approx(4.0)
+    assert dispatcher.running.stats.tls_handshake_failures == {"error": 0, "timeout": 1}
 
 
 async def test_shutdown_closes_an_idle_tls_connection_at_once(
