@@ -38,6 +38,9 @@ SAME_SITE = ("Strict", "Lax", "None")
 HASH_SOURCES = ("cookie", "header", "path", "client")
 # HAProxy's `balance source` hashes the client address: the usual key when none is named.
 DEFAULT_HASH_KEY = "client"
+# A fallback page's status: each code the front door sends is a series of dispatcher_responses_total
+# made at start (core.stats.RESPONSE_CODES, which holds these two), and with --workers a cell each.
+PAGE_STATUSES = (503, 200)
 # What a fallback page is served as when it names no type: the maintenance page is HTML.
 DEFAULT_PAGE_TYPE = "text/html; charset=utf-8"
 
@@ -111,8 +114,8 @@ def parse_fallback(key: str, table: object) -> Fallback:
         raise ConfigError(f"{key}.keep_path", table["keep_path"], "only a redirect keeps the path")
     page = file_path(f"{key}.page", table["page"]) if "page" in table else None
     status = table.get("status", 503)
-    if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
-        raise ConfigError(f"{key}.status", status, "must be an HTTP status from 200 to 599")
+    if status not in PAGE_STATUSES or isinstance(status, bool):
+        raise ConfigError(f"{key}.status", status, "must be 503 (unavailable: the default) or 200")
     if page is None and "status" in table:
         raise ConfigError(f"{key}.status", status, "only a page has a status of its own")
     content_type = table.get("content_type", DEFAULT_PAGE_TYPE)
