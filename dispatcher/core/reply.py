@@ -154,11 +154,15 @@ def reply_for(method: bytes, target: bytes, pool: Pool, clock: Callable[[], floa
     return REDIRECT_START + backend.location_base + path
 
 
-def redirect_in(pool: Pool, path: bytes, hash_key: bytes | None, now: float) -> Reply | bytes:
-    """A redirect to a backend of `pool` (a route's), or the pool's fallback; as `reply_for`."""
+def redirect_in(
+    pool: Pool, path: bytes, hash_key: bytes | None, now: float, asked: bytes | None = None
+) -> Reply | bytes:
+    """A redirect to a backend of `pool` (a route's) with `path` (as the route rewrote it), or the
+    pool's fallback, which keeps the path `asked` (the request's own: a maintenance site knows nothing
+    of the route's rewriting); as `reply_for`."""
     backend = None if pool.maintenance else pool.choose(now, hash_key)
     if backend is None:
-        return fallback(pool, path, now)
+        return fallback(pool, path if asked is None else asked, now)
     return REDIRECT_START + backend.location_base + path
 
 

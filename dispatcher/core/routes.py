@@ -177,6 +177,13 @@ class Router:
             flat.extend(route.variant_requests)
         return flat
 
+    def carry_on(self, old: Router) -> None:
+        """A reload's router takes up the counters of the one it replaces, route by route (by name and
+        pool), so that a counter never goes back; those of a route that is new start at 0."""
+        before = dict(zip(count_labels([r.spec for r in old.routes]), old.counts(), strict=True))
+        labels = count_labels([r.spec for r in self.routes])
+        self.restore([before.get(label, 0) for label in labels])
+
     def restore(self, counts: Sequence[int]) -> None:
         """Counters carried on from a predecessor (a restarted worker), in `counts` order."""
         if len(counts) != len(self.counts()):
@@ -233,7 +240,7 @@ class Router:
             return redirect_in(self.default, path, self._hash_key(self.default, request), now)
         route.requests += 1
         pool, cookie = self._variant(route, request)
-        answer = redirect_in(pool, _rewrite(route.spec, path), self._hash_key(pool, request), now)
+        answer = redirect_in(pool, _rewrite(route.spec, path), self._hash_key(pool, request), now, path)
         if cookie and type(answer) is bytes:
             return answer + b"\r\nset-cookie: " + cookie
         return answer

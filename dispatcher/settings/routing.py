@@ -19,11 +19,11 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
+from http.cookies import Morsel, SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
 
-from dispatcher.settings.values import ConfigError, boolean, file_path, parse_duration, positive, url_path
+from dispatcher.settings.values import ConfigError, boolean, file_path, positive, positive_duration, url_path
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -177,10 +177,15 @@ def parse_cookie(key: str, table: object, default_name: str) -> StickyCookie:
     name = table.get("name", default_name)
     if not isinstance(name, str) or not _TOKEN.fullmatch(name):
         raise ConfigError(f"{key}.name", name, "must be a cookie name (letters, digits, - _ .)")
+    if Morsel().isReservedKey(name):
+        raise ConfigError(f"{key}.name", name, "is the name of a cookie attribute (RFC 6265 5.2)")
     path = url_path(f"{key}.path", table.get("path", "/"))
     if ";" in path:
         raise ConfigError(f"{key}.path", path, "must not contain ';'")
-    max_age = parse_duration(f"{key}.max_age", table["max_age"]) if "max_age" in table else None
+    max_age = positive_duration(f"{key}.max_age", table["max_age"]) if "max_age" in table else None
+    if max_age is not None and not 1 <= max_age < 2**31:
+        # Max-Age is whole seconds (RFC 6265 5.2.2): 0 or less deletes the cookie at once.
+        raise ConfigError(f"{key}.max_age", table["max_age"], "must be a duration from 1s to 68 years")
     same_site = table.get("same_site", "Lax")
     if same_site not in SAME_SITE:
         raise ConfigError(f"{key}.same_site", same_site, f"must be one of {', '.join(SAME_SITE)}")
@@ -393,9 +398,11 @@ def _cookie_value(key: str, text: str) -> str:
 def _networks(key: str, value: object) -> tuple[Network, ...]:
     def network(each_key: str, text: str) -> str:
         try:
-            ipaddress.ip_network(text, strict=False)
+            found = ipaddress.ip_network(text, strict=False)
         except ValueError:
             raise ConfigError(each_key, text, "must be an address or CIDR network, as 10.0.0.0/8") from None
+        if text not in (str(found), str(found.network_address)):
+            raise ConfigError(each_key, text, f"has host bits set: write {found} for the network")
         return text
 
     return tuple(ipaddress.ip_network(text, strict=False) for text in _strings(key, value, network))

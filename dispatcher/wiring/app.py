@@ -85,6 +85,11 @@ class Running:
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: %s changed; that takes a restart, keeping %s", key, getattr(old, key))
         new = replace(new, **{key: getattr(old, key) for key in RESTART_ONLY})
+        try:
+            config.check(new)  # the CLI has checked a file; a caller with settings of its own may not have
+        except config.ConfigError as error:
+            log.error("reload refused, the running config stays: %s", error)
+            return
         _warn_about(new)
         if not new.keep_runtime_backends:
             self.roster.clear()
@@ -170,9 +175,11 @@ class Running:
     def _route(self, settings: Settings) -> None:
         """The front door's router for these settings over the pools now (None: the default pool alone)."""
         assert self.front is not None
-        pools = self._pools()
-        self.front.replies.router = router_for(settings, pools.by_pool, self.country_of)
-        self.front.replies.pools = pools
+        pools, old = self._pools(), self.front.replies.router
+        router = router_for(settings, pools.by_pool, self.country_of)
+        if router is not None and old is not None:
+            router.carry_on(old)
+        self.front.replies.router, self.front.replies.pools = router, pools
 
 
 def new_pool(spec: PoolSpec, settings: Settings, now: float) -> Pool:

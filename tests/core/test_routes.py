@@ -834,3 +834,29 @@ def test_a_router_is_made_only_for_routes_or_a_hash_pool() -> None:
     assert router_for(plain, pools) is None
     router = router_for(hashed, {"default": Pool(hashed.backends, HEALTH, spec=hashed.default_pool)})
     assert router is not None and router.routes == []
+
+
+def test_a_fallback_keeps_the_path_the_client_asked_for_not_the_rewritten_one() -> None:
+    """keep_path: the maintenance site gets the request's own path, not the route's rewriting of it
+    (which is the backends' business)."""
+    route = '[[routes]]\npath_prefix = "/w"\nreplace_prefix = "/v2"\npool = "web"\n'
+    router = routed(route + '[pools.web.fallback]\nredirect = "https://sorry.example.com"\nkeep_path = true')
+    assert router.ask("/w/x?y=1").location == "http://10.0.1.1:80/v2/x?y=1"
+    router.down("web")
+    assert router.ask("/w/x?y=1").location == "https://sorry.example.com/w/x?y=1"
+
+
+def test_a_reloaded_router_carries_the_counters_on_route_by_route() -> None:
+    """A reload's router starts from the old one's counts for the routes (and variants) both have, so
+    that dispatcher_route_*_total never go back; a new route starts at 0."""
+    old = routed(ROUTE_TO_WEB)
+    for target in ("/w", "/w/1", "/elsewhere"):
+        old.ask(target)
+    new = routed(
+        '[[routes]]\nname = "new"\npath_prefix = "/n"\npool = "beta"\n'
+        + ROUTE_TO_WEB.replace("[[routes]]\n", '[[routes]]\nname = "route1"\n')
+    )
+    new.router.carry_on(old.router)
+    assert new.router.defaulted == 1
+    assert (new.route("route1").requests, new.route("route1").variant_requests) == (2, [2])
+    assert new.route("new").requests == 0

@@ -505,12 +505,6 @@ def test_a_fallback_redirect_that_is_not_a_string_is_refused() -> None:
     ],
     ids=["max-age-inf", "max-age-nan", "max-age-negative", "name-expires", "name-path"],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="routing.parse_cookie accepts max_age inf/nan/negative (parse_duration, no bound) and the names "
-    "http.cookies reserves (expires, path, domain, max-age, ...): the router then crashes at start or "
-    "reload in StickyCookie.header (OverflowError, ValueError, CookieError) instead of a ConfigError",
-)
 def test_a_cookie_the_router_cannot_write_is_refused(text: str, key: str) -> None:
     """A sticky cookie that could not be written (Max-Age not a finite positive number, a name that
     is an attribute's) is refused at load, naming its key, not found when the first 307 is built."""
@@ -518,12 +512,6 @@ def test_a_cookie_the_router_cannot_write_is_refused(text: str, key: str) -> Non
 
 
 @pytest.mark.parametrize("status", [204, 205, 304])
-@pytest.mark.xfail(
-    strict=True,
-    reason="routing.parse_fallback accepts any status 200-599 for a page; core.reply.fallback then sends "
-    "a body and Content-Length with a 204/205/304, which RFC 9110 (15.3.5, 15.3.6, 15.4.5) forbids: a "
-    "keep-alive client reads the page as the start of the next response",
-)
 def test_a_page_status_that_cannot_carry_a_body_is_refused(status: int) -> None:
     """A fallback page is a body: 204, 205 and 304 cannot carry one, so they are refused."""
     assert error_of(f'[pools.web.fallback]\npage = "/srv/p.html"\nstatus = {status}').key == (
