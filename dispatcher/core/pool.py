@@ -301,16 +301,20 @@ class Pool:
         previous = backend.report
         age = now - previous.at if previous is not None else math.inf
         carried = estimate.unseen(backend.since, age, now - backend.sent_at, backend.delay)
-        if previous is not None:
-            arrivals = backend.carried + backend.since + backend.others - carried
-            if arrivals > 0 or previous.value > 0:  # idle and sent nothing says nothing of busy
-                backend.busy = estimate.next_busy(backend.busy, previous.value, age, backend.busy_samples)
-                backend.busy_samples += 1
+        # Idle and sent nothing says nothing of how busy it is, nor of the queue it holds under traffic:
+        # a pool that sat idle (a quiet night, another dispatcher's turn) would otherwise meet the
+        # next traffic with a usual queue of nothing, and old reports would settle towards empty.
+        informative = previous is None or backend.carried + backend.since + backend.others - carried > 0
+        informative = informative or load > 0 or (previous is not None and previous.value > 0)
+        if previous is not None and informative:
+            backend.busy = estimate.next_busy(backend.busy, previous.value, age, backend.busy_samples)
+            backend.busy_samples += 1
         backend.report = LoadReport(load, now)
         backend.reports += 1
-        self.mean_load += (load / backend.spec.weight - self.mean_load) / (
-            estimate.MEAN_ROUNDS * len(self.backends)
-        )
+        if informative:
+            self.mean_load += (load / backend.spec.weight - self.mean_load) / (
+                estimate.MEAN_ROUNDS * len(self.backends)
+            )
         backend.since, backend.carried = 0, carried
         step = self._step(backend)
         # A report below every other backend's estimate gives it a head start of at most CREDIT

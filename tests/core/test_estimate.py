@@ -143,3 +143,23 @@ def test_a_tick_raises_a_drained_old_estimate_to_the_settled_floor_and_no_furthe
     floor = now + estimate.settled(pool.mean_load, now - low.report.at, 1 / low.rate) / low.rate
     assert low.free_at == pytest.approx(floor)
     assert high.free_at > floor  # 400 reported: its own estimate is above the floor
+
+
+def test_idle_reports_of_nothing_keep_the_usual_queue_and_the_busy_share() -> None:
+    """A pool that sits idle (nothing sent, nothing reported: a quiet night, another dispatcher's turn)
+    keeps the usual queue and busy share it learned under traffic, for the traffic that comes back;
+    a report of a queue while idle still counts (another dispatcher's traffic)."""
+    pool = up_pool(2)
+    for t in range(1, 200):
+        for backend in pool.backends:
+            pool.record_check(backend, CheckResult(True, 0.001, load=4.0), t * 0.01)
+    for backend in pool.backends:  # the first report of 0 after a queue of 4 still tells: it has drained
+        pool.record_check(backend, CheckResult(True, 0.001, load=0.0), 2.0)
+    usual, busy = pool.mean_load, [backend.busy for backend in pool.backends]
+    for t in range(201, 400):  # idle: reports of 0 and no redirect between them
+        for backend in pool.backends:
+            pool.record_check(backend, CheckResult(True, 0.001, load=0.0), t * 0.01)
+    assert pool.mean_load == pytest.approx(usual)
+    assert [backend.busy for backend in pool.backends] == busy
+    pool.record_check(pool.backends[0], CheckResult(True, 0.001, load=8.0), 4.0)
+    assert pool.mean_load > usual
