@@ -14,6 +14,22 @@ from collections.abc import Iterator
 
 from dispatcher.core.health_state import Admin
 from dispatcher.core.pool import Backend, BackendView, Pool
+from dispatcher.settings.config import PoolSpec, Settings
+
+
+def named_pool(spec: PoolSpec, settings: Settings, now: float) -> Pool:
+    """A pool of `settings` ([pools.NAME], or the top level's): its health settings over the global
+    ones, its policy; slow start is the file's, for every pool."""
+    health = spec.health(settings.health)
+    return Pool(spec.backends, health, now, settings.slow_start, spec.policy, spec=spec)
+
+
+def pools_of(settings: Settings, now: float) -> Pools:
+    """Every pool of `settings`, the default one first: the master's and each worker's, alike."""
+    pools = Pools(named_pool(settings.default_pool, settings, now))
+    for spec in settings.pools:
+        pools.add(named_pool(spec, settings, now))
+    return pools
 
 
 class Pools:

@@ -44,7 +44,7 @@ import trio
 
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Backend, Pool
-from dispatcher.core.pools import Pools
+from dispatcher.core.pools import Pools, pools_of
 from dispatcher.core.routes import CountLabel, Router, count_labels, needs_router, router_for
 from dispatcher.core.stats import ServerStats
 from dispatcher.expose import access_log, logs
@@ -436,19 +436,8 @@ def worker_main(
 async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> None:
     table = SharedTable.attach(name, layout)
     try:
-        now = trio.current_time()
-        default = Pool(
-            settings.backends,
-            settings.health,
-            now,
-            settings.slow_start,
-            settings.policy,
-            spec=settings.default_pool,
-        )
-        pool = Pools(default)
-        for spec in settings.pools:
-            health = spec.health(settings.health)
-            pool.add(Pool(spec.backends, health, now, settings.slow_start, spec.policy, spec=spec))
+        pool = pools_of(settings, trio.current_time())
+        default = pool.default
         stats, lifecycle = ServerStats(), Lifecycle()
         front = FrontDoor(settings, default, stats, lifecycle)
         database = geoip.CountryDatabase.open(settings.geoip_db) if settings.geoip_db else None

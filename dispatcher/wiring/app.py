@@ -21,7 +21,7 @@ import trio
 
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Backend, Pool
-from dispatcher.core.pools import Pools
+from dispatcher.core.pools import Pools, named_pool, pools_of
 from dispatcher.core.roster import Roster
 from dispatcher.core.routes import CountryOf, router_for
 from dispatcher.core.stats import ServerStats
@@ -36,7 +36,7 @@ from dispatcher.net.listen import CappedListener, naming, open_listeners, warn_u
 from dispatcher.net.tlsdoor import TlsFrontDoor, redirect_door
 from dispatcher.processes.workers import Master
 from dispatcher.settings import config
-from dispatcher.settings.config import BackendSpec, PoolSpec, Settings
+from dispatcher.settings.config import BackendSpec, Settings
 
 log = logging.getLogger("dispatcher")
 
@@ -160,7 +160,7 @@ class Running:
             pool = pools.by_pool.get(spec.name)
             if pool is None:
                 assert self.nursery is not None
-                pool = new_pool(spec, new, trio.current_time())
+                pool = named_pool(spec, new, trio.current_time())
                 pool.listeners.append(log_transition)
                 pools.add(pool)
                 self.pool_checks[spec.name] = start_checks(self.nursery, pool)
@@ -180,12 +180,6 @@ class Running:
         if router is not None and old is not None:
             router.carry_on(old)
         self.front.replies.router, self.front.replies.pools = router, pools
-
-
-def new_pool(spec: PoolSpec, settings: Settings, now: float) -> Pool:
-    """A named pool ([pools.NAME]): its backends, health settings over the global ones, its policy."""
-    health = spec.health(settings.health)
-    return Pool(spec.backends, health, now, settings.slow_start, spec.policy, spec=spec)
 
 
 def start_checks(nursery: trio.Nursery, pool: Pool) -> tuple[HealthChecks, trio.CancelScope]:
@@ -360,18 +354,8 @@ async def run(
     With `workers` > 1 the front door runs in worker processes (`dispatcher.processes.workers`) and this
     process keeps the health checks, the admin listener and the metrics.
     """
-    now = trio.current_time()
-    pool = Pool(
-        settings.backends,
-        settings.health,
-        now,
-        settings.slow_start,
-        settings.policy,
-        spec=settings.default_pool,
-    )
-    pools = Pools(pool)
-    for spec in settings.pools:
-        pools.add(new_pool(spec, settings, now))
+    pools = pools_of(settings, trio.current_time())
+    pool = pools.default
     lifecycle, stats = Lifecycle(), ServerStats()
     front, master = parts = _front_or_master(settings, pools, stats, lifecycle)
     metrics = Metrics(pools, stats)
