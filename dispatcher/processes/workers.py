@@ -51,6 +51,7 @@ from dispatcher.expose import access_log, logs
 from dispatcher.net import geoip
 from dispatcher.net.frontdoor import FrontDoor
 from dispatcher.net.listen import CappedListener, open_listeners
+from dispatcher.net.tlsdoor import TlsFrontDoor, redirect_door
 from dispatcher.processes.shared import (
     SYNC_INTERVAL,
     Layout,
@@ -439,7 +440,8 @@ async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> 
         pool = pools_of(settings, trio.current_time())
         default = pool.default
         stats, lifecycle = ServerStats(), Lifecycle()
-        front = FrontDoor(settings, default, stats, lifecycle)
+        # Over TLS each worker loads the certificates itself (a reload's new workers, the new files).
+        front = (TlsFrontDoor if settings.tls.enabled else FrontDoor)(settings, default, stats, lifecycle)
         database = geoip.CountryDatabase.open(settings.geoip_db) if settings.geoip_db else None
         router = router_for(settings, pool.by_pool, database.country_of if database else None)
         front.replies.router, front.replies.pools = router, pool
@@ -461,6 +463,7 @@ async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> 
                 async with trio.open_nursery() as frontline:
                     capped = [CappedListener(listener, front.slots) for listener in listeners]
                     await frontline.start(front.serve, capped, stop)
+                    await _serve_redirects(frontline, front, stop)
                     lifecycle.serving = True
                     table.set_ready(index, True)
                 nursery.cancel_scope.cancel()  # served and drained: stop syncing
@@ -470,6 +473,21 @@ async def _worker(settings: Settings, name: str, layout: Layout, index: int) -> 
     finally:
         table.set_ready(index, False)
         table.close()
+
+
+async def _serve_redirects(nursery: trio.Nursery, front: FrontDoor, stop: trio.Event) -> None:
+    """With tls.redirect_listen: every worker serves the plain listener of 308s too, on a shared port
+    (SO_REUSEPORT), as it serves the front door; its connections count against max_connections."""
+    settings = front.settings
+    if not settings.tls.enabled or settings.tls.redirect_listen is None:
+        return
+    replies = front.replies
+    door = redirect_door(
+        replace(settings, access_log=None), replies.pool, front.stats, replies.lifecycle, settings.listen.port
+    )
+    door.slots = front.slots
+    listeners = await open_listeners(settings.tls.redirect_listen, True)
+    await nursery.start(door.serve, [CappedListener(listener, door.slots) for listener in listeners], stop)
 
 
 async def _sync(

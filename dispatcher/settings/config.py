@@ -854,13 +854,11 @@ def _check_pools(settings: Settings) -> None:
 
 
 def _check_tls(settings: Settings) -> None:
-    """A certificate needs its key; TLS runs in one process for now (each worker would need its own)."""
+    """A certificate needs its key."""
     tls = settings.tls
     if (tls.cert is None) != (tls.key is None):
         given, missing = ("tls.cert", "tls.key") if tls.key is None else ("tls.key", "tls.cert")
         raise ConfigError(missing, None, f"missing: {given} needs it")
-    if tls.enabled and settings.workers > 1:
-        raise ConfigError("workers", settings.workers, "TLS on the front door needs workers = 1 for now")
 
 
 def warnings(settings: Settings) -> list[str]:

@@ -10,6 +10,7 @@ import logging
 import signal
 import ssl
 import subprocess
+import sys
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -427,8 +428,39 @@ def test_certificates_for_sni_come_from_an_array_of_tables_or_a_flag() -> None:
     )
 
 
-def test_tls_with_workers_is_refused() -> None:
-    """--workers with TLS is refused at start in one line: each worker would need its own contexts."""
-    settings = replace(config.Settings(), tls=TlsSettings(cert="c.pem", key="k.pem"), workers=2)
-    with pytest.raises(ConfigError, match="TLS on the front door needs workers = 1"):
-        config.check(settings)
+async def test_tls_with_workers_serves_https_and_the_308_listener_from_every_worker(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """--workers 2 over TLS: each worker loads the certificate and answers over https (curl verifies it),
+    and each serves the plain 308 listener beside it, on the same ports."""
+    pems = Pems.issue(ca, tmp_path, "site", "localhost")
+    (backend,) = await start_backends(nursery, 0.1)
+    port, admin, plain = unused_port(), unused_port(), unused_port()
+    argv = [sys.executable, "-m", "dispatcher", "--workers", "2", "--listen", f"127.0.0.1:{port}"]
+    argv += ["--admin-listen", f"127.0.0.1:{admin}", "--backend", backend.url, "--log-level", "warning"]
+    argv += [
+        "--tls-cert",
+        str(pems.cert),
+        "--tls-key",
+        str(pems.key),
+        "--tls-redirect-listen",
+        f"127.0.0.1:{plain}",
+    ]
+    process = await trio.lowlevel.open_process(argv)
+    try:
+        await poll_admin(admin, "/readyz", lambda status, _: status == 200)
+        for _ in range(4):  # new connections: the kernel spreads them over both workers
+            result = await trio.run_process(
+                ["/usr/bin/curl", "-sS", "-i", "--cacert", str(pems.ca), f"https://localhost:{port}/a?b=1"],
+                capture_stdout=True,
+            )
+            assert result.stdout.startswith(b"HTTP/1.1 307 "), result.stdout
+            assert f"location: {backend.url}/a?b=1".encode() in result.stdout
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://localhost:{plain}/p?q=1")
+        assert response.status_code == 308
+        assert response.headers["location"] == f"https://localhost:{port}/p?q=1"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await process.wait() == 0
