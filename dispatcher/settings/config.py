@@ -819,12 +819,6 @@ def check(settings: Settings) -> Settings:
             "admin_token (or DISPATCHER_ADMIN_TOKEN), or admin_insecure = true (--admin-insecure) if "
             "only trusted hosts can reach it",
         )
-    if settings.services and settings.workers > 1:
-        # The worker processes' shared table is laid out for a fixed backend list (processes/shared):
-        # members that come and go with DNS would need a new generation of workers at each change.
-        raise ConfigError(
-            "workers", settings.workers, "dns:// and dns+srv:// backends need workers = 1 for now"
-        )
     _check_tls(settings)
     _check_pools(settings)
     return settings

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 
 import trio
 
@@ -208,9 +207,23 @@ def apply_backends(
     return added, removed
 
 
-def _members_changed(pool: Pool, checks: HealthChecks, roster: Roster, specs: Sequence[BackendSpec]) -> None:
-    """DNS's members came or went: the backend list with them, the admin API's changes laid over."""
-    apply_backends(pool, checks, roster.overlay(specs))
+@dataclass(slots=True)
+class _MemberChanges:
+    """DNS's members came or went: the backend list with them, the admin API's changes laid over. With
+    --workers, once running, each change is a new generation of workers (their shared table is laid
+    out for one backend list), as a reload or the admin API's change is."""
+
+    pool: Pool
+    checks: HealthChecks
+    roster: Roster
+    running: Running | None = None
+
+    def __call__(self, specs: tuple[BackendSpec, ...]) -> None:
+        running = self.running
+        if running is not None and running.master is not None:
+            running._swap(running.settings, specs, "DNS members changed")
+        else:
+            apply_backends(self.pool, self.checks, self.roster.overlay(specs))
 
 
 def _reload_tls(front: FrontDoor | None, old: Settings, new: Settings) -> Settings:
@@ -375,9 +388,11 @@ async def run(
         await services.start(checks.run)
         pool_checks = {each.name: start_checks(services, each) for each in pools if each is not pool}
         roster = Roster()
-        discovery = await _start_discovery(
-            services, settings, partial(_members_changed, pool, checks, roster)
-        )
+        members = _MemberChanges(pool, checks, roster)
+        discovery = await _start_discovery(services, settings, members)
+        if master is not None and discovery is not None:
+            # The first generation of workers is laid out for the members known now, not the file's list.
+            master.settings = replace(master.settings, backends=tuple(b.spec for b in pool.backends))
         services.start_soon(_tick, pools)
         async with trio.open_nursery() as frontline:
             stopping = trio.Event()
@@ -393,6 +408,7 @@ async def run(
             running.pools, running.pool_checks, running.nursery = pools, pool_checks, services
             running.country_of = country_of
             running.redirects = redirects
+            members.running = running
             if front is not None:
                 running._route(settings)
                 metrics.router = lambda: router_counts(front.replies.router)

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -32,7 +33,7 @@ from dispatcher.net.health import HealthChecks
 from dispatcher.settings import config
 from dispatcher.settings.config import BackendSpec, ServiceSpec, Settings, apply
 from dispatcher.wiring.app import apply_backends
-from tests.helpers import TestBackend, health, start_dispatcher, wait_for_state
+from tests.helpers import TestBackend, health, poll_admin, start_dispatcher, unused_port, wait_for_state
 
 WAIT = 10.0  # seconds any one condition may take to come true: generous, for a loaded machine
 POLL = 0.02
@@ -433,3 +434,60 @@ async def test_a_running_dispatcher_redirects_to_the_members_and_exports_their_f
     assert f'dispatcher_discovery_members{{service="{entry}"}} 2.0' in text
     assert f'dispatcher_discovery_state{{service="{entry}",state="ok"}} 1.0' in text
     assert f'dispatcher_discovery_failures_total{{outcome="failed",service="{entry}"}} 0.0' in text
+
+
+async def until_answered(port: int, done: Callable[[set[str]], bool]) -> None:
+    """Ask 8 times a round, on new connections (spread over the workers), until the Locations seen in
+    one round satisfy `done`."""
+    with trio.fail_after(WAIT):
+        while True:
+            seen = set()
+            for _ in range(8):
+                async with httpx.AsyncClient() as fresh:
+                    seen.add((await fresh.get(f"http://127.0.0.1:{port}/y")).headers["location"])
+            if done(seen):
+                return
+            await trio.sleep(POLL)
+
+
+async def test_with_workers_a_new_member_reaches_every_worker(
+    dnsmasq: Dnsmasq, nursery: trio.Nursery
+) -> None:
+    """--workers 2: the first workers know the members found at start, and a record that appears
+    starts a generation of workers that redirect to it too (the master checks it first)."""
+    first, second = TestBackend("first", load=5), TestBackend("second", load=0)
+    port = await nursery.start(first.serve, "127.0.0.2")
+    await nursery.start(second.serve, "127.0.0.3", port)
+    dnsmasq.hosts.write_text("127.0.0.2 web.test\n")
+    await started(dnsmasq)
+    front, admin = unused_port(), unused_port()
+    argv = [sys.executable, "-m", "dispatcher", "--workers", "2", "--listen", f"127.0.0.1:{front}"]
+    argv += ["--admin-listen", f"127.0.0.1:{admin}", "--backend", f"dns://web.test:{port}"]
+    argv += [
+        "--dns-resolver",
+        f"127.0.0.1:{dnsmasq.port}",
+        "--dns-interval",
+        "0.2",
+        "--health-interval",
+        "0.2",
+    ]
+    argv += ["--health-jitter", "0", "--log-level", "warning"]
+    process = await trio.lowlevel.open_process(argv)
+    a, b = f"127.0.0.2:{port}", f"127.0.0.3:{port}"
+    try:
+        await poll_admin(admin, "/readyz", lambda status, _: status == 200)
+        async with httpx.AsyncClient() as http:
+            answer = await http.get(f"http://127.0.0.1:{front}/x")
+            assert answer.headers["location"] == f"http://{a}/x"
+            dnsmasq.write_hosts("127.0.0.2 web.test", "127.0.0.3 web.test")
+            await poll_admin(admin, f"/backends/{b}", lambda status, text: status == 200 and '"up"' in text)
+            # The added member reaches the new generation: some answers name it (the less loaded).
+            await until_answered(front, lambda seen: f"http://{b}/y" in seen)
+            # The first member's record goes: the next generation's workers, every one, send none to it.
+            dnsmasq.write_hosts("127.0.0.3 web.test")
+            await poll_admin(admin, f"/backends/{a}", lambda status, _: status == 404)
+            await until_answered(front, lambda seen: seen == {f"http://{b}/y"})
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await process.wait() == 0

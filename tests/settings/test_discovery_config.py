@@ -177,11 +177,11 @@ def test_a_bad_resolver_is_one_line_naming_it(value: str, reason: str) -> None:
     assert str(error.value).startswith(f"dns.resolver = {value!r}: {reason}")
 
 
-def test_dns_backends_with_workers_are_refused() -> None:
-    """The workers' shared table has a fixed backend list: DNS members would not reach the workers."""
-    settings = apply(Settings(), {"workers": 2, "backends": ["dns://w.test"]})
-    with pytest.raises(ConfigError, match=r"^workers = 2: dns:// and dns\+srv:// backends need workers = 1"):
-        check(settings)
+def test_dns_backends_with_workers_pass_the_checks() -> None:
+    """--workers with dns:// backends is allowed: each change of members starts a generation of workers
+    (tests/net/test_discovery.py proves it live)."""
+    settings = apply(Settings(), {"workers": 2, "backends": ["dns://w.test:80"]})
+    assert check(settings).workers == 2
 
 
 def test_a_dns_backends_own_health_timeout_is_warned_about_as_a_backends() -> None:
