@@ -42,6 +42,7 @@ from scenarios import (
     memory,
     pool_size,
     profile,
+    routes,
     streams,
     throughput,
     tls,
@@ -63,6 +64,7 @@ SCENARIOS: dict[str, Callable[[Bench], Report]] = {
     "workers": workers.workers,
     "access-log": access_log.access_log,
     "tls": tls.tls,
+    "routes": routes.routes,
 }
 THROUGHPUT_SIDES = ("baseline", "dispatcher")
 ONLY_CHOICES = (*THROUGHPUT_SIDES, *(name for name in SCENARIOS if name != "throughput"))

@@ -12,6 +12,7 @@
 #   6 workers      --workers 2 against --workers 1 (when the flag exists)
 #   9 access_log   --access-log FILE (text, json) against no access log
 #  10 tls          the front door over TLS against plain HTTP: keep-alive req/s, new connections/s
+#  11 routes       20 routes (none match, the last matches, a sticky split) against one pool, no routes
 #
 # What they share, beside harness.py's processes, wrk and /proc: results.py (the rows and the comparisons),
 # context.py (the settings, the shared backends, loading in turns), servers.py (starting the dispatcher and
