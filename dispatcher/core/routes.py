@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ from dispatcher.settings.routing import HashKey, RouteSpec
 
 Headers = Sequence[tuple[bytes, bytes]]
 CountryOf = Callable[[str], str | None]
+Check = Callable[["Request"], bool]
 
 
 @dataclass(slots=True)
@@ -44,17 +46,37 @@ class Request:
     headers: Headers
     peer: str
     path: bytes  # path and query, as the Location will carry them
+    _fields: dict[bytes, bytes] | None = None
+    _cookie_values: list[bytes] | None = None
+    _host: bytes | None = None
     _cookies: dict[bytes, bytes] | None = None
     _client: str | None = None
 
+    def _read_fields(self) -> dict[bytes, bytes]:
+        """One pass over the head's fields (h11's `Headers` is a Sequence whose iteration is Python
+        `__getitem__` calls ended by an IndexError: ~0.9 us for one field, so read it once): the
+        first value of each name, and every Cookie field's value."""
+        fields: dict[bytes, bytes] = {}
+        cookies: list[bytes] = []
+        for name, value in self.headers:
+            if name == b"cookie":
+                cookies.append(value)
+            if name not in fields:
+                fields[name] = value
+        self._fields, self._cookie_values = fields, cookies
+        return fields
+
     def header(self, name: bytes) -> bytes | None:
-        for each, value in self.headers:
-            if each == name:
-                return value
-        return None
+        fields = self._fields
+        return (fields if fields is not None else self._read_fields()).get(name)
 
     def host(self) -> bytes:
         """The target's authority (absolute form, RFC 9112 §3.2.2) or Host, lower case, port cut."""
+        if self._host is None:
+            self._host = self._read_host()
+        return self._host
+
+    def _read_host(self) -> bytes:
         if not self.target.startswith(b"/"):
             authority = self.target.partition(b"://")[2].split(b"/", 1)[0].split(b"?", 1)[0]
         else:
@@ -64,19 +86,35 @@ class Request:
             return authority.split(b"]", 1)[0] + b"]"
         return authority.split(b":", 1)[0]
 
+    def cookie(self, name: bytes, pattern: re.Pattern[bytes]) -> bytes | None:
+        """Cookie `name`'s value as `cookies()` gives it, found by `_cookie_pattern(name)`: one
+        C-level search of each Cookie field instead of every pair parsed into a dict."""
+        if self._cookies is not None:
+            return self._cookies.get(name)
+        if self._cookie_values is None:
+            self._read_fields()
+        assert self._cookie_values is not None
+        for value in self._cookie_values:
+            found = pattern.search(value)
+            if found is not None:
+                return found[1].strip().strip(b'"')
+        return None
+
     def cookies(self) -> dict[bytes, bytes]:
         """The Cookie header's pairs (RFC 6265 §5.4: `a=1; b=2`, one header in HTTP/1.1). The first
         of a name wins, as browsers send the most specific first. http.cookies' parser is not used:
         it drops every pair after one it finds malformed, and a stranger's bad cookie must not cost
         a visitor its variant."""
         if self._cookies is None:
+            if self._cookie_values is None:
+                self._read_fields()
+            assert self._cookie_values is not None
             found: dict[bytes, bytes] = {}
-            for name, value in self.headers:
-                if name == b"cookie":
-                    for pair in value.split(b";"):
-                        key, sep, text = pair.strip().partition(b"=")
-                        if sep and key not in found:
-                            found[key] = text.strip().strip(b'"')
+            for value in self._cookie_values:
+                for pair in value.split(b";"):
+                    key, sep, text = pair.strip().partition(b"=")
+                    if sep and key not in found:
+                        found[key] = text.strip().strip(b'"')
             self._cookies = found
         return self._cookies
 
@@ -90,6 +128,10 @@ class Route:
     pools: tuple[Pool, ...]
     weights: tuple[float, ...]  # of a split; (1.0,) for one pool
     cookie_headers: tuple[bytes, ...]  # a split's Set-Cookie per variant
+    cookie_name: bytes = b""  # a split's cookie, and how it is found in the Cookie field
+    cookie_pattern: re.Pattern[bytes] | None = None
+    variant_of: dict[bytes, int] = field(default_factory=dict)  # a variant's pool name to its index
+    checks: tuple[Check, ...] = ()  # every condition but the prefix, cheapest first
     requests: int = 0
     variant_requests: list[int] = field(default_factory=list)
 
@@ -121,8 +163,52 @@ class Client:
         return self.country_of(self.address(request)) if self.country_of is not None else None
 
 
-def _host_matches(host: bytes, hosts: tuple[bytes, ...]) -> bool:
-    return any(host == wanted or (wanted[:2] == b"*." and host.endswith(wanted[1:])) for wanted in hosts)
+def _cookie_pattern(name: bytes) -> re.Pattern[bytes]:
+    """The pair `name=value` of a Cookie field, as `Request.cookies` splits it: at the start or after
+    a `;`, white space before the name (bytes.strip's, which is `\\s`), the value up to the next `;`."""
+    return re.compile(rb"(?:^|;)\s*" + re.escape(name) + rb"=([^;]*)")
+
+
+def _host_check(hosts: tuple[str, ...]) -> Check:
+    """`docs.example.com` exactly, `*.example.com` any subdomain: a set and one endswith (C calls)."""
+    exact = frozenset(h.encode() for h in hosts if not h.startswith("*."))
+    suffixes = tuple(h[1:].encode() for h in hosts if h.startswith("*."))
+    if not suffixes:
+        return lambda request: request.host() in exact
+    return lambda request: (host := request.host()) in exact or host.endswith(suffixes)
+
+
+def _header_check(name: bytes, values: tuple[bytes, ...]) -> Check:
+    return lambda request: request.header(name) in values
+
+
+def _cookie_check(name: bytes, values: tuple[bytes, ...]) -> Check:
+    return lambda request: request.cookies().get(name) in values
+
+
+def _checks(spec: RouteSpec, client: Client) -> tuple[Check, ...]:
+    """A route's conditions but its prefix, as checks, in order of cost: the method (a set), the
+    fields (one read of the head, then dict look-ups), the host, the cookies, the client's address."""
+    checks: list[Check] = []
+    if spec.methods:
+        methods = spec.methods
+        checks.append(lambda request: request.method in methods)
+    checks += [_header_check(name, values) for name, values in spec.headers]
+    if spec.hosts:
+        checks.append(_host_check(spec.hosts))
+    checks += [_cookie_check(name, values) for name, values in spec.cookies]
+    if spec.clients:
+        networks = spec.clients
+
+        def from_clients(request: Request) -> bool:
+            address = _ip(client.address(request))
+            return address is not None and any(address in network for network in networks)
+
+        checks.append(from_clients)
+    if spec.countries:
+        countries = spec.countries
+        checks.append(lambda request: client.country(request) in countries)
+    return tuple(checks)
 
 
 def _prefix_matches(path: bytes, prefix: bytes) -> bool:
@@ -133,13 +219,16 @@ def _prefix_matches(path: bytes, prefix: bytes) -> bool:
     return path[len(prefix) : len(prefix) + 1] in (b"/", b"?")
 
 
+def _prefix_starts(prefix: bytes) -> tuple[bytes, ...]:
+    """What a path that `_prefix_matches` the prefix starts with, for one C-level `startswith`:
+    the prefix itself when it ends in `/`, else the prefix and a `/` or a `?` (or the prefix alone,
+    matched whole by `==`)."""
+    return (prefix,) if prefix.endswith(b"/") else (prefix + b"/", prefix + b"?")
+
+
 def first_segment(path: bytes) -> bytes:
-    """`api` of `/api/v1?x`: the key of the route index."""
-    end = len(path)
-    for stop in (path.find(b"/", 1), path.find(b"?", 1)):
-        if 0 < stop < end:
-            end = stop
-    return path[1:end]
+    """`api` of `/api/v1?x`: the key of the route index (two C-level partitions)."""
+    return path[1:].partition(b"/")[0].partition(b"?")[0]
 
 
 class Router:
@@ -154,12 +243,14 @@ class Router:
         rng: random.Random | None = None,
     ) -> None:
         self.routes = [_compile(spec, i, pools) for i, spec in enumerate(specs)]
+        for route in self.routes:
+            route.checks = _checks(route.spec, client)
         self.default = default
         self.client = client
         self._random = (rng or random.Random()).random
-        # Hosts, prefixes and segments as bytes once, not per request.
-        self._hosts = [tuple(h.encode() for h in r.spec.hosts) for r in self.routes]
+        # Prefixes and segments as bytes once, not per request.
         self._prefixes = [r.spec.path_prefix.encode() if r.spec.path_prefix else None for r in self.routes]
+        self._starts = [_prefix_starts(p) if p is not None else None for p in self._prefixes]
         segments = {r.index: first_segment(p) for r, p in zip(self.routes, self._prefixes, strict=True) if p}
         anywhere = [r for r in self.routes if segments.get(r.index, b"") == b""]  # no prefix, or "/"
         self._any_segment = anywhere
@@ -200,39 +291,37 @@ class Router:
 
     def match(self, request: Request) -> Route | None:
         """The first route whose every condition holds."""
-        for route in self.candidates(request.path):
-            if self._holds(route, request):
+        path = request.path
+        prefixes, starts = self._prefixes, self._starts
+        for route in self.candidates(path):
+            i = route.index
+            wanted = starts[i]
+            if wanted is not None and not path.startswith(wanted) and path != prefixes[i]:
+                continue
+            for check in route.checks:
+                if not check(request):
+                    break
+            else:
                 return route
         return None
 
     def _holds(self, route: Route, request: Request) -> bool:
-        spec, i = route.spec, route.index
-        prefix = self._prefixes[i]
-        if prefix is not None and not _prefix_matches(request.path, prefix):
+        """Whether every condition of one route holds: `match`'s test, inlined there."""
+        i, path = route.index, request.path
+        wanted = self._starts[i]
+        if wanted is not None and not path.startswith(wanted) and path != self._prefixes[i]:
             return False
-        if spec.methods and request.method not in spec.methods:
-            return False
-        if spec.hosts and not _host_matches(request.host(), self._hosts[i]):
-            return False
-        for name, values in spec.headers:
-            if request.header(name) not in values:
-                return False
-        if spec.cookies:
-            cookies = request.cookies()
-            for name, values in spec.cookies:
-                if cookies.get(name) not in values:
-                    return False
-        if spec.clients:
-            address = _ip(self.client.address(request))
-            if address is None or not any(address in network for network in spec.clients):
-                return False
-        return not spec.countries or self.client.country(request) in spec.countries
+        return all(check(request) for check in route.checks)
 
     def reply(self, method: bytes, target: bytes, headers: Headers, peer: str, now: float) -> Reply | bytes:
         """The answer to one request head: as `core.reply.reply_for`, through the routes."""
         path = path_and_query(target)
         if path is None or method == b"CONNECT":
             return not_redirected(method, target)
+        if not self.candidates(path) and self.default.hash_key is None:
+            # No route can match and the default pool hashes nothing: nothing of the head is read.
+            self.defaulted += 1
+            return redirect_in(self.default, path, None, now)
         request = Request(method, target, headers, peer, path)
         route = self.match(request)
         if route is None:
@@ -251,13 +340,12 @@ class Router:
         if len(route.pools) == 1:
             route.variant_requests[0] += 1
             return route.pools[0], b""
-        cookie = route.spec.cookie
-        assert cookie is not None
-        named = request.cookies().get(cookie.name.encode())
-        for i, pool in enumerate(route.pools):
-            if named == pool.name.encode() and pool.takes_redirects:
-                route.variant_requests[i] += 1
-                return pool, b""
+        assert route.cookie_pattern is not None
+        named = request.cookie(route.cookie_name, route.cookie_pattern)
+        i = route.variant_of.get(named, -1) if named is not None else -1
+        if i >= 0 and route.pools[i].takes_redirects:
+            route.variant_requests[i] += 1
+            return route.pools[i], b""
         i = self._draw(route)
         route.variant_requests[i] += 1
         return route.pools[i], route.cookie_headers[i]
@@ -335,7 +423,17 @@ def _compile(spec: RouteSpec, index: int, pools: Mapping[str, Pool]) -> Route:
     variants = tuple(pools[variant.pool] for variant in spec.split)
     cookies = tuple(spec.cookie.header(variant.pool) for variant in spec.split)
     weights = tuple(variant.weight for variant in spec.split)
-    return Route(spec, index, variants, weights, cookies, variant_requests=[0] * len(variants))
+    return Route(
+        spec,
+        index,
+        variants,
+        weights,
+        cookies,
+        cookie_name=spec.cookie.name.encode(),
+        cookie_pattern=_cookie_pattern(spec.cookie.name.encode()),
+        variant_of={variant.pool.encode(): i for i, variant in enumerate(spec.split)},
+        variant_requests=[0] * len(variants),
+    )
 
 
 def _rewrite(spec: RouteSpec, path: bytes) -> bytes:
