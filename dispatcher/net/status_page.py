@@ -247,7 +247,8 @@ function showPool(found, clock) {{
     pool = newPool(found.name);
     pools.set(found.name, pool);
   }}
-  pool.summary.textContent = "policy " + found.policy + " \\u00b7 " + summarise(found.backends);
+  const held = found.state === "maint" ? "in maintenance: every answer is its fallback \\u00b7 " : "";
+  pool.summary.textContent = held + "policy " + found.policy + " \\u00b7 " + summarise(found.backends);
   const names = new Set();
   for (const backend of found.backends) {{
     names.add(backend.name);

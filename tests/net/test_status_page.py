@@ -426,3 +426,23 @@ async def test_a_mixed_pool_under_traffic(nursery: trio.Nursery, browser: WebDri
     if path:
         await in_browser(page.wait_for, "a rate for every backend", lambda s: len(rates(s)) == len(backends))
         await in_browser(page.screenshot, path)
+
+
+async def test_a_pool_in_maintenance_says_so(nursery: trio.Nursery, browser: WebDriver) -> None:
+    """A pool held in maintenance through the admin API: its summary says every answer is its fallback,
+    and says it no more once it is ready again."""
+    dispatcher = await serve(nursery, [TestBackend("web-1", load=1)], admin_token=TOKEN)
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(trust_env=False) as client:
+        answer = await client.post(
+            f"{dispatcher.admin_url}/pools/default/state", content=b"maint", headers=auth
+        )
+        assert answer.status_code == 200
+    page = await open_page(browser, dispatcher)
+    seen = await in_browser(page.wait_for, "the pool in maintenance", lambda s: s["summary"] != [])
+    assert seen["summary"][0].startswith(
+        "in maintenance: every answer is its fallback \u00b7 policy least-loaded"
+    )
+    async with httpx.AsyncClient(trust_env=False) as client:
+        await client.post(f"{dispatcher.admin_url}/pools/default/state", content=b"ready", headers=auth)
+    await in_browser(page.wait_for, "the pool ready", lambda s: s["summary"][0].startswith("policy "))
