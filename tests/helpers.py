@@ -523,3 +523,16 @@ def listens(pid: int, port: int) -> bool:
             if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
                 return True
     return False
+
+
+async def location_on_new_connection(port: int, request: bytes) -> bytes:
+    """One request on a new connection (so the kernel spreads them over --workers' processes): the
+    Location of the 307 it gets."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    received = b""
+    async with stream:
+        await stream.send_all(request)
+        while chunk := await stream.receive_some(4096):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 307 Temporary Redirect"), received
+    return received.split(b"location: ", 1)[1].split(b"\r\n", 1)[0]

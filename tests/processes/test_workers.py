@@ -11,7 +11,15 @@ from dispatcher.core.pool import CheckResult, Pool
 from dispatcher.core.stats import ServerStats
 from dispatcher.processes.shared import Layout, SharedTable, add_counters, empty_counters, stats_of
 from dispatcher.settings.config import HealthSettings, parse_backend
-from tests.helpers import TestBackend, listens, poll_admin, start_backends, unused_port, worker_pids
+from tests.helpers import (
+    TestBackend,
+    listens,
+    location_on_new_connection,
+    poll_admin,
+    start_backends,
+    unused_port,
+    worker_pids,
+)
 
 GET = b"GET /w HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
 
@@ -27,18 +35,6 @@ async def _start(backends: list[TestBackend], *extra: str) -> tuple[trio.Process
     process = await trio.lowlevel.open_process(argv)
     await poll_admin(admin, "/readyz", lambda status, _: status == 200)
     return process, port, admin
-
-
-async def _redirect(port: int) -> bytes:
-    """One request on a new connection (so the kernel spreads them over the workers); the Location."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    received = b""
-    async with stream:
-        await stream.send_all(GET)
-        while chunk := await stream.receive_some(4096):
-            received += chunk
-    assert received.startswith(b"HTTP/1.1 307 Temporary Redirect"), received
-    return received.split(b"location: ", 1)[1].split(b"\r\n", 1)[0]
 
 
 def _samples(text: str, name: str) -> dict[str, float]:
@@ -62,7 +58,7 @@ async def test_two_workers_share_checks_and_add_up_metrics(nursery: trio.Nursery
     process, port, admin = await _start(backends, "--health-interval", "0.2")
     try:
         for _ in range(60):
-            await _redirect(port)
+            await location_on_new_connection(port, GET)
         text = await poll_admin(
             admin, "/metrics", lambda _, text: 'dispatcher_responses_total{code="307"} 60.0' in text
         )
@@ -121,7 +117,7 @@ async def test_choice_counts_the_other_workers_redirects(nursery: trio.Nursery) 
     process, port, admin = await _start(backends, "--health-interval", "60")
     try:
         await poll_admin(admin, "/readyz", lambda _, text: text.startswith("ready: 2 of 2"))
-        locations = [await _redirect(port) for _ in range(40)]
+        locations = [await location_on_new_connection(port, GET) for _ in range(40)]
         to_second = sum(1 for location in locations if location.startswith(backends[1].url.encode()))
         # Shared: the first reaches 20 after ~20 redirects in all, then they alternate (~10 to the
         # second). Unshared, with the kernel's spread even, each worker would send ~20 to the first and
@@ -140,12 +136,12 @@ async def test_a_killed_worker_is_started_again(nursery: trio.Nursery) -> None:
         workers = worker_pids(process.pid)
         assert len(workers) == 2
         for _ in range(40):  # on new connections: the kernel spreads them over both workers
-            await _redirect(port)
+            await location_on_new_connection(port, GET)
         await poll_admin(admin, "/metrics", lambda _, text: _responses(text, 307) == 40)
         await trio.run_process(["kill", "-9", str(workers[0])])
         await poll_admin(admin, "/readyz", lambda status, _: status == 200)
         for _ in range(20):
-            await _redirect(port)
+            await location_on_new_connection(port, GET)
 
         def replaced(status: int, text: str) -> bool:
             now = worker_pids(process.pid)

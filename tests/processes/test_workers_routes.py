@@ -7,7 +7,7 @@ from pathlib import Path
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import poll_admin, start_backends, unused_port
+from tests.helpers import location_on_new_connection, poll_admin, start_backends, unused_port
 
 CONFIG = """
 listen = "127.0.0.1:{port}"
@@ -41,18 +41,6 @@ strip_prefix = true
 """
 
 
-async def _location(port: int, request: bytes) -> bytes:
-    """One request on a new connection (so the kernel spreads them over the workers); the Location."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    received = b""
-    async with stream:
-        await stream.send_all(request)
-        while chunk := await stream.receive_some(4096):
-            received += chunk
-    assert received.startswith(b"HTTP/1.1 307 Temporary Redirect"), received
-    return received.split(b"location: ", 1)[1].split(b"\r\n", 1)[0]
-
-
 async def test_two_workers_route_alike_and_count_every_pool(nursery: trio.Nursery, tmp_path: Path) -> None:
     """Both workers send a route's requests to its pool with its rewrite, hash a key to one backend,
     and the master's scrape labels each backend's redirects with its pool and sums the route counters."""
@@ -68,13 +56,13 @@ async def test_two_workers_route_alike_and_count_every_pool(nursery: trio.Nurser
         await poll_admin(admin, "/readyz", lambda status, _: status == 200)
         submit = b"POST /submit/x?y=1 HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
         for _ in range(10):
-            assert await _location(port, submit) == forms.url.encode() + b"/v2/submit/x?y=1"
+            assert await location_on_new_connection(port, submit) == forms.url.encode() + b"/v2/submit/x?y=1"
         plain = b"GET /other HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
-        assert await _location(port, plain) == web.url.encode() + b"/other"
+        assert await location_on_new_connection(port, plain) == web.url.encode() + b"/other"
         # Each key on one backend, whichever worker takes its connection.
         for key in range(6):
             app = b"GET /app/p HTTP/1.1\r\nhost: t\r\ncookie: session=k%d\r\nconnection: close\r\n\r\n" % key
-            assert len({await _location(port, app) for _ in range(4)}) == 1, key
+            assert len({await location_on_new_connection(port, app) for _ in range(4)}) == 1, key
         text = await poll_admin(
             admin,
             "/metrics",
