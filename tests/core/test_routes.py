@@ -118,7 +118,7 @@ def settings_of(text: str, top: str = "", base: str = POOLS) -> Settings:
 
 
 def pool_of(spec: PoolSpec, pages: dict[str, bytes]) -> Pool:
-    """A pool as the wiring makes one (pools.named_pool), its page read (as the CLI does), every backend up."""
+    """A pool as the wiring makes one (pools.named_pool), its page read as the CLI does, every backend up."""
     if spec.name in pages:
         spec = replace(spec, fallback=replace(spec.fallback, body=pages[spec.name]))
     pool = Pool(spec.backends, HEALTH, 0.0, 0.0, spec.policy, spec=spec)

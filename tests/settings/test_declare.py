@@ -15,7 +15,17 @@ DECLARED = list(declared_settings())
 # The tables of tables ([pools.NAME], [[routes]]) are the file's alone: no flag could say them.
 FLAGGED = [d for d in DECLARED if not d.setting.toml_only]
 # The command line's own flags: not settings of the file.
-CLI_ONLY = {"-h", "--help", "-V", "--version", "--config", "--log-level", "--log-format", "--demo", "--check-config"}
+CLI_ONLY = {
+    "-h",
+    "--help",
+    "-V",
+    "--version",
+    "--config",
+    "--log-level",
+    "--log-format",
+    "--demo",
+    "--check-config",
+}
 
 
 def test_every_field_of_the_settings_is_declared() -> None:

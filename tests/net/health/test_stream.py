@@ -424,7 +424,9 @@ async def test_metrics_and_the_admin_api_say_how_the_load_arrives(nursery: trio.
     assert metric(text, 'dispatcher_backend_load_source{backend="s1",pool="default",source="poll"}') == 0.0
     assert metric(text, 'dispatcher_load_stream_connections_total{backend="s1",pool="default"}') == 1.0
     assert metric(text, 'dispatcher_load_stream_events_total{backend="s1",pool="default"}') == 1.0
-    assert metric(text, 'dispatcher_backend_drain_rate{backend="s1",pool="default"}') == pytest.approx(state.rate)
+    assert metric(text, 'dispatcher_backend_drain_rate{backend="s1",pool="default"}') == pytest.approx(
+        state.rate
+    )
     entry = (await admin_get(dispatcher, "/backends/s1")).json()
     assert (entry["load_source"], entry["load"]) == ("stream", 2.0)
 
