@@ -15,7 +15,7 @@ can send a client elsewhere. h11 has already refused targets with control charac
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -111,6 +111,17 @@ def path_and_query(target: bytes) -> bytes | None:
     if not path.isascii():
         return None
     return path
+
+
+def field_items(headers: Sequence[tuple[bytes, bytes]]) -> Iterable[tuple[bytes, bytes, bytes]]:
+    """The head's fields as (raw name, lower-case name, value), for a loop over them on every request.
+
+    h11's `Headers` is a Sequence without an `__iter__` of its own: a loop over it calls Python's
+    `__getitem__` once a field and ends in an IndexError, 1.9 us for four fields against 0.45 us over
+    the list it keeps (`_full_items`, the same triples). That list is read when it is there; any other
+    sequence of (name, value) pairs (a test's, a later h11's) is walked as it is."""
+    full: Iterable[tuple[bytes, bytes, bytes]] | None = getattr(headers, "_full_items", None)
+    return full if full is not None else [(name, name, value) for name, value in headers]
 
 
 def head_size(method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> int:
@@ -213,7 +224,7 @@ def screen(
     length = -1
     chunked = False
     close = version == b"1.0"
-    for name, value in headers:
+    for _, name, value in field_items(headers):
         if name == b"content-length":
             length = int(value)
         elif name == b"transfer-encoding":

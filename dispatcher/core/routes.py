@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from dispatcher.core import clientaddr
 from dispatcher.core.pool import Pool
-from dispatcher.core.reply import Reply, not_redirected, path_and_query, redirect_in
+from dispatcher.core.reply import Reply, field_items, not_redirected, path_and_query, redirect_in
 from dispatcher.settings.config import DEFAULT_POOL, Settings
 from dispatcher.settings.routing import HashKey, RouteSpec
 
@@ -53,12 +53,11 @@ class Request:
     _client: str | None = None
 
     def _read_fields(self) -> dict[bytes, bytes]:
-        """One pass over the head's fields (h11's `Headers` is a Sequence whose iteration is Python
-        `__getitem__` calls ended by an IndexError: ~0.9 us for one field, so read it once): the
-        first value of each name, and every Cookie field's value."""
+        """One pass over the head's fields (`core.reply.field_items`): the first value of each name, and
+        every Cookie field's value."""
         fields: dict[bytes, bytes] = {}
         cookies: list[bytes] = []
-        for name, value in self.headers:
+        for _, name, value in field_items(self.headers):
             if name == b"cookie":
                 cookies.append(value)
             if name not in fields:
