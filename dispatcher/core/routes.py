@@ -76,14 +76,7 @@ class Request:
         return self._host
 
     def _read_host(self) -> bytes:
-        if not self.target.startswith(b"/"):
-            authority = self.target.partition(b"://")[2].split(b"/", 1)[0].split(b"?", 1)[0]
-        else:
-            authority = self.header(b"host") or b""
-        authority = authority.lower()
-        if authority.startswith(b"["):
-            return authority.split(b"]", 1)[0] + b"]"
-        return authority.split(b":", 1)[0]
+        return _host_of(self.target, self.header(b"host") if self.target.startswith(b"/") else None)
 
     def cookie(self, name: bytes, pattern: re.Pattern[bytes]) -> bytes | None:
         """Cookie `name`'s value as `cookies()` gives it, found by `_cookie_pattern(name)`: one
@@ -160,6 +153,26 @@ class Client:
             if given is not None:
                 return given
         return self.country_of(self.address(request)) if self.country_of is not None else None
+
+
+def _host_of(target: bytes, host_field: bytes | None) -> bytes:
+    """The request's host: an absolute target's authority (RFC 9112 §3.2.2), else the Host field's;
+    lower case, the port cut."""
+    if not target.startswith(b"/"):
+        authority = target.partition(b"://")[2].split(b"/", 1)[0].split(b"?", 1)[0]
+    else:
+        authority = host_field or b""
+    authority = authority.lower()
+    if authority.startswith(b"["):
+        return authority.split(b"]", 1)[0] + b"]"
+    return authority.split(b":", 1)[0]
+
+
+def _host_field(headers: Headers) -> bytes | None:
+    for _, name, value in field_items(headers):
+        if name == b"host":
+            return value
+    return None
 
 
 def _cookie_pattern(name: bytes) -> re.Pattern[bytes]:
@@ -253,6 +266,14 @@ class Router:
         segments = {r.index: first_segment(p) for r, p in zip(self.routes, self._prefixes, strict=True) if p}
         anywhere = [r for r in self.routes if segments.get(r.index, b"") == b""]  # no prefix, or "/"
         self._any_segment = anywhere
+        # When every route that a path with no route of its own could meet is on hosts (a route by
+        # host alone: `staging.example.com`), their hosts: a request for another host meets none of
+        # them, and is answered by the default pool without its head being read further.
+        gated = all(r.spec.hosts for r in anywhere)
+        hosts = [h for r in anywhere for h in r.spec.hosts] if gated else []
+        self._any_exact = frozenset(h.encode() for h in hosts if not h.startswith("*."))
+        self._any_suffixes = tuple(h[1:].encode() for h in hosts if h.startswith("*."))
+        self._any_gated = gated and bool(anywhere)
         self._by_segment = {
             segment: [r for r in self.routes if segments.get(r.index, b"") in (b"", segment)]
             for segment in set(segments.values()) - {b""}
@@ -317,8 +338,8 @@ class Router:
         path = path_and_query(target)
         if path is None or method == b"CONNECT":
             return not_redirected(method, target)
-        if not self.candidates(path) and self.default.hash_key is None:
-            # No route can match and the default pool hashes nothing: nothing of the head is read.
+        if self.default.hash_key is None and self._none_can_match(path, target, headers):
+            # No route can match and the default pool hashes nothing: no more of the head is read.
             self.defaulted += 1
             return redirect_in(self.default, path, None, now)
         request = Request(method, target, headers, peer, path)
@@ -332,6 +353,16 @@ class Router:
         if cookie and type(answer) is bytes:
             return answer + b"\r\nset-cookie: " + cookie
         return answer
+
+    def _none_can_match(self, path: bytes, target: bytes, headers: Headers) -> bool:
+        """No route is a candidate for this path, or those that are are all on other hosts."""
+        candidates = self.candidates(path)
+        if not candidates:
+            return True
+        if candidates is not self._any_segment or not self._any_gated:
+            return False
+        host = _host_of(target, _host_field(headers) if target.startswith(b"/") else None)
+        return host not in self._any_exact and not host.endswith(self._any_suffixes)
 
     def _variant(self, route: Route, request: Request) -> tuple[Pool, bytes]:
         """The route's pool; for a split, the visitor's variant (its cookie, while that pool has a

@@ -860,3 +860,31 @@ def test_a_reloaded_router_carries_the_counters_on_route_by_route() -> None:
     assert new.router.defaulted == 1
     assert (new.route("route1").requests, new.route("route1").variant_requests) == (2, [2])
     assert new.route("new").requests == 0
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "pool"),
+    [
+        ("/any", "staging.example.com", "web"),
+        ("/any", "STAGING.example.com:8443", "web"),
+        ("/any", "a.preview.example.com", "beta"),
+        ("/any", "preview.example.com", "default"),
+        ("/any", "www.example.com", "default"),
+        ("http://staging.example.com/any", "www.example.com", "web"),
+        ("/api/x", "www.example.com", "default"),
+        ("/api/x", "staging.example.com", "web"),  # the host route comes first: it wins
+    ],
+)
+def test_routes_by_host_alone_are_taken_or_passed_over_by_the_host(target: str, host: str, pool: str) -> None:
+    """Routes on hosts alone (exact and *.suffix) take their hosts' requests, whatever the path; a
+    request for another host goes to the default pool (without its head read further: the same
+    answer as the full match gives, and the same counters)."""
+    routes = (
+        '[[routes]]\nhosts = "staging.example.com"\npool = "web"\n'
+        '[[routes]]\nhosts = "*.preview.example.com"\npool = "beta"\n'
+        '[[routes]]\npath_prefix = "/api"\nhosts = "staging.example.com"\npool = "beta"\n'
+    )
+    router = routed(routes)
+    before = router.router.defaulted
+    assert router.ask(target, f"Host: {host}").pool == pool
+    assert router.router.defaulted == before + (pool == "default")
