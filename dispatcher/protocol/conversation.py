@@ -101,6 +101,8 @@ class Replies:
         self.router: Router | None = None
         self.pools: Pools | None = None  # every pool, for the access log's backend names
         self._names: dict[bytes, str] = {}  # a backend's Location base to its name, for the log
+        # The same by scheme://host:port, the longest base first: for a Location whose path a route rewrote.
+        self._by_authority: dict[bytes, list[tuple[bytes, str]]] = {}
 
     @property
     def needs_peer(self) -> bool:
@@ -160,11 +162,21 @@ class Replies:
         if name is None:  # a backend this cache has not seen: the pool's backends changed
             backends = self.pools.backends if self.pools is not None else self.pool.backends
             self._names = {backend.location_base: backend.name for backend in backends}
+            self._by_authority = {}
+            for each, named in sorted(self._names.items(), key=lambda item: -len(item[0])):
+                self._by_authority.setdefault(_authority(each), []).append((each, named))
             name = self._names.get(base)
         if name is None:  # a route rewrote the path, or a pool's fallback URL: the longest base that fits
-            fits = [(len(b), n) for b, n in self._names.items() if location.startswith(b)]
-            return max(fits)[1] if fits else None
+            for each, named in self._by_authority.get(_authority(location), ()):
+                if location.startswith(each):
+                    return named
         return name
+
+
+def _authority(url: bytes) -> bytes:
+    """`http://h:80` of `http://h:80/prefix/path?q`."""
+    scheme, _, rest = url.partition(b"://")
+    return scheme + b"://" + rest.split(b"/", 1)[0].split(b"?", 1)[0]
 
 
 class Conversation:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+import h11
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -310,3 +311,23 @@ def test_any_bytes_in_any_pieces_then_end_of_stream_close_cleanly(data: bytes, c
     assert talk.conversation.closing
     responses, rest = parse_responses(raw)
     assert rest == b"" and {r.status for r in responses} <= set(RESPONSE_CODES)
+
+
+def test_the_access_log_names_the_backend_of_a_rewritten_redirect_and_none_for_a_fallback_url() -> None:
+    """A route that rewrote the path still names its backend in the log (the longest base that the
+    Location starts with, among those of its host); a pool's fallback URL names none."""
+    pool = Pool(
+        [
+            parse_backend("b", "http://10.0.0.1:80", "short"),
+            parse_backend("b", "http://10.0.0.1:80/app", "long"),
+        ],
+        HealthSettings(),
+    )
+    replies = Replies(Settings(), pool, ServerStats(), Lifecycle(), lambda: 0.0)
+    request = h11.Request(method="GET", target="/w/x?y=1", headers=[("host", "t")])
+    rewritten = b"HTTP/1.1 307 Temporary Redirect\r\nlocation: http://10.0.0.1:80/app/v2/x?y=1\r\n\r\n"
+    assert replies.logged(request, rewritten)[5] == "long"
+    other = b"HTTP/1.1 307 Temporary Redirect\r\nlocation: http://10.0.0.1:80/v2/x?y=1\r\n\r\n"
+    assert replies.logged(request, other)[5] == "short"
+    sorry = b"HTTP/1.1 307 Temporary Redirect\r\nlocation: https://sorry.example.com/\r\n\r\n"
+    assert replies.logged(request, sorry)[5] is None
