@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 
 
@@ -54,8 +55,26 @@ def parse_report(headers: list[tuple[bytes, bytes]], body: bytes) -> Report:
     return Report(0.0, drain)
 
 
+# The two forms nearly every event takes, a bare number or {"load": N}, read without json (4 us of
+# the 8 an event cost): the same figure the full parse gives, and nothing it would refuse (JSON
+# forbids leading zeros; 15 digits stay far from float's infinity).
+_USUAL_EVENT = re.compile(
+    r"\s*(?:([0-9]{1,15}(?:\.[0-9]{1,15})?)"
+    r'|\{[ \t]*"load"[ \t]*:[ \t]*((?:0|[1-9][0-9]{0,14})(?:\.[0-9]{1,15})?)[ \t]*\})\s*',
+    re.ASCII,
+)
+
+
 def parse_event(data: str) -> Report:
     """The load and drain request of one load-stream event's data."""
+    usual = _USUAL_EVENT.fullmatch(data)
+    if usual is not None:
+        return Report(float(usual[1] or usual[2]), False)
+    return parse_event_fully(data)
+
+
+def parse_event_fully(data: str) -> Report:
+    """`parse_event` without its shortcut: what the shortcut must agree with."""
     text = data.strip()
     parsed = _json_object(text.encode()) if text.startswith("{") else None
     if parsed is not None:

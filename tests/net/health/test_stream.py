@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -18,10 +19,12 @@ import h11
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dispatcher.core.health_state import Admin
 from dispatcher.core.pool import Pool
-from dispatcher.core.report import BadLoad, parse_event
+from dispatcher.core.report import BadLoad, Report, parse_event, parse_event_fully
 from dispatcher.net.health import HealthChecks
 from dispatcher.net.health.stream import LoadStream, StreamFailed
 from dispatcher.protocol.answer import AnswerReader
@@ -93,6 +96,69 @@ def test_event_data_is_a_load_report_in_the_forms_the_health_body_takes() -> Non
     for bad in ("nan", "inf", "-1", "", "busy"):
         with pytest.raises(BadLoad):
             parse_event(bad)
+
+
+_EVENT_TEXT = st.one_of(
+    st.from_regex(r"\A\s?[0-9]{1,17}(\.[0-9]{0,17})?\s?\Z"),
+    st.from_regex(r'\A\{ ?"load" ?: ?-?[0-9]{1,17}(\.[0-9]{0,3})?(e[0-9])? ?(, "state": "drain")?\}\Z'),
+    st.text(alphabet='0123456789.{}":load -e\t\u00a0', max_size=20),
+)
+
+
+def _parsed(text: str, parse: Callable[[str], Report]) -> Report | str:
+    try:
+        return parse(text)
+    except BadLoad:
+        return "bad"
+
+
+@given(_EVENT_TEXT)
+def test_the_shortcut_for_usual_events_reads_what_the_full_parse_reads(text: str) -> None:
+    """A bare number and `{"load": N}` skip json: the same figure, and nothing the full parse refuses."""
+    assert _parsed(text, parse_event) == _parsed(text, parse_event_fully)
+
+
+_STREAM_BYTES = st.lists(
+    st.sampled_from(
+        [
+            b"data: 3\n\n",
+            b"data:7\n\n",
+            b'data: {"load": 1}\n\n',
+            b": hb\n\n",
+            b"event: x\n",
+            b"data: 1\r\n\r\n",
+            b"data: 2\n",
+            b"\n",
+            b"\r",
+            b"data: \xc3\n\n",
+            b"id: 4\n",
+            b"\xef\xbb\xbf",
+        ]
+    ),
+    max_size=8,
+)
+
+
+@given(_STREAM_BYTES)
+def test_whole_events_read_at_once_as_they_read_byte_by_byte(pieces: list[bytes]) -> None:
+    """One read of a whole event takes a shortcut past the line machinery; bytes fed one at a time never
+    do: both must give the same events, and fail on the same bytes."""
+    whole, single = EventReader(), EventReader()
+    for piece in pieces:
+        try:
+            got: list[str] | str = whole.feed(piece)
+        except BadStream:
+            got = "bad"
+        wanted: list[str] | str = []
+        try:
+            for i in range(len(piece)):
+                assert isinstance(wanted, list)
+                wanted += single.feed(piece[i : i + 1])
+        except BadStream:
+            wanted = "bad"
+        assert got == wanted
+        if got == "bad":
+            return
 
 
 def test_only_a_200_event_stream_is_a_stream() -> None:
