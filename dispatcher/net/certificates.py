@@ -62,13 +62,14 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
     else:
         raise ConfigError("tls.cert", None, "missing: TLS needs a certificate")
 
+    # typeshed names an SSLObject; the front door's connections are SSLSockets (net.tlsdoor), which
+    # take a new context the same way.
     def choose(connection: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
         chosen = _choose(by_name, name)
         if chosen is not None:
             connection.context = chosen
 
-    # typeshed names SSLSocket only; an SSLObject (trio's SSLStream) is what the callback is given.
-    default.sni_callback = choose  # type: ignore[assignment,unused-ignore]
+    default.sni_callback = choose
     return default
 
 
