@@ -7,6 +7,8 @@ tests assert exactly how many checks ran and the exact moment a backend changed 
 from __future__ import annotations
 
 import gzip
+import json
+import re
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -25,7 +27,7 @@ from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import FAILURE_REASONS, CheckResult, Pool
 from dispatcher.core.stats import ServerStats
 from dispatcher.expose.render import Metrics
-from dispatcher.net.admin import AdminApi, loopback_host
+from dispatcher.net.admin import STEP_BACKENDS, AdminApi, loopback_host
 from dispatcher.net.health import CHECK_GRID
 from dispatcher.protocol.wholemessage import WholeRequest
 from dispatcher.settings import config
@@ -666,3 +668,57 @@ def test_a_loopback_listener_refuses_a_state_change_naming_another_host() -> Non
     assert admin.route(WholeRequest("GET", "/readyz", headers), 0.0).status in (200, 503)
     own = {"host": "127.0.0.1:8081", "origin": "http://127.0.0.1:8081"}
     assert admin.route(WholeRequest("POST", f"/backends/{name}/state", own, b"drain"), 0.0).status == 200
+
+
+# --- reads of every backend, in steps ----------------------------------------------------------------
+
+
+def _admin_of_many(count: int) -> AdminApi:
+    """An admin API over `count` backends, up, reporting a load of 1.5."""
+    pool = Pool(
+        [config.parse_backend("t", f"http://10.0.0.{i}:8080", f"b{i:03}") for i in range(count)], health()
+    )
+    for backend in pool.backends:
+        pool.record_check(backend, CheckResult(True, 0.001, load=1.5), now=0.0)
+    return AdminApi(pool, Metrics(pool, ServerStats()), Lifecycle(serving=True))
+
+
+@pytest.mark.parametrize("path", ["/backends", "/status"])
+def test_reads_of_every_backend_are_built_in_steps(path: str) -> None:
+    """/backends and /status of 120 backends pause between steps of STEP_BACKENDS (so that the front
+    door's tasks run), and their bodies are what `route` answers in one piece: /backends exactly as
+    json.dumps(indent=1) writes it, /status compact."""
+    admin = _admin_of_many(120)
+    request = WholeRequest("GET", path, {"host": "127.0.0.1:9090"})
+    steps = admin.stepped(request, 5.0)
+    assert steps is not None
+    pauses = 0
+    while True:
+        try:
+            next(steps)
+            pauses += 1
+        except StopIteration as done:
+            stepped = done.value
+            break
+    assert pauses == (120 - 1) // STEP_BACKENDS
+    whole = admin.route(request, 5.0)
+    wall = re.compile(rb'"time": ?"[^"]*"')  # a check's wall-clock time, read at each answer
+    assert (stepped.status, wall.sub(b"", stepped.body)) == (whole.status, wall.sub(b"", whole.body))
+    parsed = json.loads(stepped.body)
+    if path == "/backends":
+        assert stepped.body == (json.dumps(parsed, indent=1) + "\n").encode()
+        assert [b["name"] for b in parsed] == [f"b{i:03}" for i in range(120)]
+    else:
+        assert stepped.body == json.dumps(parsed, separators=(",", ":")).encode()
+        assert [b["load"] for b in parsed["pools"][0]["backends"]] == [1.5] * 120
+        assert set(parsed) == {"version", "clock", "ready", "admin", "pools"}
+
+
+def test_no_steps_for_other_reads_nor_a_rebound_host() -> None:
+    """Only GET/HEAD /backends and /status are stepped; a request refused for its Host is `route`'s."""
+    admin = _admin_of_many(3)
+    admin.loopback = True
+    assert admin.stepped(WholeRequest("GET", "/pools", {"host": "127.0.0.1"}), 0.0) is None
+    assert admin.stepped(WholeRequest("POST", "/backends", {"host": "127.0.0.1"}), 0.0) is None
+    assert admin.stepped(WholeRequest("GET", "/status", {"host": "evil.example"}), 0.0) is None
+    assert admin.stepped(WholeRequest("HEAD", "/status", {"host": "localhost"}), 0.0) is not None
