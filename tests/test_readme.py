@@ -35,9 +35,27 @@ def section(title: str) -> str:
 
 
 def table_rows(text: str) -> list[list[str]]:
-    """The body rows of the first Markdown table in `text`, as lists of cells."""
-    lines = [line for line in text.splitlines() if line.startswith("|")]
-    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[2:]]
+    """The body rows of every Markdown table in `text` (each one's header and rule skipped), as lists
+    of cells."""
+    rows: list[list[str]] = []
+    in_table = 0  # lines of the current table so far
+    for line in text.splitlines():
+        in_table = in_table + 1 if line.startswith("|") else 0
+        if in_table > 2:
+            rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return rows
+
+
+def flag_groups() -> list[tuple[str, list[str]]]:
+    """The README's flag tables: each one's bold title and its flags' first names, in order."""
+    groups: list[tuple[str, list[str]]] = []
+    for line in section("Command line").splitlines():
+        title = re.fullmatch(r"\*\*(.+)\*\*", line)
+        if title:
+            groups.append((title[1], []))
+        elif groups and (flag := re.match(r"\| `(--?[A-Za-z][a-z-]*)", line)):
+            groups[-1][1].append(flag[1])
+    return groups
 
 
 def codes_in(text: str) -> set[int]:
@@ -90,6 +108,22 @@ def test_the_flag_table_lists_every_flag_of_the_parser() -> None:
     listed = readme_flags()
     assert len(listed) == len(set(listed)), "a flag listed twice"
     assert set(listed) == set(parser_flags)
+
+
+def test_help_groups_the_flags_as_the_readme_does() -> None:
+    """--help's groups are the README's flag tables: the same titles, flags and order (issue 14)."""
+    parser = build_parser()
+    in_help = [
+        (group.title, [action.option_strings[0] for action in group._group_actions])
+        for group in parser._action_groups
+        if group._group_actions
+    ]
+    assert [(title.lower(), flags) for title, flags in flag_groups()] == [
+        (str(title).lower(), flags) for title, flags in in_help
+    ]
+    text = parser.format_help()
+    assert text.index("\nmodes:\n") < text.index("\nlisteners:\n") < text.index("\nlogs:\n")
+    assert "\noptions:\n" not in text  # -h is in the first group, not in one of its own
 
 
 def test_the_flag_table_gives_each_setting_its_declared_default() -> None:

@@ -76,26 +76,76 @@ DESCRIPTION = (
 )
 
 
+# --help shows the flags in these groups, in this order, as the README's "Command line" tables do
+# (tests/test_readme.py holds them to it).
+FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("modes", ("-h", "-V", "--config", "--demo", "--check-config")),
+    ("listeners", ("--listen", "--admin-listen", "--workers", "--reuse-port", "--max-connections")),
+    (
+        "backends and health checks",
+        (
+            "--backend",
+            "--health-path",
+            "--health-interval",
+            "--health-timeout",
+            "--health-jitter",
+            "--health-ca-file",
+            "--rise",
+            "--fall",
+            "--slow-start",
+            "--keep-runtime-backends",
+        ),
+    ),
+    ("backends from DNS", ("--dns-interval", "--dns-timeout", "--dns-resolver")),
+    ("choosing a backend", ("--policy", "--hash-key", "--hash-balance-factor")),
+    (
+        "client addresses and regions",
+        ("--trusted-proxy", "--forwarding-header", "--geoip-db", "--country-header"),
+    ),
+    (
+        "TLS",
+        ("--tls-cert", "--tls-key", "--tls-ca", "--tls-certificate", "--tls-redirect-listen", "--tls-hsts"),
+    ),
+    ("timeouts and limits", ("--header-timeout", "--keepalive-timeout", "--grace-period", "--max-discard")),
+    ("admin API", ("--admin-token", "--admin-insecure")),
+    ("logs", ("--log-level", "--log-format", "--access-log", "--access-log-format")),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The flags: one for each declared setting (`config.declared_settings`), and the CLI's own."""
+    """The flags: one for each declared setting (`config.declared_settings`), and the CLI's own, each
+    in its group of FLAG_GROUPS."""
     parser = _Parser(
         prog="dispatcher",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,  # -h is added to the first group, not to an "options" group of its own
     )
-    parser.add_argument("-V", "--version", action="version", version=f"dispatcher {__version__}")
-    parser.add_argument(
-        "--config", metavar="FILE", help="TOML file with the same settings; flags override it"
-    )
+    groups = {title: parser.add_argument_group(title) for title, _ in FLAG_GROUPS}
+    group_of = {flag: groups[title] for title, flags in FLAG_GROUPS for flag in flags}
+    added: dict[str, Callable[[argparse._ActionsContainer], object]] = {
+        "-h": lambda g: g.add_argument(
+            "-h", "--help", action="help", help="these flags, the signals and the admin routes"
+        ),
+        "-V": lambda g: g.add_argument(
+            "-V", "--version", action="version", version=f"dispatcher {__version__}", help="print the version"
+        ),
+        "--config": lambda g: g.add_argument(
+            "--config", metavar="FILE", help="TOML file with the same settings; flags override it"
+        ),
+    }
     for declared in config.declared_settings():
         if not declared.setting.toml_only:
-            _add_setting(parser, declared)
-    _add_own_flags(parser)
+            added[declared.flag] = partial(_add_setting, declared=declared)
+    added.update(_own_flags())
+    for flag, group in group_of.items():
+        added.pop(flag)(group)
+    assert not added, f"flags in no group of FLAG_GROUPS: {sorted(added)}"
     return parser
 
 
-def _add_setting(parser: argparse.ArgumentParser, declared: Declared) -> None:
+def _add_setting(parser: argparse._ActionsContainer, declared: Declared) -> None:
     """A setting's flag. Its argparse default is None, so that a flag not given leaves the file's value."""
     if declared.metavar is None:
         parser.add_argument(declared.flag, action="store_true", default=None, help=_help(declared))
@@ -112,21 +162,32 @@ def _help(declared: Declared) -> str:
     return text.replace("%", "%%")
 
 
-def _add_own_flags(parser: argparse.ArgumentParser) -> None:
-    """What the command line alone sets: the log and the demo."""
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument(
-        "--log-format",
-        default="text",
-        choices=["text", "json"],
-        help="text lines, or one JSON object a line: time, level, logger, message (default text)",
-    )
-    parser.add_argument("--demo", action="store_true", help="start three demo backends and front them")
-    parser.add_argument(
-        "--check-config",
-        metavar="FILE",
-        help="validate this config file (with the other flags) and exit: 0, or 2 and one line naming the key",
-    )
+def _own_flags() -> dict[str, Callable[[argparse._ActionsContainer], object]]:
+    """What the command line alone sets: the log, the demo and the check of a config, each added to
+    the group it is given."""
+    return {
+        "--log-level": lambda g: g.add_argument(
+            "--log-level",
+            default="info",
+            choices=["debug", "info", "warning", "error"],
+            help="debug adds each check's and stream event's line (default info)",
+        ),
+        "--log-format": lambda g: g.add_argument(
+            "--log-format",
+            default="text",
+            choices=["text", "json"],
+            help="text lines, or one JSON object a line: time, level, logger, message (default text)",
+        ),
+        "--demo": lambda g: g.add_argument(
+            "--demo", action="store_true", help="start three demo backends and front them"
+        ),
+        "--check-config": lambda g: g.add_argument(
+            "--check-config",
+            metavar="FILE",
+            help="validate this config file (with the other flags) and exit: 0, or 2 and one line "
+            "naming the key",
+        ),
+    }
 
 
 def _flag_settings(settings: Settings, args: argparse.Namespace) -> Settings:
