@@ -35,6 +35,7 @@ from dispatcher.settings.routing import HashKey, RouteSpec
 Headers = Sequence[tuple[bytes, bytes]]
 CountryOf = Callable[[str], str | None]
 Check = Callable[["Request"], bool]
+_Test = tuple["Route", tuple[bytes, ...] | None, bytes | None, tuple[Check, ...]]
 
 
 @dataclass(slots=True)
@@ -278,6 +279,12 @@ class Router:
             segment: [r for r in self.routes if segments.get(r.index, b"") in (b"", segment)]
             for segment in set(segments.values()) - {b""}
         }
+        # What `match` tests of each candidate, unpacked once: its prefix's starts (None: no prefix),
+        # the prefix whole, its checks.
+        self._tests: dict[int, list[_Test]] = {
+            id(routes): [(r, self._starts[r.index], self._prefixes[r.index], r.checks) for r in routes]
+            for routes in (*self._by_segment.values(), anywhere)
+        }
         self.defaulted = 0  # requests no route took: the default pool's
 
     def counts(self) -> list[int]:
@@ -309,16 +316,15 @@ class Router:
         """The routes that could match this path, in order."""
         return self._by_segment.get(first_segment(path), self._any_segment)
 
-    def match(self, request: Request) -> Route | None:
-        """The first route whose every condition holds."""
+    def match(self, request: Request, candidates: list[Route] | None = None) -> Route | None:
+        """The first route whose every condition holds (of `candidates`, this path's if given)."""
         path = request.path
-        prefixes, starts = self._prefixes, self._starts
-        for route in self.candidates(path):
-            i = route.index
-            wanted = starts[i]
-            if wanted is not None and not path.startswith(wanted) and path != prefixes[i]:
+        if candidates is None:
+            candidates = self.candidates(path)
+        for route, wanted, prefix, checks in self._tests[id(candidates)]:
+            if wanted is not None and not path.startswith(wanted) and path != prefix:
                 continue
-            for check in route.checks:
+            for check in checks:
                 if not check(request):
                     break
             else:
@@ -338,12 +344,13 @@ class Router:
         path = path_and_query(target)
         if path is None or method == b"CONNECT":
             return not_redirected(method, target)
-        if self.default.hash_key is None and self._none_can_match(path, target, headers):
+        candidates = self.candidates(path)
+        if self.default.hash_key is None and self._none_can_match(candidates, target, headers):
             # No route can match and the default pool hashes nothing: no more of the head is read.
             self.defaulted += 1
             return redirect_in(self.default, path, None, now)
         request = Request(method, target, headers, peer, path)
-        route = self.match(request)
+        route = self.match(request, candidates)
         if route is None:
             self.defaulted += 1
             return redirect_in(self.default, path, self._hash_key(self.default, request), now)
@@ -354,9 +361,8 @@ class Router:
             return answer + b"\r\nset-cookie: " + cookie
         return answer
 
-    def _none_can_match(self, path: bytes, target: bytes, headers: Headers) -> bool:
+    def _none_can_match(self, candidates: list[Route], target: bytes, headers: Headers) -> bool:
         """No route is a candidate for this path, or those that are are all on other hosts."""
-        candidates = self.candidates(path)
         if not candidates:
             return True
         if candidates is not self._any_segment or not self._any_gated:
