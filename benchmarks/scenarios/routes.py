@@ -6,12 +6,14 @@
 #   c. 20 routes, a request the last one takes, after nine others were tested (eight share its first
 #      path segment, `api`, so the router's index keeps them all; one has no prefix and is in every list);
 #   d. 20 routes, a request a weighted split takes, with its sticky cookie already set (no Set-Cookie);
+#   e. 20 routes, a request a route with a path prefix of its own takes (`/static`: the index leaves it
+#      and the host-only route as the candidates), the way most routes of a site are written;
 #   a+cookie. one pool, no routes, d's Cookie header: what h11 alone pays for parsing that header, so that
 #      d can also be read against a request of the same size (the routing alone).
 #
 # Owns: the routed dispatcher's config (ROUTES, POOLS: backends.py prefixes, one process of its own), the
 # requests and their check by hand (each Location from the pool its route names), the check from the
-# metrics that every request of the runs went where it was meant to, and the goal (>= 0.90 for b, c, d).
+# metrics that every request of the runs went where it was meant to, and the goal (>= 0.90 for b-e).
 # Rules: the dispatcher runs as users run it, `python -m dispatcher`; every wait is bounded (harness).
 
 import http.client
@@ -56,6 +58,7 @@ ONE_POOL = "one pool, no routes"
 NO_MATCH = "20 routes, none match"
 LAST = "20 routes, the last matches"
 STICKY = "20 routes, a split's sticky cookie"
+OWN = "20 routes, a prefix of its own"
 ONE_POOL_COOKIE = "one pool, no routes, d's cookie"
 # Each comparison: the side, the side it is read against and that one's label in the table, the row's tag,
 # whether its latency rows are shown, and whether the issue's goal (>= 0.90) applies.
@@ -64,6 +67,7 @@ COMPARISONS = (
     (LAST, ONE_POOL, "one pool", "c last", True, True),
     (STICKY, ONE_POOL, "one pool", "d sticky", True, True),
     (STICKY, ONE_POOL_COOKIE, "a+cookie", "d / a+cookie", False, True),
+    (OWN, ONE_POOL, "one pool", "e own prefix", True, True),
     (ONE_POOL_COOKIE, ONE_POOL, "one pool", "a+cookie", False, False),
 )
 
@@ -207,6 +211,7 @@ pool = "api"
 ROUTE_COUNT = ROUTES.count("[[routes]]")
 LAST_ROUTE, LAST_POOL, LAST_TARGET = "api", "api", "/api/orders?x=1"
 SPLIT_ROUTE, SPLIT_POOL, SPLIT_TARGET = "shop-ab", "beta", "/shop/cart?x=1"
+OWN_ROUTE, OWN_POOL, OWN_TARGET = "static", "static", "/static/app.js?x=1"
 # A browser's Cookie header on a site with a session and a consent cookie: the variant is one pair of it.
 SPLIT_COOKIE = "Cookie: session=3f9a1c7e; shop_variant=beta; consent=1"
 
@@ -234,7 +239,8 @@ class RoutesResult(Report):
     def title(self) -> str:
         return (
             f"11. routes, {self.runs[0].load.partition(' GET')[0]}: {ROUTE_COUNT} routes, 10 pools "
-            f"(b: none match, c: the last matches, d: a split's sticky cookie) vs one pool, no routes "
+            f"(b: none match, c: the last matches, d: a split's sticky cookie, e: a prefix of its own) vs "
+            f"one pool, no routes "
             f"(a; a+cookie: with d's Cookie header), {self.rounds} rounds"
         )
 
@@ -261,13 +267,14 @@ class RoutesResult(Report):
                 f"route {SPLIT_ROUTE}, pool {SPLIT_POOL}",
                 self.variants.get(SPLIT_ROUTE, {}).get(SPLIT_POOL, 0),
             ),
+            (OWN, f"route {OWN_ROUTE}", self.counted.get(OWN_ROUTE, 0)),
         ]
         wrong = [
             f"11: WARNING: {name}: {self.answered(name):,} answers, {where} counted {count:,}"
             for name, where, count in expected
             if count < self.answered(name)
         ]
-        meant = ("", LAST_ROUTE, SPLIT_ROUTE)
+        meant = ("", LAST_ROUTE, SPLIT_ROUTE, OWN_ROUTE)
         others = sum(count for route, count in self.counted.items() if route not in meant)
         drawn = self.variants.get(SPLIT_ROUTE, {}).get("default", 0)
         if others or drawn:
@@ -311,7 +318,8 @@ def _rank(rank: float, n: int) -> int:
 
 
 def routes(bench: Bench) -> RoutesResult:
-    """11. One pool against 20 routes: no match, the last route, a sticky split, the loads in turns."""
+    """11. One pool against 20 routes: no match, the last route, a sticky split, a prefix of its own,
+    the loads in turns."""
     load = bench.settings.load()
     with ExitStack() as stack:
         plain = stack.enter_context(pool_dispatcher(bench, DEFAULT_BACKENDS, ONE_POOL))
@@ -322,6 +330,7 @@ def routes(bench: Bench) -> RoutesResult:
             Side(LAST, routed, LAST_TARGET),
             Side(STICKY, routed, SPLIT_TARGET, (SPLIT_COOKIE,)),
             Side(ONE_POOL_COOKIE, plain, TARGET, (SPLIT_COOKIE,)),  # beside d in every round
+            Side(OWN, routed, OWN_TARGET),
         ]
         runs = take_turns(bench, load, sides)
         counted, variants = route_counts(routed.admin_port)
@@ -410,6 +419,7 @@ def routed_dispatcher(bench: Bench) -> Iterator[Dispatcher]:
         _check_answer(d.port, TARGET, (), pools["default"], NO_MATCH)
         _check_answer(d.port, LAST_TARGET, (), pools[LAST_POOL], LAST)
         _check_answer(d.port, SPLIT_TARGET, (SPLIT_COOKIE,), pools[SPLIT_POOL], STICKY)
+        _check_answer(d.port, OWN_TARGET, (), pools[OWN_POOL], OWN)
         yield d
 
 
