@@ -23,7 +23,7 @@ RESPONSE_CODES = (200, 307, 400, 405, 408, 414, 431, 501, 503, 505, 508)
 DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
-TLS_FAILURES = ("error", "timeout")
+TLS_FAILURES = ("error", "http", "timeout")
 
 
 @dataclass(slots=True)
@@ -37,8 +37,9 @@ class ServerStats:
     # Per bucket of DURATION_BUCKETS (plus +Inf last), not cumulative; metrics accumulates at scrape.
     duration_counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
     duration_sum: float = 0.0
-    # TLS handshakes that failed (a client that speaks no TLS, an old version, a certificate it refused)
-    # and those that did not finish within the header timeout: kept per reason.
+    # TLS handshakes that failed (a client that speaks no TLS, an old version, a certificate it refused),
+    # those that were plain HTTP requests (answered with a plain 400) and those that did not finish
+    # within the header timeout: kept per reason.
     tls_handshake_failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TLS_FAILURES, 0))
 
     def observe(self, count: int, duration: float) -> None:

@@ -48,6 +48,9 @@ from dispatcher.settings.config import Settings
 # optional port (RFC 9110 §7.2); anything else is not echoed into a Location.
 _HOST = re.compile(rb"(?P<name>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?")
 HTTPS_PORT = 443
+# OpenSSL's reason when a connection's first bytes are "GET ", "POST", "HEAD" or "PUT " where a
+# ClientHello belongs (SSL_R_HTTP_REQUEST): a plain HTTP client at the TLS port.
+PLAIN_HTTP = "HTTP_REQUEST"
 R = TypeVar("R", bound=Replies)
 T = TypeVar("T")
 
@@ -193,7 +196,14 @@ class TlsFrontDoor(FrontDoor):
         with client.scope:
             try:
                 await tls.handshake()
-            except OSError:  # ssl.SSLError among them: no TLS, an old version, a refused certificate
+            except ssl.SSLError as error:
+                if error.reason == PLAIN_HTTP:
+                    self.stats.tls_handshake_failures["http"] += 1
+                    await self._refuse_plain_http(stream)
+                    return
+                self.stats.tls_handshake_failures["error"] += 1
+                raise
+            except OSError:  # the client went away mid-handshake
                 self.stats.tls_handshake_failures["error"] += 1
                 raise
             handshaken = True
@@ -209,6 +219,14 @@ class TlsFrontDoor(FrontDoor):
             with trio.move_on_after(1):
                 await tls.send_all(last_word)
                 await _lingering_close(stream)
+
+    async def _refuse_plain_http(self, stream: trio.SocketStream) -> None:
+        """A 400 in plain text to a plain HTTP request: the one answer its client can read, as nginx's
+        "The plain HTTP request was sent to HTTPS port" is. Without it the client sees a reset and
+        nothing to say why. Never with HSTS: a header over plain HTTP must be ignored (RFC 6797 §8.1)."""
+        reply = text_reply(400, "the plain HTTP request was sent to the HTTPS port; use https://")
+        await stream.send_all(Replies.refusal(self.replies, reply))
+        await _lingering_close(stream)  # the rest of its head is unread: no reset over our answer
 
     async def _converse(self, tls: TlsSocket, client: _Client) -> None:
         """Receive, answer and send until the conversation closes."""

@@ -363,7 +363,7 @@ async def test_a_stalled_handshake_is_closed_at_the_header_timeout(
         async with stalled:
             assert await read_until_close(stalled) == b""
             assert trio.current_time() - start == pytest.approx(4.0)
-    assert dispatcher.running.stats.tls_handshake_failures == {"error": 0, "timeout": 1}
+    assert dispatcher.running.stats.tls_handshake_failures == {"error": 0, "http": 0, "timeout": 1}
 
 
 async def test_shutdown_closes_an_idle_tls_connection_at_once(
@@ -464,3 +464,26 @@ async def test_tls_with_workers_serves_https_and_the_308_listener_from_every_wor
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             assert await process.wait() == 0
+
+
+async def test_plain_http_at_the_tls_port_gets_a_plain_400(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """A plain HTTP request where a ClientHello belongs is answered in plain text, 400, as nginx does,
+    and counted; a TLS client after it is served as ever."""
+    front = await start_tls(nursery, Pems.issue(ca, tmp_path, "site", "localhost"), hsts=3600.0)
+    async with await trio.open_tcp_stream("127.0.0.1", front.dispatcher.port) as tcp:
+        await tcp.send_all(b"GET /a HTTP/1.1\r\nHost: localhost\r\nUser-Agent: t\r\n\r\n")
+        answer = b""
+        with trio.fail_after(5):
+            while chunk := await tcp.receive_some(4096):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"HTTP/1.1 400 Bad Request"
+    assert b"connection: close" in head.lower()
+    assert b"strict-transport-security" not in head.lower()  # never over plain HTTP (RFC 6797 §8.1)
+    assert b"HTTPS port" in body
+    assert front.dispatcher.running.stats.tls_handshake_failures == {"error": 0, "http": 1, "timeout": 0}
+    async with httpx.AsyncClient(verify=front.client_context()) as client:
+        response = await client.get(f"{front.url}/b", follow_redirects=False)
+    assert response.status_code == 307
