@@ -1,5 +1,5 @@
 """`python -m dispatcher` runs the same entry point as the console script."""
 
-from dispatcher.wiring.cli import main
+from dispatcher.wiring.entry import main
 
 raise SystemExit(main())

@@ -28,7 +28,7 @@ from dispatcher.net import certificates, geoip, health
 from dispatcher.settings import config
 from dispatcher.settings.config import DEMO_LISTEN, ConfigError, Fallback, Settings
 from dispatcher.settings.declare import Declared
-from dispatcher.wiring import app, demo
+from dispatcher.wiring import app, demo, entry
 
 log = logging.getLogger("dispatcher")
 
@@ -295,6 +295,14 @@ def check_config(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    previous = entry.hold()  # SIGHUP and SIGUSR1 until the signal watcher runs (`entry`)
+    try:
+        return _main(argv)
+    finally:
+        entry.release(previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.check_config is not None:
         return check_config(args)
@@ -395,6 +403,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> None:
         running = await nursery.start(_app, settings, stop, done)
         reload_hook.append(partial(_reload, args, running, settings.backends if args.demo else None))
         reopen_hook.append(running.reopen_logs)
+        entry.deliver({signal.SIGHUP: reload_hook[0], signal.SIGUSR1: reopen_hook[0]})  # held ones
         if args.demo:
             _print_demo(settings, running)
         await done.wait()
@@ -446,7 +455,10 @@ async def _watch_signals(
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as signals:
         async for signum in signals:
             if signum in (signal.SIGHUP, signal.SIGUSR1):
-                for hook in reload_hook if signum == signal.SIGHUP else reopen_hook:
+                hooks = reload_hook if signum == signal.SIGHUP else reopen_hook
+                if not hooks:  # the app is still starting: done once it runs
+                    entry.held(signum)
+                for hook in hooks:
                     hook()
                 continue
             if stop.is_set():
