@@ -29,8 +29,10 @@ service demands (common random numbers: the client draws each request's demand a
 serves it for demand x its slowness), so that the ways differ in their routing only. Before a block
 starts, every request of the previous one has been answered (all outstanding counts are 0), and its
 first `--warmup` seconds are not counted: the queues start empty and the dispatcher's estimates need
-a moment to see the new traffic. (Starting empty lowers the mean of a slowly relaxing way, random at
-0.9 by about 5 % in blocks of 10 s; so the ratios to random are, if anything, against the dispatcher.)
+a moment to see the new traffic. (Starting empty lowers the mean of a slowly relaxing way most: random
+at 0.9 measured 185 ms in blocks of 10 s against its long run's 243, so short blocks make the ratios
+to random, if anything, against the dispatcher; the matrix's polled goals also run in blocks 4x as
+long with a warm-up 5x, `STEADY_BLOCKS`.)
 A dispatcher idle through the other ways' blocks meets a step of traffic at each of its own, which
 its estimates take some seconds to follow; `--lead-in` sends it that many seconds of traffic (drawn
 apart, never counted) before its block, and the "2nd half" column shows each way's settled figure.
@@ -42,7 +44,7 @@ that one dispatcher setup is compared with another in the same run.
 
     python benchmarks/distribution.py                     # one scenario from the flags (streaming)
     python benchmarks/distribution.py --poll --quick      # a short poll-only run
-    python benchmarks/distribution.py --matrix            # the goals of issue 6, about 9 minutes
+    python benchmarks/distribution.py --matrix            # the goals of issue 6, about 16 minutes
     python benchmarks/distribution.py --matrix --quick    # the same, short: about 2 minutes
     python benchmarks/distribution.py --sim               # the simulation (benchmarks/simulate.py)
 """
@@ -130,6 +132,7 @@ class Scenario:
     policy: str | None = None
     jitter: float | None = None
     note: str = ""
+    steady: bool = False  # blocks STEADY_BLOCKS x as long, STEADY_WARMUP x the warm-up (Timing.steadied)
 
     def slowness(self) -> list[float]:
         """Each backend's service-time factor: the last `slow` are `slow_factor` x slower."""
@@ -160,6 +163,17 @@ class Way:
     front: Front | None = None
 
 
+# A steady scenario (the matrix's polled goals at the default interval): blocks 4x as long and a warm-up
+# 5x, 40 s with the first 10 s not counted by default. A block starts with empty queues and, for a
+# dispatcher, estimates that sat idle through the other ways' blocks. In 10 s blocks (2 s warm-up) the
+# slowest way to relax is flattered most: random at load 0.9 measured 185 ms against the 243 ms of its
+# long run (an M/M/1 queue at 0.9 relaxes over about S / (1 - sqrt(0.9))^2 = 7.6 s), round-robin less,
+# JSQ hardly; and a dispatcher checking every 2 s has had five reports of each backend. The goals are
+# about a dispatcher under steady traffic; the 10 s run stays beside it as the start after idle.
+STEADY_BLOCKS = 4.0
+STEADY_WARMUP = 5.0
+
+
 @dataclass(frozen=True)
 class Timing:
     blocks: int = 3
@@ -168,8 +182,17 @@ class Timing:
     lead_in: float = 0.0  # seconds of uncounted traffic before each dispatcher block
     seed: int = 1
 
+    def steadied(self, scenario: Scenario) -> Timing:
+        """This timing as `scenario` runs it: a steady scenario's blocks and warm-up are longer, for
+        every way alike."""
+        if not scenario.steady:
+            return self
+        return replace(
+            self, block_seconds=self.block_seconds * STEADY_BLOCKS, warmup=self.warmup * STEADY_WARMUP
+        )
+
     def estimate(self, scenario: Scenario) -> float:
-        """Seconds the scenario should take."""
+        """Seconds the scenario should take (with this timing: `steadied` first for a steady one)."""
         ways = len(scenario.ways())
         blocks = ways * self.blocks * (self.block_seconds + BLOCK_OVERHEAD)
         return blocks + len(scenario.fronts) * self.blocks * self.lead_in + SCENARIO_OVERHEAD
@@ -844,6 +867,7 @@ def slug(text: str) -> str:
 
 def run_scenario(scenario: Scenario, timing: Timing, logs: Path, trace: Path | None) -> ScenarioResult:
     """Start the backends and every dispatcher, measure, stop them all."""
+    timing = timing.steadied(scenario)
     progress(f"{scenario.describe()}: about {timing.estimate(scenario) / 60:.1f} min")
     processes = sum(front.count for front in scenario.fronts)
     ports = harness.free_ports(scenario.backends + 2 * processes)
@@ -1014,8 +1038,9 @@ class Goal:
 
 
 def matrix(base: Scenario) -> tuple[list[Scenario], list[Goal]]:
-    """Three runs for the six goal sets: (a, b) streaming with 1 and 2 dispatchers, (c) 2 of 8 backends
-    4x slower, (d, e, f) poll only with 1 and 2 dispatchers and at four intervals."""
+    """Four runs for the six goal sets: (a, b) streaming with 1 and 2 dispatchers, (c) 2 of 8 backends
+    4x slower, (d, e) poll only with 1 and 2 dispatchers, in steady blocks and in 10 s ones after idle,
+    (f) poll only at four intervals."""
     one, two = Front(1, 2.0), Front(2, 2.0)
     intervals = [Front(1, interval) for interval in (0.05, 0.5, 5.0)]
     stream = replace(base, name="stream", stream=True, fronts=(one, two), slow=0, baselines=BASELINES)
@@ -1026,6 +1051,16 @@ def matrix(base: Scenario) -> tuple[list[Scenario], list[Goal]]:
     poll = replace(
         base, name="poll", stream=False, fronts=(one, two, *intervals), slow=0, baselines=BASELINES
     )
+    steady = replace(
+        base,
+        name="poll-steady",
+        stream=False,
+        fronts=(one, two),
+        slow=0,
+        baselines=("random", "round-robin"),
+        steady=True,
+        note="blocks 4x as long, warm-up 5x, for every way: the steady state the goals are about",
+    )
     goals = [
         Goal("(a) stream, 1 dispatcher: mean / JSQ", "stream", one, "mean_ms", "jsq", 1.2, True),
         Goal("(a) stream, 1 dispatcher: p99 / JSQ p99", "stream", one, "p99_ms", "jsq", 1.5, True),
@@ -1033,12 +1068,14 @@ def matrix(base: Scenario) -> tuple[list[Scenario], list[Goal]]:
         Goal("(c) stream, 2 of 8 4x slower: mean / JSQ", "stream-slow", one, "mean_ms", "jsq", 1.3, True),
     ]
     for label, front in (("(d) poll, 1 dispatcher", one), ("(e) poll, 2 dispatchers", two)):
-        goals.append(Goal(f"{label}: mean / round-robin", "poll", front, "mean_ms", "round-robin", 0.9))
-        goals.append(Goal(f"{label}: mean / random", "poll", front, "mean_ms", "random", 0.5))
+        for run, when in (("poll-steady", "steady"), ("poll", "10 s blocks")):
+            tag = f"{label}, {when}"
+            goals.append(Goal(f"{tag}: mean / round-robin", run, front, "mean_ms", "round-robin", 0.9))
+            goals.append(Goal(f"{tag}: mean / random", run, front, "mean_ms", "random", 0.5))
     for front in sorted((*intervals, one), key=lambda front: front.interval):
         label = f"(f) poll, interval {front.interval:g} s: mean / round-robin"
         goals.append(Goal(label, "poll", front, "mean_ms", "round-robin", 1.0))
-    return [stream, slow, poll], goals
+    return [stream, slow, poll, steady], goals
 
 
 def goal_table(goals: Sequence[Goal], results: dict[str, ScenarioResult]) -> str:
@@ -1073,7 +1110,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--live", action="store_true", help="the live measurement (the default)")
     p.add_argument("--sim", action="store_true", help="the simulation, benchmarks/simulate.py")
-    p.add_argument("--matrix", action="store_true", help="issue 6's goal set in three runs, and the goals")
+    p.add_argument("--matrix", action="store_true", help="issue 6's goal set in four runs, and the goals")
     p.add_argument(
         "--quick", action="store_true", help=f"{QUICK.blocks} round of {QUICK.block_seconds:g} s blocks"
     )
@@ -1155,7 +1192,7 @@ def run_live(args: argparse.Namespace) -> int:
     if args.matrix:
         scenarios, goals = matrix(scenario_of(args))
     version = dispatcher_version()
-    total = sum(timing.estimate(scenario) for scenario in scenarios)
+    total = sum(timing.steadied(scenario).estimate(scenario) for scenario in scenarios)
     progress(f"{len(scenarios)} run(s), about {total / 60:.1f} minutes")
     results: dict[str, ScenarioResult] = {}
     failed = False
