@@ -131,6 +131,14 @@ class Delivery(Protocol):
 # event waits at most this long: a twentieth of a 20 ms request (issue 6 asks that events be read
 # as they arrive, not on the checks' 20 ms grid). An idle set's first event is read at once.
 MIN_PASS_GAP = 0.001
+# A pass costs the same however many streams it reads (about 50 us here): at 1 ms, a thousand passes a
+# second are 5 % of a core whether they find two events each (8 streaming backends) or twenty (1,000).
+# When passes find more than GATHER streams with bytes, the gap grows with them, to MAX_PASS_GAP at
+# most (NICs' adaptive interrupt moderation): many streams then wait a little longer, up to 4 ms, and
+# a few no longer than before. Measured idle with 1,000 streams of 10 events a second, interleaved:
+# 24-28 us of CPU an event against 29-34 us with 1 ms passes.
+GATHER = 4
+MAX_PASS_GAP = 0.004
 
 
 class StreamReader:
@@ -174,18 +182,18 @@ class StreamReader:
                 with self._waiting:
                     await trio.lowlevel.wait_readable(self._epoll.fileno())
                 self._waiting = None
-                # Busy: a pass every MIN_PASS_GAP while the last one found bytes, without waiting
+                # Busy: a pass every pass_gap() while the last one found bytes, without waiting
                 # for the set's descriptor in between (that wait is a second wake-up and two epoll
                 # changes a pass); idle again once a pass finds nothing.
-                while self._pass(trio.current_time()):
-                    await trio.sleep(MIN_PASS_GAP)
+                while found := self._pass(trio.current_time()):
+                    await trio.sleep(pass_gap(found))
         finally:
             for stream in list(self._by_fd.values()):
                 self.close(stream)
             self._epoll.close()
 
-    def _pass(self, now: float) -> bool:
-        """Read every stream that has bytes, fail the silent ones; False when none had bytes."""
+    def _pass(self, now: float) -> int:
+        """Read every stream that has bytes, fail the silent ones; how many had bytes."""
         ready = self._epoll.poll(0)
         by_fd = self._by_fd
         for fd, _ in ready:
@@ -193,7 +201,7 @@ class StreamReader:
             if stream is not None and stream.sock is not None:
                 self._receive(stream, stream.sock, now)
         self._expire(now)
-        return bool(ready)
+        return len(ready)
 
     def _receive(self, stream: LoadStream, sock: socket.socket, now: float) -> None:
         while stream.open:
@@ -226,6 +234,13 @@ class StreamReader:
     def _expire(self, now: float) -> None:
         for stream in self._deadlines.pop_due(now):
             self._fail(stream, stream.expired(now), now)
+
+
+def pass_gap(found: int) -> float:
+    """How long after a pass that found `found` streams with bytes the next one runs."""
+    if found <= GATHER:
+        return MIN_PASS_GAP
+    return min(MAX_PASS_GAP, MIN_PASS_GAP * found / GATHER)
 
 
 def _deadline(stream: LoadStream) -> float:

@@ -26,7 +26,14 @@ from dispatcher.core.health_state import Admin
 from dispatcher.core.pool import Pool
 from dispatcher.core.report import BadLoad, Report, parse_event, parse_event_fully
 from dispatcher.net.health import HealthChecks
-from dispatcher.net.health.stream import LoadStream, StreamFailed
+from dispatcher.net.health.stream import (
+    GATHER,
+    MAX_PASS_GAP,
+    MIN_PASS_GAP,
+    LoadStream,
+    StreamFailed,
+    pass_gap,
+)
 from dispatcher.protocol.answer import AnswerReader
 from dispatcher.protocol.sse import MAX_LINE, BadStream, EventReader
 from dispatcher.settings import config
@@ -516,3 +523,12 @@ async def test_debug_logs_checks_and_stream_events_at_most_once_a_second_per_bac
     assert 4 <= len(lines) <= 6
     assert any("stream event: load" in line and "more since the last line" in line for line in lines)
     assert trio.current_time() - start == pytest.approx(4.0)
+
+
+def test_the_pass_gap_grows_with_what_a_pass_finds_and_is_bounded() -> None:
+    """A few streams with bytes: the next pass 1 ms later; many: later, 4 ms at most; never below."""
+    assert pass_gap(1) == pass_gap(GATHER) == MIN_PASS_GAP
+    gaps = [pass_gap(found) for found in range(1, 200)]
+    assert gaps == sorted(gaps)
+    assert pass_gap(2 * GATHER) == 2 * MIN_PASS_GAP
+    assert max(gaps) == MAX_PASS_GAP == pass_gap(10_000)
