@@ -192,13 +192,14 @@ class TlsFrontDoor(FrontDoor):
 
     async def _serve_tls(self, stream: trio.SocketStream, tls: TlsSocket, client: _Client) -> None:
         conversation = client.conversation
-        handshaken = False
+        handshaken = refused = False
         with client.scope:
             try:
                 await tls.handshake()
             except ssl.SSLError as error:
                 if error.reason == PLAIN_HTTP:
                     self.stats.tls_handshake_failures["http"] += 1
+                    refused = True  # counted: the header timeout may still end the lingering close
                     await self._refuse_plain_http(stream)
                     return
                 self.stats.tls_handshake_failures["error"] += 1
@@ -210,6 +211,8 @@ class TlsFrontDoor(FrontDoor):
             await self._converse(tls, client)
             if conversation.linger:
                 await _lingering_close(stream)  # FIN on the socket: the client reads our answer first
+            return
+        if refused:
             return
         if not handshaken:  # the header timeout ran out in the handshake: nothing to say over TLS
             self.stats.tls_handshake_failures["timeout"] += 1

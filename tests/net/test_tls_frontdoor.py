@@ -487,3 +487,23 @@ async def test_plain_http_at_the_tls_port_gets_a_plain_400(
     async with httpx.AsyncClient(verify=front.client_context()) as client:
         response = await client.get(f"{front.url}/b", follow_redirects=False)
     assert response.status_code == 307
+
+
+async def test_a_plain_http_client_that_stays_is_closed_at_the_header_timeout_and_counted_once(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """After its 400 the connection lingers for the client's close; a client that never closes is
+    cut at header_timeout, and stays counted as `http`, not also as a `timeout`."""
+    pems = Pems.issue(ca, tmp_path, "site", "localhost")
+    backends = await start_backends(nursery, 0.1)
+    tls = TlsSettings(cert=str(pems.cert), key=str(pems.key))
+    settings = settings_for(backends, tls=tls, header_timeout=2.0, max_connections=1)
+    dispatcher = await start_dispatcher(nursery, settings)
+    front = TlsFront(dispatcher, backends, pems)
+    start = trio.current_time()
+    async with await trio.open_tcp_stream("127.0.0.1", dispatcher.port) as plain:
+        await plain.send_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert (await read_until_close(plain)).startswith(b"HTTP/1.1 400 ")  # FIN after the answer
+        async with await front.connect():  # the one slot is free once the lingering close ended
+            assert trio.current_time() - start == pytest.approx(2.0)
+    assert dispatcher.running.stats.tls_handshake_failures == {"error": 0, "http": 1, "timeout": 0}
