@@ -55,8 +55,25 @@ def _hold(signum: int, _frame: FrameType | None) -> None:
 
 def main() -> int:
     """`dispatcher`: the signals held first, then the command line (whose imports take most of the
-    time before the watcher runs)."""
+    time before the watcher runs). A Ctrl-C before the watcher takes SIGINT ends it with the shell's
+    130 and no traceback."""
     hold()
-    from dispatcher.wiring.cli import main as run  # after the signals are held
+    try:
+        from dispatcher.wiring.cli import main as run  # after the signals are held
 
-    return run()
+        return run()
+    except BaseException as error:
+        if interrupted(error):
+            return INTERRUPTED
+        raise
+
+
+# The exit status of a process ended by SIGINT, as shells report it (128 + 2).
+INTERRUPTED = 128 + signal.SIGINT
+
+
+def interrupted(error: BaseException) -> bool:
+    """A KeyboardInterrupt, alone or as all that a group of a nursery's holds."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(interrupted(inner) for inner in error.exceptions)
+    return isinstance(error, KeyboardInterrupt)

@@ -77,3 +77,37 @@ async def test_a_sighup_as_soon_as_the_process_catches_it_reloads_and_never_kill
     finally:
         process.send_signal(signal.SIGTERM)
         assert await process.wait() == 0
+
+
+def test_only_interrupts_count_as_a_ctrl_c() -> None:
+    """A KeyboardInterrupt, or a group of nothing else, is a Ctrl-C; anything else is not."""
+    assert entry.interrupted(KeyboardInterrupt())
+    assert entry.interrupted(BaseExceptionGroup("", [KeyboardInterrupt(), KeyboardInterrupt()]))
+    assert not entry.interrupted(BaseExceptionGroup("", [KeyboardInterrupt(), ValueError()]))
+    assert not entry.interrupted(SystemExit(2))
+
+
+async def test_a_ctrl_c_while_starting_ends_with_130_and_no_traceback(tmp_path: Path) -> None:
+    """SIGINT to a real process still importing: exit status 130, nothing on stderr but what it
+    logged (no traceback)."""
+    path = tmp_path / "dispatcher.toml"
+    path.write_text('[[backends]]\nurl = "http://127.0.0.1:9"\n')
+    argv = [
+        sys.executable,
+        "-m",
+        "dispatcher",
+        "--config",
+        str(path),
+        "--listen",
+        f"127.0.0.1:{unused_port()}",
+    ]
+    process = await trio.lowlevel.open_process(argv, stderr=subprocess.PIPE)
+    with trio.fail_after(10):
+        while not _catches_sighup(process.pid):
+            await trio.sleep(0.001)
+    process.send_signal(signal.SIGINT)
+    assert process.stderr is not None
+    with trio.fail_after(10):
+        stderr = b"".join([chunk async for chunk in process.stderr])
+        assert await process.wait() == entry.INTERRUPTED
+    assert b"Traceback" not in stderr
