@@ -50,7 +50,7 @@ def deliver(actions: Mapping[int, Callable[[], None]]) -> None:
 
 
 def _hold(signum: int, _frame: FrameType | None) -> None:
-    _held.add(signum)
+    held(signum)
 
 
 def main() -> int:

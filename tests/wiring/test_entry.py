@@ -52,6 +52,14 @@ def _catches_sighup(pid: int) -> bool:
     return bool(int(caught.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
 
 
+async def _until_it_holds_sighup(pid: int) -> None:
+    """Until the process has its SIGHUP handler (`entry.hold`, before its imports), polled every
+    millisecond and for 10 s at most: another process's signal mask offers no event to wait on."""
+    with trio.fail_after(10):
+        while not _catches_sighup(pid):
+            await trio.sleep(0.001)
+
+
 async def test_a_sighup_as_soon_as_the_process_catches_it_reloads_and_never_kills(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
@@ -65,9 +73,7 @@ async def test_a_sighup_as_soon_as_the_process_catches_it_reloads_and_never_kill
     argv = [sys.executable, "-m", "dispatcher", "--config", str(path), "--health-interval", "0.1"]
     process = await trio.lowlevel.open_process(argv, stderr=subprocess.DEVNULL)
     try:
-        with trio.fail_after(10):
-            while not _catches_sighup(process.pid):
-                await trio.sleep(0.001)
+        await _until_it_holds_sighup(process.pid)
         path.write_text(head + f'[[backends]]\nurl = "{b1.url}"\n[[backends]]\nurl = "{b2.url}"\n')
         with pytest.raises(OSError):  # still starting: the admin listener is not up yet
             await trio.open_tcp_stream("127.0.0.1", admin)
@@ -102,9 +108,7 @@ async def test_a_ctrl_c_while_starting_ends_with_130_and_no_traceback(tmp_path: 
         f"127.0.0.1:{unused_port()}",
     ]
     process = await trio.lowlevel.open_process(argv, stderr=subprocess.PIPE)
-    with trio.fail_after(10):
-        while not _catches_sighup(process.pid):
-            await trio.sleep(0.001)
+    await _until_it_holds_sighup(process.pid)
     process.send_signal(signal.SIGINT)
     assert process.stderr is not None
     with trio.fail_after(10):
