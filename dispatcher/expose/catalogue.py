@@ -324,7 +324,8 @@ class ServerCollector(Collector):
         )
         failures = CounterMetricFamily(
             "dispatcher_tls_handshake_failures",
-            "TLS handshakes on the front door that failed (error) or did not finish in the header timeout.",
+            "TLS handshakes on the front door that failed (error), were plain HTTP requests (http, "
+            "answered with a plain 400) or did not finish in the header timeout.",
             labels=["reason"],
         )
         for reason, count in stats.tls_handshake_failures.items():
