@@ -35,6 +35,9 @@ from dispatcher.settings.routing import HashKey, RouteSpec
 Headers = Sequence[tuple[bytes, bytes]]
 CountryOf = Callable[[str], str | None]
 Check = Callable[["Request"], bool]
+# Host fields whose verdict the router keeps (`Router._none_can_match`); past it they are forgotten at
+# once, so that a client sending a new Host each time costs memory no more than this.
+MAX_HOST_FIELDS = 1024
 _Test = tuple["Route", tuple[bytes, ...] | None, bytes | None, tuple[Check, ...]]
 
 
@@ -275,6 +278,9 @@ class Router:
         self._any_exact = frozenset(h.encode() for h in hosts if not h.startswith("*."))
         self._any_suffixes = tuple(h[1:].encode() for h in hosts if h.startswith("*."))
         self._any_gated = gated and bool(anywhere)
+        # The verdict for each Host field seen (a site's requests carry a handful): one dict look-up
+        # instead of the host's parse (lower case, port cut) and the match, about 0.35 us a request.
+        self._elsewhere_by_field: dict[bytes | None, bool] = {}
         self._by_segment = {
             segment: [r for r in self.routes if segments.get(r.index, b"") in (b"", segment)]
             for segment in set(segments.values()) - {b""}
@@ -367,7 +373,19 @@ class Router:
             return True
         if candidates is not self._any_segment or not self._any_gated:
             return False
-        host = _host_of(target, _host_field(headers) if target.startswith(b"/") else None)
+        if not target.startswith(b"/"):  # the absolute form: its authority is the host
+            return self._elsewhere(_host_of(target, None))
+        field = _host_field(headers)
+        known = self._elsewhere_by_field.get(field)
+        if known is None:
+            known = self._elsewhere(_host_of(target, field))
+            if len(self._elsewhere_by_field) >= MAX_HOST_FIELDS:
+                self._elsewhere_by_field.clear()
+            self._elsewhere_by_field[field] = known
+        return known
+
+    def _elsewhere(self, host: bytes) -> bool:
+        """No route by host alone takes `host`."""
         return host not in self._any_exact and not host.endswith(self._any_suffixes)
 
     def _variant(self, route: Route, request: Request) -> tuple[Pool, bytes]:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from dispatcher.core.clientaddr import TrustedProxies
 from dispatcher.core.pool import CheckResult, Pool
 from dispatcher.core.reply import Reply, path_and_query
-from dispatcher.core.routes import Client, Request, Route, Router, needs_router, router_for
+from dispatcher.core.routes import MAX_HOST_FIELDS, Client, Request, Route, Router, needs_router, router_for
 from dispatcher.settings.config import HealthSettings, PoolSpec, Settings, apply, check, parse_toml
 from dispatcher.settings.routing import RouteSpec, covers
 
@@ -888,3 +888,17 @@ def test_routes_by_host_alone_are_taken_or_passed_over_by_the_host(target: str, 
     before = router.router.defaulted
     assert router.ask(target, f"Host: {host}").pool == pool
     assert router.router.defaulted == before + (pool == "default")
+    assert router.ask(target, f"Host: {host}").pool == pool  # the Host field's verdict, kept
+    assert router.router.defaulted == before + 2 * (pool == "default")
+
+
+def test_the_verdicts_kept_per_host_field_are_bounded_and_stay_right() -> None:
+    """A client sending a new Host each time fills the router's verdicts up to MAX_HOST_FIELDS, and
+    no further; after they are forgotten, each host is still judged as before."""
+    router = routed('[[routes]]\nhosts = "*.preview.example.com"\npool = "beta"\n')
+    for i in range(MAX_HOST_FIELDS + 10):
+        assert router.ask("/any", f"Host: h{i}.example.com").pool == "default"
+        assert len(router.router._elsewhere_by_field) <= MAX_HOST_FIELDS
+    assert router.ask("/any", "Host: A.preview.example.com:80").pool == "beta"
+    assert router.ask("/any", "Host: A.preview.example.com:80").pool == "beta"
+    assert router.ask("/any", "Host: h0.example.com").pool == "default"
