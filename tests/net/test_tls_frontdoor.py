@@ -340,17 +340,21 @@ async def _serial_at(port: int, context: ssl.SSLContext) -> str:
         return serial(tls)
 
 
+async def start_one_slot(nursery: trio.Nursery, pems: Pems, header_timeout: float) -> TlsFront:
+    """A TLS front door with one connection slot, so that a test sees when a connection frees it."""
+    backends = await start_backends(nursery, 0.1)
+    tls = TlsSettings(cert=str(pems.cert), key=str(pems.key))
+    settings = settings_for(backends, tls=tls, header_timeout=header_timeout, max_connections=1)
+    return TlsFront(await start_dispatcher(nursery, settings), backends, pems)
+
+
 async def test_a_stalled_handshake_is_closed_at_the_header_timeout(
     nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     """A client that connects and never sends its ClientHello is closed at header_timeout exactly,
     as a slowloris client is, and holds one of max_connections until then."""
-    pems = Pems.issue(ca, tmp_path, "site", "localhost")
-    backends = await start_backends(nursery, 0.1)
-    tls = TlsSettings(cert=str(pems.cert), key=str(pems.key))
-    settings = settings_for(backends, tls=tls, header_timeout=4.0, max_connections=1)
-    dispatcher = await start_dispatcher(nursery, settings)
-    front = TlsFront(dispatcher, backends, pems)
+    front = await start_one_slot(nursery, Pems.issue(ca, tmp_path, "site", "localhost"), 4.0)
+    dispatcher = front.dispatcher
     stalled = await trio.open_tcp_stream("127.0.0.1", dispatcher.port)
     start = trio.current_time()
 
@@ -494,12 +498,8 @@ async def test_a_plain_http_client_that_stays_is_closed_at_the_header_timeout_an
 ) -> None:
     """After its 400 the connection lingers for the client's close; a client that never closes is
     cut at header_timeout, and stays counted as `http`, not also as a `timeout`."""
-    pems = Pems.issue(ca, tmp_path, "site", "localhost")
-    backends = await start_backends(nursery, 0.1)
-    tls = TlsSettings(cert=str(pems.cert), key=str(pems.key))
-    settings = settings_for(backends, tls=tls, header_timeout=2.0, max_connections=1)
-    dispatcher = await start_dispatcher(nursery, settings)
-    front = TlsFront(dispatcher, backends, pems)
+    front = await start_one_slot(nursery, Pems.issue(ca, tmp_path, "site", "localhost"), 2.0)
+    dispatcher = front.dispatcher
     start = trio.current_time()
     async with await trio.open_tcp_stream("127.0.0.1", dispatcher.port) as plain:
         await plain.send_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
