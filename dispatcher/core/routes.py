@@ -323,7 +323,8 @@ class Router:
         return self._by_segment.get(first_segment(path), self._any_segment)
 
     def match(self, request: Request, candidates: list[Route] | None = None) -> Route | None:
-        """The first route whose every condition holds (of `candidates`, this path's if given)."""
+        """The first route whose every condition holds, of `candidates`: this path's, as `candidates()`
+        gave them (one of the router's own lists: their tests are filed by the list)."""
         path = request.path
         if candidates is None:
             candidates = self.candidates(path)
