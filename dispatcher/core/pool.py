@@ -198,9 +198,10 @@ class Pool:
         self.spec = spec or PoolSpec(DEFAULT_POOL, policy=policy)
         self.name = self.spec.name
         self.fallback: Fallback = self.spec.fallback
-        self.maintenance = (
-            False  # the operator holds the whole pool in maintenance: every answer is its fallback
-        )
+        # The operator holds the whole pool in maintenance: every answer is its fallback. Written
+        # through `set_maintenance`, which tells `maintenance_listeners` (the --workers master's table).
+        self.maintenance = False
+        self.maintenance_listeners: list[Callable[[Pool], None]] = []
         self.fallbacks = 0  # answers given by the fallback, for metrics
         self._usable: set[int] = set()  # ids of the usable backends, so that `takes_redirects` is O(1)
         self._rng = rng
@@ -275,6 +276,13 @@ class Pool:
         if isinstance(policy, BoundedLoadHash):
             return policy.choose(now, key)
         return policy.choose(now)
+
+    def set_maintenance(self, on: bool) -> None:
+        """The operator's word for the whole pool (the admin API), or the master's (a worker's mirror)."""
+        if on != self.maintenance:
+            self.maintenance = on
+            for listener in self.maintenance_listeners:
+                listener(self)
 
     @property
     def takes_redirects(self) -> bool:

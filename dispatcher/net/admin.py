@@ -174,7 +174,7 @@ class AdminApi:
             reply = text_reply(400, "body must be one of: maint, ready", close=False)
             return reply, "refused: the body is not maint or ready"
         before = "maint" if pool.maintenance else "ready"
-        pool.maintenance = word == "maint"
+        pool.set_maintenance(word == "maint")
         if before != word:
             log.warning(
                 "pool %s %s",

@@ -2,7 +2,8 @@
 
 Owns: the layout of a shared-memory table and the code that reads and writes it.
 - The master (health checks, admin, metrics) writes per backend: whether it takes redirects, its
-  load, the sequence number of its report, its weight and slow-start ramp, when it is checked next.
+  load, the sequence number of its report, its weight and slow-start ramp, when it is checked next;
+  and per pool whether the operator holds it in maintenance.
 - Each worker writes only its own cells: per backend the redirects it sent since the report it last
   saw and in all; and its front-door counters. One writer per cell: no locks.
 Workers sync every SYNC_INTERVAL: they take the master's figures and add the other workers'
@@ -45,6 +46,7 @@ class Layout:
     backends: int
     workers: int
     routes: int = 0  # the router's counters (core.routes.Router.counts), after the backends' cells
+    pools: int = 0  # per pool (Settings.all_pools order), after the backends' master cells: maintenance
 
     @property
     def stats_start(self) -> int:
@@ -57,7 +59,7 @@ class Layout:
 
     @property
     def size(self) -> int:
-        return 8 * (_MASTER_FIELDS * self.backends + self.workers * self.worker_cells)
+        return 8 * (_MASTER_FIELDS * self.backends + self.pools + self.workers * self.worker_cells)
 
 
 class SharedTable:
@@ -68,8 +70,10 @@ class SharedTable:
         buffer = memory.buf
         assert buffer is not None
         split = 8 * _MASTER_FIELDS * layout.backends
+        pools_end = split + 8 * layout.pools
         self.master = buffer[:split].cast("d")
-        self.cells = buffer[split : layout.size].cast("q")
+        self.pool_cells = buffer[split:pools_end].cast("d")
+        self.cells = buffer[pools_end : layout.size].cast("q")
 
     @classmethod
     def create(cls, layout: Layout) -> SharedTable:
@@ -87,6 +91,7 @@ class SharedTable:
 
     def close(self) -> None:
         self.master.release()
+        self.pool_cells.release()
         self.cells.release()
         self.memory.close()
         if self._owner:
@@ -107,6 +112,10 @@ class SharedTable:
         master[base + _WEIGHT] = backend.weight
         master[base + _RAMP] = backend.ramp
         master[base + _NEXT_CHECK] = time.monotonic() + next_check_in
+
+    def publish_pool(self, index: int, pool: Pool) -> None:
+        """A pool's operator state (the admin API's maintenance), row `index` of the pools."""
+        self.pool_cells[index] = 1.0 if pool.maintenance else 0.0
 
     def redirects(self, index: int) -> tuple[int, int]:
         """Backend `index`'s redirects summed over the workers: since the last report, and in all."""
@@ -193,6 +202,8 @@ class SharedTable:
             ):
                 pool.mirror(backend, usable, weight, ramp, others, now)
         pool.set_others_totals(others_totals)
+        for each, flag in zip(pool, self.pool_cells, strict=False):
+            each.set_maintenance(flag == 1.0)
         self._publish_stats(mine + layout.stats_start, stats)
 
     def set_ready(self, worker: int, ready: bool) -> None:

@@ -119,8 +119,10 @@ class Generation:
         # Every pool's backends, the default pool's first: the order the workers' Pools lay them out in.
         specs = [spec for pool in settings.all_pools for spec in pool.backends]
         self.route_labels = count_labels(settings.routes) if needs_router(settings) else []
-        self.table = SharedTable.create(Layout(len(specs), settings.workers, len(self.route_labels)))
+        layout = Layout(len(specs), settings.workers, len(self.route_labels), len(settings.all_pools))
+        self.table = SharedTable.create(layout)
         self._rows = {(spec.name, spec.url): row for row, spec in enumerate(specs)}
+        self._pool_rows = {spec.name: row for row, spec in enumerate(settings.all_pools)}
         self.index: dict[Backend, int] = {}
         self.retiring = False  # its workers were told to stop
         self._context = multiprocessing.get_context("spawn")
@@ -134,6 +136,17 @@ class Generation:
             if row is not None:
                 self.index[backend] = row
                 self.table.publish(row, backend, backend.spec.health.interval)
+
+    def adopt_pools(self, pools: Iterable[Pool]) -> None:
+        """Publish the operator state of the master's pools that this generation has a row for (by
+        name): a pool held in maintenance stays so in new workers."""
+        for pool in pools:
+            self.publish_pool(pool)
+
+    def publish_pool(self, pool: Pool) -> None:
+        row = self._pool_rows.get(pool.name)
+        if row is not None:
+            self.table.publish_pool(row, pool)
 
     def publish(self, backend: Backend) -> None:
         row = self.index.get(backend)
@@ -258,6 +271,7 @@ class Master:
         reserve, self.listen = _reserve_port(self.settings.listen)
         for each in self.pool:
             each.change_listeners.append(self._publish)
+            each.maintenance_listeners.append(self._publish_pool)
         try:
             # Generations drain in this nursery, which stopping does not cancel: a stop lets an old
             # generation that a reload retired finish its drain. Only a second SIGTERM/SIGINT, which
@@ -275,6 +289,8 @@ class Master:
             for each in self.pool:
                 with contextlib.suppress(ValueError):
                     each.change_listeners.remove(self._publish)
+                with contextlib.suppress(ValueError):
+                    each.maintenance_listeners.remove(self._publish_pool)
             reserve.close()
 
     async def _serve(self, stop: trio.Event, task_status: trio.TaskStatus[int]) -> None:
@@ -296,6 +312,7 @@ class Master:
         generation = Generation(replace(settings, listen=self.listen, reuse_port=True), next(self._numbers))
         self.generations.append(generation)  # counted and stopped from here on, even if it fails
         generation.adopt(self.pool.backends)
+        generation.adopt_pools(self.pool)
         return generation
 
     async def _take_reloads(self) -> None:
@@ -329,7 +346,9 @@ class Master:
             if each.chooses:
                 each.chooses = False
                 each.change_listeners.append(self._publish)
+                each.maintenance_listeners.append(self._publish_pool)
         new.adopt(self.pool.backends)  # with those added now
+        new.adopt_pools(self.pool)
         self.current = new
         if old is not None:
             log.info("reload: generation %d of workers listens; generation %d drains", new.number, old.number)
@@ -364,6 +383,10 @@ class Master:
     def _publish(self, backend: Backend) -> None:
         for generation in self.generations:
             generation.publish(backend)
+
+    def _publish_pool(self, pool: Pool) -> None:
+        for generation in self.generations:
+            generation.publish_pool(pool)
 
     def reopen_logs(self) -> None:
         """SIGUSR1 to every worker still running: each reopens its own access log."""

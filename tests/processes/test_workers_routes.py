@@ -7,7 +7,15 @@ from pathlib import Path
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import location_on_new_connection, poll_admin, start_backends, unused_port
+from tests.helpers import (
+    listens,
+    location_on_new_connection,
+    poll_admin,
+    read_until_close,
+    start_backends,
+    unused_port,
+    worker_pids,
+)
 
 CONFIG = """
 listen = "127.0.0.1:{port}"
@@ -89,6 +97,78 @@ async def test_two_workers_route_alike_and_count_every_pool(nursery: trio.Nurser
         assert 'dispatcher_route_requests_total{route="submit"} 10.0' in text
         assert 'dispatcher_route_requests_total{route=""} 1.0' in text
         assert 'dispatcher_route_variant_requests_total{pool="forms",route="submit"} 10.0' in text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await process.wait() == 0
+
+
+MAINT_CONFIG = """
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+admin_token = "s3cret-token"
+workers = 2
+[health]
+jitter = 0
+[[backends]]
+url = "{web}"
+name = "web"
+[pools.forms]
+backends = [ {{ url = "{forms}", name = "forms" }} ]
+fallback = {{ redirect = "https://status.example.com/" }}
+[[routes]]
+name = "submit"
+path_prefix = "/submit"
+pool = "forms"
+"""
+
+
+async def test_a_pool_in_maintenance_sends_every_workers_requests_to_its_fallback(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """POST /pools/forms/state maint is the master's word, and every worker answers with the pool's
+    fallback from then on (new connections land on either worker), also after a reload's new
+    workers start; ready brings the pool's backend back in every worker."""
+    web, forms = await start_backends(nursery, 0, 0)
+    port, admin = unused_port(), unused_port()
+    config = tmp_path / "dispatcher.toml"
+    config.write_text(MAINT_CONFIG.format(port=port, admin=admin, web=web.url, forms=forms.url))
+    argv = [sys.executable, "-m", "dispatcher", "--config", str(config), "--log-level", "error"]
+    process = await trio.lowlevel.open_process(argv)
+    submit = b"GET /submit/x HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+    fallback, backend = b"https://status.example.com/", forms.url.encode() + b"/submit/x"
+
+    async def locations(count: int = 12) -> set[bytes]:
+        return {await location_on_new_connection(port, submit) for _ in range(count)}
+
+    async def set_pool(word: bytes) -> None:
+        async with await trio.open_tcp_stream("127.0.0.1", admin) as stream:
+            await stream.send_all(
+                b"POST /pools/forms/state HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                b"authorization: Bearer s3cret-token\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (len(word), word)
+            )
+            assert (await read_until_close(stream)).startswith(b"HTTP/1.1 200 ")
+
+    async def until(wanted: set[bytes]) -> None:
+        with trio.fail_after(10):
+            while await locations() != wanted:
+                await trio.sleep(0.05)  # a worker takes the master's word within its sync interval
+
+    try:
+        await poll_admin(admin, "/readyz", lambda status, _: status == 200)
+        assert await locations() == {backend}
+        await set_pool(b"maint")
+        await until({fallback})
+        old = set(worker_pids(process.pid))
+        process.send_signal(signal.SIGHUP)  # new workers: the pool stays in maintenance in them
+        with trio.fail_after(20):
+            while not ((new := set(worker_pids(process.pid))) and not new & old):
+                await trio.sleep(0.05)  # the old generation drains away
+        assert all(listens(pid, port) for pid in new)
+        assert await locations(30) == {fallback}
+        await set_pool(b"ready")
+        await until({backend})
     finally:
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
