@@ -194,9 +194,12 @@ def fallback(pool: Pool, path: bytes, now: float) -> Reply | bytes:
         ]
         if spec.status == 503 and not pool.maintenance:
             headers.append(_retry_after(pool, now))
+        elif spec.status == 503 and spec.retry_after is not None:
+            headers.append((b"retry-after", str(spec.retry_after).encode()))
         return Reply(spec.status, headers, spec.body)
     if pool.maintenance:
-        return text_reply(503, "in maintenance", close=False)
+        window = [(b"retry-after", str(spec.retry_after).encode())] if spec.retry_after is not None else []
+        return text_reply(503, "in maintenance", window, close=False)
     return unavailable(pool, now)
 
 

@@ -161,7 +161,8 @@ class Client:
 
 def _host_of(target: bytes, host_field: bytes | None) -> bytes:
     """The request's host: an absolute target's authority (RFC 9112 §3.2.2), else the Host field's;
-    lower case, the port cut."""
+    lower case, the port cut, and a fully qualified name's final dot (`example.com.` is
+    `example.com`, as nginx takes it)."""
     if not target.startswith(b"/"):
         authority = target.partition(b"://")[2].split(b"/", 1)[0].split(b"?", 1)[0]
     else:
@@ -169,7 +170,8 @@ def _host_of(target: bytes, host_field: bytes | None) -> bytes:
     authority = authority.lower()
     if authority.startswith(b"["):
         return authority.split(b"]", 1)[0] + b"]"
-    return authority.split(b":", 1)[0]
+    host = authority.split(b":", 1)[0]
+    return host[:-1] if host.endswith(b".") else host
 
 
 def _host_field(headers: Headers) -> bytes | None:

@@ -123,11 +123,15 @@ class AdminApi:
         """
         path, method = request.path, request.method
         if self._rebound(request):
-            return text_reply(
+            reply = text_reply(
                 403,
                 "refused: this listener is on loopback, and Host names another site (DNS rebinding?)",
                 close=False,
             )
+            if method in ("GET", "HEAD"):
+                return reply
+            # A state change refused is logged as every other one is (`_audited`).
+            return self._audited(request, peer, lambda: (reply, "refused: Host names another site"))
         if path == "/backends" and method == "POST":
             return self._audited(request, peer, lambda: self._add_backend(request, now))
         if path in READ_ROUTES:

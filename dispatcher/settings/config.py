@@ -14,6 +14,7 @@ naming the key and the value, so the CLI can print one line and exit 2 instead o
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -50,6 +51,7 @@ from dispatcher.settings.values import (
     token,
     url_path,
 )
+from dispatcher.settings.values import weight as weight_of
 
 # Re-exported (mypy --strict asks for it): the rest of the package imports every setting's name and
 # type from `config` alone, the value parsers' among them.
@@ -282,7 +284,7 @@ def parse_service(key: str, url: str, weight: object = None) -> ServiceSpec:
         scheme=scheme,
         port=None if record == "SRV" else (port if port is not None else default_port),
         prefix=parts.path.rstrip("/"),
-        weight=1.0 if weight is None else positive(f"{key}.weight", weight),
+        weight=1.0 if weight is None else weight_of(f"{key}.weight", weight),
     )
 
 
@@ -327,7 +329,7 @@ def parse_backend(key: str, url: object, name: object = None, weight: object = 1
         host=host,
         port=port,
         prefix=parts.path.rstrip("/"),
-        weight=positive(f"{key}.weight", weight),
+        weight=weight_of(f"{key}.weight", weight),
     )
 
 
@@ -463,12 +465,17 @@ def _pool(key: str, name: str, table: object) -> PoolSpec:
     if not table.get("backends"):
         raise ConfigError(f"{key}.backends", table.get("backends"), "a pool needs one backend or more")
     entries = _backends(f"{key}.backends", table["backends"])
+    policy = POLICY.parse(f"{key}.policy", table.get("policy", DEFAULT_POLICY))
+    for hashing in ("hash_key", "hash_balance_factor"):
+        if hashing in table and policy != "hash":
+            # Set without the policy that reads it, it would do nothing: no stickiness, and no word.
+            raise ConfigError(f"{key}.{hashing}", table[hashing], 'only policy = "hash" reads it')
     return PoolSpec(
         name=name,
         backends=tuple(spec for spec in entries if isinstance(spec, BackendSpec)),
         services=tuple(spec for spec in entries if isinstance(spec, ServiceSpec)),
         health_overrides=_own_health(f"{key}.health", table.get("health", {})),
-        policy=POLICY.parse(f"{key}.policy", table.get("policy", DEFAULT_POLICY)),
+        policy=policy,
         hash_key=parse_hash_key(f"{key}.hash_key", table.get("hash_key", DEFAULT_HASH_KEY)),
         balance_factor=_balance_factor(f"{key}.hash_balance_factor", table.get("hash_balance_factor", 1.25)),
         fallback=parse_fallback(f"{key}.fallback", table.get("fallback", {})),
@@ -476,9 +483,13 @@ def _pool(key: str, name: str, table: object) -> PoolSpec:
 
 
 def _balance_factor(key: str, value: object) -> float:
+    if value == 0 and not isinstance(value, bool):
+        return math.inf  # HAProxy's `hash-balance-factor 0`: no bound, plain consistent hashing
     factor = positive(key, value)
     if factor <= 1.0:
-        raise ConfigError(key, value, "must be more than 1: at 1 every backend is full at the mean load")
+        raise ConfigError(
+            key, value, "must be 0 (no bound) or more than 1: at 1 every backend is full at the mean load"
+        )
     return factor
 
 
@@ -693,7 +704,7 @@ class Settings:
     hash_balance_factor: float = setting(
         DEFAULT_BALANCE_FACTOR,
         BALANCE_FACTOR,
-        "policy = hash: a backend takes a key while its load is under this times the mean",
+        "policy = hash: a backend takes a key while its load is under this times the mean; 0: no bound",
     )
     fallback: Fallback = setting(  # noqa: RUF009 (as listen's)
         _FALLBACK, FALLBACK, "the default pool's answer when none is usable", toml_only=True
@@ -821,6 +832,10 @@ def check(settings: Settings) -> Settings:
         )
     _check_tls(settings)
     _check_pools(settings)
+    if settings.policy != "hash":
+        for hashing, default in (("hash_key", _HASH_KEY), ("hash_balance_factor", DEFAULT_BALANCE_FACTOR)):
+            if getattr(settings, hashing) != default:
+                raise ConfigError(hashing, str(getattr(settings, hashing)), 'only policy = "hash" reads it')
     return settings
 
 

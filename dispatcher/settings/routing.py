@@ -16,6 +16,7 @@ each condition's list of values is any-of (or).
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from http.cookies import Morsel, SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
 
-from dispatcher.settings.values import ConfigError, boolean, file_path, positive, positive_duration, url_path
+from dispatcher.settings.values import ConfigError, boolean, file_path, positive_duration, url_path, weight
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -77,6 +78,8 @@ class Fallback:
     - `redirect`: a 307 to this absolute URL, with the request's path and query after it when
       `keep_path` (a maintenance site, or the same site elsewhere);
     - `page`: a fixed answer, `status` (503 by default) with the file's bytes as its body.
+    A 503 in maintenance carries `retry_after` when set: a planned window, as search engines ask
+    of a maintenance page; no next check can tell when an operator will end it.
     """
 
     redirect: str | None = None
@@ -85,6 +88,9 @@ class Fallback:
     status: int = 503
     content_type: str = DEFAULT_PAGE_TYPE
     body: bytes | None = None  # the page's bytes, read by the CLI at start and at each reload
+    # The Retry-After of a 503 while the pool is in maintenance (seconds; None: none is sent, the
+    # end being the operator's). Without maintenance a 503 says the seconds to the next check.
+    retry_after: int | None = None
 
     @property
     def kind(self) -> str:
@@ -92,7 +98,7 @@ class Fallback:
         return "redirect" if self.redirect else "page" if self.page else "unavailable"
 
 
-_FALLBACK_KEYS = ("redirect", "keep_path", "page", "status", "content_type")
+_FALLBACK_KEYS = ("redirect", "keep_path", "page", "status", "content_type", "retry_after")
 
 
 def parse_fallback(key: str, table: object) -> Fallback:
@@ -114,15 +120,22 @@ def parse_fallback(key: str, table: object) -> Fallback:
         raise ConfigError(f"{key}.keep_path", table["keep_path"], "only a redirect keeps the path")
     page = file_path(f"{key}.page", table["page"]) if "page" in table else None
     status = table.get("status", 503)
-    if status not in PAGE_STATUSES or isinstance(status, bool):
-        raise ConfigError(f"{key}.status", status, "must be 503 (unavailable: the default) or 200")
     if page is None and "status" in table:
         raise ConfigError(f"{key}.status", status, "only a page has a status of its own")
+    if status not in PAGE_STATUSES or isinstance(status, bool):
+        raise ConfigError(f"{key}.status", status, "must be 503 (unavailable: the default) or 200")
+    retry_after = None
+    if "retry_after" in table:
+        if redirect is not None or status != 503:
+            raise ConfigError(
+                f"{key}.retry_after", table["retry_after"], "only a 503 answer has a Retry-After"
+            )
+        retry_after = math.ceil(positive_duration(f"{key}.retry_after", table["retry_after"]))
     content_type = table.get("content_type", DEFAULT_PAGE_TYPE)
     if not isinstance(content_type, str) or not content_type.isprintable() or "/" not in content_type:
         raise ConfigError(f"{key}.content_type", content_type, "must be a media type, as text/html")
     keep = boolean(f"{key}.keep_path", table.get("keep_path", False))
-    return Fallback(redirect, keep, page, status, content_type)
+    return Fallback(redirect, keep, page, status, content_type, retry_after=retry_after)
 
 
 def _absolute_url(key: str, value: object) -> str:
@@ -286,6 +299,9 @@ def _route(key: str, entry: object, index: int) -> RouteSpec:
     replace_with = (
         url_path(f"{key}.replace_prefix", entry["replace_prefix"]) if "replace_prefix" in entry else None
     )
+    for condition in ("headers", "cookies"):
+        if condition in entry and entry[condition] == {}:
+            raise ConfigError(f"{key}.{condition}", {}, "must not be empty: leave the key out to match any")
     if (strip or replace_with is not None) and prefix is None:
         what = "strip_prefix" if strip else "replace_prefix"
         raise ConfigError(f"{key}.{what}", entry[what], "needs a path_prefix to strip or replace")
@@ -331,7 +347,7 @@ def _split(key: str, entries: object) -> tuple[SplitSpec, ...]:
         pool = _pool_name(f"{key}[{i}].pool", entry["pool"])
         if pool in (variant.pool for variant in variants):
             raise ConfigError(f"{key}[{i}].pool", pool, "named twice in one split")
-        variants.append(SplitSpec(pool, positive(f"{key}[{i}].weight", entry.get("weight", 1))))
+        variants.append(SplitSpec(pool, weight(f"{key}[{i}].weight", entry.get("weight", 1))))
     return tuple(variants)
 
 
@@ -347,6 +363,9 @@ def _strings(key: str, value: object, check: Any) -> tuple[str, ...]:
     values = [value] if isinstance(value, str) else value
     if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
         raise ConfigError(key, value, "must be a string or a list of strings")
+    if isinstance(value, list) and not value:  # written `[]` (a key left out gives the empty tuple)
+        # Left out, a condition matches any request; written empty, it would read as "none".
+        raise ConfigError(key, value, "must not be empty: leave the key out to match any")
     return tuple(check(f"{key}[{i}]" if len(values) > 1 else key, text) for i, text in enumerate(values))
 
 
@@ -425,7 +444,7 @@ def unreachable(routes: Sequence[RouteSpec]) -> list[str]:
 def covers(a: RouteSpec, b: RouteSpec) -> bool:
     """Whether every request `b` matches is matched by `a` (each of a's conditions is as wide as b's)."""
     return (
-        _set_covers(a.hosts, b.hosts)
+        _hosts_cover(a.hosts, b.hosts)
         and _prefix_covers(a.path_prefix, b.path_prefix)
         and _set_covers(a.methods, b.methods)
         and _pairs_cover(a.headers, b.headers)
@@ -437,6 +456,14 @@ def covers(a: RouteSpec, b: RouteSpec) -> bool:
 
 def _set_covers(a: Any, b: Any) -> bool:
     return not a or (bool(b) and set(b) <= set(a))
+
+
+def _hosts_cover(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Every host of `b` is one of `a`'s, or under one of `a`'s `*.domain` (any depth, as matched)."""
+    if not a:
+        return True
+    suffixes = tuple(host[1:] for host in a if host.startswith("*."))  # ".example.com"
+    return bool(b) and all(host in a or host.removeprefix("*").endswith(suffixes) for host in b)
 
 
 def _prefix_covers(a: str | None, b: str | None) -> bool:

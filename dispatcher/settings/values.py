@@ -66,12 +66,27 @@ def _port(key: str, text: str, port_text: str) -> int:
 
 
 def positive(key: str, value: object) -> float:
-    """A number greater than 0 (a weight)."""
+    """A finite number greater than 0."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(key, value, "must be a number")
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value):
+        raise ConfigError(key, value, "must be a finite number (TOML reads 1e400 as infinity)")
+    if value <= 0:
         raise ConfigError(key, value, "must be greater than 0")
     return float(value)
+
+
+# Weights are relative; past this their sums lose the small ones (a split of 1e308 and 1e308 overflows
+# to inf and sends everything to one side). HAProxy stops at 256, nginx and Envoy take integers.
+MAX_WEIGHT = 1_000_000
+
+
+def weight(key: str, value: object) -> float:
+    """A backend's or a split variant's weight: a finite number greater than 0, at most MAX_WEIGHT."""
+    number = positive(key, value)
+    if number > MAX_WEIGHT:
+        raise ConfigError(key, value, f"must be at most {MAX_WEIGHT:,}: weights are relative")
+    return number
 
 
 # Durations as nginx writes them (`10s`, `500ms`, `1m`, `1h`: "Measurement units" in its docs), one

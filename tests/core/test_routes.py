@@ -902,3 +902,27 @@ def test_the_verdicts_kept_per_host_field_are_bounded_and_stay_right() -> None:
     assert router.ask("/any", "Host: A.preview.example.com:80").pool == "beta"
     assert router.ask("/any", "Host: A.preview.example.com:80").pool == "beta"
     assert router.ask("/any", "Host: h0.example.com").pool == "default"
+
+
+@pytest.mark.parametrize(
+    "table",
+    ['retry_after = "1h"', 'page = "/srv/maint.html"\nretry_after = 3600'],
+    ids=["unavailable", "page"],
+)
+def test_a_maintenance_window_is_said_in_retry_after_when_the_operator_sets_one(table: str) -> None:
+    """fallback.retry_after: a 503 in maintenance says it (a planned window, as search engines ask
+    of a maintenance page); out of maintenance a 503 says the seconds to the next check, as before."""
+    pages = {"web": PAGE} if "page" in table else None
+    router = routed(ROUTE_TO_WEB + f"[pools.web.fallback]\n{table}", pages=pages)
+    router.pools["web"].maintenance = True
+    assert router.ask("/w").headers[b"retry-after"] == b"3600"
+    router.pools["web"].maintenance = False
+    router.down("web")
+    assert router.ask("/w", now=7.4).headers[b"retry-after"] != b"3600"
+
+
+@pytest.mark.parametrize("host", ["staging.example.com.", "STAGING.example.com.:8443"])
+def test_a_fully_qualified_host_with_its_final_dot_is_the_same_host(host: str) -> None:
+    """`example.com.` names `example.com` (the root label written): a route on it takes both, as nginx."""
+    router = routed('[[routes]]\nhosts = ["staging.example.com"]\npool = "web"\n')
+    assert router.ask("/x", f"Host: {host}").location == WEB + "/x"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import re
 import time
 from dataclasses import replace
@@ -653,16 +654,28 @@ def test_a_host_names_loopback_or_not(host: str, loopback: bool) -> None:
     assert loopback_host(host) is loopback
 
 
-def test_a_loopback_listener_refuses_a_state_change_naming_another_host() -> None:
+def test_a_loopback_listener_refuses_a_state_change_naming_another_host(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 is same-origin with
-    the listener, Origin and Host agree, and no token is set; its drain is refused, as is its read of
-    /status, while a scrape by any name still works."""
+    the listener, Origin and Host agree, and no token is set; its drain is refused, and logged as every
+    refused state change is, as is its read of /status, while a scrape by any name still works."""
     admin = _admin_of(Lifecycle(serving=True))
     admin.loopback = True
     name = admin.pool.backends[0].name
     headers = {"host": "evil.example:8081", "origin": "http://evil.example:8081"}
-    refused = admin.route(WholeRequest("POST", f"/backends/{name}/state", headers, b"drain"), 0.0)
+    with caplog.at_level(logging.INFO, logger="dispatcher.admin"):
+        refused = admin.route(
+            WholeRequest("POST", f"/backends/{name}/state", headers, b"drain"), 0.0, "10.9.9.9"
+        )
     assert refused.status == 403
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.WARNING,
+            f"admin request from 10.9.9.9: POST /backends/{name}/state 'drain': 403, "
+            "refused: Host names another site",
+        )
+    ]
     assert admin.pool.backends[0].state != "draining"
     assert admin.route(WholeRequest("GET", "/status", headers), 0.0).status == 403
     assert admin.route(WholeRequest("GET", "/readyz", headers), 0.0).status in (200, 503)

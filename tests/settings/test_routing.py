@@ -5,6 +5,7 @@ warned about, and nothing else."""
 from __future__ import annotations
 
 import ipaddress
+import math
 from http.cookies import SimpleCookie
 
 import pytest
@@ -380,7 +381,39 @@ REDIRECT = FALLBACK + 'redirect = "https://a.example/"\n'
         (PAGE + "status = true", "pools.web.fallback.status"),
         (PAGE + 'content_type = "html"', "pools.web.fallback.content_type"),
         (FALLBACK + 'page = ""', "pools.web.fallback.page"),
-        (FALLBACK + "retry_after = 5", "pools.web.fallback.retry_after"),
+        (FALLBACK + 'retry_after = "soon"', "pools.web.fallback.retry_after"),
+        (REDIRECT + "retry_after = 60", "pools.web.fallback.retry_after"),  # a 307 has none
+        (PAGE + "status = 200\nretry_after = 60", "pools.web.fallback.retry_after"),
+        # Written empty, a condition would read as "none" but matched any request: refused.
+        ('[[routes]]\nmethods = []\npool = "web"', "routes[0].methods"),
+        ('[[routes]]\nhosts = []\npool = "web"', "routes[0].hosts"),
+        ('[[routes]]\nclients = []\npool = "web"', "routes[0].clients"),
+        ('[[routes]]\ncountries = []\npool = "web"', "routes[0].countries"),
+        ('[[routes]]\nheaders = {}\npool = "web"', "routes[0].headers"),
+        ('[[routes]]\nheaders = { x-canary = [] }\npool = "web"', "routes[0].headers.x-canary"),
+        ('[[routes]]\ncookies = { canary = [] }\npool = "web"', "routes[0].cookies.canary"),
+        # Weights are relative: past a million the sums lose the small ones (1e308 + 1e308 = inf).
+        (
+            '[[routes]]\nsplit = [{ pool = "web", weight = 1e308 }, { pool = "beta", weight = 1e308 }]',
+            "routes[0].split[0].weight",
+        ),
+        (
+            '[[routes]]\nsplit = [{ pool = "web", weight = inf }, { pool = "beta" }]',
+            "routes[0].split[0].weight",
+        ),
+        (
+            '[pools.x]\nbackends = [{ url = "http://10.0.9.1", name = "x1", weight = 2e6 }]',
+            "pools.x.backends[0].weight",
+        ),
+        # Read only by the hash policy: set without it, it would do nothing, silently.
+        (
+            '[pools.x]\nhash_key = "cookie:s"\nbackends = [{ url = "http://10.0.9.1", name = "x1" }]',
+            "pools.x.hash_key",
+        ),
+        (
+            '[pools.x]\nhash_balance_factor = 2\nbackends = [{ url = "http://10.0.9.1", name = "x1" }]',
+            "pools.x.hash_balance_factor",
+        ),
         ('[fallback]\nredirect = "/maint"', "fallback.redirect"),
         ('[fallback]\npage = "/srv/p.html"\nstatus = 0', "fallback.status"),
     ],
@@ -539,6 +572,12 @@ UNREACHABLE = [
     ('cookies = { s = ["1", "2"] }\npool = "web"', 'cookies = { s = "2" }\npool = "beta"'),
     ('clients = "10.0.0.0/8"\npool = "web"', 'clients = ["10.1.0.0/16", "10.2.0.0/16"]\npool = "beta"'),
     ('countries = ["DE", "AT"]\npool = "web"', 'countries = "AT"\npool = "beta"'),
+    # `*.example.com` takes any depth under it, as the router matches it.
+    ('hosts = "*.example.com"\npool = "web"', 'hosts = "a.example.com"\npool = "beta"'),
+    (
+        'hosts = "*.example.com"\npool = "web"',
+        'hosts = ["x.y.example.com", "*.b.example.com"]\npool = "beta"',
+    ),
 ]
 
 
@@ -562,6 +601,8 @@ REACHABLE = [
     ('headers = { X-A = "1" }\npool = "web"', 'cookies = { X-A = "1" }\npool = "beta"'),
     ('clients = "10.1.0.0/16"\npool = "web"', 'clients = "10.0.0.0/8"\npool = "beta"'),
     ('countries = "DE"\npool = "web"', 'countries = ["DE", "AT"]\npool = "beta"'),
+    ('hosts = "*.example.com"\npool = "web"', 'hosts = "example.com"\npool = "beta"'),  # not a subdomain
+    ('hosts = "*.example.com"\npool = "web"', 'hosts = "a.example.org"\npool = "beta"'),
 ]
 
 
@@ -608,3 +649,23 @@ def test_a_file_without_routes_or_pools_has_no_routing_warning() -> None:
     """The single-pool file of before issue 13: no routes, no pools, nothing to warn about."""
     settings = load("", base='[[backends]]\nurl = "http://10.0.0.1"')
     assert (settings.routes, settings.pools, warnings(settings)) == ((), (), [])
+
+
+@pytest.mark.parametrize(
+    ("top", "key"),
+    [('hash_key = "cookie:s"\n', "hash_key"), ("hash_balance_factor = 2\n", "hash_balance_factor")],
+)
+def test_the_top_levels_hash_settings_need_the_hash_policy(top: str, key: str) -> None:
+    """As a named pool's: the default pool's hash_key or balance factor without policy = "hash" is a
+    one-line error naming it, and with the policy it loads."""
+    assert error_of("", top=top).key == key
+    assert load("", top=top + 'policy = "hash"\n').policy == "hash"
+
+
+def test_a_balance_factor_of_0_is_no_bound_as_haproxys() -> None:
+    """hash_balance_factor = 0 turns the bound off (HAProxy's `hash-balance-factor 0`): plain
+    consistent hashing; between 0 and 1 it is refused in one line naming it."""
+    pool = '[pools.x]\npolicy = "hash"\nhash_balance_factor = {}\n'
+    pool += 'backends = [{{ url = "http://10.0.9.1", name = "x1" }}]'
+    assert load(pool.format(0)).pools[-1].balance_factor == math.inf
+    assert error_of(pool.format(0.5)).key == "pools.x.hash_balance_factor"
