@@ -31,6 +31,7 @@ from dispatcher.net.admin import AdminApi
 from dispatcher.net.discovery import Discovery
 from dispatcher.net.frontdoor import FrontDoor
 from dispatcher.net.health import HealthChecks, log_transition
+from dispatcher.net.health.schedule import FIRST_SPREAD
 from dispatcher.net.listen import CappedListener, naming, open_listeners, warn_unless_migrating
 from dispatcher.net.tlsdoor import TlsFrontDoor, redirect_door
 from dispatcher.processes.workers import Master
@@ -71,6 +72,7 @@ class Running:
     nursery: trio.Nursery | None = None  # where a pool added by a reload runs its checks
     country_of: CountryOf | None = None  # the GeoIP database's lookup, when one is configured
     redirects: FrontDoor | None = None  # tls.redirect_listen's plain listener of 308s
+    _reloads: int = 0  # reloads asked for: one waiting on new pools' first checks knows if it is the last
 
     def reload(self, new: Settings) -> None:
         """Apply new settings without dropping a connection; backends that stay keep their state.
@@ -94,7 +96,51 @@ class Running:
             self.roster.clear()
         given = self.discovery.reconfigure(new) if self.discovery is not None else new.backends
         new = _reload_tls(self.front, old, new)
-        self._swap(new, given, "reloaded")
+        self._reloads += 1
+        fresh = self._open_pools(new)
+        if fresh and self.nursery is not None:
+            self.nursery.start_soon(self._swap_once_checked, fresh, new, given, self._reloads)
+        else:
+            self._swap(new, given, "reloaded")
+
+    def _open_pools(self, new: Settings) -> list[Pool]:
+        """The pools a reload adds, made and checked now, before any route can send to them: the
+        routes switch once each has answered (`_swap_once_checked`). Until then their requests go
+        where the running routes send them, never to a fallback for want of a first check."""
+        assert self.pools is not None
+        fresh = []
+        for spec in new.pools:
+            if spec.name not in self.pools.by_pool and self.nursery is not None:
+                pool = named_pool(spec, new, trio.current_time())
+                pool.listeners.append(log_transition)
+                self.pools.add(pool)
+                self.pool_checks[spec.name] = start_checks(self.nursery, pool)
+                fresh.append(pool)
+        return fresh
+
+    async def _swap_once_checked(
+        self, fresh: list[Pool], new: Settings, given: Sequence[BackendSpec], number: int
+    ) -> None:
+        """Apply a reload once every backend of the pools it adds has had its first check (or after the
+        longest a first check can take): then its routes to them find them checked. A later reload
+        supersedes this one, which then applies nothing."""
+        checked = trio.Event()
+
+        def heard(_: Backend) -> None:
+            if all(backend.last_check is not None for pool in fresh for backend in pool.backends):
+                checked.set()
+
+        for pool in fresh:
+            pool.change_listeners.append(heard)
+        heard_already = all(backend.last_check is not None for pool in fresh for backend in pool.backends)
+        longest = FIRST_SPREAD + max(b.spec.health.timeout for pool in fresh for b in pool.backends) + 1.0
+        with trio.move_on_after(longest):
+            if not heard_already:
+                await checked.wait()
+        for pool in fresh:
+            pool.change_listeners.remove(heard)
+        if number == self._reloads:
+            self._swap(new, given, "reloaded")
 
     def reopen_logs(self) -> None:
         """SIGUSR1 (logrotate's postrotate): the access log opened again, here or in every worker."""

@@ -482,11 +482,12 @@ async def test_a_reload_adds_and_removes_pools_and_routes_and_keeps_a_kept_backe
     site.write(BETA, FRESH)
     site.dispatcher.running.reload(settings_of(site.path))
 
-    assert list(site.pools) == ["default", "beta", "fresh"]
-    assert site.pools["beta"].by_name["beta1"] is beta1 and beta1.state == "draining"
-    fresh = site.pools["fresh"]
+    fresh = site.pools["fresh"]  # made and checked at once; the routes switch once it has answered
     with trio.fail_after(PATIENCE):
         await wait_for(fresh, lambda: fresh.usable_count == 1)
+    await trio.testing.wait_all_tasks_blocked()
+    assert list(site.pools) == ["default", "beta", "fresh"]
+    assert site.pools["beta"].by_name["beta1"] is beta1 and beta1.state == "draining"
     async with site.client() as client:
         assert (await client.get("/fresh/a")).headers["location"] == site.url("fresh1") + "/fresh/a"
         assert (await client.post("/submit", content=b"x")).headers["location"] == site.url(
@@ -502,6 +503,29 @@ async def test_a_reload_adds_and_removes_pools_and_routes_and_keeps_a_kept_backe
     routes = {dict(labels)["route"] for labels in metrics.series("dispatcher_route_requests_total")}
     assert routes == {"", "ab", "beta", "fresh"}
     assert not [labels for (_, labels) in metrics.samples if ("pool", "forms") in labels]
+
+
+async def test_a_pool_a_reload_adds_takes_its_routes_only_once_its_backends_have_answered(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """While the new pool's first check is out (its backend is slow to answer it), /fresh goes where the
+    running routes send it (the default pool), never to a 503 for want of a check; once the check has
+    come back (here: timed out, the backend down), the reload applies and /fresh gets fresh's answer."""
+    site = await start_site(nursery, tmp_path, names=("main1", "forms1", "beta1", "fresh1"))
+    site.backends["fresh1"].mode = "hang"
+    site.write(BETA, FRESH)
+    site.dispatcher.running.reload(settings_of(site.path))
+    fresh = site.pools["fresh"]
+    async with site.client() as client:
+        for _ in range(3):
+            assert (await client.get("/fresh/a")).headers["location"] == site.url("main1") + "/fresh/a"
+        assert "forms" in site.pools  # nothing of the reload has applied yet
+        with trio.fail_after(PATIENCE):
+            await wait_for(fresh, lambda: fresh.backends[0].last_check is not None)
+        await trio.testing.wait_all_tasks_blocked()
+        assert list(site.pools) == ["default", "beta", "fresh"]
+        answer = await client.get("/fresh/a")
+        assert (answer.status_code, fresh.backends[0].state) == (503, "down")
 
 
 async def test_a_reload_whose_routes_name_an_unknown_pool_is_refused_and_the_running_config_stays(
