@@ -402,7 +402,9 @@ class Pool:
         self.advance_ramps(now)
         usable = [b for b in self.backends if b.usable]
         weight = sum(b.spec.weight * b.ramp for b in usable)
-        share = rate / max(weight, 1e-9)
+        # With none usable the share is kept: rate / 0 would show every backend draining at 1e9 a
+        # second in /backends and the metrics, a spike on every dashboard while the pool is down.
+        share = rate / weight if usable and weight > 0 else self.share_per_weight
         # While this dispatcher sends (almost) nothing, its backends' idleness says nothing of how busy
         # they are under its traffic: the figure from the last busy time is kept.
         quiet = rate <= 2 * estimate.MIN_RATE or not usable

@@ -20,7 +20,12 @@ _TYPES = ("", "message", "load")
 
 
 class BadStream(Exception):
-    """The bytes are not an event stream we can read (always the check's `protocol` failure)."""
+    """The bytes are not an event stream we can read (always the check's `protocol` failure).
+    `events`: those the same bytes completed before the bad part, which stand."""
+
+    def __init__(self, message: str, events: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.events = events or []
 
 
 class EventReader:
@@ -67,14 +72,18 @@ class EventReader:
         self._pending_cr = data[-1:] == b"\r"
         lines = (self._partial + data).replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
         self._partial = lines.pop()
-        if len(self._partial) > MAX_LINE:
-            raise BadStream(f"event stream line over {MAX_LINE} bytes")
         events: list[str] = []
         for line in lines:
             self.heard = True
-            event = self._line(line)
+            try:
+                event = self._line(line)
+            except BadStream as error:
+                error.events = events
+                raise
             if event is not None:
                 events.append(event)
+        if len(self._partial) > MAX_LINE:
+            raise BadStream(f"event stream line over {MAX_LINE} bytes", events)
         return events
 
     def _line(self, raw: bytes) -> str | None:

@@ -163,3 +163,24 @@ def test_idle_reports_of_nothing_keep_the_usual_queue_and_the_busy_share() -> No
     assert [backend.busy for backend in pool.backends] == busy
     pool.record_check(pool.backends[0], CheckResult(True, 0.001, load=8.0), 4.0)
     assert pool.mean_load > usual
+
+
+def test_a_pool_with_no_usable_backend_keeps_its_drain_rates_sane() -> None:
+    """Every backend down: the share of a redirect rate over no weight is not taken (it was 1e9 a
+    second in /backends and the metrics); each backend keeps the drain rate it had."""
+    pool = up_pool(3)
+    for t in range(1, 40):  # traffic: 30 redirects a second
+        for _ in range(15):
+            assert pool.choose(t * 0.5) is not None
+        pool.tick(t * 0.5)
+    before = [backend.rate for backend in pool.backends]
+    for backend in pool.backends:
+        for _ in range(3):
+            pool.record_check(backend, CheckResult(False, 0.001, reason="refused"), 20.0)
+    assert pool.usable_count == 0
+    for t in range(41, 60):
+        pool.tick(t * 0.5)
+        for backend in pool.backends:  # still down: each check's result files it again
+            pool.record_check(backend, CheckResult(False, 0.001, reason="refused"), t * 0.5)
+    assert [backend.rate for backend in pool.backends] == pytest.approx(before, rel=0.5)
+    assert max(backend.rate for backend in pool.backends) < 100

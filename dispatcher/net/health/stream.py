@@ -41,9 +41,12 @@ from dispatcher.protocol.sse import BadStream, EventReader
 class StreamFailed(Exception):
     """The stream broke: the reason (`protocol`, `bad_load`) and detail a failed check carries."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, reports: list[Report] | None = None) -> None:
         super().__init__(detail)
         self.reason, self.detail = reason, detail
+        # The events read whole before the failure, in the same bytes: reports like any other (a
+        # first event and the stream's end in one packet is a passed check, then a failed one).
+        self.reports = reports or []
 
     @classmethod
     def lost(cls, error: Exception) -> StreamFailed:
@@ -76,20 +79,30 @@ class LoadStream:
         """Take bytes read from the connection (b"": only what came with the head); returns the
         reports they complete. `silence` is how long the stream may be quiet from now on (interval +
         timeout). Raises StreamFailed when the stream ends or breaks."""
-        answer = self.answer
+        answer, failure = self.answer, None
         try:
             if data:
                 answer.feed(data)
-            if answer.ended:
-                raise StreamFailed("protocol", "load stream ended")
+        except BadAnswer as error:  # what was framed before the bad bytes is read all the same
+            failure = StreamFailed("protocol", f"bad load stream: {error}")
+        try:
             texts = self.events.feed(answer.take())
-            reports = [parse_event(text) for text in texts]
-        except (BadAnswer, BadStream) as error:
-            raise StreamFailed("protocol", f"bad load stream: {error}") from None
-        except BadLoad as error:
-            raise StreamFailed("bad_load", str(error)) from None
+        except BadStream as error:
+            texts, failure = error.events, failure or StreamFailed("protocol", f"bad load stream: {error}")
+        reports = []
+        for text in texts:
+            try:
+                reports.append(parse_event(text))
+            except BadLoad as error:
+                failure = failure or StreamFailed("bad_load", str(error))
+                break
+        if failure is None and answer.ended:
+            failure = StreamFailed("protocol", "load stream ended")
         if reports:
             self.drain = reports[-1].drain
+        if failure is not None:
+            failure.reports = reports
+            raise failure
         if reports or (self.events.heard and not self.first):
             self.deadline = now + silence
         return reports
@@ -99,6 +112,8 @@ class LoadStream:
         try:
             reports = self.feed(data, now, silence)
         except StreamFailed as failure:
+            if failure.reports:
+                delivery.reports(self, failure.reports, now)
             self.fail(failure, now, delivery)
             return False
         if reports:

@@ -532,3 +532,51 @@ def test_the_pass_gap_grows_with_what_a_pass_finds_and_is_bounded() -> None:
     assert gaps == sorted(gaps)
     assert pass_gap(2 * GATHER) == 2 * MIN_PASS_GAP
     assert max(gaps) == MAX_PASS_GAP == pass_gap(10_000)
+
+
+class _Told:
+    """A Delivery that writes down what it is told, in order."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, object]] = []
+
+    def reports(self, stream: LoadStream, reports: list[Report], now: float) -> None:
+        self.told.append(("reports", [report.load for report in reports]))
+
+    def failed(self, stream: LoadStream, failure: StreamFailed, now: float) -> None:
+        self.told.append(("failed", failure.reason))
+
+
+HEAD_CHUNKED = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "reason"),
+    [
+        (HEAD_CHUNKED, b"9\r\ndata: 4\n\n\r\n0\r\n\r\n", "protocol"),  # the last chunk in the same read
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 9\r\n\r\n",
+            b"data: 4\n\n",
+            "protocol",
+        ),
+        (HEAD_CHUNKED, b"9\r\ndata: 4\n\n\r\na\r\ndata: \xff\xfe\n\n\r\n", "protocol"),  # then not UTF-8
+        (
+            HEAD_CHUNKED,
+            b"9\r\ndata: 4\n\n\r\n" + b"%x\r\n" % (MAX_LINE + 1) + b"x" * (MAX_LINE + 1) + b"\r\n",
+            "protocol",
+        ),  # a long line
+        (HEAD_CHUNKED, b"9\r\ndata: 4\n\n\r\nd\r\ndata: hello\n\n\r\n", "bad_load"),  # then a bad load
+        (HEAD_CHUNKED, b"9\r\ndata: 4\n\n\r\n2\x00garbage", "protocol"),  # then bad framing
+    ],
+    ids=["chunked end", "length end", "not utf-8", "long line", "bad load", "bad framing"],
+)
+def test_events_read_whole_before_the_end_or_bad_bytes_in_the_same_read_are_reports(
+    head: bytes, body: bytes, reason: str
+) -> None:
+    """A first event and the stream's end (or bytes it cannot read) in one packet: the event is a
+    report, delivered first (the check that opened the stream passes with it), then the failure."""
+    answer = AnswerReader()
+    answer.feed(head)
+    stream, told = LoadStream("b", answer, started=10.0, timeout=1.0), _Told()
+    assert not stream.deliver(body, 10.1, 3.0, told)
+    assert told.told == [("reports", [4.0]), ("failed", reason)]
