@@ -343,8 +343,23 @@ class Pool:
         if backend.health is Health.UP and backend.self_drain != self_drain:
             before = backend.state
             backend.self_drain = self_drain
-            self._changed(backend, before, None)
+            # Announced as a check's answer would be ("is draining (was up)"): the stream's event is
+            # the backend's word, as an answer's X-Load-State is.
+            self._changed(backend, before, CheckResult(True, 0.0, load, self_drain=self_drain, timed=False))
             return
+        self._reindex_as(backend, backend.usable, backend.free_at, step)
+
+    def confirm_load(self, backend: Backend, now: float) -> None:
+        """A load stream's heartbeat: the backend's load is still its last report's, as of now.
+
+        A stream sends an event whenever its load changes, so its silence says "unchanged", while
+        the estimate drains every report as it ages: held long requests (uploads, reports of
+        seconds) would drift towards empty and draw new requests onto a backend that still holds
+        them. Taken again as fresh, the report stands (and its age, which alerts read, restarts)."""
+        report = backend.report
+        if report is None or backend.health is not Health.UP:
+            return
+        step = self.take_report(backend, report.value, now)
         self._reindex_as(backend, backend.usable, backend.free_at, step)
 
     def add_others(self, backend: Backend, others: int, now: float) -> None:

@@ -245,6 +245,13 @@ class HealthChecks:
             if self._debug is not None:
                 self._debug.event(backend, report)
 
+    def heartbeat(self, stream: LoadStream, now: float) -> None:
+        """A heartbeat of a live stream: its backend would have sent an event had its load changed."""
+        probe = stream.key
+        assert isinstance(probe, Probe)
+        if probe.active and probe.stream is stream:
+            self.pool.confirm_load(probe.backend, now)
+
     def failed(self, stream: LoadStream, failure: StreamFailed, now: float) -> None:
         """A stream fell silent, ended or broke: a failed check; the next check connects again."""
         probe = stream.key

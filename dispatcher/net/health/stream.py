@@ -118,6 +118,8 @@ class LoadStream:
             return False
         if reports:
             delivery.reports(self, reports, now)
+        elif self.events.heard and not self.first:
+            delivery.heartbeat(self, now)
         return True
 
     def fail(self, failure: StreamFailed, now: float, delivery: Delivery) -> None:
@@ -136,6 +138,9 @@ class Delivery(Protocol):
     """What the health checks do with a stream's news."""
 
     def reports(self, stream: LoadStream, reports: list[Report], now: float) -> None: ...
+
+    def heartbeat(self, stream: LoadStream, now: float) -> None:
+        """Lines but no event (a `:` comment): the last report still holds as of `now`."""
 
     def failed(self, stream: LoadStream, failure: StreamFailed, now: float) -> None: ...
 

@@ -402,9 +402,14 @@ async def test_a_backend_that_ignores_accept_is_polled_as_before(
 async def test_a_drain_asked_on_the_stream_applies_at_once_and_ends_with_a_ready_event(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """`"state": "drain"` in an event drains the backend now; an event without it ends the drain."""
+    """`"state": "drain"` in an event drains the backend now; an event without it ends the drain. Each
+    change is logged in one line, as a check's answer's would be."""
     backend = StreamingBackend("s1")
     pool = await streaming(nursery, backend)
+    lines: list[str] = []
+    pool.listeners.append(
+        lambda b, before, after, result: lines.append(f"{before}->{after}") if result else None
+    )
     state = pool.by_name["s1"]
     await backend.send(b'data: {"load": 2, "state": "drain"}\n\n')
     await wait_for(pool, lambda: state.state == "draining")
@@ -414,6 +419,7 @@ async def test_a_drain_asked_on_the_stream_applies_at_once_and_ends_with_a_ready
     await backend.send(b'data: {"load": 2}\n\n')
     await wait_for(pool, lambda: state.state == "up")
     assert pool.choose() is state
+    assert lines == ["up->draining", "draining->up"]  # what log_transition is told, with a result
 
 
 async def test_a_bad_load_event_fails_the_check(
@@ -543,6 +549,9 @@ class _Told:
     def reports(self, stream: LoadStream, reports: list[Report], now: float) -> None:
         self.told.append(("reports", [report.load for report in reports]))
 
+    def heartbeat(self, stream: LoadStream, now: float) -> None:
+        self.told.append(("heartbeat", now))
+
     def failed(self, stream: LoadStream, failure: StreamFailed, now: float) -> None:
         self.told.append(("failed", failure.reason))
 
@@ -580,3 +589,28 @@ def test_events_read_whole_before_the_end_or_bad_bytes_in_the_same_read_are_repo
     stream, told = LoadStream("b", answer, started=10.0, timeout=1.0), _Told()
     assert not stream.deliver(body, 10.1, 3.0, told)
     assert told.told == [("reports", [4.0]), ("failed", reason)]
+
+
+async def test_a_heartbeat_confirms_the_last_report_so_a_held_load_does_not_drain_away(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A backend holding 6 long requests sends `data: 6` once, then only heartbeats: its load has not
+    changed. Each heartbeat takes the report again as of its arrival, so the estimate stands at 6
+    and the load's age restarts; without them it drains as any old report does."""
+    backend = StreamingBackend("s1")
+    pool = await streaming(nursery, backend)
+    state = pool.by_name["s1"]
+    await backend.send(b"data: 6\n\n")
+    await wait_for(pool, lambda: state.load == 6.0)
+    events = state.stream_events
+    drained = pool.effective_load(state, trio.current_time() + 5.0)  # where 5 s would take it unheard
+    assert drained < 5.0
+    for _ in range(5):
+        await trio.sleep(1.0)
+        reports = state.reports
+        await backend.send(b":\n\n")
+        await wait_for(pool, lambda: state.reports == reports + 1)  # noqa: B023 (awaited at once)
+    now = trio.current_time()
+    assert pool.effective_load(state, now) == pytest.approx(6.0, abs=0.1)
+    assert state.report is not None and now - state.report.at < 0.1
+    assert state.stream_events == events  # a heartbeat is no event
