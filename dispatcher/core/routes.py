@@ -345,13 +345,14 @@ class Router:
             segment: [r for r in self.routes if segments.get(r.index, b"") in (b"", segment)]
             for segment in set(segments.values()) - {b""}
         }
-        # What `match` tests of each candidate, unpacked once: its prefix's starts (None: no prefix),
-        # the prefix whole, its checks.
-        self._tests: dict[int, list[_Test]] = {
-            id(routes): [(r, self._starts[r.index], self._prefixes[r.index], r.checks) for r in routes]
+        # Each candidate list's first match, by the list (`match`): of each route, its prefix's starts
+        # (None: no prefix), the prefix whole and its checks, compiled into one function (`_matcher`).
+        self._matchers = {
+            id(routes): _matcher(
+                [(r, self._starts[r.index], self._prefixes[r.index], r.checks) for r in routes]
+            )
             for routes in (*self._by_segment.values(), anywhere)
         }
-        self._matchers = {key: _matcher(tests) for key, tests in self._tests.items()}
         self.defaulted = 0  # requests no route took: the default pool's
 
     def counts(self) -> list[int]:
@@ -392,7 +393,8 @@ class Router:
         return self._matchers[id(candidates)](request, path)
 
     def _holds(self, route: Route, request: Request) -> bool:
-        """Whether every condition of one route holds: `match`'s test, inlined there."""
+        """Whether every condition of one route holds, by its checks: what `match`'s generated code
+        tests, one route at a time (the property test holds them to each other)."""
         i, path = route.index, request.path
         wanted = self._starts[i]
         if wanted is not None and not path.startswith(wanted) and path != self._prefixes[i]:
