@@ -150,6 +150,24 @@ class TlsSocket:
             while sent < len(view):
                 sent += await self._retry(functools.partial(self.tls.send, view[sent:]))
 
+    def close_notify(self) -> None:
+        """Say that we close (a TLS close_notify alert) before the connection's FIN, without waiting
+        for the client's own: a client that reads on then sees a clean end, not a truncation."""
+        try:
+            self.tls.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass  # sent; the client's close_notify is not waited for (RFC 8446 §6.1 allows it)
+        except (ssl.SSLError, OSError, ValueError):
+            pass  # the connection is already broken: nothing to say on it
+
+    def pending(self) -> bytes:
+        """Plain text already readable without waiting, or b"": a request that arrived just as an
+        idle connection was closed."""
+        try:
+            return self.tls.recv(RECEIVE_SIZE)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLError, OSError):
+            return b""
+
     def close(self) -> None:
         """The duplicate descriptor (trio's socket is closed by the front door)."""
         self.tls.close()
@@ -183,6 +201,16 @@ class TlsFrontDoor(FrontDoor):
         self.replies = secured(self.replies, SecureReplies)
         self.certificates = Certificates(settings.tls)  # a reload rereads them (`Certificates.reload`)
 
+    def close_idle(self) -> None:
+        """Close idle keep-alive connections now, each with a close_notify (`_serve_tls`).
+
+        Not by shutting down the socket's reading side as the plain front door does: OpenSSL then
+        reads an end of stream where a record belongs, and the client got a fatal decode_error
+        alert instead of the close. A cancel costs more per connection, but TLS ones are fewer."""
+        for client in self._clients:
+            if client.conversation.idle:
+                client.scope.cancel()
+
     async def _serve(self, stream: trio.SocketStream, client: _Client) -> None:
         tls = TlsSocket(stream.socket, self.certificates.context)
         try:
@@ -210,6 +238,7 @@ class TlsFrontDoor(FrontDoor):
             handshaken = True
             await self._converse(tls, client)
             if conversation.linger:
+                tls.close_notify()
                 await _lingering_close(stream)  # FIN on the socket: the client reads our answer first
             return
         if refused:
@@ -217,10 +246,23 @@ class TlsFrontDoor(FrontDoor):
         if not handshaken:  # the header timeout ran out in the handshake: nothing to say over TLS
             self.stats.tls_handshake_failures["timeout"] += 1
             return
+        rescued = tls.pending() if conversation.idle else b""
+        if rescued:
+            # Closed while idle (keep-alive timeout, or shutdown) just as a request arrived: the
+            # client sent it on a connection not closed yet, so it is owed an answer.
+            client.scope = trio.CancelScope(deadline=conversation.rescue())
+            with client.scope:
+                await self._converse(tls, client, rescued)
+                tls.close_notify()
+                if conversation.linger:
+                    await _lingering_close(stream)
+            return
         last_word = conversation.timed_out()
-        if last_word:
-            with trio.move_on_after(1):
+        with trio.move_on_after(1):
+            if last_word:
                 await tls.send_all(last_word)
+            tls.close_notify()
+            if last_word:
                 await _lingering_close(stream)
 
     async def _refuse_plain_http(self, stream: trio.SocketStream) -> None:
@@ -231,11 +273,12 @@ class TlsFrontDoor(FrontDoor):
         await stream.send_all(Replies.refusal(self.replies, reply))
         await _lingering_close(stream)  # the rest of its head is unread: no reset over our answer
 
-    async def _converse(self, tls: TlsSocket, client: _Client) -> None:
-        """Receive, answer and send until the conversation closes."""
+    async def _converse(self, tls: TlsSocket, client: _Client, data: bytes = b"") -> None:
+        """Receive, answer and send until the conversation closes, starting with `data` if any."""
         scope, conversation = client.scope, client.conversation
         while not conversation.closing:
-            out = conversation.receive(await tls.receive(RECEIVE_SIZE))
+            out = conversation.receive(data or await tls.receive(RECEIVE_SIZE))
+            data = b""
             if scope.deadline != conversation.deadline:
                 scope.deadline = conversation.deadline
             if out:

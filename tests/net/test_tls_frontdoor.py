@@ -373,7 +373,9 @@ async def test_a_stalled_handshake_is_closed_at_the_header_timeout(
 async def test_shutdown_closes_an_idle_tls_connection_at_once(
     nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """At stop, an idle kept-alive TLS connection is closed at once, not after the grace period."""
+    """At stop, an idle kept-alive TLS connection is closed at once, not after the grace period, and
+    cleanly: a close_notify, which trio's SSLStream reads as the end (a truncation or an alert would
+    raise BrokenResourceError)."""
     pems = Pems.issue(ca, tmp_path, "site", "localhost")
     backends = await start_backends(nursery, 0.1)
     tls = TlsSettings(cert=str(pems.cert), key=str(pems.key))
@@ -387,7 +389,26 @@ async def test_shutdown_closes_an_idle_tls_connection_at_once(
         start = trio.current_time()
         dispatcher.stop.set()
     assert trio.current_time() - start < 1.0  # the grace period is 10 s
+    assert await client.receive_some() == b""
     await client.aclose()
+
+
+async def test_the_keepalive_timeout_ends_a_tls_connection_with_close_notify(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An idle TLS connection closed at its keep-alive timeout gets a close_notify before the FIN."""
+    pems = Pems.issue(ca, tmp_path, "site", "localhost")
+    backends = await start_backends(nursery, 0.1)
+    tls = TlsSettings(cert=str(pems.cert), key=str(pems.key))
+    dispatcher = await start_dispatcher(nursery, settings_for(backends, tls=tls, keepalive_timeout=5.0))
+    await wait_all_up(dispatcher)
+    async with await TlsFront(dispatcher, backends, pems).connect() as client:
+        await client.send_all(request_head("/a", "Host: localhost"))
+        [response] = await receive_responses(client, 1)
+        assert response.status == 307
+        start = trio.current_time()
+        assert await client.receive_some() == b""
+        assert trio.current_time() - start == pytest.approx(5.0)
 
 
 def test_a_key_that_does_not_match_is_one_line_and_exit_2(
