@@ -291,6 +291,10 @@ class Pool:
 
     @property
     def usable_count(self) -> int:
+        """Backends that take redirects now: none while the pool is in maintenance, as HAProxy's
+        `nbsrv` counts no server in MAINT (so /readyz and the gauge agree with where requests go)."""
+        if self.maintenance:
+            return 0
         return sum(1 for backend in self.backends if backend.usable)
 
     # --- load reports and the estimate -------------------------------------------------------------

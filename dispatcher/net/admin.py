@@ -305,6 +305,8 @@ class AdminApi:
         if not self.lifecycle.serving:
             return text_reply(503, "starting: the front door is not listening yet", close=False)
         usable = self.pool.usable_count
+        if usable == 0 and any(pool.maintenance for pool in self.pool):
+            return text_reply(503, "no backend takes redirects: in maintenance", close=False)
         if usable == 0:
             return text_reply(503, "no backend is up", close=False)
         return text_reply(200, f"ready: {usable} of {len(self.pool.backends)} backends up", close=False)

@@ -721,7 +721,8 @@ def test_maintenance_sends_every_request_to_the_fallback_until_it_ends(
         (status, location.encode() if location else None, body)
     }
     assert all(b"retry-after" not in answer.headers for answer in answers)
-    assert (pool.fallbacks, pool.backends[0].redirects, pool.usable_count) == (5, 0, 1)
+    assert (pool.fallbacks, pool.backends[0].redirects, pool.usable_count) == (5, 0, 0)
+    assert pool.backends[0].usable  # up all along: only the pool is held
     pool.maintenance = False
     assert router.ask("/w/5").location == WEB + "/w/5"
     assert router.ask("/").location == MAIN + "/"  # the other pools never noticed

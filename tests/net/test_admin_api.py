@@ -29,7 +29,6 @@ from dispatcher.core.pool import FAILURE_REASONS, CheckResult, Pool
 from dispatcher.core.stats import ServerStats
 from dispatcher.expose.render import Metrics
 from dispatcher.net.admin import STEP_BACKENDS, AdminApi, loopback_host
-from dispatcher.net.health import CHECK_GRID
 from dispatcher.protocol.wholemessage import WholeRequest
 from dispatcher.settings import config
 from dispatcher.settings.config import ConfigError
@@ -175,8 +174,9 @@ async def test_backends_lists_load_checks_and_redirects(nursery: trio.Nursery, a
         assert 0 < entry["effective_load"] <= max(0.0, 3 + 4 - drained) / 2 + 1e-6
         assert entry["load_age_seconds"] == 1.5
         assert entry["last_check"]["result"] == "pass"
-        # Until the kernel received the answer, in real time: a loopback answer comes at once.
-        assert 0 <= entry["last_check"]["duration_seconds"] < CHECK_GRID
+        # Until the kernel received the answer, in real time: a loopback answer comes within
+        # milliseconds, not at a virtual-time jump (a second); a busy machine may take one grid step.
+        assert 0 <= entry["last_check"]["duration_seconds"] < 0.5
         wall = datetime.fromisoformat(entry["last_check"]["time"]).timestamp()
         assert abs(wall - (time.time() - 1.5)) < 60  # a UTC wall time, not the trio clock
 
@@ -625,6 +625,19 @@ def test_readyz_follows_the_lifecycle() -> None:
         reply = admin.route(WholeRequest("GET", "/readyz", {}), 0.0)
         seen.append((reply.status, reply.body.decode().split(":")[0].strip()))
     assert seen == [(503, "starting"), (200, "ready"), (503, "shutting down")]
+
+
+def test_readyz_is_503_while_the_only_pool_is_in_maintenance() -> None:
+    """A pool in maintenance takes no redirect though its backend is up: /readyz says 503 and why
+    (as HAProxy's nbsrv counts no server in MAINT), and 200 again once the pool is ready."""
+    admin = _admin_of(Lifecycle(serving=True))
+    [pool] = admin.pool
+    seen = []
+    for maintenance in (True, False):
+        pool.set_maintenance(maintenance)
+        reply = admin.route(WholeRequest("GET", "/readyz", {}), 0.0)
+        seen.append((reply.status, reply.body.decode().strip()))
+    assert seen == [(503, "no backend takes redirects: in maintenance"), (200, "ready: 1 of 1 backends up")]
 
 
 def test_metrics_with_another_method_gets_405_from_route() -> None:

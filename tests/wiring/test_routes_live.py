@@ -368,6 +368,10 @@ async def test_pool_maintenance_on_and_off_through_the_admin_api(
         metrics = await scrape(site)
         assert metrics.value("dispatcher_pool_state", pool="forms", state="maint") == 1.0
         assert metrics.value("dispatcher_pool_state", pool="forms", state="ready") == 0.0
+        # Its backend is healthy but takes no redirect: up, and not usable (HAProxy's nbsrv).
+        assert metrics.value("dispatcher_pool_usable_backends", pool="forms") == 0.0
+        assert metrics.value("dispatcher_backend_up", backend="forms1", pool="forms") == 1.0
+        assert forms["usable"] == 0
 
         assert (await set_pool(site, "forms", "ready")).json()["state"] == "ready"
         back = await client.post("/submit", content=b"x")
