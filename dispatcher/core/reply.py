@@ -56,6 +56,17 @@ _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 
 REDIRECT_START = b"HTTP/1.1 307 Temporary Redirect\r\nlocation: "
 
+# Bytes h11 lets through in a request target (any visible ASCII) that no URI may hold (RFC 3986 §2):
+# a Location repeating them would not be a URI-reference (RFC 9110 §10.2.2). `#` is one too: a request
+# target has no fragment (RFC 9112 §3.2), so a `#` received is data, not a fragment for the client to
+# keep. They are percent-encoded into the Location (RFC 3986 §2.1), as browsers encode them in a path
+# (the WHATWG URL path percent-encode set). `[` and `]`, which browsers send raw in a query, are kept.
+_NOT_IN_URI = b'"#<>\\^`{|}'
+_URI_SAFE = bytes(c for c in range(0x21, 0x7F) if c not in _NOT_IN_URI)
+# A Host field's value: a reg-name, an IPv4 address or an IP literal in brackets, and a port (RFC 9110
+# §7.2, RFC 3986 §3.2.2). Any other byte makes the field invalid: 400 (RFC 9112 §3.2).
+_HOST_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:[]%"
+
 
 class DateHeader:
     """RFC 9110 §6.6.1: an origin with a clock sends Date. Formatted once a second, not per request.
@@ -67,7 +78,7 @@ class DateHeader:
     def __init__(self) -> None:
         self._second = -1
         self._value = b""
-        self._tails = (b"", b"")
+        self._tails: tuple[bytes, ...] = (b"", b"", b"")
 
     def at(self, wall_time: float) -> bytes:
         second = int(wall_time)
@@ -75,22 +86,30 @@ class DateHeader:
             self._second = second
             self._value = formatdate(second, usegmt=True).encode()
             start = b"\r\ncontent-length: 0\r\ndate: " + self._value
-            self._tails = (start + b"\r\n\r\n", start + b"\r\nconnection: close\r\n\r\n")
+            self._tails = (
+                start + b"\r\n\r\n",
+                start + b"\r\nconnection: close\r\n\r\n",
+                start + b"\r\nconnection: keep-alive\r\n\r\n",
+            )
         return self._value
 
-    def tails(self, wall_time: float) -> tuple[bytes, bytes]:
-        """(keep-alive tail, closing tail) of a redirect at this wall time."""
+    def tails(self, wall_time: float) -> tuple[bytes, ...]:
+        """The tails of a redirect at this wall time, by `Connection`: (none, close, keep-alive)."""
         self.at(wall_time)
         return self._tails
 
 
-def serialise(reply: Reply, date: bytes, close: bool, head: bool = False) -> bytes:
-    """Any reply as HTTP/1.1 bytes; HEAD gets the headers without the body (RFC 9110 §9.3.2)."""
+def serialise(reply: Reply, date: bytes, close: bool, head: bool = False, kept_1_0: bool = False) -> bytes:
+    """Any reply as HTTP/1.1 bytes; HEAD gets the headers without the body (RFC 9110 §9.3.2).
+    `kept_1_0`: an HTTP/1.0 client asked to keep the connection, and is told it is kept (RFC 9112
+    §9.3: without `Connection: keep-alive` a 1.0 client closes)."""
     lines = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reply.reason)]
     lines += [name + b": " + value + b"\r\n" for name, value in reply.headers]
     lines.append(b"date: " + date + b"\r\n")
     if close:
         lines.append(b"connection: close\r\n")
+    elif kept_1_0:
+        lines.append(b"connection: keep-alive\r\n")
     lines.append(b"\r\n")
     if not head:
         lines.append(reply.body)
@@ -98,7 +117,8 @@ def serialise(reply: Reply, date: bytes, close: bool, head: bool = False) -> byt
 
 
 def path_and_query(target: bytes) -> bytes | None:
-    """The path and query of an origin-form or absolute-form target; None when it has neither."""
+    """The path and query of an origin-form or absolute-form target, with what no URI may hold
+    percent-encoded; None when it has neither."""
     if target.startswith(b"/"):
         path = target
     else:
@@ -108,8 +128,11 @@ def path_and_query(target: bytes) -> bytes | None:
         cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
         path = rest[cut:]
         path = path if path.startswith(b"/") else b"/" + path
-    if not path.isascii():
-        return None
+    unsafe = path.translate(None, _URI_SAFE)
+    if unsafe:  # rare: one pass deletes every safe byte, so a plain path costs that pass only
+        if unsafe.translate(None, _NOT_IN_URI):
+            return None  # a space, a control or a non-ASCII byte: not a target at all
+        return b"".join(b"%%%02X" % byte if byte in _NOT_IN_URI else bytes((byte,)) for byte in path)
     return path
 
 
@@ -226,19 +249,31 @@ def screen(
         return text_reply(431, "too many header fields"), False
     length = -1
     chunked = False
-    close = version == b"1.0"
+    hosts = 0
+    old = version == b"1.0"
+    close = old
     for _, name, value in field_items(headers):
-        if name == b"content-length":
+        if name == b"host":
+            hosts += 1
+            if value.translate(None, _HOST_SAFE) or hosts > 1:
+                return text_reply(400, "invalid or repeated Host (RFC 9112 3.2)"), False
+        elif name == b"content-length":
             length = int(value)
         elif name == b"transfer-encoding":
             chunked = True
         elif name == b"connection":
-            close = close or b"close" in value.lower()
+            options = value.lower()
+            if b"close" in options:
+                close = True
+            elif old and b"keep-alive" in options:
+                close = False  # an HTTP/1.0 persistent connection (RFC 9112 §9.3, appendix C.2.2)
         elif name == CHECK_HEADER:
             return text_reply(508, "loop detected: a health check reached a dispatcher's front door"), False
     if chunked and length >= 0:
         return text_reply(400, "both Content-Length and Transfer-Encoding: refused (RFC 9112 6.1)"), False
-    return None, close or length > max_discard
+    # A chunked body's size is not known when the 307 goes out (with its head): it may outgrow what we
+    # read and drop, so the 307 says `Connection: close` rather than close without a word mid-body.
+    return None, close or chunked or length > max_discard
 
 
 def not_redirected(method: bytes, target: bytes) -> Reply:

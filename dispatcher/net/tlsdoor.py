@@ -37,7 +37,7 @@ import trio
 
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Pool
-from dispatcher.core.reply import Reply, path_and_query, serialise, text_reply
+from dispatcher.core.reply import Reply, path_and_query, screen, serialise, text_reply
 from dispatcher.core.stats import ServerStats
 from dispatcher.net.certificates import Certificates
 from dispatcher.net.frontdoor import RECEIVE_SIZE, FrontDoor, _Client, _lingering_close
@@ -87,23 +87,37 @@ class HttpsRedirects(Replies):
     def answer(
         self, conn: h11.Connection, request: h11.Request, maybe_large: bool, peer: str = "-"
     ) -> tuple[bytes, bool]:
-        location = self.location(request)
-        if location is None:
-            return self.refusal(text_reply(400, "no usable Host or target to redirect to https")), True
-        close = self.lifecycle.shutting_down or conn.they_are_waiting_for_100_continue
+        head = request.method == b"HEAD"
+        refusal, close = screen(
+            request.http_version, request.target, request.headers, self.settings.max_discard
+        )
+        location = self.location(request) if refusal is None else None
+        if refusal is None and location is None:
+            refusal = text_reply(400, "no usable Host or target to redirect to https")
+        if refusal is not None or location is None:
+            return self._refusal(refusal or text_reply(400, "bad request"), head), True
+        # The same connection rules as the front door's (Connection: close, HTTP/1.0, a large body).
+        close = close or self.lifecycle.shutting_down or conn.they_are_waiting_for_100_continue
         self.stats.responses[308] = self.stats.responses.get(308, 0) + 1
         reply = Reply(308, [(b"location", location), (b"content-length", b"0")])
-        date = self._date.at(time.time())
-        return serialise(reply, date, close, request.method == b"HEAD"), close
+        kept_1_0 = not close and request.http_version == b"1.0"
+        return serialise(reply, self._date.at(time.time()), close, head, kept_1_0), close
 
     def location(self, request: h11.Request) -> bytes | None:
-        host = next((value for name, value in request.headers if name == b"host"), None)
-        target = path_and_query(request.target)
+        """https:// + the request's host + the target. An absolute-form target names the host itself,
+        and its authority is used instead of Host (RFC 9112 §3.2.2: the server MUST ignore Host then)."""
+        target = request.target
+        if target[:1] == b"/":
+            host = next((value for name, value in request.headers if name == b"host"), None)
+        else:
+            _, _, rest = target.partition(b"://")
+            host = re.split(rb"[/?#]", rest, maxsplit=1)[0]
+        path = path_and_query(target)
         match = _HOST.fullmatch(host) if host is not None else None
-        if match is None or target is None:
+        if match is None or path is None:
             return None
         port = b"" if self.port == HTTPS_PORT else b":%d" % self.port
-        return b"https://" + match["name"] + port + target
+        return b"https://" + match["name"] + port + path
 
 
 def secured(replies: Replies, cls: type[R]) -> R:

@@ -65,6 +65,9 @@ from dispatcher.settings.config import Settings
 # h11's own default (16 KiB) for the request head; past it the client gets 431. nginx's
 # large_client_header_buffers is 4 x 8k, HAProxy's tune.bufsize 16k: the same order.
 MAX_HEAD = 16 * 1024
+# The first bytes of an empty line: as ints (a byte of a chunk) and as one-byte strings (a slice).
+_CRLF = (13, 10)
+_CRLF_STARTS = (b"\r", b"\n")
 # How long a request that arrived as its connection was being closed may take to be answered.
 RESCUE_SECONDS = 1.0
 
@@ -116,12 +119,16 @@ class Replies:
         refusal, close = screen(
             request.http_version, request.target, request.headers, self.settings.max_discard
         )
-        if maybe_large and head_size(request.method, request.target, request.headers) > MAX_HEAD:
+        if (
+            refusal is None
+            and maybe_large
+            and head_size(request.method, request.target, request.headers) > MAX_HEAD
+        ):
             refusal = text_reply(431, "request header block too large")
         if refusal is not None:
             if refusal.status == 508:
                 self.stats.loops += 1
-            return self.refusal(refusal), True
+            return self._refusal(refusal, request.method == b"HEAD"), True
         # With Expect: 100-continue the body was not sent: it goes to the backend, and we close.
         close = close or self.lifecycle.shutting_down or conn.they_are_waiting_for_100_continue
         router = self.router
@@ -129,18 +136,25 @@ class Replies:
             reply = reply_for(request.method, request.target, self.pool, self.clock)
         else:
             reply = router.reply(request.method, request.target, request.headers, peer, self.clock())
+        kept_1_0 = not close and request.http_version == b"1.0"
         if type(reply) is bytes:
             self.stats.responses[307] += 1
-            return reply + self._date.tails(time.time())[close], close
+            return reply + self._date.tails(time.time())[2 if kept_1_0 else close], close
         assert isinstance(reply, Reply)
         self.stats.responses[reply.status] = self.stats.responses.get(reply.status, 0) + 1
         close = close or reply.close
-        return serialise(reply, self._date.at(time.time()), close, request.method == b"HEAD"), close
+        date = self._date.at(time.time())
+        return serialise(reply, date, close, request.method == b"HEAD", kept_1_0 and not close), close
 
     def refusal(self, reply: Reply) -> bytes:
-        """An error answer; the connection closes after it."""
+        """An error answer before or instead of a request's head; the connection closes after it."""
+        return self._refusal(reply)
+
+    def _refusal(self, reply: Reply, head: bool = False) -> bytes:
+        """An error answer (without its body to a HEAD); the connection closes after it. Kept apart
+        from `refusal` so that a front door adding to every answer (tlsdoor's HSTS) adds it once."""
         self.stats.responses[reply.status] = self.stats.responses.get(reply.status, 0) + 1
-        return serialise(reply, self._date.at(time.time()), close=True)
+        return serialise(reply, self._date.at(time.time()), close=True, head=head)
 
     def logged(self, request: h11.Request | None, answer: bytes) -> Answered:
         """What the access log says of `answer` (to `request`, if its head was read). The status is
@@ -155,7 +169,7 @@ class Replies:
 
     def _backend_of(self, target: bytes, answer: bytes) -> str | None:
         start = len(REDIRECT_START)
-        path = target if target[:1] == b"/" else path_and_query(target) or b""  # the Location's end
+        path = path_and_query(target) or b""  # the Location's end
         location = answer[start : answer.index(b"\r\n", start)]
         base = location[: len(location) - len(path)]
         name = self._names.get(base)
@@ -242,6 +256,13 @@ class Conversation:
         self.idle = False
         self.started = True
         if conn.their_state is h11.IDLE:
+            if waiting and data and data[0] in _CRLF:
+                # RFC 9112 §2.2: empty lines before a request line are ignored, as some clients
+                # send a CRLF after a POST's body. Only where a head would start.
+                data = data.lstrip(b"\r\n")
+                if not data:
+                    self._await_more(conn)
+                    return bytearray()
             self._head_bytes += len(data)
             if folded(data, not waiting):
                 return self._refuse(bytearray(), _folding_refused())
@@ -254,7 +275,7 @@ class Conversation:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as error:
-                return self._refuse(out, None if self._answered else _protocol_error(error))
+                return self._refuse(out, None if self._answered else _protocol_error(error, conn))
             if event is h11.NEED_DATA:
                 self._await_more(conn)
                 return out
@@ -311,6 +332,8 @@ class Conversation:
         """The request is complete: a fresh h11 connection takes what the client sent after it."""
         leftover, closed = self._conn.trailing_data
         conn = self._conn = _h11()
+        if leftover[:1] in _CRLF_STARTS:  # empty lines before the next request line (RFC 9112 §2.2)
+            leftover = leftover.lstrip(b"\r\n")
         if leftover:
             if folded(leftover, False):  # a pipelined head: scanned before h11 unfolds it
                 self._refuse(out, _folding_refused())
@@ -351,8 +374,24 @@ def _folding_refused() -> Reply:
     return text_reply(400, "obsolete line folding refused")
 
 
-def _protocol_error(error: h11.RemoteProtocolError) -> Reply:
-    """400, 431 or 501, as h11 hints."""
+def _protocol_error(error: h11.RemoteProtocolError, conn: h11.Connection) -> Reply:
+    """400, 414, 431 or 501, as h11 hints: its 431 (a head past MAX_HEAD) is a 414 when the request
+    line alone is that long (RFC 9112 §3: a target longer than the server parses MUST get 414)."""
     status = error.error_status_hint
-    message = "request header block too large" if status == 431 else "malformed request"
-    return text_reply(status, message)
+    if status == 431 and b"\n" not in _buffered(conn)[:MAX_HEAD]:
+        return text_reply(414, "request target too long")
+    if status == 431:
+        return text_reply(431, "request header block too large")
+    if status == 501:  # h11's one 501: a transfer coding other than chunked
+        return text_reply(501, "transfer coding not implemented: only chunked is")
+    return text_reply(status, "malformed request")
+
+
+def _buffered(conn: h11.Connection) -> bytes:
+    """What h11 holds unparsed. Its buffer is private (h11 has no public view of it): read only on
+    the refusal path, and when a later h11 moves it, the answer is its own 431 again."""
+    buffer = getattr(conn, "_receive_buffer", None)
+    try:
+        return bytes(buffer) if buffer is not None else b"\n"
+    except TypeError:
+        return b"\n"

@@ -214,7 +214,7 @@ async def test_double_slash_target_cannot_change_location_host(nursery: trio.Nur
     response = one_response(await front.send(get(target, "Host: f", "Connection: close")))
     location = (response.header(b"location") or b"").decode()
     backend = front.backends[0]
-    assert location == backend.url + target
+    assert location == backend.url + target.replace("\\", "%5C")  # no URI holds a raw backslash
     assert urlsplit(location).netloc == f"127.0.0.1:{backend.port}"
     assert (httpx.URL(location).host, httpx.URL(location).port) == ("127.0.0.1", backend.port)
 
@@ -245,16 +245,11 @@ async def test_expect_100_continue_gets_307_without_sending_body(nursery: trio.N
     assert response.header(b"location") == f"{front.backends[0].url}/up".encode()
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-async def test_small_body_discarded_and_connection_reused(nursery: trio.Nursery, chunked: bool) -> None:
+async def test_small_body_discarded_and_connection_reused(nursery: trio.Nursery) -> None:
     """A body below the discard limit is read and dropped; the next request on that connection works."""
     front = await start_front(nursery)
     body = b"x" * (MAX_DISCARD - 1)
-    if chunked:
-        post = get("/up", "Host: f", "Transfer-Encoding: chunked", method="POST")
-        post += b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
-    else:
-        post = get("/up", "Host: f", f"Content-Length: {len(body)}", method="POST") + body
+    post = get("/up", "Host: f", f"Content-Length: {len(body)}", method="POST") + body
     async with await front.connect() as stream:
         await stream.send_all(post)
         [first] = await receive_responses(stream, 1)
@@ -262,6 +257,20 @@ async def test_small_body_discarded_and_connection_reused(nursery: trio.Nursery,
         [second] = await receive_responses(stream, 1)
     assert (first.status, first.closes) == (307, False)
     assert second.header(b"location") == f"{front.backends[0].url}/next".encode()
+
+
+async def test_a_chunked_body_gets_307_with_close_and_is_drained(nursery: trio.Nursery) -> None:
+    """A chunked body's length is unknown when the 307 goes out: it says close, the body sent is
+    drained (a lingering close, no reset over the 307), then a clean FIN."""
+    front = await start_front(nursery)
+    body = b"x" * (4 * MAX_DISCARD)
+    post = get("/up", "Host: f", "Transfer-Encoding: chunked", method="POST")
+    post += b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    async with await front.connect() as stream:
+        await stream.send_all(post)
+        received = await read_until_close(stream)
+    response = one_response(received)
+    assert (response.status, response.closes) == (307, True)
 
 
 async def test_large_body_gets_307_with_close_then_clean_close(nursery: trio.Nursery) -> None:

@@ -30,6 +30,7 @@ from tests.helpers import (
     Dispatcher,
     TestBackend,
     dispatcher_command,
+    parse_responses,
     poll_admin,
     read_until_close,
     receive_responses,
@@ -225,6 +226,55 @@ async def test_hsts_is_sent_on_a_refusal_too(nursery: trio.Nursery, ca: trustme.
             received += chunk
     assert received.startswith(b"HTTP/1.1 400 ")
     assert b"strict-transport-security: max-age=60\r\n" in received
+
+
+async def test_hsts_is_sent_once_on_a_refusal_of_a_read_head(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """A head refused once read (505, 508, 414) carries Strict-Transport-Security once, not twice."""
+    front = await start_tls(nursery, Pems.issue(ca, tmp_path, "site", "localhost"), hsts=60.0)
+    heads = [
+        b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Dispatcher-Check: 1\r\n\r\n",
+        b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    ]
+    for head in heads:
+        async with await front.connect() as tls:
+            await tls.send_all(head)
+            [response] = await receive_responses(tls, 1)
+        assert response.status in (505, 508, 414)
+        assert response.header(b"strict-transport-security") == b"max-age=60"  # fails if sent twice
+
+
+async def test_the_redirect_listener_keeps_the_connection_rules_and_the_absolute_form_host(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """The 308 listener closes after `Connection: close` and HTTP/1.0, keeps a 1.0 keep-alive, takes
+    an absolute-form target's host over Host (RFC 9112 §3.2.2), and answers HEAD without a body."""
+    plain = unused_port()
+    redirect = config.Address("127.0.0.1", plain)
+    front = await start_tls(nursery, Pems.issue(ca, tmp_path, "site", "localhost"), redirect_listen=redirect)
+    https = front.dispatcher.port
+    cases = [
+        (b"GET /a HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", b"close"),
+        (b"GET /a HTTP/1.0\r\nHost: localhost\r\n\r\n", b"close"),
+        (b"GET /a HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n", b"keep-alive"),
+        (b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n", None),
+    ]
+    for head, connection in cases:
+        async with await trio.open_tcp_stream("127.0.0.1", plain) as tcp:
+            await tcp.send_all(head)
+            [response] = await receive_responses(tcp, 1)
+        assert (response.status, response.header(b"connection")) == (308, connection)
+        assert response.header(b"location") == f"https://localhost:{https}/a".encode()
+    async with await trio.open_tcp_stream("127.0.0.1", plain) as tcp:
+        await tcp.send_all(b"HEAD http://example.test/b?c HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await tcp.send_all(b"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n")
+        answer = await read_until_close(tcp)
+    [moved, refused], rest = parse_responses(answer, bodyless=True)
+    assert (moved.status, moved.header(b"location")) == (308, f"https://example.test:{https}/b?c".encode())
+    assert (refused.status, refused.closes) == (400, True)
+    assert rest.startswith(b"invalid or repeated Host")  # the 400's body, read as bodyless here
 
 
 async def test_the_access_log_names_the_backend_of_a_307_over_tls_with_hsts(
