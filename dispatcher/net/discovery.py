@@ -196,16 +196,30 @@ async def _srv(resolver: dns.asyncresolver.Resolver, service: ServiceSpec, timeo
 
 
 async def _addresses(resolver: dns.asyncresolver.Resolver, service: ServiceSpec, timeout: float) -> Answer:
-    """Every A and AAAA record; either kind may have none (NODATA), both none is EMPTY."""
+    """Every A and AAAA record; either kind may have none (NODATA), both none is EMPTY.
+
+    A server that fails one kind only (REFUSED or SERVFAIL for AAAA, as some resolvers and
+    appliances answer on an IPv4-only network) does not cost the other kind's members: the answer
+    is the kind that came (as getaddrinfo returns the A records when AAAA fails). Both failing, or
+    NXDOMAIN (the name does not exist for either), is the failure."""
     addresses: list[str] = []
     ttls: list[float] = []
+    failure: dns.exception.DNSException | None = None
     for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-        answer = await resolver.resolve(
-            _absolute(service), rdtype, lifetime=timeout, raise_on_no_answer=False
-        )
+        try:
+            answer = await resolver.resolve(
+                _absolute(service), rdtype, lifetime=timeout, raise_on_no_answer=False
+            )
+        except dns.resolver.NXDOMAIN:
+            raise
+        except dns.exception.DNSException as error:
+            failure = failure or error
+            continue
         if answer.rrset is not None:
             addresses.extend(rdata.address for rdata in answer)
             ttls.append(answer.rrset.ttl)
+    if failure is not None and not addresses:
+        raise failure
     if not addresses:
         return Answer(EMPTY, detail=f"{service.query} has no A or AAAA record")
     return address_answer(service, addresses, min(ttls))

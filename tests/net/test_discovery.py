@@ -22,6 +22,10 @@ from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
 import httpx
 import pytest
 import trio
@@ -275,6 +279,36 @@ async def test_a_long_ttl_is_asked_again_at_the_interval(dnsmasq: Dnsmasq) -> No
 
 def discovery_lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "dispatcher.discovery" and r.levelno == level]
+
+
+async def refusing_aaaa(*, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """A DNS server on loopback UDP that answers `web.test` A with 10.0.0.1 and refuses every AAAA
+    query (REFUSED), as some resolvers do on IPv4-only networks. dnsmasq cannot be made to."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    with sock:
+        await sock.bind(("127.0.0.1", 0))
+        task_status.started(sock.getsockname()[1])
+        while True:
+            data, client = await sock.recvfrom(4096)
+            query = dns.message.from_wire(data)
+            reply = dns.message.make_response(query)
+            question = query.question[0]
+            if question.rdtype == dns.rdatatype.AAAA:
+                reply.set_rcode(dns.rcode.REFUSED)
+            else:
+                reply.answer.append(dns.rrset.from_text(question.name, 30, "IN", "A", "10.0.0.1"))
+            await sock.sendto(reply.to_wire(), client)
+
+
+async def test_aaaa_refused_keeps_the_a_records(nursery: trio.Nursery) -> None:
+    """A server that answers A and refuses AAAA: the A records are the members, not a failure."""
+    port = await nursery.start(refusing_aaaa)
+    dns_settings = {"resolver": f"127.0.0.1:{port}", "interval": 1.0, "timeout": 1.0}
+    settings = apply(Settings(), {"backends": ["dns://web.test:80"], "dns": dns_settings})
+    discovery = Discovery(settings, lambda specs: None)
+    [membership] = discovery.memberships.values()
+    answer = await discovery.resolve(membership.service)
+    assert (answer.outcome, [member.name for member in answer.members]) == (OK, ["10.0.0.1:80"])
 
 
 async def test_a_resolver_that_stops_answering_keeps_the_members_counted_and_logged_once(
