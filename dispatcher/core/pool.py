@@ -402,9 +402,11 @@ class Pool:
         backend.source = "poll"
 
     def stream_opened(self, backend: Backend) -> None:
-        """A load stream of the backend's gave its first event: its load arrives as it changes."""
+        """A load stream of the backend's gave its first event: its load arrives as it changes. That
+        event is the check's answer (`record_check`), and one of the stream's events all the same."""
         backend.source = "stream"
         backend.stream_connections += 1
+        backend.stream_events += 1
 
     def set_counts(self, backend: Backend, since: int, redirects: int) -> None:
         """Counters summed from elsewhere: the workers' (in the master), or a predecessor's (in a worker

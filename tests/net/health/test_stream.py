@@ -336,7 +336,7 @@ async def test_each_event_is_a_report_applied_as_it_arrives(
     await backend.send(b'data: {"load": 7}\n\n')
     await wait_for(pool, lambda: state.load == 7.0)
     assert state.report is not None and state.report.at == sent
-    assert (state.stream_events, state.checks_passed) == (1, 1)
+    assert (state.stream_events, state.checks_passed) == (2, 1)  # the opening event counts too
 
 
 async def test_heartbeats_keep_a_quiet_stream_up_and_each_interval_passes(
@@ -497,12 +497,12 @@ async def test_metrics_and_the_admin_api_say_how_the_load_arrives(nursery: trio.
     with trio.fail_after(10):
         await wait_for_state(dispatcher.pool, "s1", "up")
         await backend.send(b"data: 2\n\n")
-        await wait_for(dispatcher.pool, lambda: state.stream_events == 1)
+        await wait_for(dispatcher.pool, lambda: state.stream_events == 2)  # the opening one, then this
     text = (await admin_get(dispatcher, "/metrics")).text
     assert metric(text, 'dispatcher_backend_load_source{backend="s1",pool="default",source="stream"}') == 1.0
     assert metric(text, 'dispatcher_backend_load_source{backend="s1",pool="default",source="poll"}') == 0.0
     assert metric(text, 'dispatcher_load_stream_connections_total{backend="s1",pool="default"}') == 1.0
-    assert metric(text, 'dispatcher_load_stream_events_total{backend="s1",pool="default"}') == 1.0
+    assert metric(text, 'dispatcher_load_stream_events_total{backend="s1",pool="default"}') == 2.0
     assert metric(text, 'dispatcher_backend_drain_rate{backend="s1",pool="default"}') == pytest.approx(
         state.rate
     )
