@@ -91,12 +91,15 @@ def weight(key: str, value: object) -> float:
 
 # Durations as nginx writes them (`10s`, `500ms`, `1m`, `1h`: "Measurement units" in its docs), one
 # number and one unit; a bare number is seconds, as every duration here was before units existed.
-_DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+) *(?P<unit>ms|s|m|h)?")
+# A minus sign is read too, as TOML reads `-1`: `-1s` is a duration out of range, which the range
+# check says, not one that cannot be read.
+_DURATION = re.compile(r"(?P<sign>-)?(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+) *(?P<unit>ms|s|m|h)?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def parse_duration(key: str, value: object) -> float:
-    """Seconds, from a number of seconds or a string with a unit: `2s`, `500ms`, `1.5s`, `1m`, `1h`."""
+    """Seconds, from a number of seconds or a string with a unit: `2s`, `500ms`, `1.5s`, `1m`, `1h`.
+    Not range-checked (`-1s` is -1.0): that is `positive_duration`'s and `non_negative_duration`'s."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
@@ -104,7 +107,8 @@ def parse_duration(key: str, value: object) -> float:
         raise ConfigError(
             key, value, "expected a duration: seconds, or a number with ms, s, m or h (2s, 500ms)"
         )
-    return float(match["number"]) * _UNIT_SECONDS[match["unit"]]
+    seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"]]
+    return -seconds if match["sign"] else seconds
 
 
 def positive_duration(key: str, value: object) -> float:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any, NoReturn
@@ -41,6 +42,32 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """One line, not argparse's usage block: scripts and humans both read the last line."""
         self.exit(EXIT_USAGE, f"dispatcher: {message} (see dispatcher --help)\n")
+
+    # Any: argparse's own overloads give back the namespace passed in, whatever its type.
+    def parse_known_args(
+        self, args: Iterable[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        """The words of the command line, a negative value joined to its flag (`_negative_values_joined`)."""
+        words = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(_negative_values_joined(words), namespace)
+
+
+# A word that starts with a minus and a digit (`-1s`, `-500ms`, `-.5`): no flag is spelt so.
+_NEGATIVE = re.compile(r"-\.?[0-9]")
+
+
+def _negative_values_joined(words: Iterable[str]) -> list[str]:
+    """`--header-timeout -1s` as `--header-timeout=-1s`. argparse takes a word that starts with '-' for
+    a flag unless it is a bare negative number, and would say "expected one argument" of a flag that
+    was given one; joined, the value reaches its setting's check, which says what is wrong with it."""
+    joined: list[str] = []
+    for word in words:
+        previous = joined[-1] if joined else ""
+        if _NEGATIVE.match(word) and previous.startswith("--") and previous != "--" and "=" not in previous:
+            joined[-1] = f"{previous}={word}"
+        else:
+            joined.append(word)
+    return joined
 
 
 EPILOG = """\

@@ -45,12 +45,41 @@ def test_durations_read_units_and_bare_numbers_are_seconds(text: object, seconds
     assert parse_duration("k", text) == seconds
 
 
-@pytest.mark.parametrize("text", ["2 parsecs", "1.5.5s", "s", "", "-1s", "1s500ms", "inf", True, None])
+@pytest.mark.parametrize(
+    "text", ["2 parsecs", "1.5.5s", "s", "", "--1s", "- 1s", "1s500ms", "inf", True, None]
+)
 def test_a_duration_that_is_not_one_names_its_key(text: object) -> None:
     """Anything else is a ConfigError naming the key."""
     with pytest.raises(ConfigError) as caught:
         parse_duration("health.interval", text)
     assert caught.value.key == "health.interval"
+
+
+def test_a_negative_duration_is_read_as_the_number_is() -> None:
+    """`"-1s"` reads as -1.0, as TOML's `-1` does: out of range, not unreadable, for the range check."""
+    assert parse_duration("k", "-1s") == parse_duration("k", -1) == -1.0
+    assert parse_duration("k", "-500ms") == -0.5
+
+
+@pytest.mark.parametrize(("table", "key", "flag", "read"), DURATIONS, ids=IDS)
+@pytest.mark.parametrize("form", ["word", "equals", "toml"])
+def test_a_negative_duration_is_out_of_range_naming_its_flag_or_key(
+    table: str | None, key: str, flag: str, read: Callable[[Settings], float], form: str
+) -> None:
+    """`--header-timeout -1s` (two words, or `=-1s`) and `header_timeout = "-1s"`: the range the setting
+    takes, as for `0s`, not argparse's "expected one argument" nor "expected a duration"."""
+    if form == "toml":
+        line = f'{key} = "-1s"'
+        with pytest.raises(ConfigError) as caught:
+            apply(Settings(), parse_toml(f"[{table}]\n{line}\n" if table else f"{line}\n"))
+        name = f"{table}.{key}" if table else key
+    else:
+        words = [flag, "-1s"] if form == "word" else [f"{flag}=-1s"]
+        with pytest.raises(ConfigError) as caught:
+            load_settings(build_parser().parse_args([*words, "--backend=http://127.0.0.1:1"]))
+        name = flag
+    least = "of at least 0" if key == "slow_start" else "greater than 0"
+    assert str(caught.value) == f"{name} = '-1s': must be a duration {least}"
 
 
 @pytest.mark.parametrize(("table", "key", "flag", "read"), DURATIONS, ids=IDS)

@@ -72,6 +72,24 @@ async def test_a_toml_syntax_error_names_the_file_and_where(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
+    ("words", "line"),
+    [
+        (["--header-timeout", "-1s"], "--header-timeout = '-1s': must be a duration greater than 0"),
+        (["--slow-start", "-500ms"], "--slow-start = '-500ms': must be a duration of at least 0"),
+        (["--listen", "-1"], "--listen = '-1': expected HOST:PORT"),
+    ],
+    ids=["duration", "duration-or-off", "address"],
+)
+async def test_a_negative_value_as_its_own_word_is_checked_as_the_flags_value(
+    words: list[str], line: str
+) -> None:
+    """`--header-timeout -1s`: exit 2 and the line a bad value gets, naming the flag, not argparse's
+    "expected one argument" (it takes `-1s` for a flag of its own)."""
+    status, stderr = await run_dispatcher(*words, "--backend=http://127.0.0.1:1")
+    assert (status, stderr) == (2, f"dispatcher: {line}\n")
+
+
+@pytest.mark.parametrize(
     ("args", "listen"),
     [
         (["--demo"], Address("127.0.0.1", 8080)),
