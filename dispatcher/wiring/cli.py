@@ -253,13 +253,10 @@ def _flag_value(declared: Declared, raw: object) -> object:
 def load_settings(args: argparse.Namespace) -> Settings:
     """The defaults (the demo's listen on loopback), then the config file (if any), then the flags."""
     settings = Settings(listen=config.parse_address("listen", DEMO_LISTEN)) if args.demo else Settings()
-    if args.config:
-        try:
-            with open(args.config, encoding="utf-8") as file:
-                text = file.read()
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError("--config", args.config, f"cannot read: {error}") from None
-        settings = config.apply(settings, config.parse_toml(text, args.config))
+    given = _config_file(args)
+    if given is not None:
+        flag, path = given
+        settings = config.apply(settings, config.parse_toml(_read_config(flag, path), path))
     if args.admin_token is None and os.environ.get(TOKEN_ENV):
         args.admin_token = os.environ[TOKEN_ENV]
     settings = _flag_settings(settings, args)
@@ -272,6 +269,28 @@ def load_settings(args: argparse.Namespace) -> Settings:
     if settings.geoip_db is not None:
         geoip.CountryDatabase.open(settings.geoip_db).close()  # a file that is no MaxMind DB, by name
     return _with_pages(settings)
+
+
+def _config_file(args: argparse.Namespace) -> tuple[str, str] | None:
+    """The config file to read and the flag that named it: --check-config FILE checks FILE, not a
+    --config given beside it. An empty path is a path that cannot be read, not no file (an empty
+    variable in a unit file must not check, or start on, the defaults)."""
+    if args.check_config is not None:
+        return "--check-config", args.check_config
+    return None if args.config is None else ("--config", args.config)
+
+
+def _read_config(flag: str, path: str) -> str:
+    """The file's text; one that cannot be read is a ConfigError naming the flag that gave it."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except OSError as error:
+        raise ConfigError(flag, path, f"cannot read: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            flag, path, f"not UTF-8 text, as TOML is: {error.reason} at byte {error.start}"
+        ) from None
 
 
 # A fallback page is held in memory and sent whole: a maintenance page, not a site.
@@ -305,7 +324,6 @@ def _read_page(key: str, fallback: Fallback) -> Fallback:
 
 def check_config(args: argparse.Namespace) -> int:
     """--check-config FILE: the file (and the flags) validated as a start would, nothing started."""
-    args.config = args.check_config
     try:
         settings = load_settings(args)
     except ConfigError as error:

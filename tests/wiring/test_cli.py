@@ -71,6 +71,40 @@ async def test_a_toml_syntax_error_names_the_file_and_where(tmp_path: Path) -> N
     )
 
 
+@pytest.mark.parametrize("flag", ["--check-config", "--config"])
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("missing.toml", "cannot read: No such file or directory"),
+        (".", "cannot read: Is a directory"),
+        ("", "cannot read: No such file or directory"),
+        ("latin1.toml", "not UTF-8 text, as TOML is: invalid continuation byte at byte 10"),
+    ],
+    ids=["missing", "directory", "empty-path", "not-utf-8"],
+)
+async def test_a_config_file_that_cannot_be_read_names_the_flag_that_gave_it(
+    tmp_path: Path, flag: str, name: str, reason: str
+) -> None:
+    """--check-config FILE, as --config FILE: exit 2 and one line naming the flag given (not --config
+    for --check-config) and the path; an empty path is refused too, not taken for no file."""
+    (tmp_path / "latin1.toml").write_bytes(b'listen = "\xe9"\n')
+    path = str(tmp_path / name) if name else ""
+    status, stderr = await run_dispatcher(f"{flag}={path}", "--backend=http://127.0.0.1:1")
+    assert (status, stderr) == (2, f"dispatcher: {flag} = {path!r}: {reason}\n")
+
+
+@pytest.mark.parametrize("flag", ["--check-config", "--config"])
+async def test_a_bad_value_in_a_checked_file_is_named_by_its_key_as_at_start(
+    tmp_path: Path, flag: str
+) -> None:
+    """A file with `[health] interval = "-1s"`: the same line whether checked or started, naming the
+    file's key, never the flag that gave the file."""
+    path = tmp_path / "bad.toml"
+    path.write_text('[health]\ninterval = "-1s"\n')
+    status, stderr = await run_dispatcher(f"{flag}={path}", "--backend=http://127.0.0.1:1")
+    assert (status, stderr) == (2, "dispatcher: health.interval = '-1s': must be a duration greater than 0\n")
+
+
 @pytest.mark.parametrize(
     ("words", "line"),
     [
