@@ -822,6 +822,7 @@ def is_loopback(host: str) -> bool:
 
 def check(settings: Settings) -> Settings:
     """Rules across settings, once all of the file and the flags are in: a ConfigError if one fails."""
+    _check_listeners(settings)
     if not (is_loopback(settings.admin_listen.host) or settings.admin_token or settings.admin_insecure):
         raise ConfigError(
             "admin_listen",
@@ -837,6 +838,44 @@ def check(settings: Settings) -> Settings:
             if getattr(settings, hashing) != default:
                 raise ConfigError(hashing, str(getattr(settings, hashing)), 'only policy = "hash" reads it')
     return settings
+
+
+def _check_listeners(settings: Settings) -> None:
+    """No two listeners on one address. The second bind would fail with "address already in use" once
+    the first had started; with --reuse-port on both, the kernel would deal one listener's connections
+    to the other. Port 0 asks the system for a free port, a different one each time (tests)."""
+    listeners = [("listen", settings.listen), ("admin_listen", settings.admin_listen)]
+    if settings.tls.redirect_listen is not None:
+        listeners.append(("tls.redirect_listen", settings.tls.redirect_listen))
+    for i, (key, address) in enumerate(listeners):
+        for earlier, other in listeners[:i]:
+            reason = _shared(address, earlier, other)
+            if reason is not None:
+                raise ConfigError(key, str(address), f"{reason}: two listeners cannot share an address")
+
+
+def _shared(address: Address, key: str, other: Address) -> str | None:
+    """Why `address` is one that `other` (the listener `key`) already takes, or None if it is not:
+    the same host and port, or the same port under the wildcard of its family (`0.0.0.0`, `::`)."""
+    if address.port == 0 or address.port != other.port:
+        return None
+    ours, theirs = _listen_host(address.host), _listen_host(other.host)
+    if ours == theirs:
+        return f"the same address as {key}"
+    for wildcard, host in ((theirs, ours), (ours, theirs)):
+        if not isinstance(wildcard, str) and wildcard.is_unspecified and isinstance(host, type(wildcard)):
+            every = f"{wildcard} takes port {address.port} on every IPv{wildcard.version} address"
+            return f"overlaps {key} ({other}): {every}"
+    return None
+
+
+def _listen_host(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | str:
+    """A listen host compared as the address it is (`::1` is `0:0::1`), or as a name in lower case (not
+    resolved: no I/O)."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower()
 
 
 def _check_pools(settings: Settings) -> None:

@@ -7,6 +7,7 @@ from dispatcher.settings.config import (
     ConfigError,
     Settings,
     apply,
+    check,
     parse_address,
     parse_backend,
     parse_toml,
@@ -110,3 +111,66 @@ def test_a_toml_syntax_error_names_the_file_line_and_column(text: str, place: st
         parse_toml(text, "/etc/d.toml")
     assert str(caught.value).startswith(place)
     assert "\n" not in str(caught.value)
+
+
+# A TLS certificate beside every case, so that tls.redirect_listen is allowed (check reads no file).
+TLS = '[tls]\ncert = "c.pem"\nkey = "k.pem"\n'
+
+
+def listeners(listen: str, admin: str, redirect: str | None = None) -> Settings:
+    """Settings with these listeners, as the file gives them."""
+    text = f'listen = "{listen}"\nadmin_listen = "{admin}"\n{TLS}'
+    return apply(Settings(), parse_toml(text + (f'redirect_listen = "{redirect}"\n' if redirect else "")))
+
+
+@pytest.mark.parametrize(
+    ("given", "line"),
+    [
+        (
+            ("127.0.0.1:8500", "127.0.0.1:8500"),
+            "admin_listen = '127.0.0.1:8500': the same address as listen",
+        ),
+        (("[::1]:8500", "[0:0::1]:8500"), "admin_listen = '[0:0::1]:8500': the same address as listen"),
+        (
+            ("0.0.0.0:8500", "127.0.0.1:8500"),
+            "admin_listen = '127.0.0.1:8500': overlaps listen (0.0.0.0:8500): 0.0.0.0 takes port 8500 on "
+            "every IPv4 address",
+        ),
+        (
+            ("127.0.0.1:8500", "127.0.0.1:8501", "127.0.0.1:8500"),
+            "tls.redirect_listen = '127.0.0.1:8500': the same address as listen",
+        ),
+        (
+            ("127.0.0.1:8500", "127.0.0.1:8501", "127.0.0.1:8501"),
+            "tls.redirect_listen = '127.0.0.1:8501': the same address as admin_listen",
+        ),
+        (
+            ("127.0.0.1:8500", "127.0.0.1:8501", "[::]:8501"),
+            None,  # :: is IPv6 alone: trio's listeners set IPV6_V6ONLY
+        ),
+        (("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"), None),  # port 0: a free port each
+        (("0.0.0.0:8080", "127.0.0.1:8081", "0.0.0.0:80"), None),
+    ],
+    ids=[
+        "listen-admin",
+        "same-v6-written-two-ways",
+        "under-the-wildcard",
+        "redirect-listen",
+        "redirect-admin",
+        "v6-wildcard-v4-address",
+        "port-0",
+        "apart",
+    ],
+)
+def test_two_listeners_on_one_address_are_refused_naming_the_second(
+    given: tuple[str, ...], line: str | None
+) -> None:
+    """listen, admin_listen and tls.redirect_listen on one address: a ConfigError naming the later one
+    and the one it clashes with, before anything binds (no "address already in use" mid-start)."""
+    settings = listeners(*given)
+    if line is None:
+        assert check(settings) is settings
+        return
+    with pytest.raises(ConfigError) as caught:
+        check(settings)
+    assert str(caught.value) == f"{line}: two listeners cannot share an address"

@@ -60,6 +60,24 @@ async def test_a_port_in_use_names_the_listener_and_its_address(
     assert (status, stderr) == (1, f"dispatcher: {listener} {address}: address already in use\n")
 
 
+@pytest.mark.parametrize("redirect", [False, True], ids=["admin-listen", "tls-redirect-listen"])
+async def test_two_listeners_on_one_address_are_refused_before_binding(
+    tmp_path: Path, redirect: bool
+) -> None:
+    """--listen and --admin-listen (or --tls-redirect-listen) on one address: exit 2 and one line saying
+    so, not exit 1 and "address already in use" from the second bind."""
+    address = f"127.0.0.1:{unused_port()}"
+    flags = [f"--listen={address}", f"--admin-listen=127.0.0.1:{unused_port()}"]
+    if redirect:
+        flags += [f"--tls-redirect-listen={address}", "--tls-cert=c.pem", "--tls-key=k.pem"]
+        line = f"tls.redirect_listen = '{address}': the same address as listen"
+    else:
+        flags[1] = f"--admin-listen={address}"
+        line = f"admin_listen = '{address}': the same address as listen"
+    status, stderr = await run_dispatcher(*flags, "--backend=http://127.0.0.1:1")
+    assert (status, stderr) == (2, f"dispatcher: {line}: two listeners cannot share an address\n")
+
+
 async def test_a_toml_syntax_error_names_the_file_and_where(tmp_path: Path) -> None:
     """A config file that is not TOML: exit status 2 and one line, `path:line:column: not valid TOML`."""
     path = tmp_path / "dispatcher.toml"
