@@ -126,8 +126,9 @@ def non_negative_duration(key: str, value: object) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """A duration as it could be written in the config: `1s`, `0.5s`, `120s`."""
-    return f"{seconds:g}s"
+    """A duration as it could be written in the config: `1s`, `0.5s`, `120s`, `31536000s`. Fifteen
+    digits, not `:g`'s six: a year of HSTS is not `3.1536e+07s`, which no duration here reads."""
+    return f"{seconds:.15g}s"
 
 
 def count(key: str, value: object) -> int:

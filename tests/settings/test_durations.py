@@ -10,7 +10,14 @@ from dataclasses import replace
 import pytest
 import trio
 
-from dispatcher.settings.config import ConfigError, Settings, apply, parse_duration, parse_toml
+from dispatcher.settings.config import (
+    ConfigError,
+    Settings,
+    apply,
+    format_duration,
+    parse_duration,
+    parse_toml,
+)
 from dispatcher.wiring.cli import build_parser, load_settings
 from tests.helpers import health, settings_for, start_backends, start_dispatcher
 
@@ -53,6 +60,16 @@ def test_a_duration_that_is_not_one_names_its_key(text: object) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_duration("health.interval", text)
     assert caught.value.key == "health.interval"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(10.0, "10s"), (0.5, "0.5s"), (0.1 + 0.2, "0.3s"), (90.0, "90s"), (365 * 86400.0, "31536000s")],
+)
+def test_a_duration_is_written_as_the_config_could_write_it(seconds: float, text: str) -> None:
+    """Seconds with a unit, in plain digits however long (a year of HSTS), and read back the same."""
+    assert format_duration(seconds) == text
+    assert parse_duration("k", text) == pytest.approx(seconds)
 
 
 def test_a_negative_duration_is_read_as_the_number_is() -> None:
