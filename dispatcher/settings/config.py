@@ -901,12 +901,26 @@ def _check_pools(settings: Settings) -> None:
             raise ConfigError(key, url, "dns:// backends are for the default pool for now")
 
 
+# What turns TLS on, as an operator gives it: what to add when a TLS setting is set without it.
+_CERTIFICATE_NEEDED = "give a certificate, tls.cert (--tls-cert) or tls.certificates (--tls-certificate)"
+
+
 def _check_tls(settings: Settings) -> None:
-    """A certificate needs its key."""
+    """A certificate needs its key; the 308 listener and HSTS need a certificate. Without one the front
+    door is plain HTTP: a 308 to https would send clients to a port that does not speak it, and HSTS,
+    sent over TLS alone (RFC 6797 §7.2), would never be sent. Either would start and do nothing."""
     tls = settings.tls
     if (tls.cert is None) != (tls.key is None):
         given, missing = ("tls.cert", "tls.key") if tls.key is None else ("tls.key", "tls.cert")
         raise ConfigError(missing, None, f"missing: {given} needs it")
+    if tls.enabled:
+        return
+    if tls.redirect_listen is not None:
+        reason = f"redirects to the front door over TLS, which is off: {_CERTIFICATE_NEEDED}"
+        raise ConfigError("tls.redirect_listen", str(tls.redirect_listen), reason)
+    if tls.hsts:
+        reason = f"is sent over TLS only, which is off: {_CERTIFICATE_NEEDED}"
+        raise ConfigError("tls.hsts", format_duration(tls.hsts), reason)
 
 
 def warnings(settings: Settings) -> list[str]:

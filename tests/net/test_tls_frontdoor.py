@@ -7,6 +7,7 @@ SNI server name and read the certificate it got); timeouts in virtual time (`aut
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import ssl
 import subprocess
@@ -25,7 +26,7 @@ import trustme
 from dispatcher.net.certificates import server_context
 from dispatcher.settings import config
 from dispatcher.settings.config import ConfigError, SniCertificate, TlsSettings
-from dispatcher.wiring.cli import main
+from dispatcher.wiring.cli import build_parser, load_settings, main
 from tests.helpers import (
     Dispatcher,
     TestBackend,
@@ -491,6 +492,51 @@ def test_a_certificate_that_cannot_be_used_names_its_key(
         server_context(settings.tls)
     assert error.value.key == key
     assert error.value.reason.startswith(reason)
+
+
+NO_CERTIFICATE = (
+    "which is off: give a certificate, tls.cert (--tls-cert) or tls.certificates (--tls-certificate)"
+)
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (
+            ["--tls-redirect-listen", "127.0.0.1:9"],
+            f"tls.redirect_listen = '127.0.0.1:9': redirects to the front door over TLS, {NO_CERTIFICATE}",
+        ),
+        (["--tls-hsts", "8760h"], f"tls.hsts = '31536000s': is sent over TLS only, {NO_CERTIFICATE}"),
+    ],
+    ids=["redirect-listen", "hsts"],
+)
+def test_tls_settings_without_a_certificate_are_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], flags: list[str], line: str
+) -> None:
+    """The 308 listener or HSTS with no certificate would start and do nothing (the front door is plain
+    HTTP): refused in one line naming the key, exit status 2, by the check a start makes (run here as
+    --check-config, which starts nothing even where the check is missing)."""
+    assert main(["--check-config", os.devnull, "--backend", "http://127.0.0.1:9", *flags]) == 2
+    assert capsys.readouterr().err == f"dispatcher: {line}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(build_parser().parse_args(["--backend", "http://127.0.0.1:9", *flags]))
+    assert str(caught.value) == line
+
+
+@pytest.mark.parametrize(
+    "tls",
+    [
+        {"redirect_listen": "127.0.0.1:9", "hsts": "1h"},
+        {"hsts": "1h", "certificates": [{"cert": "a.pem", "key": "a.key", "names": ["a.test"]}]},
+        {"hsts": 0},
+    ],
+    ids=["tls-cert", "tls-certificates", "hsts-off"],
+)
+def test_tls_settings_with_a_certificate_or_off_pass_the_check(tls: dict[str, Any]) -> None:
+    """Either kind of certificate turns TLS on for them; `hsts = 0` is off and needs none."""
+    given = {"cert": "c.pem", "key": "k.pem", **tls} if "redirect_listen" in tls else tls
+    settings = config.apply(config.Settings(), {"tls": given})
+    assert config.check(settings) is settings
 
 
 def test_certificates_for_sni_come_from_an_array_of_tables_or_a_flag() -> None:
