@@ -587,9 +587,32 @@ def _sni_certificate(key: str, entry: object) -> SniCertificate:
     return SniCertificate(
         file_path(f"{key}.cert", entry.get("cert")),
         file_path(f"{key}.key", entry.get("key")),
-        tuple(name.lower() for name in names),
+        tuple(_server_name(f"{key}.names[{i}]", name) for i, name in enumerate(names)),
         None if ca is None else file_path(f"{key}.ca", ca),
     )
+
+
+# A name a client may ask for in SNI: a host name (RFC 1123 §2.1: letters, digits and hyphens, labels of
+# 1-63 characters not starting or ending with a hyphen, 253 in all), or `*.` and one, the wildcard for
+# one leftmost label, the only kind `_choose` (net/certificates) matches, as nginx's `server_name` and
+# RFC 6125 §6.4.3 do. Anything else (`foo*.test`, `*`, `*.`, `a..b`) no client's name could match.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_SERVER_NAME = re.compile(rf"(?=.{{1,253}}$)(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
+
+
+def _server_name(key: str, name: str) -> str:
+    """One SNI name, in lower case and without a final dot (SNI carries none: RFC 6066 §3), as routes'
+    hosts are read."""
+    host = name.lower().removesuffix(".")
+    if not _SERVER_NAME.fullmatch(host):
+        reason = "must be a DNS name, or *. and a DNS name (*.example.com: any one label before it)"
+        hint = "; an internationalised name in its xn-- form" if not name.isascii() else ""
+        raise ConfigError(key, name, reason + hint)
+    if _is_address(host):
+        raise ConfigError(
+            key, name, "an address is never an SNI name (RFC 6066 §3): the default certificate serves it"
+        )
+    return host
 
 
 SNI_CERTIFICATES = Kind(_sni_certificates, "CERT,KEY,NAME[,NAME...]", repeatable=True)

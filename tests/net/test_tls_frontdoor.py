@@ -549,6 +549,48 @@ def test_certificates_for_sni_come_from_an_array_of_tables_or_a_flag() -> None:
     )
 
 
+NAME_REASON = "must be a DNS name, or *. and a DNS name (*.example.com: any one label before it)"
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("foo*.test", NAME_REASON),
+        ("*", NAME_REASON),
+        ("*.", NAME_REASON),
+        ("a..b", NAME_REASON),
+        ("*.*.test", NAME_REASON),
+        ("a.*.test", NAME_REASON),
+        ("*a.test", NAME_REASON),
+        ("-a.test", NAME_REASON),
+        ("a b.test", NAME_REASON),
+        ("a" * 64 + ".test", NAME_REASON),
+        ("bücher.test", NAME_REASON + "; an internationalised name in its xn-- form"),
+        ("10.0.0.1", "an address is never an SNI name (RFC 6066 §3): the default certificate serves it"),
+    ],
+)
+def test_a_certificate_name_that_no_server_name_could_match_is_refused(name: str, reason: str) -> None:
+    """A name is a DNS name, or `*.` and one (one wildcard label, leftmost, whole): anything else is a
+    ConfigError naming the entry's name in the file, and the flag with the name given on it."""
+    table = {"certificates": [{"cert": "a.pem", "key": "a.key", "names": ["ok.test", name]}]}
+    with pytest.raises(ConfigError) as caught:
+        config.apply(config.Settings(), {"tls": table})
+    assert str(caught.value) == f"tls.certificates[0].names[1] = {name!r}: {reason}"
+    flags = ["--backend=http://127.0.0.1:9", f"--tls-certificate=a.pem,a.key,ok.test,{name}"]
+    with pytest.raises(ConfigError) as caught:
+        load_settings(build_parser().parse_args(flags))
+    assert str(caught.value) == f"--tls-certificate = {name!r}: {reason}"
+
+
+def test_certificate_names_are_read_as_sni_sends_them() -> None:
+    """Lower case, without a final dot (SNI carries none); a wildcard for one label is kept as given."""
+    table = {
+        "certificates": [{"cert": "a.pem", "key": "a.key", "names": ["Api.Test.", "*.xn--bcher-kva.test"]}]
+    }
+    entry = config.apply(config.Settings(), {"tls": table}).tls.certificates[0]
+    assert entry.names == ("api.test", "*.xn--bcher-kva.test")
+
+
 async def test_tls_with_workers_serves_https_and_the_308_listener_from_every_worker(
     nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
 ) -> None:
