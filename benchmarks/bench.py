@@ -46,6 +46,7 @@ from scenarios import (
     streams,
     throughput,
     tls,
+    versus,
     workers,
 )
 from scenarios.context import Bench, Settings
@@ -65,6 +66,7 @@ SCENARIOS: dict[str, Callable[[Bench], Report]] = {
     "access-log": access_log.access_log,
     "tls": tls.tls,
     "routes": routes.routes,
+    "versus": versus.versus,
 }
 THROUGHPUT_SIDES = ("baseline", "dispatcher")
 ONLY_CHOICES = (*THROUGHPUT_SIDES, *(name for name in SCENARIOS if name != "throughput"))
@@ -312,6 +314,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also profile the dispatcher with py-spy under scenario 1's load",
     )
+    parser.add_argument(
+        "--versus",
+        metavar="REV",
+        help="also load this tree's dispatcher in turns with the one at git revision REV (scenario 12)",
+    )
     parser.add_argument("--py-spy", metavar="PATH", default=shutil.which("py-spy"), help="the py-spy to use")
     parser.add_argument(
         "--idle-connections",
@@ -339,6 +346,10 @@ def selected(args: argparse.Namespace) -> tuple[list[str], frozenset[str]]:
         only.add("profile")
     elif args.only is None:
         only.discard("profile")
+    if args.versus is not None:
+        only.add("versus")
+    else:  # it needs a revision: run only when --versus gives one
+        only.discard("versus")
     sides = frozenset(only & set(THROUGHPUT_SIDES))
     if sides:
         only.add("throughput")
@@ -375,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             idle_connections=args.idle_connections,
             profile_seconds=durations.profile_seconds,
             py_spy=args.py_spy,
+            versus=args.versus,
         )
         try:
             results, failures = run_scenarios(settings, names, sides)

@@ -57,6 +57,7 @@ class Settings:
     idle_connections: int  # scenario 5
     profile_seconds: int  # scenario 7
     py_spy: str | None  # the py-spy executable, if found
+    versus: str | None = None  # scenario 12: the git revision whose dispatcher this tree's is compared with
 
     def load(self) -> WrkLoad:
         """The standard wrk load: saturating, from the wrk CPUs."""

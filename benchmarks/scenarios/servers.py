@@ -11,11 +11,13 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness import (
     BENCHMARKS_DIR,
     HOST,
     READY_TIMEOUT_SECONDS,
+    REPO_ROOT,
     WrkLoad,
     accepts_connections,
     all_backends_up,
@@ -55,13 +57,15 @@ def dispatcher_running(
     cpus: frozenset[int] | None,
     extra: Sequence[str] = (),
     ready_timeout: float = READY_TIMEOUT_SECONDS,
+    cwd: Path = REPO_ROOT,
 ) -> Iterator[Dispatcher]:
-    """`python -m dispatcher` on free ports; yields once /readyz says every backend is up."""
+    """`python -m dispatcher` on free ports, started in `cwd` (whose `dispatcher` package, if it has
+    one, is the one imported); yields once /readyz says every backend is up."""
     port, admin_port = free_ports(2)
     argv = [sys.executable, "-m", "dispatcher", "--listen", f"{HOST}:{port}"]
     argv += ["--admin-listen", f"{HOST}:{admin_port}", *backend_args, *extra]
     log = bench.log(name)
-    with running(argv, log, cpus) as process:
+    with running(argv, log, cpus, cwd=cwd) as process:
         ready = functools.partial(all_backends_up, admin_port, len(base_urls))
         waited = wait_until_ready(ready, process, log, ready_timeout)
         check_redirect(port, base_urls, name)
