@@ -15,6 +15,7 @@ can send a client elsewhere. h11 has already refused targets with control charac
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -63,6 +64,8 @@ REDIRECT_START = b"HTTP/1.1 307 Temporary Redirect\r\nlocation: "
 # (the WHATWG URL path percent-encode set). `[` and `]`, which browsers send raw in a query, are kept.
 _NOT_IN_URI = b'"#<>\\^`{|}'
 _URI_SAFE = bytes(c for c in range(0x21, 0x7F) if c not in _NOT_IN_URI)
+# A `%` that begins no percent-encoding (RFC 3986 §2.1: `%` and two hex digits): as data, `%25`.
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 # A Host field's value: a reg-name, an IPv4 address or an IP literal in brackets, and a port (RFC 9110
 # §7.2, RFC 3986 §3.2.2). Any other byte makes the field invalid: 400 (RFC 9112 §3.2).
 _HOST_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:[]%"
@@ -132,7 +135,9 @@ def path_and_query(target: bytes) -> bytes | None:
     if unsafe:  # rare: one pass deletes every safe byte, so a plain path costs that pass only
         if unsafe.translate(None, _NOT_IN_URI):
             return None  # a space, a control or a non-ASCII byte: not a target at all
-        return b"".join(b"%%%02X" % byte if byte in _NOT_IN_URI else bytes((byte,)) for byte in path)
+        path = b"".join(b"%%%02X" % byte if byte in _NOT_IN_URI else bytes((byte,)) for byte in path)
+    if b"%" in path and _BAD_ESCAPE.search(path):  # `%zz`, a `%` at the end: the `%` itself, encoded
+        return _BAD_ESCAPE.sub(b"%25", path)
     return path
 
 
@@ -271,6 +276,8 @@ def screen(
             return text_reply(508, "loop detected: a health check reached a dispatcher's front door"), False
     if chunked and length >= 0:
         return text_reply(400, "both Content-Length and Transfer-Encoding: refused (RFC 9112 6.1)"), False
+    if chunked and old:  # RFC 9112 §6.1: Transfer-Encoding before HTTP/1.1 MUST be taken as faulty framing
+        return text_reply(400, "Transfer-Encoding in an HTTP/1.0 request: refused (RFC 9112 6.1)"), False
     # A chunked body's size is not known when the 307 goes out (with its head): it may outgrow what we
     # read and drop, so the 307 says `Connection: close` rather than close without a word mid-body.
     return None, close or chunked or length > max_discard

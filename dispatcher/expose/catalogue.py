@@ -185,7 +185,7 @@ BACKEND_FAMILIES = (
     _per_backend(
         GaugeMetricFamily,
         "dispatcher_backend_up",
-        "1 if the backend takes new redirects.",
+        "1 if the backend takes new redirects, but for its pool's maintenance (dispatcher_pool_state).",
         lambda backends, _: [1.0 if b.usable else 0.0 for b in backends],
     ),
     BackendFamily(

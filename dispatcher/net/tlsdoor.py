@@ -37,11 +37,11 @@ import trio
 
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Pool
-from dispatcher.core.reply import Reply, path_and_query, screen, serialise, text_reply
+from dispatcher.core.reply import Reply, head_size, path_and_query, screen, serialise, text_reply
 from dispatcher.core.stats import ServerStats
 from dispatcher.net.certificates import Certificates
 from dispatcher.net.frontdoor import RECEIVE_SIZE, FrontDoor, _Client, _lingering_close
-from dispatcher.protocol.conversation import Replies
+from dispatcher.protocol.conversation import MAX_HEAD, Replies
 from dispatcher.settings.config import Settings
 
 # A Host header the 308 may repeat: a DNS name or an IPv4 address, or an IPv6 one in brackets, with an
@@ -64,9 +64,9 @@ class SecureReplies(Replies):
         answer, close = super().answer(conn, request, maybe_large, peer)
         return self._with_hsts(answer), close
 
-    def refusal(self, reply: Reply) -> bytes:
+    def refusal(self, reply: Reply, head: bool = False) -> bytes:
         """A refusal (400, 408, 431 ...) over TLS says it too: "every answer", as RFC 6797 §8.1 has it."""
-        return self._with_hsts(super().refusal(reply))
+        return self._with_hsts(super().refusal(reply, head))
 
     def _with_hsts(self, answer: bytes) -> bytes:
         max_age = int(self.settings.tls.hsts)
@@ -91,6 +91,12 @@ class HttpsRedirects(Replies):
         refusal, close = screen(
             request.http_version, request.target, request.headers, self.settings.max_discard
         )
+        if (
+            refusal is None
+            and maybe_large
+            and head_size(request.method, request.target, request.headers) > MAX_HEAD
+        ):
+            refusal = text_reply(431, "request header block too large")  # as the front door's answer
         location = self.location(request) if refusal is None else None
         if refusal is None and location is None:
             refusal = text_reply(400, "no usable Host or target to redirect to https")
@@ -267,10 +273,11 @@ class TlsFrontDoor(FrontDoor):
             client.scope = trio.CancelScope(deadline=conversation.rescue())
             with client.scope:
                 await self._converse(tls, client, rescued)
-                tls.close_notify()
                 if conversation.linger:
+                    tls.close_notify()
                     await _lingering_close(stream)
-            return
+                return
+            # Kept alive after it, the connection reached its deadline again: closed as below.
         last_word = conversation.timed_out()
         with trio.move_on_after(1):
             if last_word:

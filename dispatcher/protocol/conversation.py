@@ -146,9 +146,10 @@ class Replies:
         date = self._date.at(time.time())
         return serialise(reply, date, close, request.method == b"HEAD", kept_1_0 and not close), close
 
-    def refusal(self, reply: Reply) -> bytes:
-        """An error answer before or instead of a request's head; the connection closes after it."""
-        return self._refusal(reply)
+    def refusal(self, reply: Reply, head: bool = False) -> bytes:
+        """An error answer before or instead of a request's head (to a HEAD: without its body); the
+        connection closes after it."""
+        return self._refusal(reply, head)
 
     def _refusal(self, reply: Reply, head: bool = False) -> bytes:
         """An error answer (without its body to a HEAD); the connection closes after it. Kept apart
@@ -206,6 +207,7 @@ class Conversation:
         "_answered",
         "_conn",
         "_discarded",
+        "_head",
         "_head_bytes",
         "_head_deadline",
         "_kept_alive",
@@ -235,6 +237,9 @@ class Conversation:
         # Bytes received while a head was being read. h11 bounds only incomplete heads, so a head sent
         # in pieces could pass whole; past MAX_HEAD received, the parsed head is measured.
         self._head_bytes = 0
+        # The current head is a HEAD's, as its first bytes say: a refusal of it before h11 could read the
+        # method (a 400, 431, 501, 408) has no body either (RFC 9110 §9.3.2).
+        self._head = False
         self._head_deadline = now + settings.header_timeout  # the current head's; the first runs from now
         self.deadline = self._head_deadline
         self.arrived = now
@@ -263,6 +268,8 @@ class Conversation:
                 if not data:
                     self._await_more(conn)
                     return bytearray()
+            if waiting:
+                self._head = data[:5] == b"HEAD "
             self._head_bytes += len(data)
             if folded(data, not waiting):
                 return self._refuse(bytearray(), _folding_refused())
@@ -334,6 +341,7 @@ class Conversation:
         conn = self._conn = _h11()
         if leftover[:1] in _CRLF_STARTS:  # empty lines before the next request line (RFC 9112 §2.2)
             leftover = leftover.lstrip(b"\r\n")
+        self._head = leftover[:5] == b"HEAD "
         if leftover:
             if folded(leftover, False):  # a pipelined head: scanned before h11 unfolds it
                 self._refuse(out, _folding_refused())
@@ -364,7 +372,7 @@ class Conversation:
 
     def _refused(self, reply: Reply) -> bytes:
         """A refusal before or instead of a request's head: it has no method or target to log."""
-        answer = self._replies.refusal(reply)
+        answer = self._replies.refusal(reply, self._head)
         if self.answered is not None:
             self.answered.append(self._replies.logged(None, answer))
         return answer

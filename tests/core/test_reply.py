@@ -1,5 +1,7 @@
 """Replies as plain data: Location from a backend, path and query from the target, never a host."""
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -108,5 +110,6 @@ def test_any_origin_target_keeps_the_authority(tail: bytes) -> None:
     target = b"/" + bytes(c for c in tail if 0x21 <= c < 0x7F)
     # What no URI may hold is percent-encoded, the rest kept as it came.
     encoded = b"".join(b"%%%02X" % c if c in b'"#<>\\^`{|}' else bytes((c,)) for c in target)
+    encoded = re.sub(rb"%(?![0-9A-Fa-f]{2})", b"%25", encoded)  # and a `%` that begins no escape
     assert path_and_query(target) == encoded
     assert location(target).startswith(b"http://10.0.0.1:8080/")

@@ -272,6 +272,10 @@ async def test_the_redirect_listener_keeps_the_connection_rules_and_the_absolute
         await tcp.send_all(b"HEAD http://example.test/b?c HTTP/1.1\r\nHost: localhost\r\n\r\n")
         await tcp.send_all(b"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n")
         answer = await read_until_close(tcp)
+    async with await trio.open_tcp_stream("127.0.0.1", plain) as tcp:  # a large head in one read
+        await tcp.send_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nX: " + b"b" * 17000 + b"\r\n\r\n")
+        [large] = await receive_responses(tcp, 1)
+    assert (large.status, large.closes) == (431, True)
     [moved, refused], rest = parse_responses(answer, bodyless=True)
     assert (moved.status, moved.header(b"location")) == (308, f"https://example.test:{https}/b?c".encode())
     assert (refused.status, refused.closes) == (400, True)

@@ -212,10 +212,21 @@ def test_refusals_of_a_head_request_carry_no_body() -> None:
         (get("/", method="HEAD", version="2.0"), 505),
         (get("/", "X-Dispatcher-Check: 1", method="HEAD"), 508),
         (get("/" + "a" * 9000, method="HEAD"), 414),
+        # Refused before h11 gave the method: known from the head's first bytes.
+        (b"HEAD / HTTP/1.1\r\n\r\n", 400),  # no Host
+        (get("/", "X: a", " b", method="HEAD"), 400),  # obs-fold
+        (get("/", "Transfer-Encoding: gzip", method="HEAD"), 501),
+        (b"\r\n" + get("/", "Content-Length: abc", method="HEAD"), 400),
     ]:
         raw = bytes(Talk().conversation.receive(head))
         [response], rest = parse_responses(raw, bodyless=True)
         assert (response.status, response.body, rest) == (status, b"", b"")
+
+
+def test_transfer_encoding_in_http10_gets_400() -> None:
+    """Transfer-Encoding in an HTTP/1.0 request is faulty framing (RFC 9112 §6.1): 400 and close."""
+    [response] = Talk().send(get("/", "Transfer-Encoding: chunked", method="POST", version="1.0"))
+    assert (response.status, response.closes) == (400, True)
 
 
 def test_an_unknown_transfer_coding_gets_501_saying_so() -> None:
@@ -239,6 +250,9 @@ def test_bytes_no_uri_may_hold_are_percent_encoded_in_the_location() -> None:
     percent-encoded; `[` and `]` (raw in browsers' queries) as they came."""
     [response] = Talk().send(get('/a#b"<>{}|^`\\?q[]=1'))
     assert locations([response]) == [f"{BACKEND}/a%23b%22%3C%3E%7B%7D%7C%5E%60%5C?q[]=1".encode()]
+    # A `%` that begins no escape is itself encoded; a good escape is kept as it came.
+    [response] = Talk().send(get("/%zz/a%2?q=%41%"))
+    assert locations([response]) == [f"{BACKEND}/%25zz/a%252?q=%41%25".encode()]
 
 
 def test_oversized_head_in_pieces_gets_431() -> None:
