@@ -260,7 +260,11 @@ def screen(
     for _, name, value in field_items(headers):
         if name == b"host":
             hosts += 1
-            if value.translate(None, _HOST_SAFE) or hosts > 1:
+            if (
+                value.translate(None, _HOST_SAFE)
+                or hosts > 1
+                or ((b":" in value or b"[" in value or b"]" in value) and not _host_and_port(value))
+            ):
                 return text_reply(400, "invalid or repeated Host (RFC 9112 3.2)"), False
         elif name == b"content-length":
             length = int(value)
@@ -281,6 +285,18 @@ def screen(
     # A chunked body's size is not known when the 307 goes out (with its head): it may outgrow what we
     # read and drop, so the 307 says `Connection: close` rather than close without a word mid-body.
     return None, close or chunked or length > max_discard
+
+
+def _host_and_port(value: bytes) -> bool:
+    """A Host with a colon or a bracket is a host and a port of digits (maybe empty: RFC 3986 §3.2.3),
+    the host an IP literal in brackets or a name with neither (`a:x`, `a:1:2`, `[::1`, `a]` are not)."""
+    if value[:1] == b"[":
+        end = value.find(b"]")
+        literal, rest = value[1:end], value[end + 1 :]
+        port_ok = not rest or (rest[:1] == b":" and (rest[1:].isdigit() or rest == b":"))
+        return end > 1 and b"[" not in literal and port_ok
+    host, _, port = value.partition(b":")
+    return (port.isdigit() or not port) and b"[" not in host and b"]" not in host
 
 
 def not_redirected(method: bytes, target: bytes) -> Reply:

@@ -309,6 +309,9 @@ class AdminApi:
             return text_reply(503, "no backend takes redirects: in maintenance", close=False)
         if usable == 0:
             return text_reply(503, "no backend is up", close=False)
+        if any(pool.maintenance for pool in self.pool):  # up, but not all of them take redirects
+            total = len(self.pool.backends)
+            return text_reply(200, f"ready: {usable} of {total} backends take redirects", close=False)
         return text_reply(200, f"ready: {usable} of {len(self.pool.backends)} backends up", close=False)
 
     def _one_backend(self, name: str, now: float) -> Reply:

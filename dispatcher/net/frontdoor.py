@@ -61,6 +61,7 @@ class FrontDoor:
         self._clients: set[_Client] = set()
         # One slot per open connection, taken by the listener before accept (listen.CappedListener).
         self.slots = trio.Semaphore(settings.max_connections)
+        self.announces_shutdown = True  # the process's one "shutting down" line (not the 308 listener's too)
 
     @property
     def settings(self) -> Settings:
@@ -106,8 +107,9 @@ class FrontDoor:
             await handlers.start(accept_loop)
             task_status.started(listeners[0].socket.getsockname()[1])
             await stop.wait()
-            grace = format_duration(self.settings.grace_period)
-            log.info("shutting down: %s grace for exchanges in flight", grace)
+            if self.announces_shutdown:
+                grace = format_duration(self.settings.grace_period)
+                log.info("shutting down: %s grace for exchanges in flight", grace)
             listen_scope.cancel()
             self.close_idle()
             for listener in listeners:

@@ -322,4 +322,5 @@ def redirect_door(
     redirects = secured(door.replies, HttpsRedirects)
     redirects.port = https_port
     door.replies = redirects
+    door.announces_shutdown = False  # the TLS front door beside it says it
     return door

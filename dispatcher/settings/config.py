@@ -574,14 +574,15 @@ def _sni_certificate(key: str, entry: object) -> SniCertificate:
     if isinstance(entry, str):
         cert, _, rest = entry.partition(",")
         private, _, listed = rest.partition(",")
-        entry = {"cert": cert, "key": private, "names": [name for name in listed.split(",") if name]}
+        # An empty name (`a.test,,b.test`) is kept, to be refused below, not dropped without a word.
+        entry = {"cert": cert, "key": private, "names": listed.split(",") if listed else []}
     if not isinstance(entry, Mapping):
         raise ConfigError(key, entry, "must be a table with cert, key and names")
     for field_name in entry:
         if field_name not in ("cert", "key", "names", "ca"):
             raise ConfigError(f"{key}.{field_name}", entry[field_name], "unknown setting")
     names = entry.get("names")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ConfigError(f"{key}.names", names, "must be a list of the server names it serves")
     ca = entry.get("ca")
     return SniCertificate(

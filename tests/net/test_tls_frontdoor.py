@@ -560,6 +560,7 @@ NAME_REASON = "must be a DNS name, or *. and a DNS name (*.example.com: any one 
     ("name", "reason"),
     [
         ("foo*.test", NAME_REASON),
+        ("", NAME_REASON),  # `ok.test,,b.test` on the flag: an empty name is refused, not dropped
         ("*", NAME_REASON),
         ("*.", NAME_REASON),
         ("a..b", NAME_REASON),
