@@ -37,11 +37,11 @@ import trio
 
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Pool
-from dispatcher.core.reply import Reply, head_size, path_and_query, screen, serialise, text_reply
+from dispatcher.core.reply import Reply, path_and_query, serialise, text_reply
 from dispatcher.core.stats import ServerStats
 from dispatcher.net.certificates import Certificates
 from dispatcher.net.frontdoor import RECEIVE_SIZE, FrontDoor, _Client, _lingering_close
-from dispatcher.protocol.conversation import MAX_HEAD, Replies
+from dispatcher.protocol.conversation import Replies
 from dispatcher.settings.config import Settings
 
 # A Host header the 308 may repeat: a DNS name or an IPv4 address, or an IPv6 one in brackets, with an
@@ -88,20 +88,11 @@ class HttpsRedirects(Replies):
         self, conn: h11.Connection, request: h11.Request, maybe_large: bool, peer: str = "-"
     ) -> tuple[bytes, bool]:
         head = request.method == b"HEAD"
-        refusal, close = screen(
-            request.http_version, request.target, request.headers, self.settings.max_discard
-        )
-        if (
-            refusal is None
-            and maybe_large
-            and head_size(request.method, request.target, request.headers) > MAX_HEAD
-        ):
-            refusal = text_reply(431, "request header block too large")  # as the front door's answer
+        refusal, close = self.screened(request, maybe_large)  # the front door's refusals
         location = self.location(request) if refusal is None else None
-        if refusal is None and location is None:
-            refusal = text_reply(400, "no usable Host or target to redirect to https")
-        if refusal is not None or location is None:
-            return self._refusal(refusal or text_reply(400, "bad request"), head), True
+        if location is None:
+            refusal = refusal or text_reply(400, "no usable Host or target to redirect to https")
+            return self._refusal(refusal, head), True
         # The same connection rules as the front door's (Connection: close, HTTP/1.0, a large body).
         close = close or self.lifecycle.shutting_down or conn.they_are_waiting_for_100_continue
         self.stats.responses[308] = self.stats.responses.get(308, 0) + 1

@@ -116,15 +116,7 @@ class Replies:
         self, conn: h11.Connection, request: h11.Request, maybe_large: bool, peer: str = "-"
     ) -> tuple[bytes, bool]:
         """The bytes of one answer, and whether the connection closes after it."""
-        refusal, close = screen(
-            request.http_version, request.target, request.headers, self.settings.max_discard
-        )
-        if (
-            refusal is None
-            and maybe_large
-            and head_size(request.method, request.target, request.headers) > MAX_HEAD
-        ):
-            refusal = text_reply(431, "request header block too large")
+        refusal, close = self.screened(request, maybe_large)
         if refusal is not None:
             if refusal.status == 508:
                 self.stats.loops += 1
@@ -145,6 +137,17 @@ class Replies:
         close = close or reply.close
         date = self._date.at(time.time())
         return serialise(reply, date, close, request.method == b"HEAD", kept_1_0 and not close), close
+
+    def screened(self, request: h11.Request, maybe_large: bool) -> tuple[Reply | None, bool]:
+        """`screen`'s verdict on a head (a refusal or None, and whether to close after the answer),
+        with the head's whole size measured when it may be past MAX_HEAD (431)."""
+        refusal, close = screen(
+            request.http_version, request.target, request.headers, self.settings.max_discard
+        )
+        size = head_size(request.method, request.target, request.headers) if maybe_large else 0
+        if refusal is None and size > MAX_HEAD:
+            refusal = text_reply(431, "request header block too large")
+        return refusal, close
 
     def refusal(self, reply: Reply, head: bool = False) -> bytes:
         """An error answer before or instead of a request's head (to a HEAD: without its body); the
