@@ -249,8 +249,7 @@ class TlsFrontDoor(FrontDoor):
             handshaken = True
             await self._converse(tls, client)
             if conversation.linger:
-                tls.close_notify()
-                await _lingering_close(stream)  # FIN on the socket: the client reads our answer first
+                await _closing(tls, stream)
             return
         if refused:
             return
@@ -265,17 +264,16 @@ class TlsFrontDoor(FrontDoor):
             with client.scope:
                 await self._converse(tls, client, rescued)
                 if conversation.linger:
-                    tls.close_notify()
-                    await _lingering_close(stream)
+                    await _closing(tls, stream)
                 return
             # Kept alive after it, the connection reached its deadline again: closed as below.
         last_word = conversation.timed_out()
         with trio.move_on_after(1):
             if last_word:
                 await tls.send_all(last_word)
-            tls.close_notify()
-            if last_word:
-                await _lingering_close(stream)
+                await _closing(tls, stream)
+            else:
+                tls.close_notify()
 
     async def _refuse_plain_http(self, stream: trio.SocketStream) -> None:
         """A 400 in plain text to a plain HTTP request: the one answer its client can read, as nginx's
@@ -303,6 +301,13 @@ class TlsFrontDoor(FrontDoor):
         self.stats.observe(conversation.answers, trio.current_time() - conversation.arrived)
         if conversation.answered:
             self._log(client)
+
+
+async def _closing(tls: TlsSocket, stream: trio.SocketStream) -> None:
+    """The end of a TLS connection that has answered: close_notify, then the FIN and the lingering
+    close on the socket, so that the client reads our answer and a clean end."""
+    tls.close_notify()
+    await _lingering_close(stream)
 
 
 def redirect_door(
