@@ -20,6 +20,7 @@ the backend always see one path (decoding here and not there is how routing and 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 import re
@@ -38,6 +39,7 @@ Check = Callable[["Request"], bool]
 # Host fields whose verdict the router keeps (`Router._none_can_match`); past it they are forgotten at
 # once, so that a client sending a new Host each time costs memory no more than this.
 MAX_HOST_FIELDS = 1024
+MAX_CACHED_HOST = 260  # bytes: a DNS name (253), a colon and a port; a longer field is parsed each time
 _Test = tuple["Route", tuple[bytes, ...] | None, bytes | None, tuple[Check, ...]]
 
 
@@ -83,7 +85,7 @@ class Request:
         if not self.target.startswith(b"/"):
             return _host_of(self.target, None)
         fields = self._fields  # Host alone is found without reading every field: it comes first
-        return _host_of(self.target, fields.get(b"host") if fields is not None else _host_field(self.headers))
+        return _host_of_field(fields.get(b"host") if fields is not None else _host_field(self.headers))
 
     def cookie(self, name: bytes, pattern: re.Pattern[bytes]) -> bytes | None:
         """Cookie `name`'s value as `cookies()` gives it, found by `_cookie_pattern(name)`: one
@@ -181,6 +183,21 @@ def _host_of(target: bytes, host_field: bytes | None) -> bytes:
     return host[:-1] if host.endswith(b".") else host
 
 
+def _host_of_field(host_field: bytes | None) -> bytes:
+    """`_host_of` an origin-form request's Host field, by the field: a site's requests carry a handful
+    of them, and one C-level cache look-up is a third of the parse (lower case, port and dot cut).
+    Only fields a host name and port can fill are kept, so that the cache's memory stays small
+    whatever the clients send."""
+    if host_field is not None and len(host_field) > MAX_CACHED_HOST:
+        return _host_of(b"/", host_field)
+    return _cached_host_of_field(host_field)
+
+
+@functools.lru_cache(maxsize=MAX_HOST_FIELDS)
+def _cached_host_of_field(host_field: bytes | None) -> bytes:
+    return _host_of(b"/", host_field)
+
+
 def _cookie_fields(headers: Headers) -> list[bytes]:
     """Every Cookie field's value, in order: what a cookie test reads, without the other fields."""
     return [value for _, name, value in field_items(headers) if name == b"cookie"]
@@ -213,7 +230,8 @@ def _header_check(name: bytes, values: tuple[bytes, ...]) -> Check:
 
 
 def _cookie_check(name: bytes, values: tuple[bytes, ...]) -> Check:
-    return lambda request: request.cookies().get(name) in values
+    pattern = _cookie_pattern(name)
+    return lambda request: request.cookie(name, pattern) in values
 
 
 def _checks(spec: RouteSpec, client: Client) -> tuple[Check, ...]:
@@ -244,21 +262,27 @@ def _checks(spec: RouteSpec, client: Client) -> tuple[Check, ...]:
 def _conditions(spec: RouteSpec, checks: tuple[Check, ...], i: int, names: dict[str, object]) -> list[str]:
     """Route `i`'s conditions but its prefix as Python expressions over `request`, in `_checks`' order
     (cheapest first), for `_matcher`; the values they compare with go into `names`. Client networks
-    and countries stay calls of their checks (`_checks` made them): an address is parsed anyway."""
+    and countries stay calls of their checks (`_checks` made them): an address is parsed anyway.
+    The fields and the host are read from the request's own once-read values when it has them, as
+    `Request.header` and `Request.host` do, without the call (a host of b"" is only read again)."""
     exprs = []
     if spec.methods:
         names[f"m{i}"] = spec.methods
         exprs.append(f"request.method in m{i}")
     for j, (name, values) in enumerate(spec.headers):
         names[f"h{i}_{j}"], names[f"hv{i}_{j}"] = name, values
-        exprs.append(f"request.header(h{i}_{j}) in hv{i}_{j}")
+        exprs.append(
+            f"(fields if (fields := request._fields) is not None else request._read_fields())"
+            f".get(h{i}_{j}) in hv{i}_{j}"
+        )
     if spec.hosts:
         names[f"e{i}"] = frozenset(h.encode() for h in spec.hosts if not h.startswith("*."))
         names[f"s{i}"] = tuple(h[1:].encode() for h in spec.hosts if h.startswith("*."))
-        exprs.append(f"((host := request.host()) in e{i} or host.endswith(s{i}))")
+        exprs.append(f"((host := request._host or request.host()) in e{i} or host.endswith(s{i}))")
     for j, (name, values) in enumerate(spec.cookies):
         names[f"c{i}_{j}"], names[f"cv{i}_{j}"] = name, values
-        exprs.append(f"request.cookies().get(c{i}_{j}) in cv{i}_{j}")
+        names[f"cp{i}_{j}"] = _cookie_pattern(name)
+        exprs.append(f"request.cookie(c{i}_{j}, cp{i}_{j}) in cv{i}_{j}")
     for j, check in enumerate(checks[len(exprs) :]):  # clients, countries: their checks, called
         names[f"k{i}_{j}"] = check
         exprs.append(f"k{i}_{j}(request)")
@@ -347,11 +371,19 @@ class Router:
         }
         # Each candidate list's first match, by the list (`match`): of each route, its prefix's starts
         # (None: no prefix), the prefix whole and its checks, compiled into one function (`_matcher`).
+        # A prefix that is its list's segment whole (`/api` in the list of `api`) holds for every path
+        # the index gives that list, and `/` for every path (`path_and_query` starts each with one):
+        # their tests are left out (None), as those of routes with no prefix.
         self._matchers = {
             id(routes): _matcher(
-                [(r, self._starts[r.index], self._prefixes[r.index], r.checks) for r in routes]
+                [
+                    (r, None, None, r.checks)
+                    if self._prefixes[r.index] in (None, b"/", b"/" + segment)
+                    else (r, self._starts[r.index], self._prefixes[r.index], r.checks)
+                    for r in routes
+                ]
             )
-            for routes in (*self._by_segment.values(), anywhere)
+            for segment, routes in (*self._by_segment.items(), (b"", anywhere))
         }
         self.defaulted = 0  # requests no route took: the default pool's
 
@@ -440,10 +472,11 @@ class Router:
         field = _host_field(headers)
         known = self._elsewhere_by_field.get(field)
         if known is None:
-            known = self._elsewhere(_host_of(target, field))
+            known = self._elsewhere(_host_of_field(field))
             if len(self._elsewhere_by_field) >= MAX_HOST_FIELDS:
                 self._elsewhere_by_field.clear()
-            self._elsewhere_by_field[field] = known
+            if field is None or len(field) <= MAX_CACHED_HOST:
+                self._elsewhere_by_field[field] = known
         return known
 
     def _elsewhere(self, host: bytes) -> bool:

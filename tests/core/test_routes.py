@@ -22,7 +22,17 @@ from hypothesis import strategies as st
 from dispatcher.core.clientaddr import TrustedProxies
 from dispatcher.core.pool import CheckResult, Pool
 from dispatcher.core.reply import Reply, path_and_query
-from dispatcher.core.routes import MAX_HOST_FIELDS, Client, Request, Route, Router, needs_router, router_for
+from dispatcher.core.routes import (
+    MAX_CACHED_HOST,
+    MAX_HOST_FIELDS,
+    Client,
+    Request,
+    Route,
+    Router,
+    _cookie_pattern,
+    needs_router,
+    router_for,
+)
 from dispatcher.settings.config import HealthSettings, PoolSpec, Settings, apply, check, parse_toml
 from dispatcher.settings.routing import RouteSpec, covers
 
@@ -429,6 +439,23 @@ def test_the_index_never_changes_the_answer(specs: list[RouteSpec], request: Req
     router = bare_router(specs)
     scanned = next((route for route in router.routes if router._holds(route, request)), None)
     assert router.match(request) is scanned
+
+
+COOKIE_PAIRS = st.lists(
+    st.sampled_from(
+        [b"c=1", b"c=2", b" c = 3", b"c", b"xc=4", b'c="5"', b"c=", b"d=1", b"\tc=6 ", b"c=7=8", b";", b""]
+    ),
+    max_size=5,
+)
+
+
+@given(st.lists(COOKIE_PAIRS.map(b";".join), max_size=3), st.sampled_from([b"c", b"d", b"xc"]))
+def test_a_cookie_found_by_its_pattern_is_the_one_the_pairs_give(fields: list[bytes], name: bytes) -> None:
+    """`Request.cookie` (one regex search a field, what cookie conditions and splits read) finds the
+    value `Request.cookies` (every pair parsed) gives the name, across any Cookie fields: first wins."""
+    headers = [(b"host", b"a.example"), *((b"cookie", field) for field in fields)]
+    searched = Request(b"GET", b"/", headers, PEER, b"/").cookie(name, _cookie_pattern(name))
+    assert searched == Request(b"GET", b"/", headers, PEER, b"/").cookies().get(name)
 
 
 @given(route_lists(), requests())
@@ -903,6 +930,18 @@ def test_the_verdicts_kept_per_host_field_are_bounded_and_stay_right() -> None:
     assert router.ask("/any", "Host: A.preview.example.com:80").pool == "beta"
     assert router.ask("/any", "Host: A.preview.example.com:80").pool == "beta"
     assert router.ask("/any", "Host: h0.example.com").pool == "default"
+
+
+def test_a_host_field_longer_than_a_name_and_port_is_judged_but_not_kept() -> None:
+    """A Host past MAX_CACHED_HOST bytes (no DNS name is) is parsed each time: its verdict is right,
+    and neither the router's verdicts nor the parsed hosts keep it (their memory stays small)."""
+    routes = '[[routes]]\npath_prefix = "/x"\nhosts = "*.preview.example.com"\npool = "web"\n'
+    router = routed(routes + '[[routes]]\nhosts = "*.preview.example.com"\npool = "beta"\n')
+    long_host = "a" * MAX_CACHED_HOST + ".preview.example.com"
+    assert router.ask("/any", f"Host: {long_host}").pool == "beta"
+    assert router.ask("/x/y", f"Host: {long_host}").pool == "web"
+    assert all(len(field or b"") <= MAX_CACHED_HOST for field in router.router._elsewhere_by_field)
+    assert router.ask("/x/y", "Host: b.preview.example.com").pool == "web"
 
 
 @pytest.mark.parametrize(
