@@ -567,7 +567,17 @@ def _sni_certificates(key: str, entries: object) -> tuple[SniCertificate, ...]:
     """[[tls.certificates]] tables ({cert, key, names, ca}), or --tls-certificate CERT,KEY,NAME[,NAME...]."""
     if not isinstance(entries, list):
         raise ConfigError(key, entries, "must be an array of tables ([[tls.certificates]])")
-    return tuple(_sni_certificate(f"{key}[{i}]", entry) for i, entry in enumerate(entries))
+    certificates = tuple(_sni_certificate(f"{key}[{i}]", entry) for i, entry in enumerate(entries))
+    # One name, one certificate: with two, which one a client got would depend on their order, and
+    # the operator who added the second would not know the first still served it (nginx warns
+    # "conflicting server name" and keeps the first; a refusal says it before anything starts).
+    served: dict[str, int] = {}
+    for i, certificate in enumerate(certificates):
+        for j, name in enumerate(certificate.names):
+            first = served.setdefault(name, i)
+            if first != i:
+                raise ConfigError(f"{key}[{i}].names[{j}]", name, f"already served by {key}[{first}]")
+    return certificates
 
 
 def _sni_certificate(key: str, entry: object) -> SniCertificate:
@@ -935,8 +945,10 @@ def _check_tls(settings: Settings) -> None:
     sent over TLS alone (RFC 6797 §7.2), would never be sent. Either would start and do nothing."""
     tls = settings.tls
     if (tls.cert is None) != (tls.key is None):
-        given, missing = ("tls.cert", "tls.key") if tls.key is None else ("tls.key", "tls.cert")
-        raise ConfigError(missing, None, f"missing: {given} needs it")
+        given, missing = ("cert", "key") if tls.key is None else ("key", "cert")
+        raise ConfigError(
+            f"tls.{missing}", None, f"missing: tls.{given} needs its {missing} (--tls-{missing})"
+        )
     if tls.enabled:
         return
     if tls.redirect_listen is not None:

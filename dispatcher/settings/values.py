@@ -19,7 +19,8 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, value: object, reason: str) -> None:
         self.key, self.value, self.reason = key, value, reason
-        super().__init__(f"{key} = {value!r}: {reason}")
+        # None: a setting that is missing, which has no value to show (`tls.key = None` reads as one).
+        super().__init__(f"{key}: {reason}" if value is None else f"{key} = {value!r}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)

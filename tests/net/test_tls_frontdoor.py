@@ -587,6 +587,27 @@ def test_a_certificate_name_that_no_server_name_could_match_is_refused(name: str
     assert str(caught.value) == f"--tls-certificate = {name!r}: {reason}"
 
 
+def test_a_name_two_certificates_serve_is_refused() -> None:
+    """One server name in two entries (as read: `A.test.` is `a.test`): a ConfigError naming the second
+    and the entry that serves it first, in the file and on the flags, not one of them silently."""
+    table = {
+        "certificates": [
+            {"cert": "a.pem", "key": "a.key", "names": ["a.test", "b.test"]},
+            {"cert": "c.pem", "key": "c.key", "names": ["c.test", "A.test."]},
+        ]
+    }
+    with pytest.raises(ConfigError) as caught:
+        config.apply(config.Settings(), {"tls": table})
+    assert (
+        str(caught.value) == "tls.certificates[1].names[1] = 'a.test': already served by tls.certificates[0]"
+    )
+    flags = ["--backend=http://127.0.0.1:9", "--tls-certificate=a.pem,a.key,a.test"]
+    flags.append("--tls-certificate=c.pem,c.key,a.test")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(build_parser().parse_args(flags))
+    assert str(caught.value) == "--tls-certificate = 'a.test': already served by tls.certificates[0]"
+
+
 def test_certificate_names_are_read_as_sni_sends_them() -> None:
     """Lower case, without a final dot (SNI carries none); a wildcard for one label is kept as given."""
     table = {

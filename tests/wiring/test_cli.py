@@ -78,6 +78,16 @@ async def test_two_listeners_on_one_address_are_refused_before_binding(
     assert (status, stderr) == (2, f"dispatcher: {line}: two listeners cannot share an address\n")
 
 
+@pytest.mark.parametrize(("given", "missing"), [("cert", "key"), ("key", "cert")])
+async def test_a_certificate_without_its_key_names_the_missing_flag(given: str, missing: str) -> None:
+    """--tls-cert without --tls-key (or the other way): exit 2 and one line naming what is missing by
+    its key and its flag, not `tls.key = None`."""
+    flags = [f"--listen=127.0.0.1:{unused_port()}", f"--tls-{given}=x.pem", "--backend=http://127.0.0.1:1"]
+    status, stderr = await run_dispatcher(*flags)
+    line = f"dispatcher: tls.{missing}: missing: tls.{given} needs its {missing} (--tls-{missing})\n"
+    assert (status, stderr) == (2, line)
+
+
 async def test_a_toml_syntax_error_names_the_file_and_where(tmp_path: Path) -> None:
     """A config file that is not TOML: exit status 2 and one line, `path:line:column: not valid TOML`."""
     path = tmp_path / "dispatcher.toml"
