@@ -206,6 +206,15 @@ class LoadReporter:
         with self._changed:
             self._streams += delta
 
+    def _open_stream(self, most: int) -> bool:
+        """Count one more stream unless `most` are open: False then (checked and counted under the
+        lock, so that two dispatchers' checks at once cannot both take the last place)."""
+        with self._changed:
+            if self._streams >= most:
+                return False
+            self._streams += 1
+            return True
+
 
 def _tell(listeners: tuple[Callable[[], None], ...]) -> None:
     for listener in listeners:  # outside the lock: a listener may take locks of its own
@@ -415,12 +424,17 @@ class WSGILoadMiddleware(_Answering):
     server calls `close()` when the response is done or abandoned). Every request that is not
     `GET`/`HEAD` of the health path passes through.
 
-    A stream holds one server thread for as long as the dispatcher watches. With `stream=None` it
-    streams only where `environ["wsgi.multithread"]` is true (waitress, threaded servers) and answers
-    plain elsewhere, since one stream would block a single-threaded worker (gunicorn's sync worker)
-    for good. `True` or `False` forces it. A client that has gone is noticed when a write fails, at
-    the latest a few heartbeats later. The other settings are `ASGILoadMiddleware`'s; `health_path`
-    is matched against `PATH_INFO`, the path below the app's mount point (`SCRIPT_NAME`).
+    A stream holds one server thread for as long as the dispatcher watches, and a server whose every
+    thread holds one serves nothing else while it still looks healthy and idle: a black hole. So at
+    most `max_streams` streams are open at once (1 by default; a dispatcher asking past it gets plain
+    answers and polls), and with `stream=None` it streams only where `environ["wsgi.multithread"]`
+    is true (gunicorn's gthread with threads, waitress) and, under waitress, which says so whatever
+    its thread count, only with more threads than `max_streams`; it answers plain elsewhere (a
+    single-threaded worker, gunicorn's sync worker or `waitress --threads 1`). `True` streams
+    wherever `max_streams` allows; `False` never. A client that has gone is noticed when a write
+    fails, at the latest a few heartbeats later. The other settings are `ASGILoadMiddleware`'s;
+    `health_path` is matched against `PATH_INFO`, the path below the app's mount point
+    (`SCRIPT_NAME`).
     """
 
     def __init__(
@@ -432,10 +446,14 @@ class WSGILoadMiddleware(_Answering):
         stream: bool | None = None,
         *,
         load: Callable[[], float] | None = None,
+        max_streams: int = 1,
     ) -> None:
         self._configure(health_path, heartbeat, coalesce, load)
+        if max_streams < 1:
+            raise ValueError(f"max_streams must be 1 or more, not {max_streams!r}")
         self.app = app
         self.stream = stream
+        self.max_streams = max_streams
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -452,35 +470,72 @@ class WSGILoadMiddleware(_Answering):
 
     def _streams_here(self, environ: WSGIEnvironment) -> bool:
         if self.stream is None:
-            return bool(environ.get("wsgi.multithread", False))
+            if not environ.get("wsgi.multithread", False):
+                return False
+            threads = _waitress_threads(environ)
+            return threads is None or threads > self.max_streams
         return self.stream
 
     def _answer_health(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if accepts_event_stream(environ.get("HTTP_ACCEPT", "")) and self._streams_here(environ):
+        if (
+            accepts_event_stream(environ.get("HTTP_ACCEPT", ""))
+            and self._streams_here(environ)
+            and self.reporter._open_stream(self.max_streams)
+        ):
             start_response("200 OK", list(STREAM_HEADERS))
-            return self._events()
+            return _StreamBody(self._events(), self.reporter)
         report = self.reporter.report()
         body = report_json(report)
         start_response("200 OK", plain_headers(report, body))
         return [body]
 
     def _events(self) -> Iterator[bytes]:
-        """The stream's body. The server closing it (client gone, shutdown) ends it at a `yield`."""
+        """The stream's events. The server closing it (client gone, shutdown) ends it at a `yield`;
+        its place among `max_streams` is given back by `_StreamBody.close`."""
         reporter = self.reporter
-        reporter._count_stream(+1)
+        pacer = StreamPacer(self.heartbeat, self.coalesce)
+        while True:
+            seen = reporter._seen()  # before reading the report, as the ASGI loop clears `wake`
+            chunk, delay, wake_on_change = pacer.step(time.monotonic(), reporter.report())
+            if chunk:
+                yield chunk
+            if wake_on_change:
+                reporter._wait_for_change(seen, delay)
+            else:
+                time.sleep(delay)  # a coalescing window, 5 ms by default
+
+
+def _waitress_threads(environ: WSGIEnvironment) -> int | None:
+    """Waitress's thread count, when the request comes from waitress: it sets `wsgi.multithread`
+    even with one thread. Read from the channel behind `waitress.client_disconnected` (its
+    adjustments, `threads`); None from any other server, or a waitress that no longer has them."""
+    channel = getattr(environ.get("waitress.client_disconnected"), "__self__", None)
+    threads = getattr(getattr(channel, "adj", None), "threads", None)
+    return threads if isinstance(threads, int) else None
+
+
+class _StreamBody:
+    """A WSGI stream's body: its place among `max_streams` is taken when the stream is answered and
+    given back when the server closes the body (PEP 3333), whether it was read or not."""
+
+    __slots__ = ("_events", "_reporter")
+
+    def __init__(self, events: Iterator[bytes], reporter: LoadReporter) -> None:
+        self._events = events
+        self._reporter: LoadReporter | None = reporter
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._events
+
+    def close(self) -> None:
+        reporter, self._reporter = self._reporter, None
         try:
-            pacer = StreamPacer(self.heartbeat, self.coalesce)
-            while True:
-                seen = reporter._seen()  # before reading the report, as the ASGI loop clears `wake`
-                chunk, delay, wake_on_change = pacer.step(time.monotonic(), reporter.report())
-                if chunk:
-                    yield chunk
-                if wake_on_change:
-                    reporter._wait_for_change(seen, delay)
-                else:
-                    time.sleep(delay)  # a coalescing window, 5 ms by default
+            close = getattr(self._events, "close", None)
+            if close is not None:
+                close()
         finally:
-            reporter._count_stream(-1)
+            if reporter is not None:  # a second close() gives back no second place
+                reporter._count_stream(-1)
 
 
 class _CountedBody:

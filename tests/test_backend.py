@@ -109,8 +109,9 @@ def inner(environ, start_response):
 app = WSGILoadMiddleware(inner, heartbeat=float(sys.argv[1]))
 listener = socket.create_server(("127.0.0.1", 0))
 print(listener.getsockname()[1], flush=True)
-# Threads for three slow requests, a stream and the test's own requests, with room to spare.
-waitress.serve(app, sockets=[listener], threads=8, _quiet=True)
+# Threads for three slow requests, a stream and the test's own requests, with room to spare (8), or
+# the number the test gives.
+waitress.serve(app, sockets=[listener], threads=int(sys.argv[2]) if len(sys.argv) > 2 else 8, _quiet=True)
 """
 
 APPS = {"uvicorn": ASGI_APP, "waitress": WSGI_APP}
@@ -191,7 +192,7 @@ async def wait_listening(process: trio.Process, port: int, log: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving(server: str, directory: Path) -> AsyncIterator[Backend]:
+async def serving(server: str, directory: Path, *extra: str) -> AsyncIterator[Backend]:
     """Run the test app under `server` in a subprocess on a free port; kill it on the way out.
 
     The server binds port 0 itself and prints the port it got: a port picked here and bound there
@@ -202,7 +203,7 @@ async def serving(server: str, directory: Path) -> AsyncIterator[Backend]:
     log = directory / f"{server}.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     with log.open("wb") as log_file:
-        argv = [sys.executable, str(script), str(HEARTBEAT)]
+        argv = [sys.executable, str(script), str(HEARTBEAT), *extra]
         process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=log_file, env=env)
     try:
         port = await announced_port(process, log)
@@ -396,6 +397,18 @@ async def test_stream_ends_with_its_client_leaving_nothing_behind(backend: Backe
     assert (after["tasks"], after["threads"]) == (before["tasks"], before["threads"])
 
 
+async def test_waitress_with_one_thread_answers_plain_and_keeps_serving(tmp_path: Path) -> None:
+    """Under `waitress --threads 1` a stream would hold the only thread: the server would serve
+    nothing else while its health answers said idle. The dispatcher's check gets the plain answer,
+    and the app still answers after it."""
+    require_server("waitress")
+    async with serving("waitress", tmp_path, "1") as backend:
+        async with event_stream(backend.port) as stream:
+            assert (stream.status, stream.headers["content-type"]) == (200, "application/json")
+        with trio.fail_after(PATIENCE):
+            assert (await backend.status())["streams"] == 0
+
+
 # In this process: the pure parts and each middleware's rules.
 
 
@@ -492,6 +505,24 @@ def test_wsgi_streams_only_where_a_stream_cannot_block_the_server(
     assert app.reporter.open_streams == (1 if content_type == "text/event-stream" else 0)
     close_body(body)
     assert app.reporter.open_streams == 0
+
+
+def test_wsgi_opens_at_most_max_streams_and_a_closed_one_gives_its_place_back() -> None:
+    """Past `max_streams` open streams a check gets the plain answer (its dispatcher polls); closing a
+    stream's body, read or not, frees its place once, however often it is closed."""
+    app = WSGILoadMiddleware(wsgi_app, max_streams=2)
+    first = call_wsgi(app, threads=True)
+    second = call_wsgi(app, threads=True)
+    third = call_wsgi(app, threads=True)
+    kinds = [headers["Content-Type"] for _, headers, _ in (first, second, third)]
+    assert kinds == ["text/event-stream", "text/event-stream", "application/json"]
+    assert app.reporter.open_streams == 2
+    close_body(first[2])  # never read
+    close_body(first[2])
+    assert app.reporter.open_streams == 1
+    assert call_wsgi(app, threads=True)[1]["Content-Type"] == "text/event-stream"
+    with pytest.raises(ValueError):
+        WSGILoadMiddleware(wsgi_app, max_streams=0)
 
 
 def test_wsgi_counts_a_request_until_its_body_is_closed() -> None:
