@@ -5,7 +5,8 @@ Owns: the layout of a shared-memory table and the code that reads and writes it.
   load, the sequence number of its report, its weight and slow-start ramp, when it is checked next;
   and per pool whether the operator holds it in maintenance.
 - Each worker writes only its own cells: per backend the redirects it sent since the report it last
-  saw and in all; and its front-door counters. One writer per cell: no locks.
+  saw and in all; its router's counters; per pool the answers its fallback gave; and its
+  front-door counters. One writer per cell: no locks.
 Workers sync every SYNC_INTERVAL: they take the master's figures and add the other workers'
 redirects-since-report to their estimate, so the least-loaded choice counts every worker's
 redirects (up to one interval late). The master reads the workers' counters, summed, at scrape
@@ -46,12 +47,19 @@ class Layout:
     backends: int
     workers: int
     routes: int = 0  # the router's counters (core.routes.Router.counts), after the backends' cells
-    pools: int = 0  # per pool (Settings.all_pools order), after the backends' master cells: maintenance
+    # Per pool (Settings.all_pools order): after the backends' master cells, its maintenance; after a
+    # worker's router counters, the answers its fallback gave (Pool.fallbacks).
+    pools: int = 0
+
+    @property
+    def fallbacks_start(self) -> int:
+        """Where a worker's per-pool fallback counters start among its cells."""
+        return 2 * self.backends + self.routes
 
     @property
     def stats_start(self) -> int:
         """Where a worker's front-door counters start among its cells."""
-        return 2 * self.backends + self.routes
+        return 2 * self.backends + self.routes + self.pools
 
     @property
     def worker_cells(self) -> int:
@@ -143,6 +151,13 @@ class SharedTable:
         start = worker * self.layout.worker_cells + 2 * self.layout.backends
         return list(self.cells[start : start + self.layout.routes])
 
+    def fallbacks(self) -> list[int]:
+        """Each pool's fallback answers summed over the workers, in Settings.all_pools order."""
+        per, start, width = self.layout.worker_cells, self.layout.fallbacks_start, self.layout.pools
+        return [
+            sum(self.cells[w * per + start + i] for w in range(self.layout.workers)) for i in range(width)
+        ]
+
     def counters(self) -> list[int]:
         """The workers' front-door counters, summed, as integers in cell order (`stats_of` reads
         them): sums of sums stay exact, so a counter added up across tables never goes back."""
@@ -164,6 +179,9 @@ class SharedTable:
         pool = _pools(pool)
         for index, backend in enumerate(pool.backends):
             pool.set_counts(backend, backend.since, self.cells[base + 2 * index + _TOTAL])
+        start = base + self.layout.fallbacks_start
+        for index, each in enumerate(list(pool)[: self.layout.pools]):
+            each.fallbacks = self.cells[start + index]
         before = stats_of(self.cells[base + self.layout.stats_start : base + self.layout.worker_cells - 1])
         stats.connections_total, stats.loops = before.connections_total, before.loops
         stats.responses, stats.duration_counts = before.responses, before.duration_counts
@@ -202,8 +220,10 @@ class SharedTable:
             ):
                 pool.mirror(backend, usable, weight, ramp, others, now)
         pool.set_others_totals(others_totals)
-        for each, flag in zip(pool, self.pool_cells, strict=False):
+        fallbacks = mine + layout.fallbacks_start
+        for index, (each, flag) in enumerate(zip(pool, self.pool_cells, strict=False)):
             each.set_maintenance(flag == 1.0)
+            cells[fallbacks + index] = each.fallbacks
         self._publish_stats(mine + layout.stats_start, stats)
 
     def set_ready(self, worker: int, ready: bool) -> None:

@@ -128,7 +128,8 @@ async def test_a_pool_in_maintenance_sends_every_workers_requests_to_its_fallbac
 ) -> None:
     """POST /pools/forms/state maint is the master's word, and every worker answers with the pool's
     fallback from then on (new connections land on either worker), also after a reload's new
-    workers start; ready brings the pool's backend back in every worker."""
+    workers start; ready brings the pool's backend back in every worker. The master's scrape counts
+    every fallback answer of every worker, those of the generation the reload retired included."""
     web, forms = await start_backends(nursery, 0, 0)
     port, admin = unused_port(), unused_port()
     config = tmp_path / "dispatcher.toml"
@@ -138,8 +139,13 @@ async def test_a_pool_in_maintenance_sends_every_workers_requests_to_its_fallbac
     submit = b"GET /submit/x HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
     fallback, backend = b"https://status.example.com/", forms.url.encode() + b"/submit/x"
 
+    answered = 0  # fallback answers sent, by either worker
+
     async def locations(count: int = 12) -> set[bytes]:
-        return {await location_on_new_connection(port, submit) for _ in range(count)}
+        nonlocal answered
+        found = [await location_on_new_connection(port, submit) for _ in range(count)]
+        answered += found.count(fallback)
+        return set(found)
 
     async def set_pool(word: bytes) -> None:
         async with await trio.open_tcp_stream("127.0.0.1", admin) as stream:
@@ -167,6 +173,8 @@ async def test_a_pool_in_maintenance_sends_every_workers_requests_to_its_fallbac
                 await trio.sleep(0.05)  # the old generation drains away
         assert all(listens(pid, port) for pid in new)
         assert await locations(30) == {fallback}
+        counted = f'dispatcher_pool_fallback_responses_total{{fallback="redirect",pool="forms"}} {answered}.0'
+        await poll_admin(admin, "/metrics", lambda _, text: counted in text)
         await set_pool(b"ready")
         await until({backend})
     finally:
