@@ -322,12 +322,28 @@ def _read_page(key: str, fallback: Fallback) -> Fallback:
     return replace(fallback, body=body)
 
 
+NO_BACKENDS = (
+    "no backends: give --backend URL (repeatable) or a --config file with [[backends]] or "
+    "[pools.NAME] backends, or try --demo"
+)
+
+
+def has_backends(settings: Settings) -> bool:
+    """Some pool has a backend (or a DNS entry) to send to. The default pool may be empty when
+    named pools are not, as HAProxy starts without a default_backend: the requests it would take
+    get its fallback (503 unless it names another)."""
+    return any(pool.backends or pool.services for pool in settings.all_pools)
+
+
 def check_config(args: argparse.Namespace) -> int:
     """--check-config FILE: the file (and the flags) validated as a start would, nothing started."""
     try:
         settings = load_settings(args)
     except ConfigError as error:
         print(f"dispatcher: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if not has_backends(settings):
+        print(f"dispatcher: {NO_BACKENDS}", file=sys.stderr)
         return EXIT_USAGE
     for warning in config.warnings(settings):
         print(f"dispatcher: warning: {warning}", file=sys.stderr)
@@ -356,12 +372,8 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigError as error:
         print(f"dispatcher: {error}", file=sys.stderr)
         return EXIT_USAGE
-    if not (settings.backends or settings.services) and not args.demo:
-        print(
-            "dispatcher: no backends: give --backend URL (repeatable) or a --config file "
-            "with [[backends]], or try --demo",
-            file=sys.stderr,
-        )
+    if not has_backends(settings) and not args.demo:
+        print(f"dispatcher: {NO_BACKENDS}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(args.log_level, args.log_format)
     settings = _fit_connection_cap(settings)
@@ -483,8 +495,8 @@ def _reload(args: argparse.Namespace, running: app.Running, demo_backends: tuple
         return
     if demo_backends is not None:
         settings = replace(settings, backends=demo_backends)
-    if not (settings.backends or settings.services):
-        log.error("reload refused, the running config stays: no backends")
+    if not has_backends(settings):
+        log.error("reload refused, the running config stays: no backends in any pool")
         return
     running.reload(settings)
 

@@ -22,7 +22,13 @@ from dispatcher import __version__
 from dispatcher.expose.logs import JsonFormatter
 from dispatcher.settings.config import Address, ConfigError
 from dispatcher.wiring.cli import build_parser, load_settings
-from tests.helpers import TestBackend, dispatcher_command, poll_admin, unused_port
+from tests.helpers import (
+    TestBackend,
+    dispatcher_command,
+    location_on_new_connection,
+    poll_admin,
+    unused_port,
+)
 
 DISPATCHER = [sys.executable, "-m", "dispatcher"]
 
@@ -233,3 +239,53 @@ def test_max_discard_has_a_flag() -> None:
         with pytest.raises(ConfigError) as caught:
             load_settings(build_parser().parse_args([f"--max-discard={bad}", "--backend=http://127.0.0.1:1"]))
         assert caught.value.key == "--max-discard"
+
+
+ONLY_NAMED_POOLS = """
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+[pools.app]
+backends = [{{ url = "{url}", name = "app1" }}]
+[[routes]]
+name = "all"
+path_prefix = "/"
+pool = "app"
+"""
+
+
+async def test_a_config_whose_backends_are_all_in_named_pools_checks_starts_and_reloads(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """An empty default pool is allowed when a named pool has backends (HAProxy starts without a
+    default_backend): --check-config says ok, the dispatcher starts and routes, a SIGHUP with the
+    same file is taken. A file with no backend in any pool is refused alike by the check and the
+    start: exit 2 and one line."""
+    backend = TestBackend("app1")
+    await nursery.start(backend.serve)
+    port, admin = unused_port(), unused_port()
+    config = tmp_path / "named.toml"
+    config.write_text(ONLY_NAMED_POOLS.format(port=port, admin=admin, url=backend.url))
+    status, stderr = await run_dispatcher(f"--check-config={config}")
+    assert (status, stderr) == (0, "")
+    process = await trio.lowlevel.open_process([*DISPATCHER, f"--config={config}", "--log-level=error"])
+    try:
+        await poll_admin(admin, "/readyz", lambda code, _: code == 200)
+        request = b"GET /x?y=1 HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+        assert await location_on_new_connection(port, request) == backend.url.encode() + b"/x?y=1"
+        config.write_text(config.read_text().replace('pool = "app"', 'pool = "app"\nreplace_prefix = "/v2"'))
+        process.send_signal(signal.SIGHUP)  # taken: the route's new rewrite shows in the Location
+        with trio.fail_after(10):
+            while await location_on_new_connection(port, request) != backend.url.encode() + b"/v2/x?y=1":
+                await trio.sleep(0.05)  # another process: no event to wait on
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            await process.wait()
+    empty = tmp_path / "empty.toml"
+    empty.write_text(f'listen = "127.0.0.1:{port}"\n')
+    line = (
+        "dispatcher: no backends: give --backend URL (repeatable) or a --config file with [[backends]] or "
+        "[pools.NAME] backends, or try --demo\n"
+    )
+    assert await run_dispatcher(f"--check-config={empty}") == (2, line)
+    assert await run_dispatcher(f"--config={empty}") == (2, line)
