@@ -485,11 +485,13 @@ def _pool(key: str, name: str, table: object) -> PoolSpec:
 def _balance_factor(key: str, value: object) -> float:
     if value == 0 and not isinstance(value, bool):
         return math.inf  # HAProxy's `hash-balance-factor 0`: no bound, plain consistent hashing
-    factor = positive(key, value)
+    reason = "must be 0 (no bound) or more than 1: at 1 every backend is full at the mean load"
+    try:
+        factor = positive(key, value)
+    except ConfigError:  # a negative number, or not a number: the same rule, said in full
+        raise ConfigError(key, value, reason) from None
     if factor <= 1.0:
-        raise ConfigError(
-            key, value, "must be 0 (no bound) or more than 1: at 1 every backend is full at the mean load"
-        )
+        raise ConfigError(key, value, reason)
     return factor
 
 
@@ -964,6 +966,16 @@ def warnings(settings: Settings) -> list[str]:
     not shorter than its interval, in [health] and in each backend that sets either itself."""
     found = [_timeout_warning(settings.health)] if _timeout_too_long(settings.health) else []
     found += unreachable(settings.routes)
+    found += [
+        f"routes[{i}] ({route.name}): a split without a name: its cookie ({route.cookie.name}) and its "
+        "metrics are named by its place in the list, so a route added before it renames them and every "
+        "visitor is drawn again; give it a name"
+        for i, route in enumerate(settings.routes)
+        if route.split
+        and not route.named
+        and route.cookie is not None
+        and route.cookie.name == f"dispatcher-{route.name}"
+    ]
     if settings.geoip_db is None and settings.country_header is None:
         found += [
             f"routes[{i}] ({route.name}): countries, but neither geoip_db nor country_header is set: "

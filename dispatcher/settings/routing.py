@@ -235,6 +235,7 @@ class RouteSpec:
     cookie: StickyCookie | None = None
     strip_prefix: bool = False
     replace_prefix: str | None = None
+    named: bool = True  # False: the name is its place's, `route3` (config.warnings says so for a split)
 
     @property
     def pools(self) -> tuple[str, ...]:
@@ -307,11 +308,15 @@ def _route(key: str, entry: object, index: int) -> RouteSpec:
         raise ConfigError(f"{key}.{what}", entry[what], "needs a path_prefix to strip or replace")
     if strip and replace_with is not None:
         raise ConfigError(f"{key}.replace_prefix", replace_with, "strip_prefix or replace_prefix, not both")
+    methods = frozenset(m.encode() for m in _strings(f"{key}.methods", entry.get("methods", ()), _method))
+    if b"GET" in methods:  # HEAD is GET without the body (RFC 9110 §9.3.2), as HAProxy's METH_GET
+        methods |= {b"HEAD"}
     return RouteSpec(
         name=name,
+        named="name" in entry,
         hosts=_strings(f"{key}.hosts", entry.get("hosts", ()), _host),
         path_prefix=prefix,
-        methods=frozenset(m.encode() for m in _strings(f"{key}.methods", entry.get("methods", ()), _method)),
+        methods=methods,
         headers=_pairs(f"{key}.headers", entry.get("headers", {}), lower=True),
         cookies=_pairs(f"{key}.cookies", entry.get("cookies", {}), lower=False),
         clients=_networks(f"{key}.clients", entry.get("clients", ())),

@@ -226,6 +226,14 @@ def test_methods_are_any_of(method: str, pool: str) -> None:
     assert router.ask("/submit", method=method).pool == pool
 
 
+@pytest.mark.parametrize(("method", "pool"), [("GET", "web"), ("HEAD", "web"), ("POST", "default")])
+def test_get_takes_head_too(method: str, pool: str) -> None:
+    """`methods = ["GET"]` takes HEAD as well, GET without its body (RFC 9110 §9.3.2), as HAProxy's
+    METH_GET does: a link checker's HEAD meets the pool its GET would."""
+    router = routed('[[routes]]\npath_prefix = "/v2"\nmethods = ["GET"]\npool = "web"')
+    assert router.ask("/v2/a", method=method).pool == pool
+
+
 @pytest.mark.parametrize(
     ("headers", "pool"),
     [

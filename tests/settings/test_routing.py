@@ -75,7 +75,7 @@ pool = "web"
         name="all",
         hosts=("shop.example.com", "*.example.org", "[2001:db8::1]"),
         path_prefix="/api",
-        methods=frozenset({b"GET", b"POST"}),
+        methods=frozenset({b"GET", b"HEAD", b"POST"}),  # GET takes HEAD
         headers=((b"x-variant", (b"a", b"b")), (b"accept", (b"text/html",))),
         cookies=((b"Session", (b"gold",)),),
         clients=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32")),
@@ -641,7 +641,9 @@ def test_a_pool_no_route_sends_to_is_warned_about() -> None:
 
 def test_a_pool_used_only_by_a_split_is_not_warned_about() -> None:
     """A split's variants count as used, as a plain route's pool does."""
-    settings = load('[[routes]]\npath_prefix = "/a"\nsplit = [{ pool = "web" }, { pool = "beta" }]')
+    settings = load(
+        '[[routes]]\nname = "ab"\npath_prefix = "/a"\nsplit = [{ pool = "web" }, { pool = "beta" }]'
+    )
     assert warnings(settings) == []
 
 
@@ -669,3 +671,36 @@ def test_a_balance_factor_of_0_is_no_bound_as_haproxys() -> None:
     pool += 'backends = [{{ url = "http://10.0.9.1", name = "x1" }}]'
     assert load(pool.format(0)).pools[-1].balance_factor == math.inf
     assert error_of(pool.format(0.5)).key == "pools.x.hash_balance_factor"
+
+
+@pytest.mark.parametrize(
+    ("route", "warned"),
+    [
+        ('split = [{ pool = "web" }, { pool = "beta" }]', True),
+        ('name = "shop"\nsplit = [{ pool = "web" }, { pool = "beta" }]', False),
+        ('split = [{ pool = "web" }, { pool = "beta" }]\ncookie = { name = "variant" }', False),
+        ('pool = "web"', False),
+    ],
+    ids=["unnamed-split", "named-split", "own-cookie-name", "unnamed-pool-route"],
+)
+def test_a_split_whose_cookie_is_named_by_its_place_is_warned_about(route: str, warned: bool) -> None:
+    """An unnamed split's cookie is dispatcher-route2 by its place: a route added before it would
+    rename it and draw every visitor again. Warned about, unless it has a name or names its cookie."""
+    settings = load(f'[[routes]]\nname = "first"\npath_prefix = "/x"\npool = "web"\n[[routes]]\n{route}\n')
+    expected = (
+        "routes[1] (route2): a split without a name: its cookie (dispatcher-route2) and its metrics are "
+        "named by its place in the list, so a route added before it renames them and every visitor is "
+        "drawn again; give it a name"
+    )
+    assert (expected in warnings(settings)) == warned
+
+
+@pytest.mark.parametrize("factor", ["-1", "0.5", "1", '"x"'])
+def test_a_balance_factor_out_of_range_says_the_whole_rule(factor: str) -> None:
+    """hash_balance_factor takes 0 (no bound) or more than 1: a negative one was told "greater than
+    0", which 0.5 is and still is refused. Every wrong value now gets the one rule."""
+    error = error_of("", top=f'policy = "hash"\nhash_key = "client"\nhash_balance_factor = {factor}\n')
+    assert (error.key, error.reason) == (
+        "hash_balance_factor",
+        "must be 0 (no bound) or more than 1: at 1 every backend is full at the mean load",
+    )
