@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
+from dispatcher.core.health_state import Admin
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Backend, Pool
 from dispatcher.core.pools import Pools, named_pool, pools_of
@@ -139,8 +140,8 @@ class Running:
                 await checked.wait()
         for pool in fresh:
             pool.change_listeners.remove(heard)
-        if number == self._reloads:
-            self._swap(new, given, "reloaded")
+        if number == self._reloads:  # the new pools' backends are added by this reload too
+            self._swap(new, given, "reloaded", sum(len(pool.backends) for pool in fresh))
 
     def reopen_logs(self) -> None:
         """SIGUSR1 (logrotate's postrotate): the access log opened again, here or in every worker."""
@@ -162,19 +163,35 @@ class Running:
         """The backend list before the admin API's changes: the config's, with DNS's members."""
         return self.discovery.specs if self.discovery is not None else self.settings.backends
 
-    def _swap(self, new: Settings, given: Sequence[BackendSpec], why: str) -> None:
+    def _swap(self, new: Settings, given: Sequence[BackendSpec], why: str, opened: int = 0) -> None:
+        """Apply `new` (with --workers, once the new workers listen); `opened`: backends of pools the
+        reload added and checked beforehand (`_open_pools`), which the log counts as added."""
         specs = self.roster.overlay(given)
         if self.master is not None:
-            self.master.reload(replace(new, backends=specs), lambda _: self._apply(new, specs, why))
+            self.master.reload(replace(new, backends=specs), lambda _: self._apply(new, specs, why, opened))
         else:
-            self._apply(new, specs, why)
+            self._apply(new, specs, why, opened)
 
-    def _apply(self, new: Settings, specs: Sequence[BackendSpec], why: str) -> None:
+    def _apply(self, new: Settings, specs: Sequence[BackendSpec], why: str, opened: int = 0) -> None:
         self.pool.health_settings = new.health
         self.pool.slow_start = new.slow_start
         self.pool.set_spec(new.default_pool)
+        # An operator's drain or maint follows a backend that the file moved to another pool (names
+        # are unique across pools: it is the same backend), as it survives a reload that keeps it.
+        held = {
+            (backend.name, backend.spec.url): (backend, backend.admin)
+            for pool in self._pools()
+            for backend in pool.backends
+            if backend.admin is not Admin.READY
+        }
         added, removed = apply_backends(self.pool, self.checks, specs)
         more, fewer = self._apply_pools(new)
+        more += opened
+        for pool in self._pools():
+            for backend in pool.backends:
+                before, admin = held.get((backend.name, backend.spec.url), (backend, Admin.READY))
+                if before is not backend and backend.admin is Admin.READY:
+                    pool.set_admin(backend, admin)
         self.settings = new
         if self.front is not None:
             self.front.settings = new

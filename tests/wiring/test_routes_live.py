@@ -24,6 +24,7 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
+from dispatcher.core.health_state import Admin
 from dispatcher.core.pool import Pool
 from dispatcher.settings.config import ConfigError, Settings
 from dispatcher.wiring.cli import _reload, build_parser, load_settings
@@ -510,14 +511,19 @@ async def test_a_reload_adds_and_removes_pools_and_routes_and_keeps_a_kept_backe
 
 
 async def test_a_pool_a_reload_adds_takes_its_routes_only_once_its_backends_have_answered(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, tmp_path: Path
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """While the new pool's first check is out (its backend is slow to answer it), /fresh goes where the
     running routes send it (the default pool), never to a 503 for want of a check; once the check has
-    come back (here: timed out, the backend down), the reload applies and /fresh gets fresh's answer."""
+    come back (here: timed out, the backend down), the reload applies and /fresh gets fresh's answer.
+    The reload's log line counts the new pool's backend as added and the removed pool's as removed."""
     site = await start_site(nursery, tmp_path, names=("main1", "forms1", "beta1", "fresh1"))
     site.backends["fresh1"].mode = "hang"
     site.write(BETA, FRESH)
+    caplog.set_level(logging.INFO, "dispatcher")
     site.dispatcher.running.reload(settings_of(site.path))
     fresh = site.pools["fresh"]
     async with site.client() as client:
@@ -530,6 +536,7 @@ async def test_a_pool_a_reload_adds_takes_its_routes_only_once_its_backends_have
         assert list(site.pools) == ["default", "beta", "fresh"]
         answer = await client.get("/fresh/a")
         assert (answer.status_code, fresh.backends[0].state) == (503, "down")
+    assert "reloaded: 3 backends (1 added, 1 removed)" in [record.getMessage() for record in caplog.records]
 
 
 async def test_a_reload_whose_routes_name_an_unknown_pool_is_refused_and_the_running_config_stays(
@@ -672,3 +679,27 @@ async def test_a_forwarded_address_counts_only_from_a_trusted_proxy(
     async with site.client() as client:
         forged = await client.get("/x", headers={"x-forwarded-for": "10.1.2.3"})
     assert forged.headers["location"] == (inside if trusted else outside)
+
+
+async def test_a_drained_backend_the_file_moves_to_another_pool_stays_drained(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The operator drained beta1; a reload moves it (the same name and URL) from pool beta to pool
+    forms. It is the same backend: its drain follows it, as it survives a reload that keeps it in
+    place, and /submit gets the forms pool's fallback, not a redirect to the drained backend."""
+    site = await start_site(nursery, tmp_path)
+    beta = site.pools["beta"]
+    beta.set_admin(beta.by_name["beta1"], Admin.DRAIN)
+    moved = FORMS.replace('{{ url = "{forms1}", name = "forms1" }}', '{{ url = "{beta1}", name = "beta1" }}')
+    site.write(
+        moved, BETA.replace('{{ url = "{beta1}", name = "beta1" }}', '{{ url = "{main1}", name = "b2" }}')
+    )
+    site.dispatcher.running.reload(settings_of(site.path))
+    forms = site.pools["forms"]
+    moved_backend = forms.by_name["beta1"]
+    with trio.fail_after(PATIENCE):
+        await wait_for(forms, lambda: moved_backend.checks_passed >= 1)  # checked, as a new one is
+    assert moved_backend.state == "draining"
+    async with site.client() as client:
+        answer = await client.post("/submit", content=b"x")
+    assert answer.headers["location"] == "https://status.example.com/"
