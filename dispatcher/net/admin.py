@@ -179,12 +179,11 @@ class AdminApi:
             return reply, "refused: the body is not maint or ready"
         before = "maint" if pool.maintenance else "ready"
         pool.set_maintenance(word == "maint")
-        if before != word:
-            log.warning(
-                "pool %s %s",
-                name,
-                "in maintenance: every answer is its fallback" if pool.maintenance else "ready again",
-            )
+        if before != word:  # a pool sent to its fallback is a warning; its return, news
+            if pool.maintenance:
+                log.warning("pool %s in maintenance: every answer is its fallback", name)
+            else:
+                log.info("pool %s ready again", name)
         return _json(200, self._pool_json(pool, now)), f"pool {name} is {word} (was {before})"
 
     def _pool_json(self, pool: Pool, now: float, with_backends: bool = False) -> dict[str, Any]:

@@ -985,6 +985,21 @@ def warnings(settings: Settings) -> list[str]:
         ]
     used = {pool for route in settings.routes for pool in route.pools}
     found += [f"pools.{pool.name}: no route sends to it" for pool in settings.pools if pool.name not in used]
+    takes_all = next((i for i, route in enumerate(settings.routes) if _takes_every_request(route)), None)
+    if takes_all is not None and (settings.backends or settings.services) and "default" not in used:
+        route = settings.routes[takes_all]
+        found.append(
+            f"routes[{takes_all}] ({route.name}) takes every request: the default pool's backends "
+            "([[backends]], --backend) are never sent one"
+        )
+    if not settings.tls.enabled:
+        found += [
+            f"routes[{i}] ({route.name}): cookie.secure = true on a plain-HTTP front door: browsers keep "
+            "a Secure cookie only from https, so visitors are drawn again at each request unless a TLS "
+            "terminator is in front"
+            for i, route in enumerate(settings.routes)
+            if route.cookie is not None and route.cookie.secure
+        ]
     for i, spec in enumerate(settings.backends):
         own = {name for name, _ in spec.health_overrides}
         if own & {"interval", "timeout"} and _timeout_too_long(spec.health):
@@ -995,6 +1010,11 @@ def warnings(settings: Settings) -> list[str]:
         if overrides.keys() & {"interval", "timeout"} and _timeout_too_long(health):
             found.append(f"{service.url}: {_timeout_warning(health)}")
     return found
+
+
+def _takes_every_request(route: RouteSpec) -> bool:
+    """A route with no condition, or only the path prefix `/` (every path starts with one)."""
+    return route.conditions == 0 or (route.conditions == 1 and route.path_prefix == "/")
 
 
 def _timeout_too_long(health: HealthSettings) -> bool:

@@ -20,7 +20,9 @@ class ConfigError(ValueError):
     def __init__(self, key: str, value: object, reason: str) -> None:
         self.key, self.value, self.reason = key, value, reason
         # None: a setting that is missing, which has no value to show (`tls.key = None` reads as one).
-        super().__init__(f"{key}: {reason}" if value is None else f"{key} = {value!r}: {reason}")
+        # A boolean as the file writes it (`true`, not Python's `True`).
+        shown = ("true" if value else "false") if isinstance(value, bool) else repr(value)
+        super().__init__(f"{key}: {reason}" if value is None else f"{key} = {shown}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,9 @@ from dispatcher.settings.config import (
     apply,
     check,
     parse_toml,
-    warnings,
+)
+from dispatcher.settings.config import (
+    warnings as all_warnings,
 )
 from dispatcher.settings.routing import SplitSpec, StickyCookie
 
@@ -40,6 +42,12 @@ def load(text: str, top: str = "", base: str = BASE) -> Settings:
     """The settings of a file (`top`'s keys at its top level, `text` after `base`'s tables): parsed,
     then the rules across settings (`check`), as a start does."""
     return check(apply(Settings(), parse_toml(top + base + text)))
+
+
+def warnings(settings: Settings) -> list[str]:
+    """The warnings but the default pool's being left out by a catch-all route, which most routes of
+    these tests are (`test_a_route_that_takes_every_request_is_warned_about_when_backends_wait` has it)."""
+    return [warning for warning in all_warnings(settings) if "takes every request" not in warning]
 
 
 def error_of(text: str, top: str = "", base: str = BASE) -> ConfigError:
@@ -704,3 +712,39 @@ def test_a_balance_factor_out_of_range_says_the_whole_rule(factor: str) -> None:
         "hash_balance_factor",
         "must be 0 (no bound) or more than 1: at 1 every backend is full at the mean load",
     )
+
+
+@pytest.mark.parametrize(
+    ("route", "warned"),
+    [
+        ('pool = "web"', True),
+        ('path_prefix = "/"\npool = "web"', True),
+        ('path_prefix = "/api"\npool = "web"', False),
+        ('split = [{ pool = "default" }, { pool = "web" }]\nname = "ab"', False),
+    ],
+    ids=["no-condition", "prefix-slash", "a-prefix", "split-with-default"],
+)
+def test_a_route_that_takes_every_request_is_warned_about_when_backends_wait(
+    route: str, warned: bool
+) -> None:
+    """A route that takes every request while the default pool has backends: they are never sent
+    one (a config moved to named pools that kept its [[backends]]). Not when the route is narrower,
+    nor when it sends to the default pool itself."""
+    found = all_warnings(load(f"[[routes]]\n{route}\n"))
+    assert any("takes every request: the default pool's backends" in warning for warning in found) == warned
+
+
+@pytest.mark.parametrize(("tls", "warned"), [(False, True), (True, False)])
+def test_a_secure_cookie_on_a_plain_front_door_is_warned_about(tls: bool, warned: bool) -> None:
+    """Browsers keep a Secure cookie only from https: on a plain-HTTP front door (no TLS of its own)
+    a split's secure cookie is warned about, since its visitors are drawn again at each request."""
+    top = 'tls = { cert = "c.pem", key = "k.pem" }\n' if tls else ""
+    route = '[[routes]]\nname = "ab"\npath_prefix = "/a"\nsplit = [{ pool = "web" }, { pool = "beta" }]\n'
+    found = all_warnings(load(route + "cookie = { secure = true }\n", top=top))
+    assert any("cookie.secure = true on a plain-HTTP front door" in warning for warning in found) == warned
+
+
+def test_a_boolean_in_an_error_is_written_as_the_file_writes_it() -> None:
+    """`strip_prefix = true` without a prefix: the line shows `true`, TOML's word, not Python's `True`."""
+    error = error_of('[[routes]]\nstrip_prefix = true\npool = "web"\n')
+    assert str(error) == "routes[0].strip_prefix = true: needs a path_prefix to strip or replace"
