@@ -125,8 +125,7 @@ class Route:
     pools: tuple[Pool, ...]
     weights: tuple[float, ...]  # of a split; (1.0,) for one pool
     cookie_headers: tuple[bytes, ...]  # a split's Set-Cookie per variant
-    cookie_name: bytes = b""  # a split's cookie, and how it is found in the Cookie field
-    cookie_pattern: re.Pattern[bytes] | None = None
+    cookie_pattern: re.Pattern[bytes] | None = None  # how a split's cookie is found in the Cookie field
     variant_of: dict[bytes, int] = field(default_factory=dict)  # a variant's pool name to its index
     checks: tuple[Check, ...] = ()  # every condition but the prefix, cheapest first
     # Read on every request the route takes, so as not to call what would do nothing: a split (else
@@ -622,7 +621,6 @@ def _compile(spec: RouteSpec, index: int, pools: Mapping[str, Pool]) -> Route:
         variants,
         weights,
         cookies,
-        cookie_name=spec.cookie.name.encode(),
         cookie_pattern=_cookie_pattern(spec.cookie.name.encode()),
         variant_of={variant.pool.encode(): i for i, variant in enumerate(spec.split)},
         variant_requests=[0] * len(variants),
