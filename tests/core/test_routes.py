@@ -394,8 +394,10 @@ def test_a_request_no_route_takes_goes_to_the_default_pool() -> None:
 # Route conditions and requests drawn from small sets that collide often: prefixes that share first
 # segments or differ by one character or a slash, hosts under one domain, two methods.
 PREFIX_CHOICES = [None, "/", "/api", "/api/", "/api/v1", "/apix", "/ap", "/docs", "//x", "/a.b"]
+PREFIX_CHOICES += ["/api/v1/", "/api/v2", "/api/v1/x", "/docs/a"]  # the index's second segment
 PATH_CHOICES = ["/", "/api", "/api/", "/api/v1", "/api/v1/x", "/api/v2", "/api?x=1", "/apix", "/ap", "/apiv1"]
 PATH_CHOICES += ["/docs", "/docs/", "/docs?q", "//x", "//x/y", "/a.b/c", "/API", "/x/api", "/?api"]
+PATH_CHOICES += ["/api/v1?x", "/api/v1/", "/api//v1", "/api/v10", "/api/v1/x/y", "/api/v2?q", "/docs/a/b"]
 
 
 @st.composite
