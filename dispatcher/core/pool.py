@@ -18,7 +18,7 @@ import logging
 import math
 import random
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from dispatcher.core import estimate
@@ -178,6 +178,10 @@ class BackendView:
 # (backend, before, after, the check that made the change; None: the operator's word)
 TransitionListener = Callable[[Backend, str, str, CheckResult | None], None]
 ChangeListener = Callable[[Backend], None]
+
+
+# A backend a reload moves between pools, with the operator state it had before it was released.
+Moving = tuple[Backend, Admin]
 
 
 class Pool:
@@ -573,23 +577,34 @@ class Pool:
             for listener in self.listeners:
                 listener(backend, before, after, result)
 
-    def reconcile(self, specs: Sequence[BackendSpec]) -> tuple[list[Backend], list[Backend]]:
+    def reconcile(
+        self, specs: Sequence[BackendSpec], moving: Mapping[tuple[str, str], Moving] | None = None
+    ) -> tuple[list[Backend], list[Backend]]:
         """Apply a reloaded backend list; returns (added, removed).
 
         A backend is the same backend when its name and URL are unchanged: it keeps its health, load
         reports, counters and operator state (drain survives a reload, unlike HAProxy's). A new weight
         applies at once. A removed backend is put in maint so that no redirect goes to it any more.
+        One that the reload moves here from another pool (`moving`, by name and URL, released there
+        first: `release`) is the same backend too: it comes with its state, and is among the added
+        only so that its checks start in this pool.
         """
         old = self.by_name
         kept: list[Backend] = []
         added: list[Backend] = []
+        adopted: list[Backend] = []
         for spec in (spec.resolved(self.health_settings) for spec in specs):
             backend = old.get(spec.name)
+            move = moving.get((spec.name, spec.url)) if moving is not None else None
             if backend is not None and backend.spec.url == spec.url:
                 if backend.spec != spec:
                     backend.spec = spec
                     self.reindex(backend)
                 kept.append(backend)
+            elif move is not None:
+                backend, admin = move
+                backend.spec, backend.pool, backend.admin = spec, self.name, admin
+                adopted.append(backend)
             else:
                 added.append(self._backend(spec))
         keep = {id(b) for b in kept}
@@ -598,9 +613,21 @@ class Pool:
             backend.admin = Admin.MAINT
             self.reindex(backend)
         order = {spec.name: i for i, spec in enumerate(specs)}
-        self.backends = sorted(kept + added, key=lambda b: order[b.name])
+        self.backends = sorted(kept + added + adopted, key=lambda b: order[b.name])
         self.by_name = {backend.name: backend for backend in self.backends}
-        return added, removed
+        for backend in adopted:
+            self.reindex(backend)  # filed here, as usable as it was there
+        return added + adopted, removed
+
+    def release(self, backend: Backend) -> Moving:
+        """Take a backend out of this pool for another one to adopt (`reconcile`'s `moving`): no
+        redirect goes to it from here any more; its operator state goes with it."""
+        admin = backend.admin
+        backend.admin = Admin.MAINT
+        self.reindex(backend)
+        self.backends = [each for each in self.backends if each is not backend]
+        self.by_name = {each.name: each for each in self.backends}
+        return backend, admin
 
     def view(self, now: float) -> list[BackendView]:
         return [self.view_of(backend, now) for backend in self.backends]

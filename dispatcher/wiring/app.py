@@ -13,14 +13,13 @@ callback, from here, rather than importing across rooms (the master's `gather` f
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import trio
 
-from dispatcher.core.health_state import Admin
 from dispatcher.core.lifecycle import Lifecycle
-from dispatcher.core.pool import Backend, Pool
+from dispatcher.core.pool import Backend, Moving, Pool
 from dispatcher.core.pools import Pools, named_pool, pools_of
 from dispatcher.core.roster import Roster
 from dispatcher.core.routes import CountryOf, router_for
@@ -176,22 +175,10 @@ class Running:
         self.pool.health_settings = new.health
         self.pool.slow_start = new.slow_start
         self.pool.set_spec(new.default_pool)
-        # An operator's drain or maint follows a backend that the file moved to another pool (names
-        # are unique across pools: it is the same backend), as it survives a reload that keeps it.
-        held = {
-            (backend.name, backend.spec.url): (backend, backend.admin)
-            for pool in self._pools()
-            for backend in pool.backends
-            if backend.admin is not Admin.READY
-        }
-        added, removed = apply_backends(self.pool, self.checks, specs)
-        more, fewer = self._apply_pools(new)
-        more += opened
-        for pool in self._pools():
-            for backend in pool.backends:
-                before, admin = held.get((backend.name, backend.spec.url), (backend, Admin.READY))
-                if before is not backend and backend.admin is Admin.READY:
-                    pool.set_admin(backend, admin)
+        moving = self._release_moved(new, specs)
+        added, removed = apply_backends(self.pool, self.checks, specs, moving)
+        more, fewer = self._apply_pools(new, moving)
+        more += opened - len(moving)  # a moved backend is neither: it is kept, in another pool
         self.settings = new
         if self.front is not None:
             self.front.settings = new
@@ -208,7 +195,32 @@ class Running:
         assert self.pools is not None
         return self.pools
 
-    def _apply_pools(self, new: Settings) -> tuple[int, int]:
+    def _release_moved(self, new: Settings, specs: Sequence[BackendSpec]) -> dict[tuple[str, str], Moving]:
+        """The backends the file moves from one running pool to another (the same name and URL: names
+        are unique across pools, so it is the same backend), released from the pool they leave, for
+        the one they join to adopt with their health, load, counters and operator state. A pool new
+        in this reload made its own (`_open_pools`, checked before the swap): nothing moves there."""
+        wanted = {(spec.name, spec.url): self.pool.name for spec in specs}
+        for pool_spec in new.pools:
+            wanted.update(((spec.name, spec.url), pool_spec.name) for spec in pool_spec.backends)
+        pools = self._pools()
+        moving: dict[tuple[str, str], Moving] = {}
+        for pool in list(pools):
+            for backend in list(pool.backends):
+                key = (backend.name, backend.spec.url)
+                target = pools.by_pool.get(wanted.get(key, pool.name))
+                if target is None or target is pool or backend.name in target.by_name:
+                    continue
+                self._checks_of(pool).remove(backend)
+                moving[key] = pool.release(backend)
+        return moving
+
+    def _checks_of(self, pool: Pool) -> HealthChecks:
+        return self.checks if pool is self.pool else self.pool_checks[pool.name][0]
+
+    def _apply_pools(
+        self, new: Settings, moving: Mapping[tuple[str, str], Moving] | None = None
+    ) -> tuple[int, int]:
         """The named pools of a reload: kept ones take their new settings and backends (those that stay
         keep their state), new ones start their checks, removed ones stop them. (added, removed)"""
         pools, added, removed = self._pools(), 0, 0
@@ -230,7 +242,7 @@ class Running:
                 continue
             pool.health_settings, pool.slow_start = spec.health(new.health), new.slow_start
             pool.set_spec(spec)
-            more, fewer = apply_backends(pool, self.pool_checks[spec.name][0], spec.backends)
+            more, fewer = apply_backends(pool, self.pool_checks[spec.name][0], spec.backends, moving)
             added, removed = added + len(more), removed + len(fewer)
         return added, removed
 
@@ -258,11 +270,15 @@ def start_checks(nursery: trio.Nursery, pool: Pool) -> tuple[HealthChecks, trio.
 
 
 def apply_backends(
-    pool: Pool, checks: HealthChecks, specs: Sequence[BackendSpec]
+    pool: Pool,
+    checks: HealthChecks,
+    specs: Sequence[BackendSpec],
+    moving: Mapping[tuple[str, str], Moving] | None = None,
 ) -> tuple[list[Backend], list[Backend]]:
     """Run this backend list: those that stay keep their state, new ones are checked before they take
-    traffic, removed ones take no new redirect (a reload, DNS's members, the admin API alike)."""
-    added, removed = pool.reconcile(specs)
+    traffic, removed ones take no new redirect (a reload, DNS's members, the admin API alike); those
+    `moving` here from another pool come with their state (`Pool.reconcile`)."""
+    added, removed = pool.reconcile(specs, moving)
     for backend in removed:
         checks.remove(backend)
     for backend in added:
