@@ -1009,6 +1009,16 @@ def warnings(settings: Settings) -> list[str]:
         health = replace(settings.health, **overrides)
         if overrides.keys() & {"interval", "timeout"} and _timeout_too_long(health):
             found.append(f"{service.url}: {_timeout_warning(health)}")
+    for pool in settings.pools:  # a named pool's own [health] over the global one, then its backends'
+        pool_health = pool.health(settings.health)
+        own = {name for name, _ in pool.health_overrides}
+        if own & {"interval", "timeout"} and _timeout_too_long(pool_health):
+            found.append(f"pools.{pool.name}: {_timeout_warning(pool_health)}")
+        for i, spec in enumerate(pool.backends):
+            overrides = dict(spec.health_overrides)
+            health = replace(pool_health, **overrides)
+            if overrides.keys() & {"interval", "timeout"} and _timeout_too_long(health):
+                found.append(f"pools.{pool.name}.backends[{i}] ({spec.name}): {_timeout_warning(health)}")
     return found
 
 

@@ -748,3 +748,25 @@ def test_a_boolean_in_an_error_is_written_as_the_file_writes_it() -> None:
     """`strip_prefix = true` without a prefix: the line shows `true`, TOML's word, not Python's `True`."""
     error = error_of('[[routes]]\nstrip_prefix = true\npool = "web"\n')
     assert str(error) == "routes[0].strip_prefix = true: needs a path_prefix to strip or replace"
+
+
+@pytest.mark.parametrize(
+    ("pool", "key"),
+    [
+        (
+            'health = { interval = "1s", timeout = "2s" }\n'
+            'backends = [{ url = "http://10.0.3.1", name = "x1" }]',
+            "pools.x",
+        ),
+        (
+            'backends = [{ url = "http://10.0.3.1", name = "x1", health = { timeout = "3s" } }]',
+            "pools.x.backends[0] (x1)",
+        ),
+    ],
+    ids=["the-pool's-own", "a-backend's-own"],
+)
+def test_a_named_pools_timeout_not_shorter_than_its_interval_is_warned_about(pool: str, key: str) -> None:
+    """As a top-level backend's own health table is: a named pool's, and one of its backends', with a
+    timeout not shorter than the interval in force there (the global [health] interval is 2 s)."""
+    found = all_warnings(load(f'[pools.x]\n{pool}\n[[routes]]\npath_prefix = "/x"\npool = "x"\n'))
+    assert any(warning.startswith(f"{key}: health.timeout") for warning in found), found
