@@ -42,6 +42,7 @@ class AnswerReader:
 
     __slots__ = (
         "_begun",
+        "_cut",
         "_headed",
         "_keep_alive",
         "_parser",
@@ -66,6 +67,7 @@ class AnswerReader:
         self._keep_alive = False
         self._too_large = False
         self._begun = False  # bytes of this answer arrived
+        self._cut = False  # a failed answer decided at its head, its body not yet ended
         self._headed = False  # its head is complete
         self.streaming = False  # the answer is a load stream
         self.stream = bytearray()  # its body's bytes not yet taken
@@ -74,7 +76,7 @@ class AnswerReader:
     def begin(self) -> None:
         """A new check on this connection: forget what the last one read."""
         self.status, self.headers, self.body = 0, [], b""
-        self.done = self._too_large = self._begun = self._headed = False
+        self.done = self._too_large = self._begun = self._headed = self._cut = False
 
     def take(self) -> bytes:
         """The load stream's body bytes that arrived since the last take."""
@@ -102,7 +104,7 @@ class AnswerReader:
     def reusable(self) -> bool:
         """The answer is whole and the connection may carry the next check (HTTP/1.1 keep-alive, no
         `Connection: close`, nothing sent out of turn)."""
-        return self.done and self._keep_alive and not self.extra and not self.streaming
+        return self.done and self._keep_alive and not self.extra and not self.streaming and not self._cut
 
     def _end_of_stream(self) -> bool:
         """The backend closed: that ends an answer whose body had no length (RFC 9112 §6.3, 8.)."""
@@ -127,13 +129,23 @@ class AnswerReader:
 
     def on_headers_complete(self) -> None:
         self._headed = True
-        if self.done or self._parser.get_status_code() != 200:
+        status = self._parser.get_status_code()
+        if not self.done and status >= 300:
+            # A failed check is decided by its status; its body is not kept (`judge` reads none), so
+            # that a 503 whose body never ends (an event stream, a slow page) fails as a 503 now, not
+            # as a timeout later. The connection is kept only if the body ended in the same bytes
+            # (`on_message_complete`); else it goes with the rest of the body (`reusable`).
+            self.status, self.done, self._cut = status, True, True
+            return
+        if self.done or status != 200:
             return
         for name, value in self.headers:
             if name.lower() == b"content-type" and value.lower().lstrip().startswith(b"text/event-stream"):
                 self.status, self.done, self.streaming = 200, True, True
 
     def on_body(self, data: bytes) -> None:
+        if self._cut:
+            return
         if self.streaming:
             self.stream += data
         elif len(self.body) + len(data) > MAX_HEALTH_BODY:
@@ -142,6 +154,9 @@ class AnswerReader:
             self.body += data
 
     def on_message_complete(self) -> None:
+        if self._cut:  # the failed answer's body ended: the connection may carry the next check
+            self._cut, self._keep_alive = False, self._parser.should_keep_alive()
+            return
         if self.streaming:
             self.ended = True
             return

@@ -169,17 +169,21 @@ def test_whole_events_read_at_once_as_they_read_byte_by_byte(pieces: list[bytes]
 
 
 def test_only_a_200_event_stream_is_a_stream() -> None:
-    """A 200 with text/event-stream is whole at its head; a 503 with the same type is an ordinary answer."""
+    """A 200 with text/event-stream is whole at its head, a stream. A 503 with the same type is no
+    stream: a failed answer, decided at its head (a body that never ends must not turn a 503 into
+    a timeout), whose connection is kept only once its body has ended."""
     reader = AnswerReader()
     head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
     head += b"transfer-encoding: chunked\r\n\r\n"
     assert reader.feed(head + b"8\r\ndata: 1\n\r\n")
     assert (reader.streaming, reader.take(), reader.reusable) == (True, b"data: 1\n", False)
     other = AnswerReader()
-    assert not other.feed(
+    assert other.feed(
         b"HTTP/1.1 503 Busy\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
     )
-    assert not other.streaming
+    assert (other.status, other.streaming, other.reusable) == (503, False, False)
+    other.feed(b"8\r\ndata: 1\n\r\n0\r\n\r\n")
+    assert (other.body, other.reusable) == (b"", True)
 
 
 def test_stream_is_silent_past_its_deadline_and_heartbeats_move_it() -> None:
