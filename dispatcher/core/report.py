@@ -122,7 +122,8 @@ def _header_number(value: bytes) -> float:
 
 def _number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise BadLoad(f"load {value!r} is not a number")
+        # Shown as the backend wrote it (`true`, `null`, `[1]`), not as Python's repr.
+        raise BadLoad(f"load {json.dumps(value)} is not a number")
     try:
         number = float(value)
     except ValueError:

@@ -483,8 +483,8 @@ def _pool(key: str, name: str, table: object) -> PoolSpec:
 
 
 def _balance_factor(key: str, value: object) -> float:
-    if value == 0 and not isinstance(value, bool):
-        return math.inf  # HAProxy's `hash-balance-factor 0`: no bound, plain consistent hashing
+    if (value == 0 or value == math.inf) and not isinstance(value, bool):
+        return math.inf  # HAProxy's `hash-balance-factor 0`: no bound, plain consistent hashing; or `inf`
     reason = "must be 0 (no bound) or more than 1: at 1 every backend is full at the mean load"
     try:
         factor = positive(key, value)

@@ -45,3 +45,11 @@ def test_bad_load_is_refused(headers: list[tuple[bytes, bytes]], body: bytes) ->
     """A load that is present but not a finite number >= 0 is a bad report, not a zero."""
     with pytest.raises(BadLoad):
         parse_report(headers, body)
+
+
+@pytest.mark.parametrize(("body", "shown"), [(b'{"load": true}', "true"), (b'{"load": null}', "null")])
+def test_a_json_load_that_is_no_number_is_shown_as_the_backend_wrote_it(body: bytes, shown: str) -> None:
+    """The check's detail quotes the JSON value (`true`, `null`), not Python's `True` or `None`."""
+    with pytest.raises(BadLoad) as caught:
+        parse_report([], body)
+    assert str(caught.value) == f"load {shown} is not a number"

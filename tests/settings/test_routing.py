@@ -770,3 +770,10 @@ def test_a_named_pools_timeout_not_shorter_than_its_interval_is_warned_about(poo
     timeout not shorter than the interval in force there (the global [health] interval is 2 s)."""
     found = all_warnings(load(f'[pools.x]\n{pool}\n[[routes]]\npath_prefix = "/x"\npool = "x"\n'))
     assert any(warning.startswith(f"{key}: health.timeout") for warning in found), found
+
+
+def test_a_balance_factor_of_infinity_is_no_bound() -> None:
+    """`inf` (TOML's infinity) is more than 1: taken as no bound, as 0 is (HAProxy's 0), not refused
+    with a rule it meets."""
+    settings = load("", top='policy = "hash"\nhash_key = "client"\nhash_balance_factor = inf\n')
+    assert settings.default_pool.balance_factor == math.inf
