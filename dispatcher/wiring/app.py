@@ -98,8 +98,9 @@ class Running:
         new = _reload_tls(self.front, old, new)
         self._reloads += 1
         fresh = self._open_pools(new)
-        if fresh and self.nursery is not None:
-            self.nursery.start_soon(self._swap_once_checked, fresh, new, given, self._reloads)
+        staged = self._stage_backends(new, given, fresh)
+        if (fresh or staged) and self.nursery is not None:
+            self.nursery.start_soon(self._swap_once_checked, fresh, staged, new, given, self._reloads)
         else:
             self._swap(new, given, "reloaded")
 
@@ -118,29 +119,68 @@ class Running:
                 fresh.append(pool)
         return fresh
 
+    def _stage_backends(
+        self, new: Settings, given: Sequence[BackendSpec], fresh: Sequence[Pool]
+    ) -> list[tuple[Pool, Backend]]:
+        """A running pool that the reload leaves with no usable backend it has now, all its backends
+        new: those are added now, beside the ones that go, and checked before the swap (as a new
+        pool's are), which keeps them. Until then the old ones answer; without it the pool would
+        answer 503 until a first check came back. With --workers the table of a generation is laid
+        out for one backend list, so there the new ones are checked after the swap, as before."""
+        if self.master is not None or self.nursery is None:
+            return []
+        pools = self._pools()
+        everywhere = {(b.name, b.spec.url): b for pool in pools for b in pool.backends}
+        wanted = [(self.pool, self.roster.overlay(given))]
+        wanted += [
+            (pools.by_pool[spec.name], spec.backends) for spec in new.pools if spec.name in pools.by_pool
+        ]
+        staged: list[tuple[Pool, Backend]] = []
+        for pool, specs in wanted:
+            keys = [(spec.name, spec.url) for spec in specs]
+            if pool in fresh or any(everywhere[key].usable for key in keys if key in everywhere):
+                continue  # new and checked already, or something usable stays or moves in
+            newcomers = [spec for spec in specs if (spec.name, spec.url) not in everywhere]
+            newcomers = [spec for spec in newcomers if spec.name not in pool.by_name]
+            if not newcomers:
+                continue
+            added, _ = pool.reconcile([backend.spec for backend in pool.backends] + newcomers)
+            for backend in added:
+                self._checks_of(pool).add(backend)
+                staged.append((pool, backend))
+        return staged
+
     async def _swap_once_checked(
-        self, fresh: list[Pool], new: Settings, given: Sequence[BackendSpec], number: int
+        self,
+        fresh: list[Pool],
+        staged: list[tuple[Pool, Backend]],
+        new: Settings,
+        given: Sequence[BackendSpec],
+        number: int,
     ) -> None:
-        """Apply a reload once every backend of the pools it adds has had its first check (or after the
-        longest a first check can take): then its routes to them find them checked. A later reload
-        supersedes this one, which then applies nothing."""
+        """Apply a reload once every backend of the pools it adds, and every backend it stages in a
+        pool it renews (`_stage_backends`), has had its first check (or after the longest a first
+        check can take): then its routes find them checked. A later reload supersedes this one,
+        which then applies nothing."""
         checked = trio.Event()
+        waiting = [backend for pool in fresh for backend in pool.backends] + [b for _, b in staged]
+        watched = list({id(pool): pool for pool in [*fresh, *(pool for pool, _ in staged)]}.values())
 
         def heard(_: Backend) -> None:
-            if all(backend.last_check is not None for pool in fresh for backend in pool.backends):
+            if all(backend.last_check is not None for backend in waiting):
                 checked.set()
 
-        for pool in fresh:
+        for pool in watched:
             pool.change_listeners.append(heard)
-        heard_already = all(backend.last_check is not None for pool in fresh for backend in pool.backends)
-        longest = FIRST_SPREAD + max(b.spec.health.timeout for pool in fresh for b in pool.backends) + 1.0
+        heard_already = all(backend.last_check is not None for backend in waiting)
+        longest = FIRST_SPREAD + max(backend.spec.health.timeout for backend in waiting) + 1.0
         with trio.move_on_after(longest):
             if not heard_already:
                 await checked.wait()
-        for pool in fresh:
+        for pool in watched:
             pool.change_listeners.remove(heard)
-        if number == self._reloads:  # the new pools' backends are added by this reload too
-            self._swap(new, given, "reloaded", sum(len(pool.backends) for pool in fresh))
+        if number == self._reloads:  # the new pools' backends, and those staged, are added by it too
+            self._swap(new, given, "reloaded", len(waiting))
 
     def reopen_logs(self) -> None:
         """SIGUSR1 (logrotate's postrotate): the access log opened again, here or in every worker."""

@@ -20,6 +20,7 @@ from tests.helpers import (
     start_backends,
     start_dispatcher,
     wait_all_up,
+    wait_for,
     wait_for_state,
 )
 
@@ -161,7 +162,8 @@ async def test_a_reload_keeps_runtime_changes_only_when_told(
     nursery: trio.Nursery, autojump_clock: Any, keep: bool
 ) -> None:
     """The file is the truth on SIGHUP (HAProxy's rule) unless keep_runtime_backends: then a backend
-    added stays and one deleted stays out."""
+    added stays and one deleted stays out. Without it the file's b1 comes back in place of extra,
+    the pool's only usable backend, once b1 has been checked (until then extra answers)."""
     dispatcher, extra = await one_backend(nursery, keep_runtime_backends=keep)
     settings = replace(dispatcher.running.settings, backends=(*dispatcher.running.settings.backends,))
     async with httpx.AsyncClient() as http:
@@ -169,6 +171,10 @@ async def test_a_reload_keeps_runtime_changes_only_when_told(
         assert (await http.delete(f"{dispatcher.admin_url}/backends/b1", headers=AUTH)).status_code == 200
     assert list(dispatcher.pool.by_name) == ["extra"]
     dispatcher.running.reload(settings)
+    if not keep:
+        assert set(dispatcher.pool.by_name) == {"b1", "extra"}  # b1 checked first
+        with trio.fail_after(20):
+            await wait_for(dispatcher.pool, lambda: list(dispatcher.pool.by_name) == ["b1"])
     assert list(dispatcher.pool.by_name) == (["extra"] if keep else ["b1"])
 
 

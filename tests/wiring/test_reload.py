@@ -50,6 +50,9 @@ async def test_reload_adds_removes_reweights_and_keeps_state(
     new = settings_for([b1, b3])
     new = replace(new, backends=(replace(new.backends[0], weight=3.0), new.backends[1]))
     dispatcher.running.reload(new)
+    # b1, drained, is the only backend that stays, and is not usable: b3 is checked first, b2 answering
+    # until then (a reload never leaves a pool with nothing to send to for want of a first check).
+    await wait_for(pool, lambda: [b.name for b in pool.backends] == ["b1", "b3"])
 
     assert [b.name for b in pool.backends] == ["b1", "b3"]
     assert pool.by_name["b1"] is before and before.state == "draining" and before.weight == 3.0

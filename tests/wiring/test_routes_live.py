@@ -701,6 +701,8 @@ async def test_a_backend_the_file_moves_to_another_pool_keeps_its_health_and_cou
     site.write(MOVED_TO_FORMS, BETA_ON_MAIN)
     site.dispatcher.running.reload(settings_of(site.path))
     forms = site.pools["forms"]
+    with trio.fail_after(PATIENCE):  # beta's new backend, b2, is checked first (beta keeps beta1 till then)
+        await wait_for(forms, lambda: "beta1" in forms.by_name)
     assert forms.by_name["beta1"] is beta1 and beta1.pool == "forms" and beta1.state == "up"
     assert "beta1" not in site.pools["beta"].by_name
     async with site.client() as client:
@@ -720,7 +722,33 @@ async def test_a_drained_backend_the_file_moves_to_another_pool_stays_drained(
     beta.set_admin(beta.by_name["beta1"], Admin.DRAIN)
     site.write(MOVED_TO_FORMS, BETA_ON_MAIN)
     site.dispatcher.running.reload(settings_of(site.path))
-    assert site.pools["forms"].by_name["beta1"].state == "draining"
+    forms = site.pools["forms"]
+    with trio.fail_after(PATIENCE):  # once beta's new backend has been checked (it renews beta)
+        await wait_for(forms, lambda: "beta1" in forms.by_name)
+    assert forms.by_name["beta1"].state == "draining"
     async with site.client() as client:
         answer = await client.post("/submit", content=b"x")
     assert answer.headers["location"] == "https://status.example.com/"
+
+
+async def test_a_reload_that_renews_every_backend_of_a_pool_checks_the_new_ones_first(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A reload replaces forms1, the forms pool's only backend, with forms2. Until forms2 has had its
+    first check, forms1 answers (the pool would otherwise have no usable backend and answer with its
+    fallback); then the reload applies, and forms2 alone takes the pool's requests."""
+    site = await start_site(nursery, tmp_path, names=("main1", "forms1", "beta1", "forms2"))
+    site.write(FORMS.replace("forms1", "forms2"), BETA)
+    site.dispatcher.running.reload(settings_of(site.path))
+    forms = site.pools["forms"]
+    assert set(forms.by_name) == {"forms1", "forms2"} and forms.by_name["forms2"].last_check is None
+    async with site.client() as client:
+        answer = await client.post("/submit", content=b"x")
+        assert answer.headers["location"] == site.url("forms1") + "/v2/submit"
+        forms2 = forms.by_name["forms2"]
+        with trio.fail_after(PATIENCE):
+            await wait_for(forms, lambda: forms2.last_check is not None)
+        await trio.testing.wait_all_tasks_blocked()
+        assert set(forms.by_name) == {"forms2"}
+        answer = await client.post("/submit", content=b"x")
+    assert answer.headers["location"] == site.url("forms2") + "/v2/submit"
