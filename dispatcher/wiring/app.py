@@ -203,8 +203,9 @@ class Running:
         return self.discovery.specs if self.discovery is not None else self.settings.backends
 
     def _swap(self, new: Settings, given: Sequence[BackendSpec], why: str, opened: int = 0) -> None:
-        """Apply `new` (with --workers, once the new workers listen); `opened`: backends of pools the
-        reload added and checked beforehand (`_open_pools`), which the log counts as added."""
+        """Apply `new` (with --workers, once the new workers listen); `opened`: backends the reload
+        added and checked beforehand (`_open_pools`' new pools, `_stage_backends`' renewed ones),
+        which the log counts as added."""
         specs = self.roster.overlay(given)
         if self.master is not None:
             self.master.reload(replace(new, backends=specs), lambda _: self._apply(new, specs, why, opened))
