@@ -484,8 +484,13 @@ def _pairs_cover(a: Any, b: Any) -> bool:
     return all(name in wanted and set(wanted[name]) <= set(values) for name, values in a)
 
 
+# Every IPv4 and every IPv6 address: a client list holding both takes every client (the peer's
+# address, or a trusted proxy's word, is always one), as a route without the condition does.
+_EVERY_ADDRESS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+
 def _networks_cover(a: tuple[Network, ...], b: tuple[Network, ...]) -> bool:
-    if not a:
+    if not a or all(every in a for every in _EVERY_ADDRESS):
         return True
     return bool(b) and all(
         any(x.version == y.version and y.subnet_of(x) for x in a)  # type: ignore[arg-type]

@@ -400,6 +400,9 @@ PATH_CHOICES += ["/docs", "/docs/", "/docs?q", "//x", "//x/y", "/a.b/c", "/API",
 PATH_CHOICES += ["/api/v1?x", "/api/v1/", "/api//v1", "/api/v10", "/api/v1/x/y", "/api/v2?q", "/docs/a/b"]
 
 
+EVERY_ADDRESS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+
 @st.composite
 def route_specs(draw: st.DrawFn, index: int) -> RouteSpec:
     return RouteSpec(
@@ -409,7 +412,11 @@ def route_specs(draw: st.DrawFn, index: int) -> RouteSpec:
         methods=frozenset(draw(st.lists(st.sampled_from([b"GET", b"POST"]), max_size=1))),
         headers=((b"x-a", (b"1",)),) if draw(st.booleans()) else (),
         cookies=((b"c", (b"1", b"2")),) if draw(st.integers(0, 3)) == 0 else (),
-        clients=(ipaddress.ip_network("10.0.0.0/8"),) if draw(st.integers(0, 3)) == 0 else (),
+        clients=draw(
+            st.sampled_from(
+                [(), (), (ipaddress.ip_network("10.0.0.0/8"),), EVERY_ADDRESS]  # every client: as none
+            )
+        ),
         pool=draw(st.sampled_from(["default", "web"])),
     )
 

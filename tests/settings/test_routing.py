@@ -579,6 +579,8 @@ UNREACHABLE = [
     ('headers = { X-A = ["1", "2"] }\npool = "web"', 'headers = { X-A = "1", X-B = "3" }\npool = "beta"'),
     ('cookies = { s = ["1", "2"] }\npool = "web"', 'cookies = { s = "2" }\npool = "beta"'),
     ('clients = "10.0.0.0/8"\npool = "web"', 'clients = ["10.1.0.0/16", "10.2.0.0/16"]\npool = "beta"'),
+    # Every IPv4 and every IPv6 address: every client, as no condition at all.
+    ('clients = ["0.0.0.0/0", "::/0"]\npool = "web"', 'path_prefix = "/a"\npool = "beta"'),
     ('countries = ["DE", "AT"]\npool = "web"', 'countries = "AT"\npool = "beta"'),
     # `*.example.com` takes any depth under it, as the router matches it.
     ('hosts = "*.example.com"\npool = "web"', 'hosts = "a.example.com"\npool = "beta"'),
@@ -608,6 +610,7 @@ REACHABLE = [
     ('headers = { X-A = "1" }\npool = "web"', 'headers = { X-A = ["1", "2"] }\npool = "beta"'),
     ('headers = { X-A = "1" }\npool = "web"', 'cookies = { X-A = "1" }\npool = "beta"'),
     ('clients = "10.1.0.0/16"\npool = "web"', 'clients = "10.0.0.0/8"\npool = "beta"'),
+    ('clients = "0.0.0.0/0"\npool = "web"', 'path_prefix = "/a"\npool = "beta"'),  # IPv6 clients pass it
     ('countries = "DE"\npool = "web"', 'countries = ["DE", "AT"]\npool = "beta"'),
     ('hosts = "*.example.com"\npool = "web"', 'hosts = "example.com"\npool = "beta"'),  # not a subdomain
     ('hosts = "*.example.com"\npool = "web"', 'hosts = "a.example.org"\npool = "beta"'),
