@@ -45,7 +45,8 @@ _Test = tuple["Route", tuple[bytes, ...] | None, bytes | None, tuple[Check, ...]
 
 @dataclass(slots=True)
 class Request:
-    """One request head, and what routing has read of it so far (each read at most once)."""
+    """One request head, and what routing has read of it so far (each read at most once): what the
+    route checks (`_checks`, against which the generated matcher is tested) and the hash keys read."""
 
     method: bytes
     target: bytes
@@ -59,17 +60,9 @@ class Request:
     _client: str | None = None
 
     def _read_fields(self) -> dict[bytes, bytes]:
-        """One pass over the head's fields (`core.reply.field_items`): the first value of each name, and
-        every Cookie field's value."""
-        fields: dict[bytes, bytes] = {}
-        cookies: list[bytes] = []
-        for _, name, value in field_items(self.headers):
-            if name == b"cookie":
-                cookies.append(value)
-            if name not in fields:
-                fields[name] = value
-        self._fields, self._cookie_values = fields, cookies
-        return fields
+        """The first value of each field name (`_first_fields`, as the generated matcher reads them)."""
+        self._fields = _first_fields(self.headers)
+        return self._fields
 
     def header(self, name: bytes) -> bytes | None:
         fields = self._fields
@@ -82,20 +75,19 @@ class Request:
         return self._host
 
     def _read_host(self) -> bytes:
-        if not self.target.startswith(b"/"):
-            return _host_of(self.target, None)
-        fields = self._fields  # Host alone is found without reading every field: it comes first
-        return _host_of_field(fields.get(b"host") if fields is not None else _host_field(self.headers))
+        return _host_of_head(self.target, self.headers)
 
     def cookie(self, name: bytes, pattern: re.Pattern[bytes]) -> bytes | None:
         """Cookie `name`'s value as `cookies()` gives it, found by `_cookie_pattern(name)`: one
         C-level search of each Cookie field instead of every pair parsed into a dict."""
         if self._cookies is not None:
             return self._cookies.get(name)
-        values = self._cookie_values
-        if values is None:
-            values = self._cookie_values = _cookie_fields(self.headers)
-        return _cookie_value(values, pattern)
+        return _cookie_value(self._cookie_list(), pattern)
+
+    def _cookie_list(self) -> list[bytes]:
+        if self._cookie_values is None:
+            self._cookie_values = _cookie_fields(self.headers)
+        return self._cookie_values
 
     def cookies(self) -> dict[bytes, bytes]:
         """The Cookie header's pairs (RFC 6265 §5.4: `a=1; b=2`, one header in HTTP/1.1). The first
@@ -103,11 +95,8 @@ class Request:
         it drops every pair after one it finds malformed, and a stranger's bad cookie must not cost
         a visitor its variant."""
         if self._cookies is None:
-            values = self._cookie_values
-            if values is None:
-                values = self._cookie_values = _cookie_fields(self.headers)
             found: dict[bytes, bytes] = {}
-            for value in values:
+            for value in self._cookie_list():
                 for pair in value.split(b";"):
                     key, sep, text = pair.strip().partition(b"=")
                     if sep and key not in found:

@@ -131,9 +131,10 @@ class Running:
             return []
         pools = self._pools()
         everywhere = {(b.name, b.spec.url): b for pool in pools for b in pool.backends}
-        wanted = [(self.pool, self.roster.overlay(given))]
-        wanted += [
-            (pools.by_pool[spec.name], spec.backends) for spec in new.pools if spec.name in pools.by_pool
+        wanted = [
+            (pools.by_pool[name], specs)
+            for name, specs in self._specs_by_pool(new, self.roster.overlay(given))
+            if name in pools.by_pool
         ]
         staged: list[tuple[Pool, Backend]] = []
         for pool, specs in wanted:
@@ -241,9 +242,9 @@ class Running:
         are unique across pools, so it is the same backend), released from the pool they leave, for
         the one they join to adopt with their health, load, counters and operator state. A pool new
         in this reload made its own (`_open_pools`, checked before the swap): nothing moves there."""
-        wanted = {(spec.name, spec.url): self.pool.name for spec in specs}
-        for pool_spec in new.pools:
-            wanted.update(((spec.name, spec.url), pool_spec.name) for spec in pool_spec.backends)
+        wanted = {
+            (spec.name, spec.url): name for name, each in self._specs_by_pool(new, specs) for spec in each
+        }
         pools = self._pools()
         moving: dict[tuple[str, str], Moving] = {}
         for pool in list(pools):
@@ -255,6 +256,13 @@ class Running:
                 self._checks_of(pool).remove(backend)
                 moving[key] = pool.release(backend)
         return moving
+
+    def _specs_by_pool(
+        self, new: Settings, specs: Sequence[BackendSpec]
+    ) -> list[tuple[str, Sequence[BackendSpec]]]:
+        """Each pool's name and the backends the reload gives it: the default pool's `specs` (the
+        file's with the admin API's laid over), then the named pools' own lists."""
+        return [(self.pool.name, specs), *((pool.name, pool.backends) for pool in new.pools)]
 
     def _checks_of(self, pool: Pool) -> HealthChecks:
         return self.checks if pool is self.pool else self.pool_checks[pool.name][0]
