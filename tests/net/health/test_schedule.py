@@ -121,3 +121,24 @@ def test_a_timetable_with_moves_keeps_an_entry_due_when_first_filed_if_its_time_
     table.add(entry, 4.0)
     entry.at = 2.0
     assert (table.pop_due(3.0), table.pop_due(4.0)) == ([], [entry])
+
+
+def test_a_timetable_with_moves_looks_at_an_entry_only_once_its_filed_time_comes() -> None:
+    """The stream reader pops due deadlines at every pass, and nearly every stream moved its deadline
+    since the last one: an entry not yet due is left where it was filed, unread, or every event
+    would cost a heap move."""
+    looked: list[Entry] = []
+
+    def when(entry: Entry) -> float:
+        looked.append(entry)
+        return entry.at
+
+    table: Timetable[Entry] = Timetable(when, moves=True)
+    entries = [Entry(3.0 + index) for index in range(3)]
+    for entry in entries:
+        table.add(entry, entry.at)
+        entry.at += 10.0  # heard since: its deadline moved later
+    assert table.pop_due(2.9) == []
+    assert looked == []
+    assert table.pop_due(3.5) == [] and looked == [entries[0]]  # filed again at 13.0, not due
+    assert table.pop_due(13.0) == [entries[0]]
