@@ -255,11 +255,10 @@ def _checks(spec: RouteSpec, client: Client) -> tuple[Check, ...]:
         checks.append(_host_check(spec.hosts))
     checks += [_cookie_check(name, values) for name, values in spec.cookies]
     if spec.clients:
-        networks = spec.clients
+        networks = clientaddr.Networks(spec.clients)
 
         def from_clients(request: Request) -> bool:
-            address = _ip(client.address(request))
-            return address is not None and any(address in network for network in networks)
+            return client.address(request) in networks
 
         checks.append(from_clients)
     if spec.countries:
@@ -552,13 +551,6 @@ class Router:
         if key.source == "cookie":
             return request.cookies().get(key.name)
         return request.header(key.name)
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
 
 
 # One counter of the router: (route, pool) — route "" with pool None is the requests no route took; a

@@ -304,6 +304,16 @@ def test_clients_match_the_client_address_which_only_trusted_proxies_can_tell(
     assert routed(CLIENTS, trusted=trusted).ask("/", *headers, peer=peer).pool == pool
 
 
+def test_a_route_network_written_as_mapped_ipv4_takes_ipv4_clients_and_verdicts_are_per_address() -> None:
+    """A client's address is unmapped (`::ffff:10.1.2.3` is 10.1.2.3), so a network written mapped is
+    unmapped too, as trusted proxies' are; each address's verdict is remembered, and each address
+    gets its own."""
+    router = routed('[[routes]]\nclients = ["::ffff:a00:0/104"]\npool = "web"')
+    asked = [router.ask("/", peer=peer).pool for peer in ("10.1.2.3", "::ffff:10.1.2.3", "11.0.0.1")]
+    assert asked == ["web", "web", "default"]
+    assert [router.ask("/", peer=peer).pool for peer in ("11.0.0.1", "10.1.2.3")] == ["default", "web"]
+
+
 COUNTRIES = '[[routes]]\ncountries = ["DE", "AT"]\npool = "web"'
 EDGE = "10.0.0.5"  # a trusted edge proxy that knows the client's country
 
