@@ -38,6 +38,7 @@ transport to log with the client and the time once it has sent them. Off, it cos
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -74,6 +75,14 @@ RESCUE_SECONDS = 1.0
 # What the access log is told of one answer: method, target and HTTP version (empty when no request head
 # was read), status, bytes sent, and the chosen backend's name (None when none was chosen). No header.
 Answered = tuple[bytes, bytes, bytes, int, int, str | None]
+
+# An absolute-form target's authority (RFC 3986 §3.2.2, RFC 9110 §4.2.1): a host, never empty (a
+# reg-name, an IPv4 address, or an IPv6 or future literal in brackets), and a port of digits, maybe
+# empty (RFC 3986 §3.2.3). Userinfo is refused apart (RFC 9110 §4.2.4).
+_AUTHORITY = re.compile(
+    rb"(?:\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[0-9A-Za-z._~!$&'()*+,;=:-]+)\]"
+    rb"|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+)(?::[0-9]*)?"
+)
 
 
 def _h11() -> h11.Connection:
@@ -141,10 +150,11 @@ class Replies:
     def screened(self, request: h11.Request, maybe_large: bool) -> tuple[Reply | None, bool]:
         """`screen`'s verdict on a head (a refusal or None, and whether to close after the answer),
         with the head's whole size measured when it may be past MAX_HEAD (431)."""
-        refusal, close = screen(
-            request.http_version, request.target, request.headers, self.settings.max_discard
-        )
-        size = head_size(request.method, request.target, request.headers) if maybe_large else 0
+        target = request.target
+        refusal, close = screen(request.http_version, target, request.headers, self.settings.max_discard)
+        if refusal is None and not target.startswith(b"/"):
+            refusal = _absolute_form_refusal(target)
+        size = head_size(request.method, target, request.headers) if maybe_large else 0
         if refusal is None and size > MAX_HEAD:
             refusal = text_reply(431, "request header block too large")
         return refusal, close
@@ -213,6 +223,8 @@ class Conversation:
         "_head",
         "_head_bytes",
         "_head_deadline",
+        "_head_more",
+        "_head_start",
         "_kept_alive",
         "_replies",
         "_settings",
@@ -243,6 +255,13 @@ class Conversation:
         # The current head is a HEAD's, as its first bytes say: a refusal of it before h11 could read the
         # method (a 400, 431, 501, 408) has no body either (RFC 9110 §9.3.2).
         self._head = False
+        # What arrived of the current head: its first read, and the later ones joined (None: none yet).
+        # Read back when h11 refuses its Transfer-Encoding, as h11's error does not say which codings
+        # it saw (`_coding_refusal`), and to know whether a read starts a line (`folded`). The first
+        # read is held as it came (no copy on the hot path); the rest in one buffer, never one object
+        # a read: a client sending a byte at a time makes no more than the head's bytes.
+        self._head_start = b""
+        self._head_more: bytearray | None = None
         self._head_deadline = now + settings.header_timeout  # the current head's; the first runs from now
         self.deadline = self._head_deadline
         self.arrived = now
@@ -273,8 +292,14 @@ class Conversation:
                     return bytearray()
             if waiting:
                 self._head = data[:5] == b"HEAD "
+                self._head_start, self._head_more, line_start = data, None, False
+            else:
+                line_start = self._read_of_head().endswith(b"\n")  # else a space mid-line is no fold
+                if self._head_more is None:
+                    self._head_more = bytearray()
+                self._head_more += data
             self._head_bytes += len(data)
-            if folded(data, not waiting):
+            if folded(data, line_start):
                 return self._refuse(bytearray(), _folding_refused())
             if waiting and self._kept_alive:
                 self._head_deadline = now + self._settings.header_timeout
@@ -285,7 +310,8 @@ class Conversation:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as error:
-                return self._refuse(out, None if self._answered else _protocol_error(error, conn))
+                refusal = None if self._answered else _protocol_error(error, conn, self._read_of_head())
+                return self._refuse(out, refusal)
             if event is h11.NEED_DATA:
                 self._await_more(conn)
                 return out
@@ -314,6 +340,11 @@ class Conversation:
         self._head_deadline = self.deadline = self._replies.clock() + RESCUE_SECONDS
         self._kept_alive = False  # its head keeps this deadline, as a connection's first head does
         return self.deadline
+
+    def _read_of_head(self) -> bytes:
+        """What arrived of the current head so far."""
+        more = self._head_more
+        return self._head_start if more is None else self._head_start + more
 
     def _await_more(self, conn: h11.Connection) -> None:
         """h11 needs more bytes: wait for them, or close a kept-alive connection at shutdown."""
@@ -345,6 +376,7 @@ class Conversation:
         if leftover[:1] in _CRLF_STARTS:  # empty lines before the next request line (RFC 9112 §2.2)
             leftover = leftover.lstrip(b"\r\n")
         self._head = leftover[:5] == b"HEAD "
+        self._head_start, self._head_more = leftover, None
         if leftover:
             if folded(leftover, False):  # a pipelined head: scanned before h11 unfolds it
                 self._refuse(out, _folding_refused())
@@ -385,17 +417,78 @@ def _folding_refused() -> Reply:
     return text_reply(400, "obsolete line folding refused")
 
 
-def _protocol_error(error: h11.RemoteProtocolError, conn: h11.Connection) -> Reply:
+def _protocol_error(error: h11.RemoteProtocolError, conn: h11.Connection, head: bytes) -> Reply:
     """400, 414, 431 or 501, as h11 hints: its 431 (a head past MAX_HEAD) is a 414 when the request
-    line alone is that long (RFC 9112 §3: a target longer than the server parses MUST get 414)."""
+    line alone is that long (RFC 9112 §3: a target longer than the server parses MUST get 414); its
+    501 (a Transfer-Encoding other than one `chunked`) is what the head's codings deserve (`head`: as
+    much of it as arrived)."""
     status = error.error_status_hint
     if status == 431 and b"\n" not in _buffered(conn)[:MAX_HEAD]:
         return text_reply(414, "request target too long")
     if status == 431:
         return text_reply(431, "request header block too large")
-    if status == 501:  # h11's one 501: a transfer coding other than chunked
-        return text_reply(501, "transfer coding not implemented: only chunked is")
+    if status == 501:  # h11's one 501: a Transfer-Encoding other than one `chunked`
+        return _coding_refusal(head)
     return text_reply(status, "malformed request")
+
+
+def _coding_refusal(head: bytes) -> Reply:
+    """The answer to a head whose Transfer-Encoding h11 refused, by its codings, all its
+    Transfer-Encoding lines read as one list (RFC 9110 §5.3), in any case (RFC 9112 §7), empty
+    elements ignored (RFC 9110 §5.6.1):
+    - chunked not the final coding (`gzip`, `chunked, gzip`): 400 and close (RFC 9112 §6.3 item 4:
+      the body's length cannot be known; MUST);
+    - chunked more than once (`chunked, chunked`): 400, the framing is malformed (RFC 9112 §7.1: a
+      sender MUST NOT); HAProxy refuses both with 400;
+    - with Content-Length, or in HTTP/1.0: 400, as `screen` refuses them with chunked alone;
+    - chunked last after a coding we do not implement (`gzip, chunked`): 501 (RFC 9112 §6.1: SHOULD).
+    The head is h11's: its lines passed h11's parser, and no line of it is folded (`folded`)."""
+    lines = head.split(b"\n")
+    codings: list[bytes] | None = None
+    length = False
+    for raw in lines[1:]:
+        line = raw.rstrip(b"\r")
+        if not line:
+            break
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name == b"transfer-encoding":
+            codings = codings or []
+            codings += (item.split(b";", 1)[0].strip(b" \t").lower() for item in value.split(b","))
+        elif name == b"content-length":
+            length = True
+    if codings is None:  # not found in the head as we kept it: h11's own word, then
+        return text_reply(501, "transfer coding not implemented: only chunked is")
+    codings = [coding for coding in codings if coding]
+    if not codings or codings[-1] != b"chunked":
+        return text_reply(400, "Transfer-Encoding whose final coding is not chunked: refused (RFC 9112 6.3)")
+    if codings.count(b"chunked") > 1:
+        return text_reply(400, "chunked applied more than once: refused (RFC 9112 7.1)")
+    if length:
+        return text_reply(400, "both Content-Length and Transfer-Encoding: refused (RFC 9112 6.1)")
+    if lines[0].rstrip(b"\r").endswith(b"/1.0"):
+        return text_reply(400, "Transfer-Encoding in an HTTP/1.0 request: refused (RFC 9112 6.1)")
+    return text_reply(501, "transfer coding not implemented: only chunked is")
+
+
+def _absolute_form_refusal(target: bytes) -> Reply | None:
+    """400 for an absolute-form target (RFC 9112 §3.2.2: its authority is the request's host, and
+    Host is ignored) whose scheme is not http or https, or whose authority is not a host and a port:
+    empty (RFC 9110 §4.2.1: a recipient MUST reject an http URI without a host), with userinfo (RFC
+    9110 §4.2.4: SHOULD be treated as an error), a port not of digits, an unclosed bracket. None for
+    a valid one and for targets of other forms (`*`, CONNECT's `host:port`: `reply_for`'s to answer).
+    The authority ends where `path_and_query` starts the path: at the first `/` or `?`."""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep:
+        return None
+    if scheme.lower() not in (b"http", b"https"):
+        return text_reply(400, "absolute-form target: only http and https are served")
+    authority = rest.split(b"/", 1)[0].split(b"?", 1)[0]
+    if b"@" in authority:
+        return text_reply(400, "userinfo in the target refused (RFC 9110 4.2.4)")
+    if _AUTHORITY.fullmatch(authority) is None:
+        return text_reply(400, "invalid host or port in the target (RFC 9110 4.2.1)")
+    return None
 
 
 def _buffered(conn: h11.Connection) -> bytes:

@@ -193,6 +193,8 @@ async def test_backend_path_prefix_comes_before_request_path(nursery: trio.Nurse
         ("http://other.example:8443/a/b", "/a/b"),
         ("https://other.example?q=1", "/?q=1"),
         ("HTTP://other.example", "/"),
+        ("http://[::1]:8080/v6/p?a=1&b", "/v6/p?a=1&b"),
+        ("http://other.example:/e?", "/e?"),
     ],
 )
 async def test_absolute_form_target_contributes_only_path_and_query(
@@ -203,6 +205,21 @@ async def test_absolute_form_target_contributes_only_path_and_query(
     response = one_response(await front.send(get(target, "Host: f", "Connection: close")))
     assert response.status == 307
     assert response.header(b"location") == f"{front.backends[0].url}{path}".encode()
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["http:///x", "http://a b/", "http://[::1/", "http://u@h/", "http://h:x/", "ftp://h/x", "ws://h/"],
+)
+async def test_absolute_form_target_with_a_malformed_authority_or_scheme_gets_400(
+    nursery: trio.Nursery, target: str
+) -> None:
+    """RFC 9112 §3.2.2, RFC 9110 §4.2: no host, a space, an open bracket, userinfo, a port not of digits
+    or a scheme not http(s): 400 with a short reason, no Location, and a close."""
+    front = await start_front(nursery)
+    response = one_response(await front.send(get(target, "Host: f")))
+    assert (response.status, response.closes, response.header(b"location")) == (400, True, None)
+    assert 0 < len(response.body) < 80 and response.body.endswith(b"\n")
 
 
 @pytest.mark.parametrize(
@@ -432,11 +449,41 @@ async def test_malformed_request_gets_400_and_close(nursery: trio.Nursery, reque
 
 
 async def test_unsupported_transfer_coding_gets_501(nursery: trio.Nursery) -> None:
-    """`Transfer-Encoding: gzip` (not chunked) is answered 501 and closed."""
+    """`Transfer-Encoding: gzip, chunked` (chunked last, gzip not ours) is answered 501 and closed."""
     front = await start_front(nursery)
-    raw = await front.send(get("/", "Host: f", "Transfer-Encoding: gzip", method="POST"))
+    raw = await front.send(get("/", "Host: f", "Transfer-Encoding: gzip, chunked", method="POST"))
     response = one_response(raw)
     assert (response.status, response.closes) == (501, True)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ["Transfer-Encoding: chunked, gzip"],
+        ["Transfer-Encoding: gzip"],
+        ["Transfer-Encoding: chunked, chunked"],
+        ["Transfer-Encoding: chunked", "Transfer-Encoding: chunked"],
+    ],
+    ids=["chunked-not-last", "no-chunked", "chunked-twice", "chunked-in-two-lines"],
+)
+async def test_transfer_coding_with_chunked_not_last_or_twice_gets_400_and_close(
+    nursery: trio.Nursery, fields: list[str]
+) -> None:
+    """RFC 9112 §6.3 (chunked not final), §7.1 (chunked twice): 400, then the server closes; another
+    client's keep-alive connection is served before and after."""
+    front = await start_front(nursery)
+    async with await front.connect() as healthy:
+        await healthy.send_all(get("/before", "Host: f"))
+        assert (await receive_responses(healthy, 1))[0].status == 307
+        async with await front.connect() as stream:
+            await stream.send_all(get("/", "Host: f", *fields, method="POST") + b"0\r\n\r\n")
+            [response] = await receive_responses(stream, 1)
+            assert (response.status, response.closes) == (400, True)
+            assert await read_until_close(stream, timeout=2) == b""
+        await healthy.send_all(get("/after", "Host: f"))
+        [after] = await receive_responses(healthy, 1)
+    assert (after.status, after.closes) == (307, False)
+    assert after.header(b"location") == f"{front.backends[0].url}/after".encode()
 
 
 async def test_content_length_with_transfer_encoding_is_refused_or_closed(nursery: trio.Nursery) -> None:

@@ -448,7 +448,19 @@ SMUGGLED = request_head("/smuggled", "Host: f", "Connection: close")
             + b"0\r\n\r\n",
             400,
         ),
-        (request_head("/s", "Host: f", "Transfer-Encoding: chunked, gzip", method="POST"), 501),
+        (request_head("/s", "Host: f", "Transfer-Encoding: chunked, gzip", method="POST"), 400),
+        (request_head("/s", "Host: f", "Transfer-Encoding: gzip", method="POST") + b"0\r\n\r\n", 400),
+        (
+            request_head(
+                "/s", "Host: f", "Transfer-Encoding: chunked", "Transfer-Encoding: chunked", method="POST"
+            )
+            + b"0\r\n\r\n",
+            400,
+        ),
+        (
+            request_head("/s", "Host: f", "Transfer-Encoding: gzip, chunked", method="POST") + b"0\r\n\r\n",
+            501,
+        ),
         (request_head("/s", "Host: f", "Transfer-Encoding : chunked", method="POST"), 400),
         (request_head("/s", "Host: f", "X-A: 1", " X-Folded: 2"), 400),
         (request_head("/s", "Host: f", "X-A: 1", "\tContent-Length: 0"), 400),
@@ -459,6 +471,9 @@ SMUGGLED = request_head("/smuggled", "Host: f", "Connection: close")
         "cl-lines-conflict",
         "te-then-cl",
         "te-chunked-not-last",
+        "te-gzip-alone",
+        "te-chunked-twice",
+        "te-unknown-then-chunked",
         "te-space-before-colon",
         "obs-fold-space",
         "obs-fold-tab",
@@ -528,15 +543,18 @@ HOSTILE_TARGETS = [
     "/x?%0d%0aSet-Cookie:%20a=b",
     "/x#@evil.example",
     "/?next=http://evil.example/",
+    "http://evil.example?@{backend}/",
+    "http://[::1]:443/x",
+    "HTTP://EVIL.EXAMPLE:8443",
+]
+# Absolute targets whose authority is no host and port: userinfo (RFC 9110 §4.2.4), `\`, `#`, or empty.
+REFUSED_ABSOLUTE_TARGETS = [
     "http://{backend}@evil.example/",
     "http://evil.example@{backend}/x",
     "http://{backend}:80@evil.example/",
     "http://evil.example\\@{backend}/x",
     "https://evil.example#@{backend}/",
-    "http://evil.example?@{backend}/",
-    "http://[::1]:443/x",
     "https:///evil.example/x",
-    "HTTP://EVIL.EXAMPLE:8443",
 ]
 
 
@@ -557,6 +575,18 @@ async def test_hostile_target_never_moves_the_location_off_the_backend(
     url = httpx.URL(location)  # a second parser, WHATWG-like, as browsers read it
     assert (url.scheme, url.host, url.port) == ("http", "127.0.0.1", backend.port), location
     assert {name for name, _ in response.headers} == {*REDIRECT_HEADERS, b"connection"}
+
+
+@pytest.mark.parametrize("template", REFUSED_ABSOLUTE_TARGETS)
+async def test_absolute_target_with_userinfo_or_no_host_is_refused(
+    nursery: trio.Nursery, template: str
+) -> None:
+    """`http://a@b/`, `http://a\\@b/`, `https:///x`: 400 and a close with no Location, never a redirect."""
+    front = await start_front(nursery)
+    target = template.format(backend=urlsplit(front.backend.url).netloc)
+    raw = await front.send(request_head(target, "Host: f") + SMUGGLED)
+    response = one_response(raw)
+    assert (response.status, response.closes, response.header(b"location")) == (400, True, None), raw
 
 
 @pytest.mark.parametrize(

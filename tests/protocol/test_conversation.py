@@ -10,6 +10,7 @@ import itertools
 from dataclasses import dataclass, field
 
 import h11
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -180,6 +181,20 @@ def test_folded_header_line_gets_400() -> None:
     assert (response.status, response.closes, talk.conversation.closing) == (400, True, True)
 
 
+def test_a_head_split_after_a_colon_is_no_fold() -> None:
+    """A read that starts with a space continues a line, unless the read before it ended one: a
+    head cut by TCP between `Host:` and ` f` is an ordinary head, a line that starts with a space
+    after a cut at the line's end is a fold."""
+    talk = Talk()
+    assert talk.send(b"GET / HTTP/1.1\r\nHost:") == []
+    [response] = talk.send(b" f\r\n\r\n")
+    assert response.status == 307
+    talk = Talk()
+    assert talk.send(b"GET / HTTP/1.1\r\nHost: f\r\nX: a\r\n") == []
+    [response] = talk.send(b" b\r\n\r\n")
+    assert (response.status, response.closes) == (400, True)
+
+
 def test_folded_pipelined_head_gets_400_after_the_first_answer() -> None:
     """A folded head pipelined behind a good one: the 307 first, then 400 and close."""
     talk = Talk()
@@ -215,7 +230,8 @@ def test_refusals_of_a_head_request_carry_no_body() -> None:
         # Refused before h11 gave the method: known from the head's first bytes.
         (b"HEAD / HTTP/1.1\r\n\r\n", 400),  # no Host
         (get("/", "X: a", " b", method="HEAD"), 400),  # obs-fold
-        (get("/", "Transfer-Encoding: gzip", method="HEAD"), 501),
+        (get("/", "Transfer-Encoding: gzip, chunked", method="HEAD"), 501),
+        (get("/", "Transfer-Encoding: gzip", method="HEAD"), 400),
         (b"\r\n" + get("/", "Content-Length: abc", method="HEAD"), 400),
     ]:
         raw = bytes(Talk().conversation.receive(head))
@@ -230,9 +246,115 @@ def test_transfer_encoding_in_http10_gets_400() -> None:
 
 
 def test_an_unknown_transfer_coding_gets_501_saying_so() -> None:
-    """`Transfer-Encoding: gzip` (not chunked last): 501 whose text names the transfer coding."""
-    [response] = Talk().send(get("/", "Transfer-Encoding: gzip", method="POST"))
-    assert response.status == 501 and b"transfer coding" in response.body
+    """`Transfer-Encoding: gzip, chunked` (chunked last, after a coding not ours): 501 naming the coding."""
+    [response] = Talk().send(get("/", "Transfer-Encoding: gzip, chunked", method="POST"))
+    assert (response.status, response.closes) == (501, True) and b"transfer coding" in response.body
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "reason"),
+    [
+        (["Transfer-Encoding: gzip"], 400, b"final coding is not chunked"),
+        (["Transfer-Encoding: chunked, gzip"], 400, b"final coding is not chunked"),
+        (["Transfer-Encoding: CHUNKED , Gzip;q=1"], 400, b"final coding is not chunked"),
+        (["Transfer-Encoding: chunked", "Transfer-Encoding: gzip"], 400, b"final coding is not chunked"),
+        (["Transfer-Encoding: "], 400, b"final coding is not chunked"),
+        (["Transfer-Encoding: chunked, chunked"], 400, b"more than once"),
+        (["Transfer-Encoding: chunked", "Transfer-Encoding: Chunked"], 400, b"more than once"),
+        (["Transfer-Encoding: gzip, chunked", "Content-Length: 3"], 400, b"Content-Length"),
+        (["Transfer-Encoding: gzip", "Transfer-Encoding: chunked"], 501, b"transfer coding"),
+        (["Transfer-Encoding: x-custom ; a=1, chunked"], 501, b"transfer coding"),
+    ],
+    ids=[
+        "gzip",
+        "chunked-gzip",
+        "any-case-with-parameter",
+        "two-lines-chunked-first",
+        "empty",
+        "chunked-twice",
+        "chunked-twice-in-two-lines",
+        "with-content-length",
+        "two-lines-chunked-last",
+        "unknown-then-chunked",
+    ],
+)
+def test_transfer_codings_h11_refuses_get_400_or_501_by_where_chunked_is(
+    fields: list[str], status: int, reason: bytes
+) -> None:
+    """Chunked not last or twice: 400 (RFC 9112 §6.3, §7.1); chunked last after another coding: 501."""
+    talk = Talk()
+    [response] = talk.send(get("/", *fields, method="POST"))
+    assert (response.status, response.closes, talk.conversation.closing) == (status, True, True)
+    assert reason in response.body
+
+
+def test_transfer_coding_of_a_head_in_pieces_and_pipelined_is_read_whole() -> None:
+    """The codings are read from the whole head, whether it came in pieces or after another request."""
+    head = get("/", "X-A: 1", "Transfer-Encoding: chunked", "Transfer-Encoding: chunked", method="POST")
+    talk = Talk()
+    assert talk.send(head[:20]) == [] and talk.send(head[20:50]) == []
+    [response] = talk.send(head[50:])
+    assert (response.status, b"more than once" in response.body) == (400, True)
+    talk = Talk()
+    first = get("/first")
+    [redirect] = talk.send(first + head[:28])
+    [response] = talk.send(head[28:])
+    assert (redirect.status, response.status, b"more than once" in response.body) == (307, 400, True)
+
+
+def test_transfer_coding_in_http10_not_chunked_alone_gets_400() -> None:
+    """`gzip, chunked` in HTTP/1.0 is faulty framing too (RFC 9112 §6.1), as chunked alone is: 400."""
+    [response] = Talk().send(get("/", "Transfer-Encoding: gzip, chunked", method="POST", version="1.0"))
+    assert (response.status, response.closes) == (400, True)
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("http:///x", b"invalid host"),
+        ("http://:80/x", b"invalid host"),
+        ("http://?q", b"invalid host"),
+        ("http://[::1/x", b"invalid host"),
+        ("http://[::1/x]/", b"invalid host"),
+        ("http://h]/", b"invalid host"),
+        ("http://h:x/", b"invalid host"),
+        ("http://h:80:81/", b"invalid host"),
+        ("http://h#f/", b"invalid host"),
+        ("http://h\\x/", b"invalid host"),
+        ("http://h%zz/", b"invalid host"),
+        ("http://u@h/", b"userinfo"),
+        ("https://u:p@h:443/x", b"userinfo"),
+        ("ftp://h/x", b"only http and https"),
+        ("ws://h/x", b"only http and https"),
+    ],
+)
+def test_absolute_form_target_with_a_bad_authority_or_scheme_gets_400(target: str, reason: bytes) -> None:
+    """An absolute target's authority is a host and port (RFC 9110 §4.2.1, §4.2.4); else 400, no redirect."""
+    talk = Talk()
+    [response] = talk.send(get(target))
+    assert (response.status, response.header(b"location"), response.closes) == (400, None, True)
+    assert reason in response.body and talk.stats.responses[400] == 1
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [
+        ("http://h/a/b?c=d", "/a/b?c=d"),
+        ("HTTPS://H.example:8443?q", "/?q"),
+        ("http://h:/p", "/p"),
+        ("http://[::1]:80/v6?x=1", "/v6?x=1"),
+        ("http://[v1.fe]/f", "/f"),
+        ("http://h%41b.example/e", "/e"),
+        ("http://10.0.0.9", "/"),
+    ],
+)
+def test_absolute_form_target_with_a_valid_authority_is_redirected_with_path_and_query(
+    target: str, path: str
+) -> None:
+    """A valid absolute target (RFC 9112 §3.2.2) is redirected with its path and query kept, kept alive."""
+    [response] = Talk().send(get(target))
+    assert (response.status, response.closes) == (307, False)
+    assert locations([response]) == [f"{BACKEND}{path}".encode()]
 
 
 def test_an_invalid_or_repeated_host_gets_400() -> None:
