@@ -32,7 +32,7 @@ from dispatcher.core.reply import Reply, text_reply
 from dispatcher.expose.render import Metrics
 from dispatcher.net.status_page import status_page
 from dispatcher.protocol.wholemessage import WholeRequest, read_request, response_bytes
-from dispatcher.settings.config import BackendSpec, ConfigError, parse_backend
+from dispatcher.settings.config import DEFAULT_POOL, BackendSpec, ConfigError, parse_backend
 
 log = logging.getLogger("dispatcher.admin")
 
@@ -46,8 +46,8 @@ MAX_LOGGED_WORD = 40
 _JSON = (b"content-type", b"application/json")
 # The status page reads /status every second: a cached answer would show it figures gone by.
 _NO_STORE = (b"cache-control", b"no-store")
-# What POST /backends reads from its JSON object: parse_backend's arguments.
-BACKEND_FIELDS = ("url", "name", "weight")
+# What POST /backends reads from its JSON object: parse_backend's arguments, and the pool it joins.
+BACKEND_FIELDS = ("url", "name", "weight", "pool")
 # Routes that only read, answered to GET and HEAD (`/backends` takes a POST too, which adds one).
 READ_ROUTES = ("/", "/status", "/metrics", "/healthz", "/readyz", "/backends", "/pools")
 # What POST /pools/<name>/state takes: a whole pool held in maintenance (every answer its fallback),
@@ -86,7 +86,7 @@ def loopback_host(host: str) -> bool:
 class BackendList(Protocol):
     """What the wiring does for POST and DELETE /backends: the change made as a reload makes one."""
 
-    def add_backend(self, spec: BackendSpec) -> None: ...
+    def add_backend(self, spec: BackendSpec, pool: str = ...) -> None: ...
 
     def remove_backend(self, name: str) -> None: ...
 
@@ -359,24 +359,28 @@ class AdminApi:
         return refused, "refused: no valid bearer token"
 
     def _add_backend(self, request: WholeRequest, now: float) -> tuple[Reply, str]:
-        """POST /backends {"url": ..., "name": ..., "weight": ...}: validated as a config entry is."""
+        """POST /backends {"url": ..., "name": ..., "weight": ..., "pool": ...}: validated as a config
+        entry is; `pool` (the default pool when not given) must be running."""
         if not self._authorized(request):
             return self._refused()
         try:
-            spec = _backend_spec(request.body)
+            spec, pool = _backend_spec(request.body)
+            if pool not in self.pool.by_pool:
+                known = ", ".join(sorted(self.pool.by_pool))
+                raise ConfigError("pool", pool, f"no such pool; running: {known}")
         except ConfigError as error:
             return text_reply(400, str(error), close=False), f"refused: {error}"
         if spec.name in self.pool.by_name:
             reply = text_reply(409, f"a backend named {spec.name!r} exists already", close=False)
             return reply, "refused: the name is taken"
         assert self.roster is not None
-        self.roster.add_backend(spec)
+        self.roster.add_backend(spec, pool)
         added = self.pool.by_name.get(spec.name)  # with --workers, once the new workers listen
-        body = self._backend_json(self.pool.view_of(added, now), now) if added else _spec_json(spec)
+        body = self._backend_json(self.pool.view_of(added, now), now) if added else _spec_json(spec, pool)
         reply = _json(201, body)
         location = f"/backends/{spec.name}".encode()
         return Reply(201, [*reply.headers, (b"location", location)], reply.body, reply.close), (
-            f"backend {spec.name} added ({spec.url}, weight {spec.weight:g})"
+            f"backend {spec.name} added to pool {pool} ({spec.url}, weight {spec.weight:g})"
         )
 
     def _remove_backend(self, request: WholeRequest, name: str) -> tuple[Reply, str]:
@@ -504,9 +508,9 @@ def _wall_iso(now: float, at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
 
 
-def _backend_spec(body: bytes) -> BackendSpec:
-    """POST /backends's body, a JSON object of BACKEND_FIELDS, as a backend entry; ConfigError names
-    what is wrong in one line, as for a config file."""
+def _backend_spec(body: bytes) -> tuple[BackendSpec, str]:
+    """POST /backends's body, a JSON object of BACKEND_FIELDS, as a backend entry and the name of the
+    pool it joins; ConfigError names what is wrong in one line, as for a config file."""
     try:
         fields = json.loads(body or b"null")
     except ValueError:
@@ -516,14 +520,17 @@ def _backend_spec(body: bytes) -> BackendSpec:
     unknown = sorted(set(fields) - set(BACKEND_FIELDS))
     if unknown:
         raise ConfigError(unknown[0], fields[unknown[0]], f"unknown key; known: {', '.join(BACKEND_FIELDS)}")
-    return parse_backend("backend", fields["url"], fields.get("name"), fields.get("weight", 1))
+    pool = fields.get("pool", DEFAULT_POOL)
+    if not isinstance(pool, str):
+        raise ConfigError("pool", pool, "expected a pool's name")
+    return parse_backend("backend", fields["url"], fields.get("name"), fields.get("weight", 1)), pool
 
 
-_EXPECTED_BODY = 'expected a JSON object {"url": ..., "name": ..., "weight": ...}'
+_EXPECTED_BODY = 'expected a JSON object {"url": ..., "name": ..., "weight": ..., "pool": ...}'
 
 
-def _spec_json(spec: BackendSpec) -> dict[str, Any]:
-    return {"name": spec.name, "url": spec.url, "weight": spec.weight, "state": "starting"}
+def _spec_json(spec: BackendSpec, pool: str) -> dict[str, Any]:
+    return {"name": spec.name, "pool": pool, "url": spec.url, "weight": spec.weight, "state": "starting"}
 
 
 def _json(status: int, value: object) -> Reply:

@@ -36,7 +36,7 @@ from dispatcher.net.listen import CappedListener, naming, open_listeners, warn_u
 from dispatcher.net.tlsdoor import TlsFrontDoor, redirect_door
 from dispatcher.processes.workers import Master
 from dispatcher.settings import config
-from dispatcher.settings.config import BackendSpec, Settings
+from dispatcher.settings.config import DEFAULT_POOL, BackendSpec, Settings
 
 log = logging.getLogger("dispatcher")
 
@@ -94,6 +94,7 @@ class Running:
         _warn_about(new)
         if not new.keep_runtime_backends:
             self.roster.clear()
+        new = self.roster.over_pools(new)  # the named pools' runtime changes (the default's: `_swap`)
         given = self.discovery.reconfigure(new) if self.discovery is not None else new.backends
         new = _reload_tls(self.front, old, new)
         self._reloads += 1
@@ -189,9 +190,10 @@ class Running:
         if self.master is not None:
             self.master.reopen_logs()
 
-    def add_backend(self, spec: BackendSpec) -> None:
-        """POST /backends: one more backend, checked before it takes traffic, as a reload adds one."""
-        self.roster.add(spec)
+    def add_backend(self, spec: BackendSpec, pool: str = DEFAULT_POOL) -> None:
+        """POST /backends: one more backend in `pool`, checked before it takes traffic, as a reload
+        adds one."""
+        self.roster.add(spec, pool)
         self._swap(self.settings, self._given(), "backends changed")
 
     def remove_backend(self, name: str) -> None:
@@ -208,6 +210,7 @@ class Running:
         added and checked beforehand (`_open_pools`' new pools, `_stage_backends`' renewed ones),
         which the log counts as added."""
         specs = self.roster.overlay(given)
+        new = self.roster.over_pools(new)
         if self.master is not None:
             self.master.reload(replace(new, backends=specs), lambda _: self._apply(new, specs, why, opened))
         else:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import trio
 
+from dispatcher.settings.config import apply, check, parse_toml
 from tests.helpers import (
     Dispatcher,
     TestBackend,
@@ -198,3 +199,78 @@ async def test_a_state_change_from_another_sites_page_is_refused(
         assert (drained.status_code, dispatcher.pool.by_name["b1"].state) == (403, "up")
         own = f"http://127.0.0.1:{dispatcher.running.admin_port}"
         assert (await post(http, dispatcher, body, headers={"origin": own})).status_code == 201
+
+
+async def web_pool(nursery: trio.Nursery) -> tuple[Dispatcher, TestBackend, TestBackend]:
+    """A dispatcher whose route /web goes to the named pool `web` (w1, load 5), up, and a backend
+    `extra` (load 0) not yet in any pool."""
+    (b1, w1) = await start_backends(nursery, 0, 5)
+    extra = TestBackend("extra", load=0)
+    await nursery.start(extra.serve)
+    text = (
+        f'[pools.web]\nbackends = [{{ url = "{w1.url}", name = "w1" }}]\n'
+        '[[routes]]\npath_prefix = "/web"\npool = "web"\n'
+    )
+    routed = check(apply(settings_for([b1]), parse_toml(text)))
+    settings = replace(routed, health=health(interval=INTERVAL), admin_token=TOKEN)
+    dispatcher = await start_dispatcher(nursery, settings)
+    with trio.fail_after(PATIENCE):
+        await wait_all_up(dispatcher)
+        await wait_for_state(dispatcher.running.pools.by_pool["web"], "w1", "up")
+    return dispatcher, w1, extra
+
+
+async def test_a_backend_posted_to_a_named_pool_joins_it_and_a_delete_there_removes_it(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    """`"pool": "web"` adds the backend to that pool (checked first, then its route's redirects go to
+    it, the lower load); DELETE removes a backend of a named pool as of the default one, and a
+    backend the file gave as well as one added."""
+    dispatcher, _, extra = await web_pool(nursery)
+    web = dispatcher.running.pools.by_pool["web"]
+    async with httpx.AsyncClient() as http:
+        added = await post(http, dispatcher, {"url": extra.url, "name": "extra", "pool": "web"}, headers=AUTH)
+        assert (added.status_code, added.json()["pool"]) == (201, "web"), added.text
+        assert "extra" in web.by_name and "extra" not in dispatcher.pool.by_name
+        with trio.fail_after(PATIENCE):
+            await wait_for_state(web, "extra", "up")
+        answer = await http.get(f"{dispatcher.url}/web/x", follow_redirects=False)
+        assert answer.headers["location"] == f"{extra.url}/web/x"
+        listed = (await http.get(f"{dispatcher.admin_url}/pools/web")).json()["backends"]
+        assert sorted(b["name"] for b in listed) == ["extra", "w1"]
+        for name in ("w1", "extra"):
+            gone = await http.delete(f"{dispatcher.admin_url}/backends/{name}", headers=AUTH)
+            assert gone.status_code == 200
+            assert name not in web.by_name
+        assert list(web.by_name) == []
+        assert (await http.get(f"{dispatcher.url}/web/x", follow_redirects=False)).status_code == 503
+
+
+async def test_a_backend_posted_to_an_unknown_pool_gets_400_naming_the_pool(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    dispatcher, _, extra = await web_pool(nursery)
+    async with httpx.AsyncClient() as http:
+        for pool, why in (("nope", "no such pool; running: default, web"), (3, "expected a pool's name")):
+            refused = await post(http, dispatcher, {"url": extra.url, "pool": pool}, headers=AUTH)
+            assert (refused.status_code, refused.text) == (400, f"pool = {pool!r}: {why}\n")
+    assert "extra" not in dispatcher.running.pools.by_name
+
+
+@pytest.mark.parametrize("keep", [False, True])
+async def test_a_reload_keeps_a_named_pools_runtime_changes_only_when_told(
+    nursery: trio.Nursery, autojump_clock: Any, keep: bool
+) -> None:
+    """As for the default pool: the file is the truth on SIGHUP unless keep_runtime_backends."""
+    dispatcher, _, extra = await web_pool(nursery)
+    running = dispatcher.running
+    settings = replace(running.settings, keep_runtime_backends=keep)  # the file, before any change
+    running.reload(settings)
+    async with httpx.AsyncClient() as http:
+        await post(http, dispatcher, {"url": extra.url, "name": "extra", "pool": "web"}, headers=AUTH)
+        assert (await http.delete(f"{dispatcher.admin_url}/backends/w1", headers=AUTH)).status_code == 200
+    web = running.pools.by_pool["web"]
+    assert list(web.by_name) == ["extra"]
+    running.reload(settings)
+    with trio.fail_after(PATIENCE):
+        await wait_for(web, lambda: list(web.by_name) == (["extra"] if keep else ["w1"]))
