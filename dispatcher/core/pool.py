@@ -206,7 +206,10 @@ class Pool:
         # through `set_maintenance`, which tells `maintenance_listeners` (the --workers master's table).
         self.maintenance = False
         self.maintenance_listeners: list[Callable[[Pool], None]] = []
-        self.fallbacks = 0  # answers given by the fallback, for metrics
+        self.fallbacks = 0  # answers given by the fallback (of its kind now), for metrics
+        # The answers of the kinds a reload changed the fallback from, each series kept where it
+        # stood: a counter labelled with the new kind must not start at the old kind's count.
+        self.earlier_fallbacks: dict[str, int] = {}
         self._usable: set[int] = set()  # ids of the usable backends, so that `takes_redirects` is O(1)
         self._rng = rng
         self.health_settings = health
@@ -257,6 +260,10 @@ class Pool:
     def set_spec(self, spec: PoolSpec) -> None:
         """A reload: this pool's policy, fallback and hash settings (its backends: `reconcile`)."""
         balance_changed = spec.balance_factor != self.spec.balance_factor
+        old, new = self.fallback.kind, spec.fallback.kind
+        if new != old:
+            self.earlier_fallbacks[old] = self.fallbacks
+            self.fallbacks = self.earlier_fallbacks.pop(new, 0)
         self.spec, self.fallback = spec, spec.fallback
         if balance_changed and spec.policy == "hash" == self.policy_name:
             self.policy_name = ""  # the same name, a new factor: a new index

@@ -495,6 +495,8 @@ class RoutingCollector(Collector):
                 state.add_metric([pool.name, word], 1.0 if (word == "maint") == pool.maintenance else 0.0)
             usable.add_metric([pool.name], pool.usable_count)
             fallbacks.add_metric([pool.name, pool.fallback.kind], pool.fallbacks)
+            for kind, count in pool.earlier_fallbacks.items():
+                fallbacks.add_metric([pool.name, kind], count)
         yield from (state, usable, fallbacks)
 
 

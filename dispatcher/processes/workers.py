@@ -124,6 +124,7 @@ class Generation:
         self._rows = {(spec.name, spec.url): row for row, spec in enumerate(specs)}
         self._pool_rows = {spec.name: row for row, spec in enumerate(settings.all_pools)}
         self.pool_names = [spec.name for spec in settings.all_pools]  # the table's pool rows, in order
+        self.pool_kinds = [spec.fallback.kind for spec in settings.all_pools]  # their fallbacks' kinds
         self.index: dict[Backend, int] = {}
         self.retiring = False  # its workers were told to stop
         self._context = multiprocessing.get_context("spawn")
@@ -257,7 +258,8 @@ class Master:
         self._carried: dict[Backend, int] = {}
         self._carried_counters = empty_counters()  # the front door's, in the table's order
         self._carried_routes: dict[CountLabel, int] = {}  # the routes' counters, by label
-        self._carried_fallbacks: dict[str, int] = {}  # each pool's fallback answers, by pool name
+        # Each pool's fallback answers, by pool name and the fallback's kind when they were given.
+        self._carried_fallbacks: dict[tuple[str, str], int] = {}
         self._numbers = itertools.count()
         self._reloads_in, self._reloads = trio.open_memory_channel[tuple[Settings, Apply]](math.inf)
         self._retiring: trio.Nursery | None = None  # where generations drain (see run)
@@ -378,8 +380,8 @@ class Master:
         add_counters(self._carried_counters, generation.table.counters(), gauges=False)
         for label, count in zip(generation.route_labels, generation.table.route_counts(), strict=True):
             self._carried_routes[label] = self._carried_routes.get(label, 0) + count
-        for name, count in zip(generation.pool_names, generation.table.fallbacks(), strict=True):
-            self._carried_fallbacks[name] = self._carried_fallbacks.get(name, 0) + count
+        for key, count in zip(_pool_keys(generation), generation.table.fallbacks(), strict=True):
+            self._carried_fallbacks[key] = self._carried_fallbacks.get(key, 0) + count
         self._carried = {backend: n for backend, n in self._carried.items() if backend in live}
         self.generations.remove(generation)
         generation.table.close()
@@ -417,7 +419,7 @@ class Master:
         since = dict.fromkeys(self.pool.backends, 0)
         redirects = {backend: self._carried.get(backend, 0) for backend in self.pool.backends}
         counters = list(self._carried_counters)
-        fallbacks = {each.name: self._carried_fallbacks.get(each.name, 0) for each in self.pool}
+        fallbacks = dict(self._carried_fallbacks)
         for generation in self.generations:
             for backend, row in generation.index.items():
                 if backend in since:
@@ -425,13 +427,16 @@ class Master:
                     since[backend] += more_since
                     redirects[backend] += more
             add_counters(counters, generation.table.counters())
-            for name, count in zip(generation.pool_names, generation.table.fallbacks(), strict=True):
-                if name in fallbacks:
-                    fallbacks[name] += count
+            for key, count in zip(_pool_keys(generation), generation.table.fallbacks(), strict=True):
+                fallbacks[key] = fallbacks.get(key, 0) + count
         for backend in self.pool.backends:
             self.pool.set_counts(backend, since[backend], redirects[backend])
         for each in self.pool:  # the workers answer from the fallbacks; the master counts them here
-            each.fallbacks = fallbacks[each.name]
+            kind = each.fallback.kind
+            each.fallbacks = fallbacks.get((each.name, kind), 0)
+            each.earlier_fallbacks = {
+                k: n for (name, k), n in fallbacks.items() if name == each.name and k != kind
+            }
         # In place: the metrics collector holds this very object.
         front, stats = self.stats, stats_of(counters)
         front.open_connections, front.connections_total = stats.open_connections, stats.connections_total
@@ -549,3 +554,8 @@ async def _watch_signals(
             return
         lifecycle.shutting_down = True
         stop.set()
+
+
+def _pool_keys(generation: Generation) -> list[tuple[str, str]]:
+    """A generation's pool rows as (pool, the fallback's kind then): what its fallback counts count."""
+    return list(zip(generation.pool_names, generation.pool_kinds, strict=True))

@@ -177,6 +177,28 @@ async def test_a_pool_in_maintenance_sends_every_workers_requests_to_its_fallbac
         await poll_admin(admin, "/metrics", lambda _, text: counted in text)
         await set_pool(b"ready")
         await until({backend})
+        # A reload that drops the redirect, then maintenance again: the pool's 503s count in a series
+        # of their own, and the redirect's stays where it stood, summed over every generation.
+        plain = MAINT_CONFIG.replace('fallback = {{ redirect = "https://status.example.com/" }}\n', "")
+        config.write_text(plain.format(port=port, admin=admin, web=web.url, forms=forms.url))
+        old = new
+        process.send_signal(signal.SIGHUP)
+        with trio.fail_after(20):
+            while not ((new := set(worker_pids(process.pid))) and not new & old):
+                await trio.sleep(0.05)
+        await set_pool(b"maint")
+        refused = 0
+        with trio.fail_after(10):
+            while refused < 3:  # until every worker has the master's word, some still redirect
+                async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+                    await stream.send_all(submit)
+                    refused += (await read_until_close(stream)).startswith(b"HTTP/1.1 503 ")
+        counted_503 = 'dispatcher_pool_fallback_responses_total{fallback="unavailable",pool="forms"} 3.0'
+        text = await poll_admin(admin, "/metrics", lambda _, text: counted_503 in text)
+        assert (
+            f'dispatcher_pool_fallback_responses_total{{fallback="redirect",pool="forms"}} {answered}.0'
+            in text
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):

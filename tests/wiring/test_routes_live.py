@@ -752,3 +752,31 @@ async def test_a_reload_that_renews_every_backend_of_a_pool_checks_the_new_ones_
         assert set(forms.by_name) == {"forms2"}
         answer = await client.post("/submit", content=b"x")
     assert answer.headers["location"] == site.url("forms2") + "/v2/submit"
+
+
+async def test_a_reload_that_changes_a_fallbacks_kind_starts_a_series_of_its_own(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """beta's fallback, a page, answers twice; a reload makes it a redirect, which answers once: the
+    page's series stays at 2 and the redirect's counts from 0 (a counter labelled with the new kind
+    must not start at the old kind's count), and back to the page, its series goes on from 2."""
+    site = await start_site(nursery, tmp_path)
+    running = site.dispatcher.running
+    fallback = 'fallback = {{ page = "{page}" }}'
+    redirecting = BETA.replace(fallback, 'fallback = {{ redirect = "https://rest.example/" }}')
+    assert redirecting != BETA
+    await set_pool(site, "beta", "maint")
+    async with site.client() as client:
+        for _ in range(2):
+            assert (await client.get("/beta/x")).status_code == 503
+        running.reload(settings_of(site.write(FORMS, redirecting)))
+        await set_pool(site, "beta", "maint")
+        assert (await client.get("/beta/x")).headers["location"] == "https://rest.example/"
+        name = "dispatcher_pool_fallback_responses_total"
+        assert (await scrape(site)).value(name, pool="beta", fallback="redirect") == 1
+        assert (await scrape(site)).value(name, pool="beta", fallback="page") == 2
+        running.reload(settings_of(site.write(FORMS, BETA)))
+        await set_pool(site, "beta", "maint")
+        assert (await client.get("/beta/x")).status_code == 503
+        assert (await scrape(site)).value(name, pool="beta", fallback="page") == 3
+        assert (await scrape(site)).value(name, pool="beta", fallback="redirect") == 1
