@@ -28,6 +28,7 @@ from dispatcher.settings.routing import (
     Fallback,
     HashKey,
     RouteSpec,
+    covers,
     parse_fallback,
     parse_hash_key,
     parse_routes,
@@ -1023,8 +1024,9 @@ def warnings(settings: Settings) -> list[str]:
 
 
 def _takes_every_request(route: RouteSpec) -> bool:
-    """A route with no condition, or only the path prefix `/` (every path starts with one)."""
-    return route.conditions == 0 or (route.conditions == 1 and route.path_prefix == "/")
+    """A route as wide as one with no condition: none, the path prefix `/` (every path starts with
+    one), clients of every address (`0.0.0.0/0` and `::/0`), as `covers` reads them."""
+    return covers(route, RouteSpec("any request"))
 
 
 def _timeout_too_long(health: HealthSettings) -> bool:

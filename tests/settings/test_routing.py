@@ -724,8 +724,10 @@ def test_a_balance_factor_out_of_range_says_the_whole_rule(factor: str) -> None:
         ('path_prefix = "/"\npool = "web"', True),
         ('path_prefix = "/api"\npool = "web"', False),
         ('split = [{ pool = "default" }, { pool = "web" }]\nname = "ab"', False),
+        ('clients = ["0.0.0.0/0", "::/0"]\npool = "web"', True),
+        ('clients = ["0.0.0.0/0"]\npool = "web"', False),
     ],
-    ids=["no-condition", "prefix-slash", "a-prefix", "split-with-default"],
+    ids=["no-condition", "prefix-slash", "a-prefix", "split-with-default", "every-client", "ipv4-only"],
 )
 def test_a_route_that_takes_every_request_is_warned_about_when_backends_wait(
     route: str, warned: bool
