@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Generator
 from typing import Any, Protocol, TypeVar
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import h11
 import trio
@@ -378,7 +378,7 @@ class AdminApi:
         added = self.pool.by_name.get(spec.name)  # with --workers, once the new workers listen
         body = self._backend_json(self.pool.view_of(added, now), now) if added else _spec_json(spec, pool)
         reply = _json(201, body)
-        location = f"/backends/{spec.name}".encode()
+        location = f"/backends/{quote(spec.name, safe='')}".encode()  # a name may hold `?`, `#`, `%`
         return Reply(201, [*reply.headers, (b"location", location)], reply.body, reply.close), (
             f"backend {spec.name} added to pool {pool} ({spec.url}, weight {spec.weight:g})"
         )

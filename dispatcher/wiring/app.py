@@ -235,6 +235,8 @@ class Running:
         log.info(
             "%s: %s (%d added, %d removed)", why, _backends(count), len(added) + more, len(removed) + fewer
         )
+        if count == 0:  # a start refuses a file with none; here the admin API's removals left none
+            log.warning("%s: no backend is left in any pool: every request gets its pool's fallback", why)
 
     def _pools(self) -> Pools:
         assert self.pools is not None

@@ -86,7 +86,7 @@ admin routes (on --admin-listen; state changes need the token when one is set):
   GET /backends                  every backend as JSON: state, load, last check, redirects
   GET /backends/<name>           one backend
   POST /backends/<name>/state    body drain, maint or ready
-  POST /backends                 add a backend: JSON {"url", "name", "weight"}
+  POST /backends                 add a backend: JSON {"url", "name", "weight", "pool"}
   DELETE /backends/<name>        remove a backend (both lost at a reload unless keep_runtime_backends)
   GET /pools                     every pool: state, policy, usable backends, fallback
   GET /pools/<name>              one pool, with its backends

@@ -274,3 +274,33 @@ async def test_a_reload_keeps_a_named_pools_runtime_changes_only_when_told(
     running.reload(settings)
     with trio.fail_after(PATIENCE):
         await wait_for(web, lambda: list(web.by_name) == (["extra"] if keep else ["w1"]))
+
+
+async def test_a_posted_name_that_a_path_cannot_hold_is_escaped_in_the_location(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    """A name may hold `?`, `#`, `%` or a space: the 201's Location escapes them, so that following
+    it reaches the backend (a bare `?` would end the path at `w`)."""
+    dispatcher, extra = await one_backend(nursery)
+    async with httpx.AsyncClient() as http:
+        added = await post(http, dispatcher, {"url": extra.url, "name": "w?x#y%z 1"}, headers=AUTH)
+        assert added.headers["location"] == "/backends/w%3Fx%23y%25z%201"
+        found = await http.get(f"{dispatcher.admin_url}{added.headers['location']}")
+        assert (found.status_code, found.json()["name"]) == (200, "w?x#y%z 1")
+
+
+async def test_removing_the_last_backend_is_a_warning(
+    nursery: trio.Nursery, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A start refuses a file with no backend; the admin API can still remove the last one, and
+    every request then gets the fallback: said at WARNING, not only in the INFO count."""
+    dispatcher, _ = await one_backend(nursery)
+    async with httpx.AsyncClient() as http:
+        with caplog.at_level(logging.WARNING, "dispatcher"):
+            assert (await http.delete(f"{dispatcher.admin_url}/backends/b1", headers=AUTH)).status_code == 200
+    warned = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "dispatcher"
+    ]
+    assert warned == [
+        "backends changed: no backend is left in any pool: every request gets its pool's fallback"
+    ]
