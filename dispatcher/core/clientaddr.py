@@ -35,8 +35,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from dispatcher.settings.values import ConfigError
+
+if TYPE_CHECKING:
+    from dispatcher.settings.config import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -129,6 +133,12 @@ def _unmapped_network(
         address = ipaddress.IPv4Address(int(network.network_address) & 0xFFFFFFFF)
         return ipaddress.IPv4Network((address, network.prefixlen - 96))
     return network
+
+
+def trusted_of(settings: Settings) -> TrustedProxies:
+    """The trusted proxies a checked config names, with the header they write."""
+    networks = (ipaddress.ip_network(text) for text in settings.trusted_proxies)
+    return TrustedProxies(networks, settings.forwarding_header.encode())
 
 
 def parse_trusted_proxies(key: str, value: object, header: bytes = X_FORWARDED_FOR) -> TrustedProxies:

@@ -21,7 +21,6 @@ the backend always see one path (decoding here and not there is how routing and 
 from __future__ import annotations
 
 import functools
-import ipaddress
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -580,8 +579,7 @@ def router_for(
     """The router of these settings over these pools (by name, the default pool's `default`), or None."""
     if not needs_router(settings):
         return None
-    networks = (ipaddress.ip_network(text) for text in settings.trusted_proxies)
-    trusted = clientaddr.TrustedProxies(networks, settings.forwarding_header.encode())
+    trusted = clientaddr.trusted_of(settings)
     header = settings.country_header.encode() if settings.country_header else None
     return Router(settings.routes, pools, pools[DEFAULT_POOL], Client(trusted, country_of, header))
 

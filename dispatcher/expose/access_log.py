@@ -107,7 +107,7 @@ class _Clock:
 
 def text_line(start: str, entry: Answered, duration: float) -> str:
     """One line of the `text` format (see the module's header); `start` is its client and time."""
-    method, target, version, status, size, backend = entry
+    method, target, version, status, size, backend, _ = entry
     if not method:
         return f'{start}"-" {status} {size} "-" {duration:.6f}\n'
     chosen = backend if backend is not None else "-"
@@ -117,7 +117,7 @@ def text_line(start: str, entry: Answered, duration: float) -> str:
 
 def json_line(start: str, entry: Answered, duration: float) -> str:
     """One line of the `json` format (see the module's header); `start` holds its time and client."""
-    method, target, version, status, size, backend = entry
+    method, target, version, status, size, backend, _ = entry
     if method:
         text = quoted(target)  # printable ASCII, with no quote; a backslash only in an escape
         target_json = _json_string(text) if _BACKSLASH in text else '"' + text + '"'
@@ -168,7 +168,16 @@ class AccessLog:
         else:
             start, format_line = f"{client[0]} - - {clock.text} ", text_line
         for entry in answered:
-            line = format_line(start, entry, duration)
+            forwarded = entry[6]
+            if forwarded is None:
+                line = format_line(start, entry, duration)
+            elif self.json:  # the client a trusted proxy forwarded, and the proxy as the peer
+                line = format_line(
+                    f'{{"time": "{stamp}", "client": "{forwarded}", "peer": "{client[0]}", '
+                    f'"peer_port": {client[1]}, ', entry, duration,
+                )  # fmt: skip
+            else:
+                line = format_line(f"{forwarded} - - {clock.text} ", entry, duration)
             lines.append(line)
             size += len(line)
         self._size = size

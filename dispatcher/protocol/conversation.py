@@ -44,6 +44,7 @@ from collections.abc import Callable
 
 import h11
 
+from dispatcher.core import clientaddr
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Pool
 from dispatcher.core.pools import Pools
@@ -74,7 +75,8 @@ RESCUE_SECONDS = 1.0
 
 # What the access log is told of one answer: method, target and HTTP version (empty when no request head
 # was read), status, bytes sent, and the chosen backend's name (None when none was chosen). No header.
-Answered = tuple[bytes, bytes, bytes, int, int, str | None]
+# The last, the client's address when a trusted proxy forwarded it (None: the peer is the client).
+Answered = tuple[bytes, bytes, bytes, int, int, str | None, str | None]
 
 # An absolute-form target's authority (RFC 3986 §3.2.2, RFC 9110 §4.2.1): a host, never empty (a
 # reg-name, an IPv4 address, or an IPv6 or future literal in brackets), and a port of digits, maybe
@@ -115,6 +117,7 @@ class Replies:
         self._names: dict[bytes, str] = {}  # a backend's Location base to its name, for the log
         # The same by scheme://host:port, the longest base first: for a Location whose path a route rewrote.
         self._by_authority: dict[bytes, list[tuple[bytes, str]]] = {}
+        self._trusted: tuple[Settings | None, clientaddr.TrustedProxies] = (None, clientaddr.TrustedProxies())
 
     @property
     def needs_peer(self) -> bool:
@@ -170,16 +173,28 @@ class Replies:
         self.stats.responses[reply.status] = self.stats.responses.get(reply.status, 0) + 1
         return serialise(reply, self._date.at(time.time()), close=True, head=head)
 
-    def logged(self, request: h11.Request | None, answer: bytes) -> Answered:
-        """What the access log says of `answer` (to `request`, if its head was read). The status is
-        read back from the status line and the backend from the Location, so that the answer's own
-        path stays as it is when the log is off."""
+    def logged(self, request: h11.Request | None, answer: bytes, peer: str = "-") -> Answered:
+        """What the access log says of `answer` (to `request`, if its head was read; from `peer`). The
+        status is read back from the status line and the backend from the Location, so that the
+        answer's own path stays as it is when the log is off. Behind a trusted proxy the client is the
+        one routes see (nginx's realip sets `$remote_addr` so, and its log shows that address)."""
         if request is None:
-            return b"", b"", b"", int(answer[9:12]), len(answer), None
+            return b"", b"", b"", int(answer[9:12]), len(answer), None, None
+        client = self._forwarded_client(peer, request)
         if answer.startswith(REDIRECT_START):
             backend = self._backend_of(request.target, answer)
-            return request.method, request.target, request.http_version, 307, len(answer), backend
-        return request.method, request.target, request.http_version, int(answer[9:12]), len(answer), None
+            return request.method, request.target, request.http_version, 307, len(answer), backend, client
+        status = int(answer[9:12])
+        return request.method, request.target, request.http_version, status, len(answer), None, client
+
+    def _forwarded_client(self, peer: str, request: h11.Request) -> str | None:
+        """The client a trusted proxy forwarded, when it is not the peer itself; None otherwise."""
+        if not self.settings.trusted_proxies:
+            return None
+        if self._trusted[0] is not self.settings:  # a reload may change them
+            self._trusted = (self.settings, clientaddr.trusted_of(self.settings))
+        client = clientaddr.client_address(peer, request.headers, self._trusted[1])
+        return client if client != self._trusted[1].judge(peer)[0] else None
 
     def _backend_of(self, target: bytes, answer: bytes) -> str | None:
         start = len(REDIRECT_START)
@@ -364,7 +379,7 @@ class Conversation:
         answer, close = self._replies.answer(self._conn, request, self._head_bytes > MAX_HEAD, self.peer)
         out += answer
         if self.answered is not None:
-            self.answered.append(self._replies.logged(request, answer))
+            self.answered.append(self._replies.logged(request, answer, self.peer))
         if close:
             self.closing = self.linger = True
         self._discarded = self._head_bytes = 0

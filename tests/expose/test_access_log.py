@@ -39,8 +39,8 @@ from tests.helpers import (
 
 # 2026-12-06 23:00:17.250 UTC
 WALL = 1796598017.25
-REDIRECT = (b"GET", b"/some/path?x=1", b"1.1", 307, 143, "web-1")
-NO_HEAD = (b"", b"", b"", 400, 120, None)
+REDIRECT = (b"GET", b"/some/path?x=1", b"1.1", 307, 143, "web-1", None)
+NO_HEAD = (b"", b"", b"", 400, 120, None, None)
 SECRET = "Bearer s3cret-token"
 
 
@@ -89,7 +89,7 @@ def test_a_json_line_has_every_field_and_nulls_where_unknown(tmp_path: Path) -> 
 def test_a_target_cannot_break_or_forge_a_line(tmp_path: Path, form: str) -> None:
     """Quotes, backslashes and bytes outside printable ASCII are written as \\xHH: one line, one request."""
     access = AccessLog(str(tmp_path / "access.log"), form, wall=lambda: WALL)
-    access.write(("127.0.0.1", 1), [(b"GET", b'/a"b\\c\xff', b"1.1", 307, 1, "b")], 0.0)
+    access.write(("127.0.0.1", 1), [(b"GET", b'/a"b\\c\xff', b"1.1", 307, 1, "b", None)], 0.0)
     access.close()
     [line] = lines_of(tmp_path / "access.log")
     if form == "json":
@@ -210,6 +210,36 @@ async def test_a_real_dispatcher_logs_every_answer_and_no_credential(
     assert '"POST /y HTTP/1.1" 503 ' in unavailable and ' "-" ' in unavailable
     assert '"-" 400 ' in malformed
     assert "s3cret" not in path.read_text()
+
+
+@pytest.mark.parametrize("form", ["text", "json"])
+async def test_behind_a_trusted_proxy_the_line_names_the_client_it_forwarded(
+    nursery: trio.Nursery, tmp_path: Path, form: str
+) -> None:
+    """nginx's realip: from a trusted proxy the line's client is the one routes see (the first
+    untrusted hop from the right), in JSON with the proxy as `peer`; from a peer nobody trusts, or
+    a trusted one that forwarded nothing, the peer, as always."""
+    path = tmp_path / "access.log"
+    backends = await start_backends(nursery, 0)
+    settings = settings_for(
+        backends, access_log=str(path), access_log_format=form, trusted_proxies=("127.0.0.1",)
+    )
+    dispatcher = await start_dispatcher(nursery, settings)
+    await wait_all_up(dispatcher)
+    for forwarded in ("X-Forwarded-For: 198.51.100.4, 203.0.113.9\r\n", ""):
+        head = f"GET /x HTTP/1.1\r\nHost: f\r\n{forwarded}Connection: close\r\n\r\n"
+        await exchange(dispatcher.port, head.encode())
+    dispatcher.stop.set()
+    with trio.fail_after(5):
+        while not path.read_text().count("\n") >= 2:
+            await trio.sleep(0.01)
+    proxied, direct = lines_of(path)
+    if form == "text":
+        assert proxied.startswith("203.0.113.9 - - [") and direct.startswith("127.0.0.1 - - [")
+    else:
+        proxied_json, direct_json = json.loads(proxied), json.loads(direct)
+        assert (proxied_json["client"], proxied_json["peer"]) == ("203.0.113.9", "127.0.0.1")
+        assert (direct_json["client"], "peer" in direct_json) == ("127.0.0.1", False)
 
 
 async def test_sigusr1_reopens_the_log(nursery: trio.Nursery, tmp_path: Path) -> None:
