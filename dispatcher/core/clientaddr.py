@@ -62,8 +62,8 @@ CACHE_SIZE = 4096
 class Networks:
     """Networks that an address (text, as a peer's, a hop's or a client's) is in or not: the trusted
     proxies', or a route's `clients`. Each verdict is remembered (see CACHE_SIZE): a route's check
-    parsed the address and tested every network on each request, 2 of the 4 us of a request tested
-    against ten routes (benchmarks, scenario 11c)."""
+    parsed the address and tested every network on each request it was tested on, about 2.5 us in
+    process, more than the rest of a ten-route match."""
 
     def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> None:
         self.networks = tuple(_unmapped_network(network) for network in networks)

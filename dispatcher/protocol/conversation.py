@@ -309,7 +309,9 @@ class Conversation:
                 self._head = data[:5] == b"HEAD "
                 self._head_start, self._head_more, line_start = data, None, False
             else:
-                line_start = self._read_of_head().endswith(b"\n")  # else a space mid-line is no fold
+                # Else a space mid-line is no fold. The last read only: joining the head at each read
+                # would copy it whole each time (a client sending a byte at a time: its square).
+                line_start = (self._head_more or self._head_start).endswith(b"\n")
                 if self._head_more is None:
                     self._head_more = bytearray()
                 self._head_more += data
