@@ -173,13 +173,19 @@ class Replies:
         self.stats.responses[reply.status] = self.stats.responses.get(reply.status, 0) + 1
         return serialise(reply, self._date.at(time.time()), close=True, head=head)
 
-    def logged(self, request: h11.Request | None, answer: bytes, peer: str = "-") -> Answered:
+    def logged(
+        self, request: h11.Request | None, answer: bytes, peer: str = "-", head: bytes = b""
+    ) -> Answered:
         """What the access log says of `answer` (to `request`, if its head was read; from `peer`). The
         status is read back from the status line and the backend from the Location, so that the
         answer's own path stays as it is when the log is off. Behind a trusted proxy the client is the
-        one routes see (nginx's realip sets `$remote_addr` so, and its log shows that address)."""
+        one routes see (nginx's realip sets `$remote_addr` so, and its log shows that address).
+        A refusal without a request (h11 refused the head, or it never ended) logs the request line
+        of `head`, what arrived of it, when that line is whole and well formed, as nginx does (a 400
+        for a missing Host names its request); else none."""
         if request is None:
-            return b"", b"", b"", int(answer[9:12]), len(answer), None, None
+            method, target, version = _request_line(head)
+            return method, target, version, int(answer[9:12]), len(answer), None, None
         client = self._forwarded_client(peer, request)
         if answer.startswith(REDIRECT_START):
             backend = self._backend_of(request.target, answer)
@@ -423,11 +429,25 @@ class Conversation:
         return out
 
     def _refused(self, reply: Reply) -> bytes:
-        """A refusal before or instead of a request's head: it has no method or target to log."""
+        """A refusal before or instead of a request's head: what the log names is its request line,
+        if that arrived whole (`Replies.logged`)."""
         answer = self._replies.refusal(reply, self._head)
         if self.answered is not None:
-            self.answered.append(self._replies.logged(None, answer))
+            self.answered.append(self._replies.logged(None, answer, head=self._read_of_head()))
         return answer
+
+
+# A request line as RFC 9112 §3 has it: a token, one space, a target of visible bytes, one space,
+# HTTP/d.d. Only such a line is logged for a refused head; anything else is `-`.
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])\r?")
+
+
+def _request_line(head: bytes) -> tuple[bytes, bytes, bytes]:
+    """The method, target and version of a head's first line when it is whole and well formed;
+    three empty strings otherwise."""
+    line, newline, _ = head.partition(b"\n")
+    found = _REQUEST_LINE.fullmatch(line) if newline else None
+    return (found[1], found[2], found[3]) if found else (b"", b"", b"")
 
 
 def _folding_refused() -> Reply:

@@ -315,4 +315,31 @@ async def test_refusals_are_logged_with_what_is_known(nursery: trio.Nursery, tmp
     await _wait_lines(path, 2)
     too_large, timed_out = lines_of(path)
     assert '"GET /big HTTP/1.1" 431 ' in too_large
-    assert '"-" 408 ' in timed_out
+    assert '"GET /slow HTTP/1.1" 408 ' in timed_out  # its request line had arrived whole
+
+
+@pytest.mark.parametrize(
+    ("head", "line"),
+    [
+        (b"GET /a HTTP/1.1\r\n\r\n", '"GET /a HTTP/1.1" 400 '),  # no Host: h11 refuses, the line is known
+        (b"GET /b HTTP/1.1\r\nHost: f\r\nHost: g\r\n\r\n", '"GET /b HTTP/1.1" 400 '),
+        (b"POST /c HTTP/1.1\r\nHost: f\r\nTransfer-Encoding: gzip\r\n\r\n", '"POST /c HTTP/1.1" 400 '),
+        (b"\x00\x01 not http\r\n\r\n", '"-" 400 '),  # no request line to name
+        (b"GET /d\x7f HTTP/1.1\r\n\r\n", '"-" 400 '),  # not a well-formed one
+    ],
+    ids=["no-host", "two-hosts", "te-gzip", "garbage", "bad-target"],
+)
+async def test_a_head_h11_refuses_is_logged_with_its_request_line(
+    nursery: trio.Nursery, tmp_path: Path, head: bytes, line: str
+) -> None:
+    """nginx logs the request line of a 400 when it read one: so do we, when it arrived whole and is
+    well formed; otherwise `-`."""
+    path = tmp_path / "access.log"
+    backends = await start_backends(nursery, 0)
+    dispatcher = await start_dispatcher(nursery, settings_for(backends, access_log=str(path)))
+    await wait_all_up(dispatcher)
+    await exchange(dispatcher.port, head)
+    dispatcher.stop.set()
+    await _wait_lines(path, 1)
+    (logged,) = lines_of(path)
+    assert line in logged
