@@ -235,7 +235,11 @@ ALLOWED = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
 def screen(
-    version: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]], max_discard: int
+    version: bytes,
+    target: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    max_discard: int,
+    loops: bool = True,
 ) -> tuple[Reply | None, bool]:
     """Refuse what must not be redirected; else say whether the connection must close after the answer.
 
@@ -243,7 +247,8 @@ def screen(
     ambiguities (Content-Length with Transfer-Encoding: RFC 9112 §6.1, 400 and close; h11 already
     refuses conflicting Content-Lengths and unknown codings), a health check that looped back, and
     what ends the connection: `Connection: close`, HTTP/1.0 (h11 keeps no 1.0 connection alive), or a
-    body larger than we are willing to read and drop.
+    body larger than we are willing to read and drop. `loops`: refuse a health check (508); false
+    where one is expected (the admin listener, the demo backends).
     """
     if version != b"1.1" and version != b"1.0":
         # h11 parses any HTTP/d.d request line; only 1.x is ours to answer (RFC 9110 §15.6.6).
@@ -276,7 +281,7 @@ def screen(
                 close = True
             elif old and b"keep-alive" in options:
                 close = False  # an HTTP/1.0 persistent connection (RFC 9112 §9.3, appendix C.2.2)
-        elif name == CHECK_HEADER:
+        elif name == CHECK_HEADER and loops:
             return text_reply(508, "loop detected: a health check reached a dispatcher's front door"), False
     if chunked and length >= 0:
         return text_reply(400, "both Content-Length and Transfer-Encoding: refused (RFC 9112 6.1)"), False

@@ -28,10 +28,12 @@ from dispatcher.core.health_state import Admin
 from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Backend, BackendView, Pool
 from dispatcher.core.pools import Pools
-from dispatcher.core.reply import Reply, text_reply
+from dispatcher.core.reply import DateHeader, Reply, text_reply
 from dispatcher.expose.render import Metrics
+from dispatcher.net.frontdoor import lingering_close
 from dispatcher.net.status_page import status_page
-from dispatcher.protocol.wholemessage import WholeRequest, read_request, response_bytes
+from dispatcher.protocol.refusals import MAX_HEAD
+from dispatcher.protocol.wholemessage import Refused, WholeRequest, read_request, response_bytes
 from dispatcher.settings.config import DEFAULT_POOL, BackendSpec, ConfigError, parse_backend
 
 log = logging.getLogger("dispatcher.admin")
@@ -44,6 +46,7 @@ STATE_WORDS = {"ready": Admin.READY, "drain": Admin.DRAIN, "maint": Admin.MAINT}
 # A refused request's body is logged only this far: a client must not fill the log.
 MAX_LOGGED_WORD = 40
 _JSON = (b"content-type", b"application/json")
+_DATE = DateHeader()
 # The status page reads /status every second: a cached answer would show it figures gone by.
 _NO_STORE = (b"cache-control", b"no-store")
 # What POST /backends reads from its JSON object: parse_backend's arguments, and the pool it joins.
@@ -419,8 +422,9 @@ class AdminApi:
         return hmac.compare_digest(given.strip().encode("latin-1"), self._token)
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        """One admin connection; never raises."""
-        conn = h11.Connection(h11.SERVER)
+        """One admin connection; never raises. A request it refuses gets the front door's answer
+        (`dispatcher.protocol.refusals`), and a head begun but not ended by the idle timeout a 408."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         peer = _peer(stream)
         try:
             while True:
@@ -428,6 +432,8 @@ class AdminApi:
                 with trio.move_on_after(ADMIN_IDLE_TIMEOUT):
                     request = await read_request(stream, conn, MAX_ADMIN_BODY)
                 if request is None:
+                    if conn.their_state is not h11.IDLE or conn.trailing_data[0]:
+                        raise Refused(text_reply(408, "request timeout"), False)
                     return
                 if self.refresh is not None:
                     self.refresh()
@@ -443,12 +449,24 @@ class AdminApi:
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
+        except Refused as refused:
+            await _refuse(stream, refused)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             pass
         except Exception:
             log.exception("admin connection failed")
         finally:
             await trio.aclose_forcefully(stream)
+
+
+async def _refuse(stream: trio.SocketStream, refused: Refused) -> None:
+    """Send a refusal, then close lingering: the rest of the request is unread, and closing at once
+    could reset the connection before the client reads why."""
+    try:
+        await stream.send_all(refused.answer())
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return
+    await lingering_close(stream)
 
 
 def _peer(stream: trio.SocketStream) -> str:
@@ -573,5 +591,8 @@ def _not_allowed(allow: str) -> Reply:
 
 
 def _serialise(conn: h11.Connection, reply: Reply, head: bool) -> bytes:
-    headers = [*reply.headers, (b"connection", b"close")] if reply.close else list(reply.headers)
+    """A reply through h11, with Date (RFC 9110 §6.6.1: an origin with a clock sends it; h11 adds none)."""
+    headers = [*reply.headers, (b"date", _DATE.at(time.time()))]
+    if reply.close:
+        headers.append((b"connection", b"close"))
     return response_bytes(conn, reply.status, reply.reason, headers, reply.body, head)

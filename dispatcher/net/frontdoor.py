@@ -168,7 +168,7 @@ class FrontDoor:
             rescued = await self._exchange(client)
             if rescued is None:  # the conversation closes
                 if conversation.linger:
-                    await _lingering_close(stream)
+                    await lingering_close(stream)
                 return
         if rescued is not None:
             # The idle wait reached its keep-alive deadline just as a request arrived: the client sent
@@ -176,13 +176,13 @@ class FrontDoor:
             client.scope = trio.CancelScope(deadline=conversation.rescue())
             with client.scope:
                 if await self._exchange(client, rescued) is None and conversation.linger:
-                    await _lingering_close(stream)
+                    await lingering_close(stream)
             return
         last_word = conversation.timed_out()
         if last_word:
             with trio.move_on_after(1):
                 await stream.send_all(last_word)
-                await _lingering_close(stream)
+                await lingering_close(stream)
 
     async def _exchange(self, client: _Client, data: bytes | None = None) -> bytes | None:
         """Receive, answer and send until the conversation closes (then None), starting with `data`.
@@ -258,7 +258,7 @@ async def _send(sock: trio.socket.SocketType, data: bytes | bytearray) -> None:
             sent += await sock.send(view[sent:])
 
 
-async def _lingering_close(stream: trio.SocketStream) -> None:
+async def lingering_close(stream: trio.SocketStream) -> None:
     """Send FIN, then drain what the client still sends, so our answer is not lost to an RST."""
     with trio.move_on_after(LINGER_SECONDS):
         try:

@@ -40,7 +40,7 @@ from dispatcher.core.pool import Pool
 from dispatcher.core.reply import Reply, path_and_query, serialise, text_reply
 from dispatcher.core.stats import ServerStats
 from dispatcher.net.certificates import Certificates
-from dispatcher.net.frontdoor import RECEIVE_SIZE, FrontDoor, _Client, _lingering_close
+from dispatcher.net.frontdoor import RECEIVE_SIZE, FrontDoor, _Client, lingering_close
 from dispatcher.protocol.conversation import Replies
 from dispatcher.settings.config import Settings
 
@@ -281,7 +281,7 @@ class TlsFrontDoor(FrontDoor):
         nothing to say why. Never with HSTS: a header over plain HTTP must be ignored (RFC 6797 §8.1)."""
         reply = text_reply(400, "the plain HTTP request was sent to the HTTPS port; use https://")
         await stream.send_all(Replies.refusal(self.replies, reply))
-        await _lingering_close(stream)  # the rest of its head is unread: no reset over our answer
+        await lingering_close(stream)  # the rest of its head is unread: no reset over our answer
 
     async def _converse(self, tls: TlsSocket, client: _Client, data: bytes = b"") -> None:
         """Receive, answer and send until the conversation closes, starting with `data` if any."""
@@ -307,7 +307,7 @@ async def _closing(tls: TlsSocket, stream: trio.SocketStream) -> None:
     """The end of a TLS connection that has answered: close_notify, then the FIN and the lingering
     close on the socket, so that the client reads our answer and a clean end."""
     tls.close_notify()
-    await _lingering_close(stream)
+    await lingering_close(stream)
 
 
 def redirect_door(

@@ -62,11 +62,9 @@ from dispatcher.core.reply import (
 )
 from dispatcher.core.routes import Router
 from dispatcher.core.stats import ServerStats
+from dispatcher.protocol.refusals import MAX_HEAD, folding_refused, protocol_refusal
 from dispatcher.settings.config import Settings
 
-# h11's own default (16 KiB) for the request head; past it the client gets 431. nginx's
-# large_client_header_buffers is 4 x 8k, HAProxy's tune.bufsize 16k: the same order.
-MAX_HEAD = 16 * 1024
 # The first bytes of an empty line: as ints (a byte of a chunk) and as one-byte strings (a slice).
 _CRLF = (13, 10)
 _CRLF_STARTS = (b"\r", b"\n")
@@ -323,7 +321,7 @@ class Conversation:
                 self._head_more += data
             self._head_bytes += len(data)
             if folded(data, line_start):
-                return self._refuse(bytearray(), _folding_refused())
+                return self._refuse(bytearray(), folding_refused())
             if waiting and self._kept_alive:
                 self._head_deadline = now + self._settings.header_timeout
         conn.receive_data(data)
@@ -333,7 +331,7 @@ class Conversation:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as error:
-                refusal = None if self._answered else _protocol_error(error, conn, self._read_of_head())
+                refusal = None if self._answered else protocol_refusal(error, conn, self._read_of_head())
                 return self._refuse(out, refusal)
             if event is h11.NEED_DATA:
                 self._await_more(conn)
@@ -402,7 +400,7 @@ class Conversation:
         self._head_start, self._head_more = leftover, None
         if leftover:
             if folded(leftover, False):  # a pipelined head: scanned before h11 unfolds it
-                self._refuse(out, _folding_refused())
+                self._refuse(out, folding_refused())
                 return conn
             conn.receive_data(leftover)
         if closed:
@@ -450,64 +448,6 @@ def _request_line(head: bytes) -> tuple[bytes, bytes, bytes]:
     return (found[1], found[2], found[3]) if found else (b"", b"", b"")
 
 
-def _folding_refused() -> Reply:
-    return text_reply(400, "obsolete line folding refused")
-
-
-def _protocol_error(error: h11.RemoteProtocolError, conn: h11.Connection, head: bytes) -> Reply:
-    """400, 414, 431 or 501, as h11 hints: its 431 (a head past MAX_HEAD) is a 414 when the request
-    line alone is that long (RFC 9112 §3: a target longer than the server parses MUST get 414); its
-    501 (a Transfer-Encoding other than one `chunked`) is what the head's codings deserve (`head`: as
-    much of it as arrived)."""
-    status = error.error_status_hint
-    if status == 431 and b"\n" not in _buffered(conn)[:MAX_HEAD]:
-        return text_reply(414, "request target too long")
-    if status == 431:
-        return text_reply(431, "request header block too large")
-    if status == 501:  # h11's one 501: a Transfer-Encoding other than one `chunked`
-        return _coding_refusal(head)
-    return text_reply(status, "malformed request")
-
-
-def _coding_refusal(head: bytes) -> Reply:
-    """The answer to a head whose Transfer-Encoding h11 refused, by its codings, all its
-    Transfer-Encoding lines read as one list (RFC 9110 §5.3), in any case (RFC 9112 §7), empty
-    elements ignored (RFC 9110 §5.6.1):
-    - chunked not the final coding (`gzip`, `chunked, gzip`): 400 and close (RFC 9112 §6.3 item 4:
-      the body's length cannot be known; MUST);
-    - chunked more than once (`chunked, chunked`): 400, the framing is malformed (RFC 9112 §7.1: a
-      sender MUST NOT); HAProxy refuses both with 400;
-    - with Content-Length, or in HTTP/1.0: 400, as `screen` refuses them with chunked alone;
-    - chunked last after a coding we do not implement (`gzip, chunked`): 501 (RFC 9112 §6.1: SHOULD).
-    The head is h11's: its lines passed h11's parser, and no line of it is folded (`folded`)."""
-    lines = head.split(b"\n")
-    codings: list[bytes] | None = None
-    length = False
-    for raw in lines[1:]:
-        line = raw.rstrip(b"\r")
-        if not line:
-            break
-        name, _, value = line.partition(b":")
-        name = name.lower()
-        if name == b"transfer-encoding":
-            codings = codings or []
-            codings += (item.split(b";", 1)[0].strip(b" \t").lower() for item in value.split(b","))
-        elif name == b"content-length":
-            length = True
-    if codings is None:  # not found in the head as we kept it: h11's own word, then
-        return text_reply(501, "transfer coding not implemented: only chunked is")
-    codings = [coding for coding in codings if coding]
-    if not codings or codings[-1] != b"chunked":
-        return text_reply(400, "Transfer-Encoding whose final coding is not chunked: refused (RFC 9112 6.3)")
-    if codings.count(b"chunked") > 1:
-        return text_reply(400, "chunked applied more than once: refused (RFC 9112 7.1)")
-    if length:
-        return text_reply(400, "both Content-Length and Transfer-Encoding: refused (RFC 9112 6.1)")
-    if lines[0].rstrip(b"\r").endswith(b"/1.0"):
-        return text_reply(400, "Transfer-Encoding in an HTTP/1.0 request: refused (RFC 9112 6.1)")
-    return text_reply(501, "transfer coding not implemented: only chunked is")
-
-
 def _absolute_form_refusal(target: bytes) -> Reply | None:
     """400 for an absolute-form target (RFC 9112 §3.2.2: its authority is the request's host, and
     Host is ignored) whose scheme is not http or https, or whose authority is not a host and a port:
@@ -526,13 +466,3 @@ def _absolute_form_refusal(target: bytes) -> Reply | None:
     if _AUTHORITY.fullmatch(authority) is None:
         return text_reply(400, "invalid host or port in the target (RFC 9110 4.2.1)")
     return None
-
-
-def _buffered(conn: h11.Connection) -> bytes:
-    """What h11 holds unparsed. Its buffer is private (h11 has no public view of it): read only on
-    the refusal path, and when a later h11 moves it, the answer is its own 431 again."""
-    buffer = getattr(conn, "_receive_buffer", None)
-    try:
-        return bytes(buffer) if buffer is not None else b"\n"
-    except TypeError:
-        return b"\n"

@@ -4,11 +4,13 @@ Owns: a small, real HTTP backend that speaks our load protocol (header `X-Load` 
 its health path) and answers every other request with who it is and what it received, so that a
 user can watch redirects spread and a POST body arrive. Tests build their backends on it too.
 Rules: this is a backend, not part of the dispatcher: it imports nothing from the dispatcher's core
-(only `wholemessage`, the small whole-request server it shares with the admin listener).
+(only `wholemessage`, the small whole-request server it shares with the admin listener, and the
+front door's lingering close).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -18,7 +20,8 @@ from http import HTTPStatus
 import h11
 import trio
 
-from dispatcher.protocol.wholemessage import WholeRequest, read_request, response_bytes
+from dispatcher.net.frontdoor import lingering_close
+from dispatcher.protocol.wholemessage import Refused, WholeRequest, read_request, response_bytes
 
 log = logging.getLogger("dispatcher.demo")
 
@@ -73,6 +76,10 @@ class LoadReportingBackend:
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
+        except Refused as refused:  # the admin listener's answers to a bad request, as a real server has
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(refused.answer())
+                await lingering_close(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             pass
         finally:
