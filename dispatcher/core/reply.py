@@ -69,6 +69,14 @@ _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 # A Host field's value: a reg-name, an IPv4 address or an IP literal in brackets, and a port (RFC 9110
 # §7.2, RFC 3986 §3.2.2). Any other byte makes the field invalid: 400 (RFC 9112 §3.2).
 _HOST_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:[]%"
+# An authority (RFC 3986 §3.2.2, RFC 9110 §4.2.1): a host, never empty (a reg-name, an IPv4 address,
+# or an IPv6 or future literal in brackets), and a port of digits, maybe empty (RFC 3986 §3.2.3). An
+# absolute-form target's (userinfo is refused apart, RFC 9110 §4.2.4), and a Host field's with a port or
+# a bracket (RFC 9112 §3.2): `Host: :80` and `Host: [zz]` are 400, as nginx refuses an empty host.
+AUTHORITY = re.compile(
+    rb"(?:\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[0-9A-Za-z._~!$&'()*+,;=:-]+)\]"
+    rb"|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+)(?::[0-9]*)?"
+)
 
 
 class DateHeader:
@@ -268,7 +276,7 @@ def screen(
             if (
                 value.translate(None, _HOST_SAFE)
                 or hosts > 1
-                or ((b":" in value or b"[" in value or b"]" in value) and not _host_and_port(value))
+                or ((b":" in value or b"[" in value or b"]" in value) and AUTHORITY.fullmatch(value) is None)
             ):
                 return text_reply(400, "invalid or repeated Host (RFC 9112 3.2)"), False
         elif name == b"content-length":
@@ -290,18 +298,6 @@ def screen(
     # A chunked body's size is not known when the 307 goes out (with its head): it may outgrow what we
     # read and drop, so the 307 says `Connection: close` rather than close without a word mid-body.
     return None, close or chunked or length > max_discard
-
-
-def _host_and_port(value: bytes) -> bool:
-    """A Host with a colon or a bracket is a host and a port of digits (maybe empty: RFC 3986 §3.2.3),
-    the host an IP literal in brackets or a name with neither (`a:x`, `a:1:2`, `[::1`, `a]` are not)."""
-    if value[:1] == b"[":
-        end = value.find(b"]")
-        literal, rest = value[1:end], value[end + 1 :]
-        port_ok = not rest or (rest[:1] == b":" and (rest[1:].isdigit() or rest == b":"))
-        return end > 1 and b"[" not in literal and port_ok
-    host, _, port = value.partition(b":")
-    return (port.isdigit() or not port) and b"[" not in host and b"]" not in host
 
 
 def not_redirected(method: bytes, target: bytes) -> Reply:

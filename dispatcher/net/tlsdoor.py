@@ -45,7 +45,8 @@ from dispatcher.protocol.conversation import Replies
 from dispatcher.settings.config import Settings
 
 # A Host header the 308 may repeat: a DNS name or an IPv4 address, or an IPv6 one in brackets, with an
-# optional port (RFC 9110 §7.2); anything else is not echoed into a Location.
+# optional port (RFC 9110 §7.2); anything else is not echoed into a Location. Narrower than the Host
+# that `reply.AUTHORITY` lets through: no sub-delim nor escape of a client's goes into a URL we build.
 _HOST = re.compile(rb"(?P<name>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?")
 HTTPS_PORT = 443
 # OpenSSL's reason when a connection's first bytes are "GET ", "POST", "HEAD" or "PUT " where a

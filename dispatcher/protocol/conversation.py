@@ -49,6 +49,7 @@ from dispatcher.core.lifecycle import Lifecycle
 from dispatcher.core.pool import Pool
 from dispatcher.core.pools import Pools
 from dispatcher.core.reply import (
+    AUTHORITY,
     REDIRECT_START,
     DateHeader,
     Reply,
@@ -75,14 +76,6 @@ RESCUE_SECONDS = 1.0
 # was read), status, bytes sent, and the chosen backend's name (None when none was chosen). No header.
 # The last, the client's address when a trusted proxy forwarded it (None: the peer is the client).
 Answered = tuple[bytes, bytes, bytes, int, int, str | None, str | None]
-
-# An absolute-form target's authority (RFC 3986 §3.2.2, RFC 9110 §4.2.1): a host, never empty (a
-# reg-name, an IPv4 address, or an IPv6 or future literal in brackets), and a port of digits, maybe
-# empty (RFC 3986 §3.2.3). Userinfo is refused apart (RFC 9110 §4.2.4).
-_AUTHORITY = re.compile(
-    rb"(?:\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[0-9A-Za-z._~!$&'()*+,;=:-]+)\]"
-    rb"|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+)(?::[0-9]*)?"
-)
 
 
 def _h11() -> h11.Connection:
@@ -463,6 +456,6 @@ def _absolute_form_refusal(target: bytes) -> Reply | None:
     authority = rest.split(b"/", 1)[0].split(b"?", 1)[0]
     if b"@" in authority:
         return text_reply(400, "userinfo in the target refused (RFC 9110 4.2.4)")
-    if _AUTHORITY.fullmatch(authority) is None:
+    if AUTHORITY.fullmatch(authority) is None:
         return text_reply(400, "invalid host or port in the target (RFC 9110 4.2.1)")
     return None
