@@ -59,6 +59,14 @@ CREDIT = 3.0
 SETTLE = 25.0
 # The pool's usual queue is an average over about this many rounds of reports from every backend.
 MEAN_ROUNDS = 8.0
+# One report counts in the pool's usual queue as at most this many times that queue, plus this many
+# requests: the usual queue raises every backend's estimate (settled), so one backend's absurd report
+# (1e5, a bug's 1e308) must not raise the others'. An M/M/1 queue at load 0.9 (mean 9) passes 40
+# about 1 % of the time: the cap costs the average about 1 %, and a rise from nothing still reaches
+# its level within a few rounds (the cap grows with the average, about 1.45x a round).
+OUTLIER = 4.0
+# A load above this is taken as this: far past any queue, and finite after any arithmetic on it.
+MAX_LOAD = 1e9
 # The in-flight allowance never counts redirects older than this (a report sees what is a second old).
 MAX_DELAY = 1.0
 
@@ -85,6 +93,11 @@ def settled(mean: float, age: float, step: float) -> float:
     each seeing only its own redirects (simulation, 7 seeds, checks every 2 s: two dispatchers 0.90x
     round-robin's mean without this floor, 0.87x with it; one, 0.87x and 0.86x)."""
     return mean * -math.expm1(-age / (SETTLE * step)) if age > 0 else 0.0
+
+
+def usual_sample(load: float, mean: float) -> float:
+    """What one report of `load` (per unit of weight) brings to the pool's usual queue `mean`."""
+    return min(load, OUTLIER * (mean + 1.0))
 
 
 def smoothing(elapsed: float, window: float, most: float = 1.0) -> float:

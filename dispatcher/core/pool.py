@@ -321,6 +321,7 @@ class Pool:
     def take_report(self, backend: Backend, load: float, now: float) -> float:
         """A new load figure: keep what it cannot have seen, learn how busy it is, re-key; returns the
         step."""
+        load = min(load, estimate.MAX_LOAD)
         previous = backend.report
         age = now - previous.at if previous is not None else math.inf
         carried = estimate.unseen(backend.since, age, now - backend.sent_at, backend.delay)
@@ -335,9 +336,8 @@ class Pool:
         backend.report = LoadReport(load, now)
         backend.reports += 1
         if informative:
-            self.mean_load += (load / backend.spec.weight - self.mean_load) / (
-                estimate.MEAN_ROUNDS * len(self.backends)
-            )
+            sample = estimate.usual_sample(load / backend.spec.weight, self.mean_load)
+            self.mean_load += (sample - self.mean_load) / (estimate.MEAN_ROUNDS * len(self.backends))
         backend.since, backend.carried = 0, carried
         step = self._step(backend)
         # A report below every other backend's estimate gives it a head start of at most CREDIT

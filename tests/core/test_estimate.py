@@ -184,3 +184,59 @@ def test_a_pool_with_no_usable_backend_keeps_its_drain_rates_sane() -> None:
             pool.record_check(backend, CheckResult(False, 0.001, reason="refused"), t * 0.5)
     assert [backend.rate for backend in pool.backends] == pytest.approx(before, rel=0.5)
     assert max(backend.rate for backend in pool.backends) < 100
+
+
+def _streamed(
+    pool: Pool, loads: dict[str, float], start: float, end: float, every: float = 0.1
+) -> dict[str, int]:
+    """Stream events of `loads` (by backend name) every `every` s and 100 redirects a second from
+    `start` to `end`; returns the redirects each backend took."""
+    taken = {backend.spec.name: 0 for backend in pool.backends}
+    for tick in range(round(start * 100), round(end * 100)):
+        now = tick / 100
+        pool.tick(now)
+        if tick % round(every * 100) == 0:
+            for backend in pool.backends:
+                pool.record_load(backend, loads[backend.spec.name], False, now)
+        chosen = pool.choose(now)
+        assert chosen is not None
+        taken[chosen.spec.name] += 1
+    return taken
+
+
+@pytest.mark.parametrize("spike", [1e5, 1e308])
+def test_one_backends_absurd_report_moves_no_other_backends_estimate(spike: float) -> None:
+    """One backend reports an absurd load for 0.2 s, then its own again: the pool's usual queue hardly
+    moves, so no other backend's estimate is raised and the split is what it was (it was 50/50, every
+    estimate near 700 and falling 15 a second, and near 1e306 for minutes after 1e308)."""
+    pool = up_pool(2)
+    idle = pool.backends[0]
+    usual = {"b0": 0.0, "b1": 5.0}
+    before = _streamed(pool, usual, 0.01, 10.0)
+    mean, estimates = pool.mean_load, [pool.effective_load(b, 9.99) for b in pool.backends]
+    _streamed(pool, {"b0": 0.0, "b1": spike}, 10.0, 10.2)
+    assert pool.mean_load < 2 * mean
+    assert pool.effective_load(idle, 10.19) < 5  # it took every redirect for 0.2 s, no more
+    after = _streamed(pool, usual, 10.2, 20.0)
+    assert [pool.effective_load(b, 19.99) for b in pool.backends] == pytest.approx(estimates, abs=1.5)
+    assert after["b0"] / sum(after.values()) == pytest.approx(before["b0"] / sum(before.values()), abs=0.05)
+
+
+def test_a_report_past_any_queue_is_taken_as_the_bound() -> None:
+    """1e308 stays finite through every product with a step (it was inf in /backends)."""
+    pool = up_pool(1)
+    (backend,) = pool.backends
+    pool.record_check(backend, CheckResult(True, 0.001, load=1e308), 1.0)
+    assert backend.report is not None and backend.report.value == estimate.MAX_LOAD
+    assert math.isfinite(backend.free_at) and math.isfinite(pool.effective_load(backend, 1.0))
+
+
+def test_the_usual_queue_takes_a_rise_from_nothing_within_a_few_rounds() -> None:
+    """The cap on one report's weight grows with the average: a pool that goes from idle to a queue
+    of 20 everywhere has its usual queue near 20 within 12 rounds of reports, as an uncapped one would."""
+    pool = up_pool(4)
+    for round_ in range(1, 13):
+        for backend in pool.backends:
+            pool.record_check(backend, CheckResult(True, 0.001, load=20.0), float(round_))
+    assert pool.mean_load > 0.7 * 20
+    assert estimate.usual_sample(20.0, 9.0) == 20.0  # an ordinary report passes whole
