@@ -12,6 +12,14 @@ The words are HAProxy agent-check's: an agent answers `drain` to take no new tra
 what it has, and `ready` to take it again. The dispatcher reads `X-Load-State: drain` (or
 `"state": "drain"`) the same way, so a backend says "drain me" with `reporter.drain()` before a
 graceful stop, and `reporter.ready()` cancels it.
+
+A stream is a response that never ends by itself, and a server stopping gracefully waits for its
+responses: uvicorn, by default, for ever, while the stream's heartbeats keep the backend up in the
+dispatcher. So the middlewares chain a handler in front of the server's own for SIGTERM and SIGINT
+(`stop_signals`): it calls `reporter.stop()`, which sends every stream a last event saying
+`"state": "drain"` and ends it, so that the dispatcher moves away at once and the server's wait ends;
+then the server's handler runs as it would have. No ASGI or WSGI message tells an app that its
+server is stopping (uvicorn sends lifespan's shutdown only after its connections have closed).
 """
 
 from __future__ import annotations
@@ -19,9 +27,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from types import FrameType
 from typing import Any, NamedTuple
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -44,6 +55,9 @@ DEFAULT_HEARTBEAT = 1.0
 DEFAULT_COALESCE = 0.005
 EVENT_STREAM = "text/event-stream"
 HEARTBEAT_COMMENT = b":\n\n"  # WHATWG EventSource: a line starting with ':' is a comment, ignored
+# What servers are stopped with: SIGTERM (systemd, Kubernetes, docker stop; uvicorn's and gunicorn's
+# graceful stop) and SIGINT (Ctrl-C).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class LoadReport(NamedTuple):
@@ -115,6 +129,7 @@ class LoadReporter:
         self._changed = threading.Condition()
         self._in_flight = 0
         self._draining = False
+        self._stopping = False
         self._version = 0  # moves on every change; a thread-waiting stream waits for it to move
         self._streams = 0
         self._listeners: set[Callable[[], None]] = set()
@@ -132,6 +147,11 @@ class LoadReporter:
     @property
     def draining(self) -> bool:
         return self._draining
+
+    @property
+    def stopping(self) -> bool:
+        """`stop()` was called: the server is stopping, and no stream is opened again."""
+        return self._stopping
 
     @property
     def open_streams(self) -> int:
@@ -162,6 +182,17 @@ class LoadReporter:
     def ready(self) -> None:
         """Take new requests again after `drain()`."""
         self._set_draining(False)
+
+    def stop(self) -> None:
+        """The server is stopping: drain, send every open stream a last event saying so and end it,
+        and answer later checks plain (draining). Called on a stop signal (`stop_signals`); call it
+        yourself from a server's shutdown hook where the signals are not the way it is stopped."""
+        with self._changed:
+            if self._stopping:
+                return
+            self._stopping = self._draining = True
+            listeners = self._moved()
+        _tell(listeners)
 
     def changed(self) -> None:
         """The app's own `load()` figure has moved: tell the open streams now."""
@@ -221,6 +252,51 @@ def _tell(listeners: tuple[Callable[[], None], ...]) -> None:
         listener()
 
 
+# The reporters a stop signal stops, and the handler each signal had before ours (called after it).
+_stopped_on_signal: weakref.WeakSet[LoadReporter] = weakref.WeakSet()
+_chained: dict[int, Any] = {}
+
+
+def watch_stop_signals(reporter: LoadReporter, signals: Iterable[int]) -> None:
+    """Stop `reporter` on any of `signals`, then run the handler the server had installed.
+
+    Installed when a middleware is made and again when an ASGI stream opens: a server may install
+    its handlers after the app is made (`uvicorn.run(app)` does), and ours must come first. Only
+    the main thread may set handlers; elsewhere nothing is installed (a WSGI stream's thread: the
+    middleware's making, in the main thread under gunicorn and waitress, has done it)."""
+    signals = tuple(signals)
+    if not signals:
+        return
+    _stopped_on_signal.add(reporter)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for number in signals:
+        current = signal.getsignal(number)
+        if current is _on_stop_signal:
+            continue
+        with contextlib.suppress(ValueError, OSError):  # a signal this platform cannot catch
+            signal.signal(number, _on_stop_signal)
+            _chained[number] = current
+
+
+def _on_stop_signal(number: int, frame: FrameType | None) -> None:
+    # A signal handler interrupts whatever the main thread was doing, maybe inside a reporter's
+    # lock (a sync worker runs the app there): the reporters are stopped from a thread of their own.
+    reporters = list(_stopped_on_signal)
+    threading.Thread(target=_stop_all, args=(reporters,), name="dispatcher-backend-stop", daemon=True).start()
+    previous = _chained.get(number)
+    if callable(previous):
+        previous(number, frame)
+    elif previous != signal.SIG_IGN:  # the default (or a handler set outside Python): do it
+        signal.signal(number, signal.SIG_DFL)
+        signal.raise_signal(number)
+
+
+def _stop_all(reporters: list[LoadReporter]) -> None:
+    for reporter in reporters:
+        reporter.stop()
+
+
 class StreamPacer:
     """What a health stream sends and when: a plain function of the clock and the current report.
 
@@ -256,7 +332,12 @@ class _Answering:
     """What both middlewares are configured with: the health path, the stream's pace, the reporter."""
 
     def _configure(
-        self, health_path: str, heartbeat: float, coalesce: float, load: Callable[[], float] | None
+        self,
+        health_path: str,
+        heartbeat: float,
+        coalesce: float,
+        load: Callable[[], float] | None,
+        stop_signals: Iterable[int],
     ) -> None:
         if not health_path.startswith("/"):
             raise ValueError(f"health_path must start with '/': {health_path!r}")
@@ -268,6 +349,8 @@ class _Answering:
         self.heartbeat = heartbeat
         self.coalesce = coalesce
         self.reporter = LoadReporter(load)
+        self.stop_signals = tuple(stop_signals)
+        watch_stop_signals(self.reporter, self.stop_signals)
 
 
 class ASGILoadMiddleware(_Answering):
@@ -282,7 +365,8 @@ class ASGILoadMiddleware(_Answering):
     `health_path` is the path inside the app (after the server's `root_path`); `heartbeat` (seconds)
     must stay below the dispatcher's health interval; `coalesce` is the shortest gap between two
     events; `stream=False` always answers plain; `load` replaces the in-flight count (see
-    `LoadReporter`).
+    `LoadReporter`); `stop_signals` are the signals that stop the reporter before the server's own
+    handler runs (module docstring; `()` installs nothing).
     """
 
     def __init__(
@@ -294,8 +378,9 @@ class ASGILoadMiddleware(_Answering):
         stream: bool = True,
         *,
         load: Callable[[], float] | None = None,
+        stop_signals: Iterable[int] = STOP_SIGNALS,
     ) -> None:
-        self._configure(health_path, heartbeat, coalesce, load)
+        self._configure(health_path, heartbeat, coalesce, load, stop_signals)
         self.app = app
         self.stream = stream
 
@@ -330,7 +415,9 @@ class ASGILoadMiddleware(_Answering):
 
     async def _answer_health(self, scope: Scope, receive: Receive, send: Send) -> None:
         accept = b",".join(value for name, value in scope["headers"] if name.lower() == b"accept")
-        if self.stream and accepts_event_stream(accept.decode("latin-1")) and _running_loop() is not None:
+        streams = self.stream and not self.reporter.stopping and _running_loop() is not None
+        if streams and accepts_event_stream(accept.decode("latin-1")):
+            watch_stop_signals(self.reporter, self.stop_signals)  # the server's own may be newer
             await self._stream(receive, send)
             return
         report = self.reporter.report()
@@ -352,7 +439,11 @@ class ASGILoadMiddleware(_Answering):
             pacer = StreamPacer(self.heartbeat, self.coalesce)
             while not watcher.done():
                 wake.clear()  # before reading the report: a change after the read sets it again
-                chunk, delay, wake_on_change = pacer.step(loop.time(), self.reporter.report())
+                report = self.reporter.report()
+                if self.reporter.stopping:  # the last event, and the end of the response
+                    await send({"type": "http.response.body", "body": report_event(report)})
+                    return
+                chunk, delay, wake_on_change = pacer.step(loop.time(), report)
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await _pause(wake if wake_on_change else None, delay)
@@ -447,8 +538,9 @@ class WSGILoadMiddleware(_Answering):
         *,
         load: Callable[[], float] | None = None,
         max_streams: int = 1,
+        stop_signals: Iterable[int] = STOP_SIGNALS,
     ) -> None:
-        self._configure(health_path, heartbeat, coalesce, load)
+        self._configure(health_path, heartbeat, coalesce, load, stop_signals)
         if max_streams < 1:
             raise ValueError(f"max_streams must be 1 or more, not {max_streams!r}")
         self.app = app
@@ -478,7 +570,8 @@ class WSGILoadMiddleware(_Answering):
 
     def _answer_health(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if (
-            accepts_event_stream(environ.get("HTTP_ACCEPT", ""))
+            not self.reporter.stopping
+            and accepts_event_stream(environ.get("HTTP_ACCEPT", ""))
             and self._streams_here(environ)
             and self.reporter._open_stream(self.max_streams)
         ):
@@ -496,7 +589,11 @@ class WSGILoadMiddleware(_Answering):
         pacer = StreamPacer(self.heartbeat, self.coalesce)
         while True:
             seen = reporter._seen()  # before reading the report, as the ASGI loop clears `wake`
-            chunk, delay, wake_on_change = pacer.step(time.monotonic(), reporter.report())
+            report = reporter.report()
+            if reporter.stopping:  # the last event; the server ends the response
+                yield report_event(report)
+                return
+            chunk, delay, wake_on_change = pacer.step(time.monotonic(), report)
             if chunk:
                 yield chunk
             if wake_on_change:

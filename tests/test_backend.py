@@ -14,8 +14,10 @@ import contextlib
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +141,7 @@ class Backend:
 
     port: int
     client: httpx.AsyncClient
+    process: trio.Process
 
     async def status(self, path: str = "/status") -> dict[str, Any]:
         """The test app's own answer, through the middleware."""
@@ -210,7 +213,7 @@ async def serving(server: str, directory: Path, *extra: str) -> AsyncIterator[Ba
         await wait_listening(process, port, log)
         base_url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base_url, trust_env=False, timeout=PATIENCE) as client:
-            yield Backend(port, client)
+            yield Backend(port, client, process)
     finally:
         process.kill()
         with trio.CancelScope(shield=True):
@@ -235,6 +238,7 @@ class EventStream:
     headers: dict[str, str] = field(default_factory=dict)
     _framed: bytes = b""
     _body: bytes = b""
+    ended: bool = False  # the last chunk came
 
     @classmethod
     async def open(cls, port: int) -> EventStream:
@@ -268,7 +272,9 @@ class EventStream:
             start = line_end + 2
             if len(self._framed) < start + size + 2:
                 return
-            assert size > 0, "the server ended the stream"
+            if size == 0:
+                self.ended = True
+                return
             assert self._framed[start + size : start + size + 2] == b"\r\n"
             self._body += self._framed[start : start + size]
             self._framed = self._framed[start + size + 2 :]
@@ -278,10 +284,24 @@ class EventStream:
         with trio.fail_after(timeout):
             self._unframe()  # the head's last read may have brought chunks with it
             while (end := self._body.find(b"\n\n")) < 0:
+                assert not self.ended, "the server ended the stream"
                 await self._receive()
                 self._unframe()
         message, self._body = self._body[:end], self._body[end + 2 :]
         return message
+
+    async def rest(self) -> list[bytes]:
+        """Every message until the server ends the stream, by its last chunk or by closing."""
+        messages = []
+        with trio.fail_after(PATIENCE):
+            while True:
+                self._unframe()
+                while (end := self._body.find(b"\n\n")) >= 0:
+                    messages.append(self._body[:end])
+                    self._body = self._body[end + 2 :]
+                if self.ended or not (chunk := await self.socket.receive_some(65536)):
+                    return messages
+                self._framed += chunk
 
     async def event(self) -> dict[str, Any]:
         """The next data event's JSON, past any heartbeats."""
@@ -395,6 +415,24 @@ async def test_stream_ends_with_its_client_leaving_nothing_behind(backend: Backe
         assert (await backend.status())["streams"] == 1
     after = await backend.wait_for_status(lambda status: status["streams"] == 0)
     assert (after["tasks"], after["threads"]) == (before["tasks"], before["threads"])
+
+
+async def test_a_stop_signal_ends_the_stream_with_a_drain_and_the_server_exits(
+    server: str, tmp_path: Path
+) -> None:
+    """SIGTERM, as systemd, Kubernetes and docker stop send it: the stream ends, and the server exits.
+    uvicorn stops gracefully, waiting for its responses: it waited for ever on the stream, whose
+    heartbeats kept the backend up in the dispatcher. Now its stream's last event says drain. Waitress
+    takes SIGTERM's default, death, which ends the stream as well."""
+    async with serving(server, tmp_path) as backend, event_stream(backend.port) as stream:
+        assert await stream.event() == {"load": 0}
+        backend.process.send_signal(signal.SIGTERM)
+        rest = await stream.rest()
+        with trio.fail_after(PATIENCE):
+            await backend.process.wait()
+    if server == "uvicorn":
+        assert rest and rest[-1] == b'data: {"load": 0, "state": "drain"}'
+        assert stream.ended  # the response's last chunk, not a cut connection
 
 
 async def test_waitress_with_one_thread_answers_plain_and_keeps_serving(tmp_path: Path) -> None:
@@ -639,6 +677,7 @@ class AsyncioStream:
     started: list[dict[str, Any]] = field(default_factory=list)
     bodies: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
     gone: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False  # a body without more_body came: the middleware ended the response
 
     def run(self) -> asyncio.Task[None]:
         return asyncio.create_task(self.middleware(http_scope("/health"), self.receive, self.send))
@@ -651,7 +690,8 @@ class AsyncioStream:
         if message["type"] == "http.response.start":
             self.started.append(message)
         else:
-            assert message["more_body"] is True, "a stream is never ended by the middleware"
+            assert not self.ended, "a body after the last one"
+            self.ended = not message.get("more_body", False)
             self.bodies.put_nowait(message["body"])
 
     async def body(self) -> bytes:
@@ -713,3 +753,71 @@ def test_module_imports_only_the_standard_library() -> None:
         and name not in ("dispatcher", "dispatcher.backend")
     }
     assert outside == set()
+
+
+DRAIN_EVENT = b'data: {"load": 0, "state": "drain"}\n\n'
+
+
+def test_asgi_stop_sends_a_last_drain_event_ends_the_stream_and_answers_plain_after() -> None:
+    """`reporter.stop()` (a stop signal's, or a shutdown hook's): one last event saying drain ends the
+    response, whatever the heartbeat; a check after it is answered plain, draining, not streamed."""
+
+    async def run() -> tuple[AsyncioStream, list[bytes], AsyncioStream]:
+        stream = AsyncioStream(ASGILoadMiddleware(refuse, heartbeat=3600, stop_signals=()))
+        task = stream.run()
+        first = await stream.body()
+        assert not stream.ended
+        await asyncio.to_thread(stream.middleware.reporter.stop)
+        last = await stream.body()
+        await asyncio.wait_for(task, PATIENCE)  # no disconnect needed
+        later = AsyncioStream(stream.middleware)
+        await asyncio.wait_for(later.run(), PATIENCE)
+        return stream, [first, last], later
+
+    stream, bodies, later = asyncio.run(run())
+    assert bodies == [b'data: {"load": 0}\n\n', DRAIN_EVENT]
+    assert stream.ended and stream.middleware.reporter.open_streams == 0
+    assert (b"content-type", b"application/json") in later.started[0]["headers"]
+    assert later.bodies.get_nowait() == b'{"load": 0, "state": "drain"}'
+
+
+def test_wsgi_stop_sends_a_last_drain_event_ends_the_stream_and_answers_plain_after() -> None:
+    """The same for WSGI: the stream's iterator yields the drain event and stops."""
+    app = WSGILoadMiddleware(wsgi_app, heartbeat=3600, stop_signals=())
+    _, headers, body = call_wsgi(app, threads=True)
+    assert headers["Content-Type"] == "text/event-stream"
+    chunks = iter(body)
+    assert next(chunks) == b'data: {"load": 0}\n\n'
+    threading.Timer(0.01, app.reporter.stop).start()  # while the stream waits a heartbeat for a change
+    assert list(chunks) == [DRAIN_EVENT]
+    close_body(body)
+    assert app.reporter.open_streams == 0
+    _, headers, body = call_wsgi(app, threads=True)
+    assert (headers["Content-Type"], list(body)) == ("application/json", [b'{"load": 0, "state": "drain"}'])
+
+
+def test_stop_signals_are_chained_to_the_handler_installed_before(tmp_path: Path) -> None:
+    """In a process of its own: SIGTERM reaches the reporter first and then the handler the process
+    had; `stop_signals=()` installs nothing."""
+    script = tmp_path / "chain.py"
+    script.write_text(
+        """
+import os, signal, sys, threading
+from dispatcher.backend import ASGILoadMiddleware
+got = threading.Event()
+signal.signal(signal.SIGTERM, lambda number, frame: got.set())
+plain = ASGILoadMiddleware(None, stop_signals=())
+assert signal.getsignal(signal.SIGTERM) is not None and not plain.reporter.stopping
+app = ASGILoadMiddleware(None)
+os.kill(os.getpid(), signal.SIGTERM)
+assert got.wait(10), "the earlier handler was not called"
+for thread in threading.enumerate():  # the reporters are stopped from a thread of their own
+    if thread.name == "dispatcher-backend-stop":
+        thread.join(10)
+print(app.reporter.stopping, app.reporter.draining, plain.reporter.stopping)
+"""
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, env=env, timeout=PATIENCE)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.split() == [b"True", b"True", b"False"]
