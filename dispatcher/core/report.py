@@ -3,13 +3,17 @@
 Owns: reading a load figure and a drain request out of one health response.
 Rules: pure; no I/O. First match wins:
   1. header `X-Load: <number>`;
-  2. a JSON object body with a numeric "load" (and optionally "state": "drain" | "ready");
+  2. a JSON object body with a numeric "load" (and optionally "state");
   3. a body that is only a number.
 Anything else (an empty body, "OK", HTML) reports nothing, which counts as load 0. A figure that is
-present but not a finite number >= 0 is a bad report: the check fails with reason `bad_load`, since a
-backend that lies about its load must not attract traffic by it.
-Header `X-Load-State: drain` (HAProxy agent-check's word) asks to be drained; `ready` or its absence
-on a later response ends it.
+present but not a finite number >= 0, written in ASCII decimal (a JSON number in JSON), is a bad
+report: the check fails with reason `bad_load`, since a backend that lies about its load must not
+attract traffic by it. Python's float() reads more (`1_000`, Arabic-Indic digits, the JSON string
+"3"), which no other reader of the protocol would: refused, so that a backend is not read two ways.
+Header `X-Load-State` or "state" takes HAProxy agent-check's words: `drain` asks to be drained, and so
+do `maint` and `down` (no new traffic at once; health stays the checks' word, and maintenance the
+operator's); `ready`, `up` or no state on a later response ends it. Any other word is a bad report,
+not a silent "ready".
 A load stream's event (`parse_event`) carries the same figure as its data: a number, or a JSON object
 with "load" and optionally "state".
 """
@@ -48,10 +52,10 @@ def parse_report(headers: list[tuple[bytes, bytes]], body: bytes) -> Report:
     if load_header is not None:
         return Report(_header_number(load_header), drain)
     if parsed is not None:
-        return Report(_number(parsed["load"]) if "load" in parsed else 0.0, drain)
+        return Report(_json_number(parsed["load"]) if "load" in parsed else 0.0, drain)
     text = body.strip()
     if text and (_looks_numeric(text) or text.lower().lstrip(b"+-") in _NOT_FINITE):
-        return Report(_number(text.decode("ascii")), drain)
+        return Report(_text_number(text.decode("ascii")), drain)
     return Report(0.0, drain)
 
 
@@ -78,10 +82,10 @@ def parse_event_fully(data: str) -> Report:
     text = data.strip()
     parsed = _json_object(text.encode()) if text.startswith("{") else None
     if parsed is not None:
-        return Report(_number(parsed["load"]) if "load" in parsed else 0.0, _drain(None, parsed))
+        return Report(_json_number(parsed["load"]) if "load" in parsed else 0.0, _drain(None, parsed))
     if not text:
         raise BadLoad("empty load event")
-    return Report(_number(text), False)
+    return Report(_text_number(text), False)
 
 
 # Words float() reads as numbers that are not finite: a body of only one of them is a bad load, not
@@ -99,10 +103,22 @@ def _json_object(body: bytes) -> dict[str, object] | None:
     return value if isinstance(value, dict) else None
 
 
+# HAProxy agent-check's words (its `maint` and `down` taken as drain: see the module's docstring).
+_STATES = {"drain": True, "maint": True, "down": True, "ready": False, "up": False}
+
+
 def _drain(header: bytes | None, parsed: dict[str, object] | None) -> bool:
     if header is not None:
-        return header.strip().lower() == b"drain"
-    return parsed is not None and parsed.get("state") == "drain"
+        word: object = header.decode("latin-1").strip()
+    elif parsed is not None and "state" in parsed:
+        word = parsed["state"]
+    else:
+        return False
+    drain = _STATES.get(word.lower()) if isinstance(word, str) else None
+    if drain is None:
+        shown = json.dumps(word) if header is None else repr(word)
+        raise BadLoad(f"state {shown} is not one of drain, maint, down, ready, up")
+    return drain
 
 
 def _looks_numeric(text: bytes) -> bool:
@@ -110,24 +126,38 @@ def _looks_numeric(text: bytes) -> bool:
 
 
 def _header_number(value: bytes) -> float:
-    """An X-Load value (float() reads ASCII bytes and ignores the white space around them)."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise BadLoad(f"load {value.decode('latin-1')!r} is not a number") from None
-    if not 0 <= number < math.inf:  # NaN fails both comparisons
-        raise BadLoad(f"load {value.decode('latin-1').strip()!r} is not a finite number >= 0")
-    return number
+    """An X-Load value (the white space around it is the header's, not the number's)."""
+    return _text_number(value.decode("latin-1"))
 
 
-def _number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        # Shown as the backend wrote it (`true`, `null`, `[1]`), not as Python's repr.
+# A decimal number as JSON, C and every HTTP library write one, with a sign (refused below, by its
+# value, with the clearer reason) and an optional exponent.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
+def _text_number(text: str) -> float:
+    """A load written as text: a bare body, an event's data, a header."""
+    text = text.strip(" \t\r\n")
+    if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        raise BadLoad(f"load {text!r} is not a finite number >= 0")
+    if _DECIMAL.fullmatch(text) is None:
+        raise BadLoad(f"load {text!r} is not a number")
+    return _finite(float(text), text)
+
+
+def _json_number(value: object) -> float:
+    """A JSON "load": a JSON number; a string ("3") is text, not a number, in JSON as anywhere."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        # Shown as the backend wrote it (`true`, `null`, `"3"`), not as Python's repr.
         raise BadLoad(f"load {json.dumps(value)} is not a number")
     try:
         number = float(value)
-    except ValueError:
-        raise BadLoad(f"load {value!r} is not a number") from None
-    if not math.isfinite(number) or number < 0:
-        raise BadLoad(f"load {value!r} is not a finite number >= 0")
+    except OverflowError:  # an integer of hundreds of digits
+        number = math.inf
+    return _finite(number, value)
+
+
+def _finite(number: float, written: object) -> float:
+    if not math.isfinite(number) or number < 0:  # 1e999 is inf: json and float() read it so
+        raise BadLoad(f"load {written!r} is not a finite number >= 0")
     return number

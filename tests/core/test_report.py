@@ -2,7 +2,7 @@
 
 import pytest
 
-from dispatcher.core.report import BadLoad, Report, parse_report
+from dispatcher.core.report import BadLoad, Report, parse_event, parse_report
 
 
 @pytest.mark.parametrize(
@@ -20,6 +20,11 @@ from dispatcher.core.report import BadLoad, Report, parse_report
         ([], b"[1, 2]", Report(0.0, False)),
         ([(b"x-load", b"1"), (b"x-load-state", b"drain")], b"", Report(1.0, True)),
         ([(b"x-load-state", b"ready")], b'{"load": 1, "state": "drain"}', Report(1.0, False)),
+        # HAProxy agent-check's other words: maint and down take no new traffic, as drain; up is ready.
+        ([(b"x-load", b"1"), (b"x-load-state", b" MAINT ")], b"", Report(1.0, True)),
+        ([], b'{"load": 2, "state": "down"}', Report(2.0, True)),
+        ([], b'{"load": 2, "state": "up"}', Report(2.0, False)),
+        ([], b"1_000", Report(0.0, False)),  # not only a number: reports nothing, as "OK" does
     ],
 )
 def test_report(headers: list[tuple[bytes, bytes]], body: bytes, expected: Report) -> None:
@@ -39,6 +44,13 @@ def test_report(headers: list[tuple[bytes, bytes]], body: bytes, expected: Repor
         ([], b'{"load": null}'),
         ([], b"-3"),
         ([], b"1e999"),
+        ([(b"x-load", b"1_000")], b""),  # float() reads these; no other reader of the protocol would
+        ([(b"x-load", "٣".encode())], b""),
+        ([], b'{"load": "3"}'),  # a JSON string is not a JSON number
+        ([], b'{"load": 1' + b"0" * 400 + b"}"),
+        ([], b'{"load": 1, "state": "bogus"}'),  # a state word nobody knows is not a silent "ready"
+        ([], b'{"load": 1, "state": 1}'),
+        ([(b"x-load", b"1"), (b"x-load-state", b"normal")], b""),
     ],
 )
 def test_bad_load_is_refused(headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -53,3 +65,34 @@ def test_a_json_load_that_is_no_number_is_shown_as_the_backend_wrote_it(body: by
     with pytest.raises(BadLoad) as caught:
         parse_report([], body)
     assert str(caught.value) == f"load {shown} is not a number"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ("3", Report(3.0, False)),
+        (" 2.5e1 ", Report(25.0, False)),
+        ('{"load": 4, "state": "maint"}', Report(4.0, True)),
+        ('{"load": 4, "state": "Ready"}', Report(4.0, False)),
+    ],
+)
+def test_event(data: str, expected: Report) -> None:
+    """A stream event's data: the same forms and words as a check's body."""
+    assert parse_event(data) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ("1_000", "load '1_000' is not a number"),
+        ("٣", "load '٣' is not a number"),
+        ('{"load": "3"}', 'load "3" is not a number'),
+        ("inf", "load 'inf' is not a finite number >= 0"),
+        ('{"load": 1, "state": "bogus"}', 'state "bogus" is not one of drain, maint, down, ready, up'),
+    ],
+)
+def test_bad_event_is_refused_with_its_reason(data: str, reason: str) -> None:
+    """What the failed check's detail says (the stream fails with bad_load and reconnects)."""
+    with pytest.raises(BadLoad) as caught:
+        parse_event(data)
+    assert str(caught.value) == reason
