@@ -118,7 +118,7 @@ class Backend:
     # Slow start: the share of its weight a recovered backend gets, growing from MIN_RAMP to 1.
     ramp: float = 1.0
     up_at: float = 0.0
-    resumed_from: str | None = None  # the state it left for a fresh start (maint), until its first check
+    resumed_from: str | None = None  # a fresh start's first state (out of maint: down), until a check
     pool: str = DEFAULT_POOL  # the name of the pool it is in (labels, the admin API)
 
     @property
@@ -546,10 +546,14 @@ class Pool:
         traffic again after its next passing check, as at start.
         """
         before = backend.state
-        if backend.admin is Admin.MAINT and admin is not Admin.MAINT:
+        leaving = backend.admin is Admin.MAINT and admin is not Admin.MAINT
+        if leaving:
             self._step_health(backend, Event.RESUME)
-            backend.resumed_from = "maint"  # its first check's line says so, not "was starting"
         backend.admin = admin
+        if leaving:
+            # Its first check's line goes on from the admin line's "is down (was maint)", not "was
+            # starting": the state it left maint for.
+            backend.resumed_from = backend.state
         self._changed(backend, before, None)
 
     def reindex(self, backend: Backend) -> None:

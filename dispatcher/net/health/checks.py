@@ -60,6 +60,7 @@ class HealthChecks:
         return stream_silence(probe.backend.spec.health)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.pool.listeners.append(self._transition)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -69,6 +70,7 @@ class HealthChecks:
                 task_status.started()
                 await self._drive()
         finally:
+            self.pool.listeners.remove(self._transition)
             self._sweep.close_all()
             with trio.CancelScope(shield=True):
                 for probe in list(self._probes.values()):
@@ -220,6 +222,16 @@ class HealthChecks:
         """A plain answer is a load stream: the check stays in flight until its first event."""
         probe.stream = LoadStream(probe, answer, started, probe.client.settings.timeout)
         self._streams.adopt(probe.stream, sock, now)
+
+    def _transition(self, backend: Backend, before: str, after: str, result: CheckResult | None) -> None:
+        """An operator's maint closes the backend's load stream now (HAProxy MAINT: no checks), not
+        at its next check's time: a `ready` before that would have found the old stream still open."""
+        probe = self._probes.get(backend.name)
+        if after != "maint" or probe is None or probe.stream is None:
+            return
+        self._end_stream(probe)
+        if probe.tls is not None and probe.scope is not None:
+            probe.scope.cancel()  # a TLS stream is read in its check's task, which closes it
 
     def _end_stream(self, probe: Probe) -> None:
         stream, probe.stream = probe.stream, None

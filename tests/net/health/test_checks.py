@@ -280,11 +280,12 @@ async def test_streaks_must_be_unbroken(
     ]
 
 
-async def test_an_operator_change_is_not_logged_twice_and_leaving_maint_says_maint(
+async def test_an_operator_change_is_not_logged_twice_and_leaving_maint_goes_on_from_down(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Drain, ready and maint through the pool log no transition line (the admin API logs the request
-    and its result in one line); the first check after maint says `is up (was maint)`, once."""
+    and its result in one line, `is down (was maint)` for the ready); the first check after it goes on
+    from there, `is up (was down)`, once."""
     from dispatcher.core.health_state import Admin
 
     caplog.set_level(logging.INFO)
@@ -299,7 +300,7 @@ async def test_an_operator_change_is_not_logged_twice_and_leaving_maint_says_mai
     pool.set_admin(state, Admin.READY)
     await wait_for_state(pool, "b1", "up")
     lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "dispatcher.health"]
-    assert lines == [(logging.INFO, "backend b1 is up (was maint)")]
+    assert lines == [(logging.INFO, "backend b1 is up (was down)")]
 
 
 async def test_state_changes_are_logged_one_line_each(

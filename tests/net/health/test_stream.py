@@ -478,14 +478,21 @@ async def test_rise_counts_the_intervals_of_a_live_stream(
 async def test_maint_closes_the_stream_and_ready_opens_a_new_one(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """No checks in maint: the stream is closed at the next check time; back to ready, it reopens."""
+    """No checks in maint: the stream is closed at once (it was at the next check's time); back to
+    ready, a new one opens, even when the ready comes straight after."""
     backend = StreamingBackend("s1")
-    pool = await streaming(nursery, backend)
+    pool = await streaming(nursery, backend, interval=60.0)
     state = pool.by_name["s1"]
+    asked = trio.current_time()
     pool.set_admin(state, Admin.MAINT)
     await backend.closed.wait()
+    assert trio.current_time() - asked < 1.0  # the next check is a minute away
     pool.set_admin(state, Admin.READY)
     await wait_for(pool, lambda: backend.connections == 2)
+    await wait_for_state(pool, "s1", "up")
+    pool.set_admin(state, Admin.MAINT)
+    pool.set_admin(state, Admin.READY)  # at once: the old stream must not stand for the new check
+    await wait_for(pool, lambda: backend.connections == 3)
     await wait_for_state(pool, "s1", "up")
 
 
