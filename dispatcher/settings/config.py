@@ -51,6 +51,7 @@ from dispatcher.settings.values import (
     positive_duration,
     token,
     url_path,
+    whole_number,
 )
 from dispatcher.settings.values import weight as weight_of
 
@@ -154,6 +155,7 @@ ADDRESS = Kind(parse_address, "HOST:PORT")
 DURATION = Kind(positive_duration, "DURATION", show=format_duration)
 DURATION_OR_OFF = Kind(non_negative_duration, "DURATION", show=format_duration)  # 0 is off
 COUNT = Kind(count, "N", text=int)
+WHOLE = Kind(whole_number, "N", text=int)  # 0 allowed
 FRACTION = Kind(fraction, "FRACTION", text=float)
 SWITCH = Kind(boolean, None)
 URL_PATH = Kind(url_path, "PATH")
@@ -685,7 +687,7 @@ class Settings:
     grace_period: float = setting(DEFAULT_GRACE_PERIOD, DURATION, "on SIGTERM")
     max_discard: int = setting(
         DEFAULT_MAX_DISCARD,
-        COUNT,
+        WHOLE,
         "a request body up to this is read and dropped to keep the connection",
         metavar="BYTES",
     )

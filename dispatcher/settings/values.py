@@ -141,6 +141,13 @@ def count(key: str, value: object) -> int:
     return value
 
 
+def whole_number(key: str, value: object) -> int:
+    """A whole number of at least 0 (max_discard: 0 reads no body, so every body closes)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(key, value, "must be a whole number of at least 0")
+    return value
+
+
 def boolean(key: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(key, value, "must be true or false")

@@ -454,6 +454,17 @@ def test_body_over_max_discard_gets_307_with_close() -> None:
     assert (talk.conversation.closing, talk.conversation.linger) == (True, True)
 
 
+def test_max_discard_0_closes_on_any_body_and_keeps_an_empty_one() -> None:
+    """`--max-discard 0`: one byte of body closes; `Content-Length: 0` keeps the connection."""
+    talk = Talk(
+        settings=Settings(header_timeout=HEADER_TIMEOUT, keepalive_timeout=KEEPALIVE_TIMEOUT, max_discard=0)
+    )
+    [empty] = talk.send(get("/empty", "Content-Length: 0", method="POST"))
+    assert (empty.status, empty.closes) == (307, False)
+    [response] = talk.send(get("/one", "Content-Length: 1", method="POST"))
+    assert (response.status, response.closes) == (307, True)
+
+
 def test_a_chunked_body_gets_307_with_close() -> None:
     """A chunked body's size is unknown when the 307 goes out: it says close, then lingers (drains)."""
     talk = Talk()

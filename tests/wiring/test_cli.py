@@ -232,10 +232,12 @@ async def test_the_version_flag(flag: str) -> None:
 
 
 def test_max_discard_has_a_flag() -> None:
-    """--max-discard BYTES sets max_discard; a value that is not a whole number >= 1 names the flag."""
-    args = build_parser().parse_args(["--max-discard=1024", "--backend=http://127.0.0.1:1"])
-    assert load_settings(args).max_discard == 1024
-    for bad in ("0", "1k"):
+    """--max-discard BYTES sets max_discard, 0 included (no body is read: every one closes); a value
+    that is not a whole number >= 0 names the flag."""
+    for good in (1024, 0):
+        args = build_parser().parse_args([f"--max-discard={good}", "--backend=http://127.0.0.1:1"])
+        assert load_settings(args).max_discard == good
+    for bad in ("-1", "1k"):
         with pytest.raises(ConfigError) as caught:
             load_settings(build_parser().parse_args([f"--max-discard={bad}", "--backend=http://127.0.0.1:1"]))
         assert caught.value.key == "--max-discard"
