@@ -87,6 +87,13 @@ from dispatcher.core.policy import Candidate, _count
 # brpc's bounded-load hash and of liblb's. Lower spills more keys off their home; higher lets a hot
 # backend further above the mean.
 DEFAULT_BALANCE_FACTOR = 1.25
+# A backend holding fewer than this many requests (its estimate) is never full, whatever the mean. At
+# little traffic the estimate drains at the dispatcher's own low redirect rate, so one visitor's few
+# requests stayed on its home for seconds and passed the bound over a pool of idle backends: the same
+# key went round three backends of four at a request every 0.5 s. HAProxy counts the connections a
+# server holds, which a finished request leaves at once; this is the estimate's allowance for the same.
+# Under real load the mean is above it and the bound is the paper's.
+MIN_FULL = 8.0
 # Points per unit of weight: ketama's 160 per server (libketama, Tengine's consistent hash), ten times
 # HAProxy's 16 (BE_WEIGHT_SCALE). A backend's share of the ring is the sum of its points' arcs, off its
 # weight's share by about 1 / sqrt(points): 8 % at 160, 25 % at 16. Some 90 bytes a point: 14 MB for 1,000.
@@ -372,10 +379,12 @@ class BoundedLoadHash(Generic[H]):
             bucket = (point[0] << 8 | point[1]) >> ring.shift
             index = bisect_left(ring.points[bucket], point)
             owners = ring.owners[bucket]
-            if index < len(owners) and owners[index].key < limit:
-                filed = owners[index]  # the usual case: its home, in the key's own bucket, not full
+            if index < len(owners) and (
+                (home := owners[index]).key < limit or (home.key - now) * home.rate < MIN_FULL
+            ):
+                filed = home  # the usual case: its home, in the key's own bucket, not full
             else:
-                filed = self._spill(bucket, index, limit)
+                filed = self._spill(bucket, index, limit, now)
         key, rate = filed.key, filed.rate
         moved = filed.key = filed.backend.free_at = (key if key > now else now) + filed.step
         if filed.busy:
@@ -407,18 +416,18 @@ class BoundedLoadHash(Generic[H]):
         if len(idle) > self._heap_cap:
             self._idle = self._compacted(idle)
 
-    def _spill(self, bucket: int, index: int, limit: float) -> _Filed[H]:
+    def _spill(self, bucket: int, index: int, limit: float, now: float) -> _Filed[H]:
         """The first backend clockwise from point `index` of `bucket` whose key is below `limit` (the key's
         home is full): the walk of `_Ring.walk`, without a generator's cost per point."""
         buckets = self._ring.owners
         owners = buckets[bucket]
         for filed in owners[index:]:
-            if filed.key < limit:
+            if filed.key < limit or (filed.key - now) * filed.rate < MIN_FULL:
                 return filed
         count = len(buckets)
         for ahead in range(1, count + 1):  # the next buckets, and round to this one's first points
             for filed in buckets[(bucket + ahead) % count]:
-                if filed.key < limit:
+                if filed.key < limit or (filed.key - now) * filed.rate < MIN_FULL:
                     return filed
         return self._least()  # never, but for rounding: the least key is always under the bound
 
