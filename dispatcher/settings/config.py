@@ -867,15 +867,16 @@ def check(settings: Settings) -> Settings:
             "admin_listen",
             str(settings.admin_listen),
             "not loopback and no admin_token: anyone who reaches it could drain every backend; set "
-            "admin_token (or DISPATCHER_ADMIN_TOKEN), or admin_insecure = true (--admin-insecure) if "
-            "only trusted hosts can reach it",
+            "admin_token (--admin-token, or DISPATCHER_ADMIN_TOKEN), or admin_insecure = true "
+            "(--admin-insecure) if only trusted hosts can reach it",
         )
     _check_tls(settings)
     _check_pools(settings)
     if settings.policy != "hash":
         for hashing, default in (("hash_key", _HASH_KEY), ("hash_balance_factor", DEFAULT_BALANCE_FACTOR)):
             if getattr(settings, hashing) != default:
-                raise ConfigError(hashing, str(getattr(settings, hashing)), 'only policy = "hash" reads it')
+                reason = 'only policy = "hash" (--policy hash) reads it'
+                raise ConfigError(hashing, str(getattr(settings, hashing)), reason)
     return settings
 
 

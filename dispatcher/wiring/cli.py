@@ -263,12 +263,27 @@ def load_settings(args: argparse.Namespace) -> Settings:
     if settings.health.ca_file is not None:
         health.tls_context(settings.health.ca_file)  # a file that cannot be used is refused now, by name
     access_log.check_path("access_log", settings.access_log)  # one that cannot be opened, too
-    settings = config.check(settings)  # first: a certificate without its key is named as such
+    settings = _checked(settings, args)  # first: a certificate without its key is named as such
     if settings.tls.enabled:
         certificates.server_context(settings.tls)  # a certificate or key that cannot be used, by name
     if settings.geoip_db is not None:
         geoip.CountryDatabase.open(settings.geoip_db).close()  # a file that is no MaxMind DB, by name
     return _with_pages(settings)
+
+
+def _checked(settings: Settings, args: argparse.Namespace) -> Settings:
+    """The rules across settings; a failed one names the flag where the flag set the value (a user
+    who typed `--hash-key` is told about `--hash-key`, not about a `hash_key` no file of theirs has)."""
+    try:
+        return config.check(settings)
+    except ConfigError as error:
+        for declared in config.declared_settings():
+            raw = getattr(args, declared.dest, None)
+            if declared.key == error.key and raw is not None:
+                kind = declared.setting.kind  # the flag's own text, as _apply_flag shows it
+                shown = error.value if kind.secret or kind.repeatable or not isinstance(raw, str) else raw
+                raise ConfigError(declared.flag, shown, error.reason) from None
+        raise
 
 
 def _config_file(args: argparse.Namespace) -> tuple[str, str] | None:

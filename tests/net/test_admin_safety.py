@@ -28,10 +28,11 @@ def settings_of(*args: str) -> Settings:
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "[::]", "admin.example"])
 def test_an_admin_listener_off_loopback_without_a_token_is_refused(host: str) -> None:
-    """Off loopback, no token, no --admin-insecure: a ConfigError naming admin_listen and the way out."""
+    """Off loopback, no token, no --admin-insecure: a ConfigError naming the flag and the way out."""
     with pytest.raises(ConfigError) as caught:
         settings_of(f"--admin-listen={host}:8081")
-    assert caught.value.key == "admin_listen"
+    assert caught.value.key == "--admin-listen"
+    assert "--admin-token" in caught.value.reason
     assert "admin_token" in caught.value.reason and "--admin-insecure" in caught.value.reason
 
 
@@ -73,7 +74,7 @@ async def test_the_process_refuses_to_start_in_one_line() -> None:
         )
     stderr = result.stderr.decode()
     assert result.returncode == 2
-    assert stderr.startswith("dispatcher: admin_listen = '0.0.0.0:0': not loopback and no admin_token")
+    assert stderr.startswith("dispatcher: --admin-listen = '0.0.0.0:0': not loopback and no admin_token")
     assert len(stderr.splitlines()) == 1
 
 

@@ -508,9 +508,9 @@ NO_CERTIFICATE = (
     [
         (
             ["--tls-redirect-listen", "127.0.0.1:9"],
-            f"tls.redirect_listen = '127.0.0.1:9': redirects to the front door over TLS, {NO_CERTIFICATE}",
+            f"--tls-redirect-listen = '127.0.0.1:9': redirects to the front door over TLS, {NO_CERTIFICATE}",
         ),
-        (["--tls-hsts", "8760h"], f"tls.hsts = '31536000s': is sent over TLS only, {NO_CERTIFICATE}"),
+        (["--tls-hsts", "8760h"], f"--tls-hsts = '8760h': is sent over TLS only, {NO_CERTIFICATE}"),
     ],
     ids=["redirect-listen", "hsts"],
 )
@@ -518,8 +518,8 @@ def test_tls_settings_without_a_certificate_are_one_line_and_exit_2(
     capsys: pytest.CaptureFixture[str], flags: list[str], line: str
 ) -> None:
     """The 308 listener or HSTS with no certificate would start and do nothing (the front door is plain
-    HTTP): refused in one line naming the key, exit status 2, by the check a start makes (run here as
-    --check-config, which starts nothing even where the check is missing)."""
+    HTTP): refused in one line naming the flag that set it, exit status 2, by the check a start makes
+    (run here as --check-config, which starts nothing even where the check is missing)."""
     assert main(["--check-config", os.devnull, "--backend", "http://127.0.0.1:9", *flags]) == 2
     assert capsys.readouterr().err == f"dispatcher: {line}\n"
     with pytest.raises(ConfigError) as caught:

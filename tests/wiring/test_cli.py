@@ -76,10 +76,10 @@ async def test_two_listeners_on_one_address_are_refused_before_binding(
     flags = [f"--listen={address}", f"--admin-listen=127.0.0.1:{unused_port()}"]
     if redirect:
         flags += [f"--tls-redirect-listen={address}", "--tls-cert=c.pem", "--tls-key=k.pem"]
-        line = f"tls.redirect_listen = '{address}': the same address as listen"
+        line = f"--tls-redirect-listen = '{address}': the same address as listen"
     else:
         flags[1] = f"--admin-listen={address}"
-        line = f"admin_listen = '{address}': the same address as listen"
+        line = f"--admin-listen = '{address}': the same address as listen"
     status, stderr = await run_dispatcher(*flags, "--backend=http://127.0.0.1:1")
     assert (status, stderr) == (2, f"dispatcher: {line}: two listeners cannot share an address\n")
 
@@ -229,6 +229,29 @@ async def test_the_version_flag(flag: str) -> None:
     with trio.fail_after(20):
         result = await trio.run_process([*DISPATCHER, flag], check=False, capture_stdout=True)
     assert (result.returncode, result.stdout.decode()) == (0, f"dispatcher {__version__}\n")
+
+
+@pytest.mark.parametrize(
+    ("flag", "line"),
+    [
+        ("--hash-key=cookie:sid", 'hash_key = "cookie:sid"'),
+        ("--hash-balance-factor=2", "hash_balance_factor = 2"),
+        ("--admin-listen=0.0.0.0:9901", 'admin_listen = "0.0.0.0:9901"'),
+    ],
+)
+def test_a_rule_across_settings_names_the_flag_that_set_the_value(
+    flag: str, line: str, tmp_path: Path
+) -> None:
+    """A user who typed the flag is told about the flag (it was `hash_key`, a key no file of theirs
+    had); the same value from the file is named by its key."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(build_parser().parse_args([flag, "--backend=http://127.0.0.1:1"]))
+    assert caught.value.key == flag.partition("=")[0]
+    config_file = tmp_path / "d.toml"
+    config_file.write_text(f'backends = ["http://127.0.0.1:1"]\n{line}\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(build_parser().parse_args(["--config", str(config_file)]))
+    assert caught.value.key == line.partition(" ")[0]
 
 
 def test_max_discard_has_a_flag() -> None:
