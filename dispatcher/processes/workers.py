@@ -126,6 +126,7 @@ class Generation:
         self.pool_names = [spec.name for spec in settings.all_pools]  # the table's pool rows, in order
         self.pool_kinds = [spec.fallback.kind for spec in settings.all_pools]  # their fallbacks' kinds
         self.index: dict[Backend, int] = {}
+        self._frozen: set[Backend] = set()  # no longer published (see `keep_removed`)
         self.retiring = False  # its workers were told to stop
         self._context = multiprocessing.get_context("spawn")
         self.processes: list[multiprocessing.process.BaseProcess] = []
@@ -150,9 +151,19 @@ class Generation:
         if row is not None:
             self.table.publish_pool(row, pool)
 
+    def keep_removed(self, successor: Generation) -> None:
+        """Before a reload applies: the backends that `successor` has no row for keep, in this
+        generation's workers, the state they have now. Their removal puts them in maint, and these
+        workers still answer until they have closed their listeners and drained: a pool whose
+        backends the reload replaced would answer them with its fallback (nginx's old workers, too,
+        finish with the old configuration)."""
+        self._frozen = {
+            backend for backend in self.index if (backend.name, backend.spec.url) not in successor._rows
+        }
+
     def publish(self, backend: Backend) -> None:
         row = self.index.get(backend)
-        if row is not None:
+        if row is not None and backend not in self._frozen:
             self.table.publish(row, backend, backend.spec.health.interval)
 
     def start(self, index: int) -> multiprocessing.process.BaseProcess:
@@ -345,6 +356,8 @@ class Master:
             if new is not None:
                 self._retire_soon(new)
             return
+        if old is not None:
+            old.keep_removed(new)
         apply(settings)  # the master's pool: backends added, removed, reweighted
         for each in self.pool:  # a pool the reload added: its redirects are the workers'
             if each.chooses:

@@ -126,9 +126,10 @@ class Running:
         """A running pool that the reload leaves with no usable backend it has now, all its backends
         new: those are added now, beside the ones that go, and checked before the swap (as a new
         pool's are), which keeps them. Until then the old ones answer; without it the pool would
-        answer 503 until a first check came back. With --workers the table of a generation is laid
-        out for one backend list, so there the new ones are checked after the swap, as before."""
-        if self.master is not None or self.nursery is None:
+        answer 503 until a first check came back. With --workers the master checks them the same
+        way; the new generation's table has their rows and takes their health at the switch
+        (`Generation.adopt`), and the old one has none for them, so its workers never see them."""
+        if self.nursery is None:
             return []
         pools = self._pools()
         everywhere = {(b.name, b.spec.url): b for pool in pools for b in pool.backends}

@@ -2,12 +2,14 @@
 
 import signal
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import (
+    TestBackend,
     listens,
     location_on_new_connection,
     poll_admin,
@@ -200,6 +202,83 @@ async def test_a_pool_in_maintenance_sends_every_workers_requests_to_its_fallbac
             in text
         )
     finally:
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await process.wait() == 0
+
+
+RENEWED_CONFIG = """
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+workers = 2
+[health]
+jitter = 0
+timeout = "5s"  # the new backend's first check is held open by the test: it must not time out
+[[backends]]
+url = "{web}"
+name = "web"
+[pools.forms]
+backends = [ {{ url = "{forms}", name = "{name}" }} ]
+fallback = {{ redirect = "https://status.example.com/" }}
+[[routes]]
+name = "submit"
+path_prefix = "/submit"
+pool = "forms"
+"""
+
+
+@dataclass
+class HeldBackend(TestBackend):
+    """A backend that holds its first health check until `release` is set, and says when it came."""
+
+    asked: trio.Event = field(default_factory=trio.Event)
+    release: trio.Event = field(default_factory=trio.Event)
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        self.asked.set()
+        await self.release.wait()
+        await super().handle(stream)
+
+
+async def test_a_reload_that_renews_every_backend_of_a_pool_checks_the_new_ones_before_the_switch(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """--workers: a reload replaces forms1, the forms pool's only backend, with forms2. forms2 is
+    checked before the new workers take over, and until its first check has answered forms1 takes
+    the pool's requests; then forms2 does. It was checked only after the switch: until its first
+    check came back, every worker answered the pool's fallback."""
+    web, forms1 = await start_backends(nursery, 0, 0)
+    forms2 = HeldBackend("forms2")
+    await nursery.start(forms2.serve)
+    port, admin = unused_port(), unused_port()
+    config = tmp_path / "dispatcher.toml"
+    fields = {"port": port, "admin": admin, "web": web.url}
+    config.write_text(RENEWED_CONFIG.format(**fields, forms=forms1.url, name="forms1"))
+    argv = [sys.executable, "-m", "dispatcher", "--config", str(config), "--log-level", "error"]
+    process = await trio.lowlevel.open_process(argv)
+    submit = b"GET /submit/x HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+    try:
+        await poll_admin(admin, "/readyz", lambda status, _: status == 200)
+        assert await location_on_new_connection(port, submit) == forms1.url.encode() + b"/submit/x"
+        before = set(worker_pids(process.pid))
+        config.write_text(RENEWED_CONFIG.format(**fields, forms=forms2.url, name="forms2"))
+        process.send_signal(signal.SIGHUP)
+        with trio.fail_after(20):
+            await forms2.asked.wait()  # its first check has come, and is held
+        found = {await location_on_new_connection(port, submit) for _ in range(12)}
+        assert found == {forms1.url.encode() + b"/submit/x"}
+        forms2.release.set()
+        old, new = forms1.url.encode() + b"/submit/x", forms2.url.encode() + b"/submit/x"
+        with trio.fail_after(20):
+            while (location := await location_on_new_connection(port, submit)) != new:
+                assert location == old  # never the fallback on the way
+                await trio.sleep(0.05)  # the new workers take over once they listen
+            while set(worker_pids(process.pid)) & before:
+                assert await location_on_new_connection(port, submit) in (old, new)  # the old ones drain
+                await trio.sleep(0.05)
+        assert {await location_on_new_connection(port, submit) for _ in range(12)} == {new}
+    finally:
+        forms2.release.set()
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             assert await process.wait() == 0
