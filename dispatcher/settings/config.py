@@ -17,7 +17,7 @@ import ipaddress
 import math
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -859,9 +859,11 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
-def check(settings: Settings) -> Settings:
-    """Rules across settings, once all of the file and the flags are in: a ConfigError if one fails."""
-    _check_listeners(settings)
+def check(settings: Settings, resolve: Callable[[str], Sequence[str]] | None = None) -> Settings:
+    """Rules across settings, once all of the file and the flags are in: a ConfigError if one fails.
+    `resolve` (a listen host name to the addresses a bind would take) lets the listeners' rule see
+    through names; without it names are compared as written (this module does no I/O)."""
+    _check_listeners(settings, resolve)
     if not (is_loopback(settings.admin_listen.host) or settings.admin_token or settings.admin_insecure):
         raise ConfigError(
             "admin_listen",
@@ -880,18 +882,38 @@ def check(settings: Settings) -> Settings:
     return settings
 
 
-def _check_listeners(settings: Settings) -> None:
+def _check_listeners(settings: Settings, resolve: Callable[[str], Sequence[str]] | None) -> None:
     """No two listeners on one address. The second bind would fail with "address already in use" once
     the first had started; with --reuse-port on both, the kernel would deal one listener's connections
-    to the other. Port 0 asks the system for a free port, a different one each time (tests)."""
+    to the other. Port 0 asks the system for a free port, a different one each time (tests). A name
+    (`localhost`) binds every address it resolves to: with `resolve`, each of those is compared."""
     listeners = [("listen", settings.listen), ("admin_listen", settings.admin_listen)]
     if settings.tls.redirect_listen is not None:
         listeners.append(("tls.redirect_listen", settings.tls.redirect_listen))
     for i, (key, address) in enumerate(listeners):
         for earlier, other in listeners[:i]:
             reason = _shared(address, earlier, other)
+            if reason is None and resolve is not None and address.port == other.port:
+                reason = _shared_resolved(address, earlier, other, resolve)
             if reason is not None:
                 raise ConfigError(key, str(address), f"{reason}: two listeners cannot share an address")
+
+
+def _shared_resolved(
+    address: Address, key: str, other: Address, resolve: Callable[[str], Sequence[str]]
+) -> str | None:
+    """`_shared` between the addresses the two hosts resolve to (a literal resolves to itself)."""
+    ours = [address.host] if not isinstance(_listen_host(address.host), str) else resolve(address.host)
+    theirs = [other.host] if not isinstance(_listen_host(other.host), str) else resolve(other.host)
+    if ours == [address.host] and theirs == [other.host]:
+        return None  # two literals: `_shared` has said
+    for mine in ours:
+        for its in theirs:
+            reason = _shared(Address(mine, address.port), key, Address(its, other.port))
+            if reason is not None:
+                named = [(host, ip) for host, ip in ((address.host, mine), (other.host, its)) if host != ip]
+                return f"{reason} once resolved ({', '.join(f'{host} is {ip}' for host, ip in named)})"
+    return None
 
 
 def _shared(address: Address, key: str, other: Address) -> str | None:

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -275,7 +276,7 @@ def _checked(settings: Settings, args: argparse.Namespace) -> Settings:
     """The rules across settings; a failed one names the flag where the flag set the value (a user
     who typed `--hash-key` is told about `--hash-key`, not about a `hash_key` no file of theirs has)."""
     try:
-        return config.check(settings)
+        return config.check(settings, resolve=_listen_addresses)
     except ConfigError as error:
         for declared in config.declared_settings():
             raw = getattr(args, declared.dest, None)
@@ -284,6 +285,16 @@ def _checked(settings: Settings, args: argparse.Namespace) -> Settings:
                 shown = error.value if kind.secret or kind.repeatable or not isinstance(raw, str) else raw
                 raise ConfigError(declared.flag, shown, error.reason) from None
         raise
+
+
+def _listen_addresses(host: str) -> list[str]:
+    """The addresses a listener on `host` binds (trio's open_tcp_listeners binds every one that
+    getaddrinfo gives); none for a name that does not resolve: the bind then says so itself."""
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError):
+        return []
+    return list(dict.fromkeys(str(info[4][0]) for info in found))
 
 
 def _config_file(args: argparse.Namespace) -> tuple[str, str] | None:

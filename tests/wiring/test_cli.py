@@ -84,6 +84,24 @@ async def test_two_listeners_on_one_address_are_refused_before_binding(
     assert (status, stderr) == (2, f"dispatcher: {line}: two listeners cannot share an address\n")
 
 
+@pytest.mark.parametrize(
+    ("listen", "admin"), [("localhost", "127.0.0.1"), ("127.0.0.1", "localhost"), ("0.0.0.0", "localhost")]
+)
+def test_listeners_that_clash_once_their_names_resolve_are_refused_before_binding(
+    listen: str, admin: str
+) -> None:
+    """`localhost` binds 127.0.0.1 (and ::1): beside a listener on 127.0.0.1 or 0.0.0.0 and the same
+    port it is refused in one line naming the second flag, exit 2, as two literals are. It got past
+    the check and failed at the bind, exit 1."""
+    port = unused_port()
+    flags = [f"--listen={listen}:{port}", f"--admin-listen={admin}:{port}", "--backend=http://127.0.0.1:1"]
+    with pytest.raises(ConfigError) as caught:
+        load_settings(build_parser().parse_args(flags))
+    assert caught.value.key == "--admin-listen"
+    assert "localhost is 127.0.0.1" in caught.value.reason
+    assert caught.value.reason.endswith("two listeners cannot share an address")
+
+
 @pytest.mark.parametrize(("given", "missing"), [("cert", "key"), ("key", "cert")])
 async def test_a_certificate_without_its_key_names_the_missing_flag(given: str, missing: str) -> None:
     """--tls-cert without --tls-key (or the other way): exit 2 and one line naming what is missing by
