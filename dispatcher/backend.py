@@ -252,8 +252,8 @@ def _tell(listeners: tuple[Callable[[], None], ...]) -> None:
         listener()
 
 
-# The reporters a stop signal stops, and the handler each signal had before ours (called after it).
-_stopped_on_signal: weakref.WeakSet[LoadReporter] = weakref.WeakSet()
+# The reporters each stop signal stops, and the handler it had before ours (called after it).
+_stopped_on_signal: dict[int, weakref.WeakSet[LoadReporter]] = {}
 _chained: dict[int, Any] = {}
 
 
@@ -265,9 +265,8 @@ def watch_stop_signals(reporter: LoadReporter, signals: Iterable[int]) -> None:
     the main thread may set handlers; elsewhere nothing is installed (a WSGI stream's thread: the
     middleware's making, in the main thread under gunicorn and waitress, has done it)."""
     signals = tuple(signals)
-    if not signals:
-        return
-    _stopped_on_signal.add(reporter)
+    for number in signals:
+        _stopped_on_signal.setdefault(number, weakref.WeakSet()).add(reporter)
     if threading.current_thread() is not threading.main_thread():
         return
     for number in signals:
@@ -282,7 +281,7 @@ def watch_stop_signals(reporter: LoadReporter, signals: Iterable[int]) -> None:
 def _on_stop_signal(number: int, frame: FrameType | None) -> None:
     # A signal handler interrupts whatever the main thread was doing, maybe inside a reporter's
     # lock (a sync worker runs the app there): the reporters are stopped from a thread of their own.
-    reporters = list(_stopped_on_signal)
+    reporters = list(_stopped_on_signal.get(number, ()))
     threading.Thread(target=_stop_all, args=(reporters,), name="dispatcher-backend-stop", daemon=True).start()
     previous = _chained.get(number)
     if callable(previous):

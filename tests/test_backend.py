@@ -798,7 +798,7 @@ def test_wsgi_stop_sends_a_last_drain_event_ends_the_stream_and_answers_plain_af
 
 def test_stop_signals_are_chained_to_the_handler_installed_before(tmp_path: Path) -> None:
     """In a process of its own: SIGTERM reaches the reporter first and then the handler the process
-    had; `stop_signals=()` installs nothing."""
+    had; `stop_signals=()` installs nothing, and a middleware stopped by other signals is left alone."""
     script = tmp_path / "chain.py"
     script.write_text(
         """
@@ -809,15 +809,16 @@ signal.signal(signal.SIGTERM, lambda number, frame: got.set())
 plain = ASGILoadMiddleware(None, stop_signals=())
 assert signal.getsignal(signal.SIGTERM) is not None and not plain.reporter.stopping
 app = ASGILoadMiddleware(None)
+other = ASGILoadMiddleware(None, stop_signals=(signal.SIGUSR2,))
 os.kill(os.getpid(), signal.SIGTERM)
 assert got.wait(10), "the earlier handler was not called"
 for thread in threading.enumerate():  # the reporters are stopped from a thread of their own
     if thread.name == "dispatcher-backend-stop":
         thread.join(10)
-print(app.reporter.stopping, app.reporter.draining, plain.reporter.stopping)
+print(app.reporter.stopping, app.reporter.draining, plain.reporter.stopping, other.reporter.stopping)
 """
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, str(script)], capture_output=True, env=env, timeout=PATIENCE)
     assert result.returncode == 0, result.stderr.decode()
-    assert result.stdout.split() == [b"True", b"True", b"False"]
+    assert result.stdout.split() == [b"True", b"True", b"False", b"False"]
