@@ -20,7 +20,6 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from dispatcher.settings.declare import Declared, Kind, declared, derived, lay, setting, table
 from dispatcher.settings.routing import (
@@ -49,6 +48,7 @@ from dispatcher.settings.values import (
     parse_duration,
     positive,
     positive_duration,
+    split_url,
     token,
     url_path,
     whole_number,
@@ -270,7 +270,7 @@ class ServiceSpec:
 
 def parse_service(key: str, url: str, weight: object = None) -> ServiceSpec:
     """Validate a `dns://NAME[:PORT][/prefix]` or `dns+srv://NAME[/prefix]` backend (no DNS asked here)."""
-    parts = urlsplit(url)
+    parts = split_url(key, url)
     record, scheme = DISCOVERY_SCHEMES[parts.scheme]
     host, port = _host_and_port(key, url)
     if not _DNS_NAME.fullmatch(host) or _is_address(host):
@@ -301,7 +301,7 @@ def _is_address(host: str) -> bool:
 
 def _host_and_port(key: str, url: str) -> tuple[str, int | None]:
     """A backend URL's host and port (None when it gives none), checked as every backend URL is."""
-    parts = urlsplit(url)
+    parts = split_url(key, url)
     if parts.query or parts.fragment or "@" in parts.netloc:
         raise ConfigError(key, url, "URL may hold a path prefix, not a query, fragment or user")
     try:
@@ -317,7 +317,7 @@ def parse_backend(key: str, url: object, name: object = None, weight: object = 1
     """Validate one backend URL; the Location's scheme, host and port only ever come from here."""
     if not isinstance(url, str):
         raise ConfigError(key, url, "expected a URL string")
-    parts = urlsplit(url)
+    parts = split_url(key, url)
     if parts.scheme not in ("http", "https"):
         raise ConfigError(
             key, url, "URL must start with http://, https://, dns:// or dns+srv:// (+https for https members)"
@@ -385,7 +385,7 @@ def _backend_entry(key: str, entry: object) -> BackendSpec | ServiceSpec:
 
 def _service_or_backend(key: str, url: object, name: object, weight: object) -> BackendSpec | ServiceSpec:
     """A backend given by its URL, or (dns://, dns+srv://) the entry its members are found by."""
-    if not (isinstance(url, str) and urlsplit(url).scheme in DISCOVERY_SCHEMES):
+    if not (isinstance(url, str) and split_url(key, url).scheme in DISCOVERY_SCHEMES):
         return parse_backend(key, url, name, 1 if weight is None else weight)
     if name is not None:
         raise ConfigError(f"{key}.name", name, "members found in DNS are named host:port, by their records")

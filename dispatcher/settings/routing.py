@@ -24,7 +24,15 @@ from http.cookies import Morsel, SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
 
-from dispatcher.settings.values import ConfigError, boolean, file_path, positive_duration, url_path, weight
+from dispatcher.settings.values import (
+    ConfigError,
+    boolean,
+    file_path,
+    positive_duration,
+    split_url,
+    url_path,
+    weight,
+)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -141,7 +149,7 @@ def parse_fallback(key: str, table: object) -> Fallback:
 def _absolute_url(key: str, value: object) -> str:
     if not isinstance(value, str) or not value.isascii() or not value.isprintable() or " " in value:
         raise ConfigError(key, value, "must be an absolute http:// or https:// URL")
-    parts = urlsplit(value)
+    parts = split_url(key, value)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
         raise ConfigError(key, value, "must be an absolute http:// or https:// URL without a fragment")
     try:

@@ -116,6 +116,8 @@ async def test_runtime_changes_need_the_token(nursery: trio.Nursery, autojump_cl
         ({"url": "ftp://10.0.0.1"}, "backend = 'ftp://10.0.0.1'"),
         ({"url": "http://10.0.0.1", "weight": -1}, "backend.weight"),
         ({"url": "http://10.0.0.1", "colour": "red"}, "colour"),
+        ({"url": "http://[::1"}, "not a URL: Invalid IPv6 URL"),  # no answer, and a traceback, before
+        ({"url": "http://[zz]:80"}, "not a URL"),
     ],
 )
 async def test_a_bad_body_gets_400_naming_what_is_wrong(

@@ -88,6 +88,33 @@ def test_addresses(text: str, address: Address) -> None:
     assert parse_address("listen", text) == address
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1",  # urlsplit raised ValueError: a traceback out of --check-config
+        "http://[zz]:80",
+        "http://host:80]",
+        "https://[",
+        "dns://[::1",
+        "dns+srv://[x",
+        "http://[::1]x",  # was read as [::1] on port 80
+        "http://h:0",  # a backend cannot be reached on port 0
+        "http://h:65536",
+    ],
+)
+def test_a_malformed_backend_url_is_one_line_naming_its_key(url: str) -> None:
+    """From the file and from a flag alike: a ConfigError naming the key, never a ValueError."""
+    with pytest.raises(ConfigError) as caught:
+        apply(Settings(), parse_toml(f'[[backends]]\nurl = "{url}"'))
+    assert caught.value.key == "backends[0]" and "\n" not in str(caught.value)
+
+
+def test_bracketed_and_zoned_addresses_still_parse() -> None:
+    """An IPv6 literal, with a zone, and an empty port (the default) are URLs as before."""
+    assert parse_backend("b", "http://[fe80::1%25eth0]:80").port == 80
+    assert parse_backend("b", "http://h:/x").port == 80
+
+
 def test_backend_default_name_is_host_port() -> None:
     """The metrics label defaults to the URL's host:port, the default port made explicit."""
     assert parse_backend("b", "http://example.test").name == "example.test:80"

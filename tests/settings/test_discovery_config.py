@@ -137,7 +137,10 @@ def test_the_flags_take_dns_backends_and_the_dns_settings() -> None:
         ),
         ("dns://10.0.0.1:80", "backends[0] = 'dns://10.0.0.1:80': expected a DNS name"),
         ("dns://a..b:80", "backends[0] = 'dns://a..b:80': expected a DNS name"),
-        ("dns://web.test:99999", "backends[0] = 'dns://web.test:99999': invalid port"),
+        (
+            "dns://web.test:99999",
+            "backends[0] = 'dns://web.test:99999': the port must be a number from 1 to 65535",
+        ),
         ("dns://web.test?x=1", "backends[0] = 'dns://web.test?x=1': URL may hold a path prefix"),
         ("ftp://web.test", "backends[0] = 'ftp://web.test': URL must start with http://, https://, dns://"),
         ({"url": "dns+srv://_h._tcp.w.test", "weight": 2}, "backends[0].weight = 2: SRV records give"),
