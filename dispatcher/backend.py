@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import threading
 import time
@@ -58,6 +59,14 @@ HEARTBEAT_COMMENT = b":\n\n"  # WHATWG EventSource: a line starting with ':' is 
 # What servers are stopped with: SIGTERM (systemd, Kubernetes, docker stop; uvicorn's and gunicorn's
 # graceful stop) and SIGINT (Ctrl-C).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A stop signal whose action is the default, death (waitress installs no handler), is held back this
+# long at most while the streams send their last event and close; then the default applies. Without
+# it the process died before a stream's thread had written anything (6 SIGTERMs in 10 under
+# waitress), and the dispatcher sent requests to it until its checks had failed `fall` times.
+STOP_GRACE = 1.0
+# After the last stream has closed, time for the server's own loop to send what it was given (waitress
+# writes the threads' bytes from its main thread).
+STOP_FLUSH = 0.05
 
 
 class LoadReport(NamedTuple):
@@ -236,6 +245,12 @@ class LoadReporter:
     def _count_stream(self, delta: int) -> None:
         with self._changed:
             self._streams += delta
+            self._changed.notify_all()  # `_wait_for_no_streams`
+
+    def _wait_for_no_streams(self, timeout: float) -> bool:
+        """Block this thread until no stream is open, or `timeout` seconds; True if none is."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._streams == 0, max(0.0, timeout))
 
     def _open_stream(self, most: int) -> bool:
         """Count one more stream unless `most` are open: False then (checked and counted under the
@@ -282,18 +297,32 @@ def _on_stop_signal(number: int, frame: FrameType | None) -> None:
     # A signal handler interrupts whatever the main thread was doing, maybe inside a reporter's
     # lock (a sync worker runs the app there): the reporters are stopped from a thread of their own.
     reporters = list(_stopped_on_signal.get(number, ()))
-    threading.Thread(target=_stop_all, args=(reporters,), name="dispatcher-backend-stop", daemon=True).start()
     previous = _chained.get(number)
+    dies = not callable(previous) and previous != signal.SIG_IGN  # the default (or one set outside Python)
+    if dies:
+        signal.signal(number, signal.SIG_DFL)  # a second one acts at once
+    stopping = threading.Thread(
+        target=_stop_all,
+        args=(reporters, number if dies else None),
+        name="dispatcher-backend-stop",
+        daemon=True,
+    )
+    stopping.start()
     if callable(previous):
         previous(number, frame)
-    elif previous != signal.SIG_IGN:  # the default (or a handler set outside Python): do it
-        signal.signal(number, signal.SIG_DFL)
-        signal.raise_signal(number)
 
 
-def _stop_all(reporters: list[LoadReporter]) -> None:
+def _stop_all(reporters: list[LoadReporter], then: int | None = None) -> None:
+    """Stop the reporters; with `then`, give their streams STOP_GRACE to close, and send the process
+    that signal again (its default action now)."""
+    deadline = time.monotonic() + STOP_GRACE
     for reporter in reporters:
         reporter.stop()
+    if then is None:
+        return
+    if all(reporter._wait_for_no_streams(deadline - time.monotonic()) for reporter in reporters):
+        time.sleep(STOP_FLUSH)
+    os.kill(os.getpid(), then)
 
 
 class StreamPacer:
