@@ -56,6 +56,8 @@ def parse_report(headers: list[tuple[bytes, bytes]], body: bytes) -> Report:
     text = body.strip()
     if text and (_looks_numeric(text) or text.lower().lstrip(b"+-") in _NOT_FINITE):
         return Report(_text_number(text.decode("ascii")), drain)
+    if _meant_as_a_load(body):
+        raise BadLoad(f"load {body.decode('utf-8', 'replace').strip()[:40]!r} is not a number")
     return Report(0.0, drain)
 
 
@@ -125,6 +127,21 @@ def _looks_numeric(text: bytes) -> bool:
     return all(c in b"0123456789.+-eE" for c in text)
 
 
+# A body that is a number in another spelling: digits of any script, `_` or `,` between them, hex.
+_NUMBER_LIKE = re.compile(r"[+-]?(?:0[xX][0-9a-fA-F]+|[\d.,_]*\d[\d.,_]*(?:[eE][+-]?\d+)?)")
+
+
+def _meant_as_a_load(body: bytes) -> bool:
+    """The body was meant as a load report, in a form no reader of the protocol reads: a number in
+    another spelling (`1_000`, `1,000`, `0x10`, Arabic-Indic digits), or JSON, cut or broken, that
+    names "load". Reporting nothing would count it as 0: the backend would look idle and draw
+    traffic (the rule for a bad load). Any other body ("OK", a page) still reports nothing."""
+    text = body.decode("utf-8", "replace").strip()
+    if text.startswith("{"):
+        return '"load"' in text  # not an object json reads, or `_json_object` would have taken it
+    return _NUMBER_LIKE.fullmatch(text) is not None
+
+
 def _header_number(value: bytes) -> float:
     """An X-Load value (the white space around it is the header's, not the number's)."""
     return _text_number(value.decode("latin-1"))
@@ -160,4 +177,4 @@ def _json_number(value: object) -> float:
 def _finite(number: float, written: object) -> float:
     if not math.isfinite(number) or number < 0:  # 1e999 is inf: json and float() read it so
         raise BadLoad(f"load {written!r} is not a finite number >= 0")
-    return number
+    return number + 0.0  # -0 is 0, not -0.0 in /backends

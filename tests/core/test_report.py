@@ -24,7 +24,10 @@ from dispatcher.core.report import BadLoad, Report, parse_event, parse_report
         ([(b"x-load", b"1"), (b"x-load-state", b" MAINT ")], b"", Report(1.0, True)),
         ([], b'{"load": 2, "state": "down"}', Report(2.0, True)),
         ([], b'{"load": 2, "state": "up"}', Report(2.0, False)),
-        ([], b"1_000", Report(0.0, False)),  # not only a number: reports nothing, as "OK" does
+        ([], b"200 OK", Report(0.0, False)),  # not only a number: reports nothing, as "OK" does
+        ([], b"12abc", Report(0.0, False)),
+        ([], b'{"status": "ok"', Report(0.0, False)),  # broken JSON that is no load report
+        ([(b"x-load", b"-0")], b"", Report(0.0, False)),
     ],
 )
 def test_report(headers: list[tuple[bytes, bytes]], body: bytes, expected: Report) -> None:
@@ -47,6 +50,12 @@ def test_report(headers: list[tuple[bytes, bytes]], body: bytes, expected: Repor
         ([(b"x-load", b"1_000")], b""),  # float() reads these; no other reader of the protocol would
         ([(b"x-load", "٣".encode())], b""),
         ([], b'{"load": "3"}'),  # a JSON string is not a JSON number
+        # A body meant as a load in a form no reader reads: it counted as 0, drawing traffic.
+        ([], b"1_000"),
+        ([], "\u0661\u0660\u0660\u0660".encode()),  # Arabic-Indic 1000
+        ([], b"0x10"),
+        ([], b"1,000"),
+        ([], b'{"load": 3'),
         ([], b'{"load": 1' + b"0" * 400 + b"}"),
         ([], b'{"load": 1, "state": "bogus"}'),  # a state word nobody knows is not a silent "ready"
         ([], b'{"load": 1, "state": 1}'),
@@ -96,3 +105,9 @@ def test_bad_event_is_refused_with_its_reason(data: str, reason: str) -> None:
     with pytest.raises(BadLoad) as caught:
         parse_event(data)
     assert str(caught.value) == reason
+
+
+def test_minus_zero_is_zero() -> None:
+    """`X-Load: -0` is 0, not the -0.0 /backends showed."""
+    assert str(parse_report([(b"x-load", b"-0")], b"").load) == "0.0"
+    assert str(parse_event("-0").load) == "0.0"
