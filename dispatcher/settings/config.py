@@ -489,6 +489,8 @@ def _balance_factor(key: str, value: object) -> float:
     if (value == 0 or value == math.inf) and not isinstance(value, bool):
         return math.inf  # HAProxy's `hash-balance-factor 0`: no bound, plain consistent hashing; or `inf`
     reason = "must be 0 (no bound) or more than 1: at 1 every backend is full at the mean load"
+    if isinstance(value, str):  # `"inf"` in quotes, say
+        raise ConfigError(key, value, f"{reason} (a number, not a string: TOML writes inf bare)")
     try:
         factor = positive(key, value)
     except ConfigError:  # a negative number, or not a number: the same rule, said in full

@@ -244,10 +244,13 @@ def _flag_value(declared: Declared, raw: object) -> object:
     if not isinstance(raw, str):
         return raw
     text = declared.setting.kind.text
+    expected = "a whole number" if text is int else "a number"
+    # int() and float() read `1_000` and other scripts' digits; TOML, and every other reader, do not.
+    if text in (int, float) and (not raw.isascii() or "_" in raw):
+        raise ConfigError(declared.flag, raw, f"expected {expected} in ASCII digits")
     try:
         return text(raw)
     except ValueError:
-        expected = "a whole number" if text is int else "a number"
         raise ConfigError(declared.flag, raw, f"expected {expected}") from None
 
 

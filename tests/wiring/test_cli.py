@@ -272,6 +272,17 @@ def test_a_rule_across_settings_names_the_flag_that_set_the_value(
     assert caught.value.key == line.partition(" ")[0]
 
 
+@pytest.mark.parametrize(
+    "flag", ["--rise=\u0663", "--max-discard=1_000", "--fall=1_0", "--hash-balance-factor=1_5"]
+)
+def test_a_number_flag_takes_ascii_digits_only(flag: str) -> None:
+    """int() and float() read `1_000` and other scripts' digits (`--hash-balance-factor 1_5` was 15);
+    TOML and the load protocol do not: one line naming the flag."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(build_parser().parse_args([flag, "--policy=hash", "--backend=http://127.0.0.1:1"]))
+    assert caught.value.key == flag.partition("=")[0] and "ASCII digits" in caught.value.reason
+
+
 def test_max_discard_has_a_flag() -> None:
     """--max-discard BYTES sets max_discard, 0 included (no body is read: every one closes); a value
     that is not a whole number >= 0 names the flag."""
