@@ -301,6 +301,9 @@ def _on_stop_signal(number: int, frame: FrameType | None) -> None:
     dies = not callable(previous) and previous != signal.SIG_IGN  # the default (or one set outside Python)
     if dies:
         signal.signal(number, signal.SIG_DFL)  # a second one acts at once
+        if not any(reporter.open_streams for reporter in reporters):
+            signal.raise_signal(number)  # nothing to wait for: the default, now, as without us
+            return
     stopping = threading.Thread(
         target=_stop_all,
         args=(reporters, number if dies else None),

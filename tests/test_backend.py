@@ -435,6 +435,19 @@ async def test_a_stop_signal_ends_the_stream_with_a_drain_and_the_server_exits(
     assert stream.ended  # the response's last chunk, not a cut connection
 
 
+async def test_a_stop_signal_with_no_stream_open_ends_as_it_would_without_the_middleware(
+    server: str, tmp_path: Path
+) -> None:
+    """Nothing to drain: the server's own ending, killed by SIGTERM as uvicorn re-raises it and as
+    waitress takes it (uvicorn returned normally, exit 0, once the handler waited for streams)."""
+    async with serving(server, tmp_path) as backend:
+        await backend.plain_health()
+        backend.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(PATIENCE):
+            await backend.process.wait()
+        assert backend.process.returncode == -signal.SIGTERM
+
+
 async def test_waitress_with_one_thread_answers_plain_and_keeps_serving(tmp_path: Path) -> None:
     """Under `waitress --threads 1` a stream would hold the only thread: the server would serve
     nothing else while its health answers said idle. The dispatcher's check gets the plain answer,
