@@ -475,6 +475,19 @@ async def test_rise_counts_the_intervals_of_a_live_stream(
     assert state.checks_passed == 2 and up_at == pytest.approx(state.last_check_at)
 
 
+async def maint_closes_at_once_and_ready_reopens(pool: Pool, backend: StreamingBackend) -> None:
+    """Maint closes the backend's stream within the instant (checks a minute apart: `streaming(...,
+    interval=60.0)`), and ready opens a second one and brings it up."""
+    state = pool.by_name[backend.name]
+    asked = trio.current_time()
+    pool.set_admin(state, Admin.MAINT)
+    await backend.closed.wait()
+    assert trio.current_time() - asked < 1.0  # the next check is a minute away
+    pool.set_admin(state, Admin.READY)
+    await wait_for(pool, lambda: backend.connections == 2)
+    await wait_for_state(pool, backend.name, "up")
+
+
 async def test_maint_closes_the_stream_and_ready_opens_a_new_one(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -482,14 +495,8 @@ async def test_maint_closes_the_stream_and_ready_opens_a_new_one(
     ready, a new one opens, even when the ready comes straight after."""
     backend = StreamingBackend("s1")
     pool = await streaming(nursery, backend, interval=60.0)
+    await maint_closes_at_once_and_ready_reopens(pool, backend)
     state = pool.by_name["s1"]
-    asked = trio.current_time()
-    pool.set_admin(state, Admin.MAINT)
-    await backend.closed.wait()
-    assert trio.current_time() - asked < 1.0  # the next check is a minute away
-    pool.set_admin(state, Admin.READY)
-    await wait_for(pool, lambda: backend.connections == 2)
-    await wait_for_state(pool, "s1", "up")
     pool.set_admin(state, Admin.MAINT)
     pool.set_admin(state, Admin.READY)  # at once: the old stream must not stand for the new check
     await wait_for(pool, lambda: backend.connections == 3)

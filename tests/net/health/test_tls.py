@@ -19,8 +19,8 @@ import trio.testing
 
 from dispatcher.net.health import HealthChecks
 from dispatcher.wiring import cli
-from tests.helpers import CountingBackend, health, pool_for, record_checks, wait_for, wait_for_state
-from tests.net.health.test_stream import StreamingBackend, streaming
+from tests.helpers import CountingBackend, health, pool_for, record_checks, wait_for
+from tests.net.health.test_stream import StreamingBackend, maint_closes_at_once_and_ready_reopens, streaming
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(
@@ -154,13 +154,18 @@ def test_the_ca_file_setting_reaches_the_health_settings(tmp_path: Path, certifi
     assert cli.load_settings(flagged).health.ca_file == str(other)
 
 
+def tls_streaming_backend(certificate: Certificate) -> StreamingBackend:
+    """An https backend whose stream opens with a report of 4."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate.cert, certificate.key)
+    return StreamingBackend("s1", first=b"data: 4\n\n", tls=context)
+
+
 async def test_a_stream_over_tls_is_read_as_it_arrives_and_fails_when_silent(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, certificate: Certificate
 ) -> None:
     """An https backend's stream: its events are reports at once; silence fails it and it reconnects."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certificate.cert, certificate.key)
-    backend = StreamingBackend("s1", first=b"data: 4\n\n", tls=context)
+    backend = tls_streaming_backend(certificate)
     pool = await streaming(nursery, backend, ca_file=str(certificate.cert))
     state = pool.by_name["s1"]
     assert (state.load, state.source) == (4.0, "stream")
@@ -178,17 +183,6 @@ async def test_maint_closes_a_stream_over_tls_at_once_and_ready_opens_a_new_one(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, certificate: Certificate
 ) -> None:
     """A TLS stream is read in its check's task: maint ends that task, not the next check's time."""
-    from dispatcher.core.health_state import Admin
-
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certificate.cert, certificate.key)
-    backend = StreamingBackend("s1", first=b"data: 4\n\n", tls=context)
+    backend = tls_streaming_backend(certificate)
     pool = await streaming(nursery, backend, ca_file=str(certificate.cert), interval=60.0)
-    state = pool.by_name["s1"]
-    asked = trio.current_time()
-    pool.set_admin(state, Admin.MAINT)
-    await backend.closed.wait()
-    assert trio.current_time() - asked < 1.0  # the next check is a minute away
-    pool.set_admin(state, Admin.READY)
-    await wait_for(pool, lambda: backend.connections == 2)
-    await wait_for_state(pool, "s1", "up")
+    await maint_closes_at_once_and_ready_reopens(pool, backend)
