@@ -140,7 +140,12 @@ def parse_fallback(key: str, table: object) -> Fallback:
             )
         retry_after = math.ceil(positive_duration(f"{key}.retry_after", table["retry_after"]))
     content_type = table.get("content_type", DEFAULT_PAGE_TYPE)
-    if not isinstance(content_type, str) or not content_type.isprintable() or "/" not in content_type:
+    if (
+        not isinstance(content_type, str)
+        or not content_type.isascii()
+        or not content_type.isprintable()
+        or "/" not in content_type
+    ):
         raise ConfigError(f"{key}.content_type", content_type, "must be a media type, as text/html")
     keep = boolean(f"{key}.keep_path", table.get("keep_path", False))
     return Fallback(redirect, keep, page, status, content_type, retry_after=retry_after)

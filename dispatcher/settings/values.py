@@ -188,6 +188,8 @@ def url_path(key: str, value: object) -> str:
         raise ConfigError(key, value, "must be a path starting with '/'")
     if any(c in value for c in " #"):
         raise ConfigError(key, value, "must not contain spaces or '#'")
+    if not value.isascii():  # it goes into request lines, Locations and Set-Cookie as it is
+        raise ConfigError(key, value, "must be ASCII: percent-encode other characters (é is %C3%A9)")
     return value
 
 
@@ -206,6 +208,8 @@ def split_url(key: str, url: str) -> SplitResult:
     """`url` split as urllib does, with its authority checked whole: urlsplit raises ValueError on
     an unbalanced bracket (a traceback out of a config check, and a dropped admin request), reads
     `http://[::1]x` as [::1] on port 80, and `[zz]` as a host."""
+    if not url.isascii():  # its host, port and path go into Locations and request lines as they are
+        raise ConfigError(key, url, "must be ASCII: percent-encode other characters (é is %C3%A9)")
     try:
         parts = urlsplit(url)
     except ValueError as error:

@@ -328,6 +328,20 @@ REDIRECT = FALLBACK + 'redirect = "https://a.example/"\n'
         (ROUTE + "strip_prefix = true", "routes[0].strip_prefix"),
         (ROUTE + 'replace_prefix = "/v2"', "routes[0].replace_prefix"),
         (ROUTE + 'path_prefix = "/a"\nreplace_prefix = "v2"', "routes[0].replace_prefix"),
+        # Non-ASCII where the value goes into a header or a request line as it is: check said ok, and
+        # the first request (or a SIGHUP onto the file) killed the process with a UnicodeEncodeError.
+        (ROUTE + 'path_prefix = "/a"\nreplace_prefix = "/\u00fc"', "routes[0].replace_prefix"),
+        (
+            '[[routes]]\nname = "s"\nsplit = [{ pool = "web" }, { pool = "beta" }]\n'
+            'cookie = { path = "/\u00e9" }',
+            "routes[0].cookie.path",
+        ),
+        (
+            '[pools.web.fallback]\npage = "/srv/p.html"\ncontent_type = "text/html; charset=\u00e9"',
+            "pools.web.fallback.content_type",
+        ),
+        ('[[backends]]\nurl = "http://10.0.0.9/\u00e9"', "backends[1]"),
+        ('[health]\npath = "/h\u00e9"', "health.path"),
         (
             ROUTE + 'path_prefix = "/a"\nstrip_prefix = true\nreplace_prefix = "/b"',
             "routes[0].replace_prefix",
