@@ -40,7 +40,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # A cookie value (RFC 6265 §4.1.1 cookie-octet): no space, quote, comma, semicolon or backslash.
 _COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
-_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
+# A name may hold `_` (the front door takes `Host: a_b.example`, as nginx and HAProxy do).
+_HOST = re.compile(r"(\*\.)?[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?|\[[0-9a-f:.]+\]")
 _COUNTRY = re.compile(r"[A-Z]{2}")
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 SAME_SITE = ("Strict", "Lax", "None")
@@ -389,6 +390,8 @@ def _strings(key: str, value: object, check: Any) -> tuple[str, ...]:
 
 def _host(key: str, text: str) -> str:
     host = text.lower()
+    if not host.startswith("["):
+        host = host.removesuffix(".")  # `example.com.` is `example.com`, in the file as in requests
     if not _HOST.fullmatch(host):
         raise ConfigError(key, text, "must be a host name, *.domain or [IPv6], without a port")
     return host

@@ -798,3 +798,13 @@ def test_a_balance_factor_of_infinity_is_no_bound() -> None:
     with a rule it meets."""
     settings = load("", top='policy = "hash"\nhash_key = "client"\nhash_balance_factor = inf\n')
     assert settings.default_pool.balance_factor == math.inf
+
+
+@pytest.mark.parametrize(
+    ("written", "host"),
+    [("Example.COM.", "example.com"), ("*.example.com.", "*.example.com"), ("a_b.example", "a_b.example")],
+)
+def test_a_route_host_loses_its_final_dot_and_may_hold_an_underscore(written: str, host: str) -> None:
+    """As the front door reads a Host field: a final dot ignored (the README said so, and the file
+    refused it), `_` in a name (a request could carry it, and no route could be written for it)."""
+    assert only_route(f'[[routes]]\npool = "web"\nhosts = ["{written}"]').hosts == (host,)
