@@ -487,7 +487,8 @@ class Router:
         if pool.policy_name == "hash":
             key = self._hash_key(pool, Request(method, target, headers, peer, path))
         answer = redirect_in(pool, rewritten, key, now, path)
-        if cookie and type(answer) is bytes:
+        if cookie and type(answer) is bytes and pool.takes_redirects:
+            # Not on a fallback's redirect: a visitor no variant could serve is drawn again later.
             return answer + b"\r\nset-cookie: " + cookie
         return answer
 

@@ -627,6 +627,23 @@ def test_a_split_with_no_variant_taking_redirects_answers_with_a_fallback() -> N
     assert router.pools["web"].fallbacks + router.pools["beta"].fallbacks == 1
 
 
+def test_a_split_answered_by_a_fallback_redirect_sets_no_cookie() -> None:
+    """Every variant in maintenance, the drawn pool's fallback a redirect: a 307 elsewhere, and no
+    Set-Cookie (it named a variant that served nothing, and kept the visitor on it later)."""
+    fallbacks = (
+        '[pools.web.fallback]\nredirect = "https://status.example/"\n'
+        '[pools.beta.fallback]\nredirect = "https://status.example/"\n'
+    )
+    router = routed(SPLIT, base=POOLS + fallbacks)
+    router.pools["web"].maintenance = router.pools["beta"].maintenance = True
+    answer = router.ask("/shop")
+    assert (answer.status, answer.headers[b"location"], answer.cookie) == (
+        307,
+        b"https://status.example/",
+        None,
+    )
+
+
 def test_the_cookie_attributes_are_the_routes() -> None:
     """The Set-Cookie of a split carries the attributes its [routes.cookie] table sets."""
     router = routed(
