@@ -7,6 +7,7 @@ Rules: no I/O, nothing of the package imported; a parser takes `(key, value)`, r
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import math
 import re
@@ -21,8 +22,13 @@ class ConfigError(ValueError):
     def __init__(self, key: str, value: object, reason: str) -> None:
         self.key, self.value, self.reason = key, value, reason
         # None: a setting that is missing, which has no value to show (`tls.key = None` reads as one).
-        # A boolean as the file writes it (`true`, not Python's `True`).
-        shown = ("true" if value else "false") if isinstance(value, bool) else repr(value)
+        # A boolean, a date or a time as the file writes it (`true`, `1979-05-27`, not Python's reprs).
+        if isinstance(value, bool):
+            shown = "true" if value else "false"
+        elif isinstance(value, datetime.date | datetime.time):
+            shown = value.isoformat()
+        else:
+            shown = repr(value)
         super().__init__(f"{key}: {reason}" if value is None else f"{key} = {shown}: {reason}")
 
 

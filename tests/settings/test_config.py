@@ -201,3 +201,10 @@ def test_two_listeners_on_one_address_are_refused_naming_the_second(
     with pytest.raises(ConfigError) as caught:
         check(settings)
     assert str(caught.value) == f"{line}: two listeners cannot share an address"
+
+
+def test_a_date_given_where_a_string_belongs_is_shown_as_the_file_wrote_it() -> None:
+    """TOML reads a bare date as a date: the error shows `1979-05-27`, not `datetime.date(1979, 5, 27)`."""
+    with pytest.raises(ConfigError) as caught:
+        apply(Settings(), parse_toml("listen = 1979-05-27"))
+    assert str(caught.value).startswith("listen = 1979-05-27: ")
