@@ -509,7 +509,7 @@ def _backend_json(view: BackendView, now: float, started_at: float) -> dict[str,
         "pool": view.pool,
         "url": view.url,
         "state": view.state,
-        "weight": view.weight,
+        "weight": _number(view.weight),
         "load": view.load,
         "effective_load": view.effective_load,
         "load_age_seconds": round(_load_age(view, now, started_at), 3),
@@ -556,7 +556,18 @@ _EXPECTED_BODY = 'expected a JSON object {"url": ..., "name": ..., "weight": ...
 
 
 def _spec_json(spec: BackendSpec, pool: str) -> dict[str, Any]:
-    return {"name": spec.name, "pool": pool, "url": spec.url, "weight": spec.weight, "state": "starting"}
+    return {
+        "name": spec.name,
+        "pool": pool,
+        "url": spec.url,
+        "weight": _number(spec.weight),
+        "state": "starting",
+    }
+
+
+def _number(value: float) -> float | int:
+    """A weight as the operator wrote it: `3`, not `3.0` (weights are floats inside, mostly whole)."""
+    return int(value) if value.is_integer() else value
 
 
 def _json(status: int, value: object) -> Reply:

@@ -69,12 +69,15 @@ async def test_a_posted_backend_is_checked_then_takes_traffic(
         assert added.status_code == 201, added.text
         assert added.headers["location"] == "/backends/extra"
         assert (added.json()["name"], added.json()["weight"]) == ("extra", 2.0)
+        assert '"weight": 2,' in added.text  # as it was written: a whole weight shows no `.0`
         assert dispatcher.pool.by_name["extra"].state == "down"  # starting: no traffic before a check
         with trio.fail_after(PATIENCE):
             await wait_for_state(dispatcher.pool, "extra", "up")
         answer = await http.get(f"{dispatcher.url}/x", follow_redirects=False)
         assert answer.headers["location"] == f"{extra.url}/x"
         assert await series(http, dispatcher) == {"b1", "extra"}
+        listed = (await http.get(f"{dispatcher.admin_url}/backends/extra")).text
+        assert '"weight": 2,' in listed, listed
 
 
 async def test_a_deleted_backend_takes_no_more_traffic_and_its_series_go(
