@@ -662,7 +662,8 @@ class Pool:
             pool=backend.pool,
         )
 
-    def next_check_in(self, now: float) -> float:
-        """Seconds until the next health check of any backend that is being checked."""
+    def next_check_in(self, now: float) -> float | None:
+        """Seconds until the next health check of any backend that is being checked; None when none
+        is (no backends, or all in maintenance): no check can bring one back, only an operator."""
         times = [b.next_check_at for b in self.backends if b.admin is not Admin.MAINT]
-        return max(0.0, min(times) - now) if times else self.health_settings.interval
+        return max(0.0, min(times) - now) if times else None

@@ -229,7 +229,7 @@ def fallback(pool: Pool, path: bytes, now: float) -> Reply | bytes:
             (b"content-length", str(len(spec.body)).encode()),
         ]
         if spec.status == 503 and not pool.maintenance:
-            headers.append(_retry_after(pool, now))
+            headers += _retry_after(pool, now)
         elif spec.status == 503 and spec.retry_after is not None:
             headers.append((b"retry-after", str(spec.retry_after).encode()))
         return Reply(spec.status, headers, spec.body)
@@ -313,9 +313,11 @@ def not_redirected(method: bytes, target: bytes) -> Reply:
 
 def unavailable(pool: Pool, now: float) -> Reply:
     """503 with Retry-After: the seconds until the next health check, at least 1 (RFC 9110 §10.2.3)."""
-    return text_reply(503, "no healthy backend", [_retry_after(pool, now)], close=False)
+    return text_reply(503, "no healthy backend", _retry_after(pool, now), close=False)
 
 
-def _retry_after(pool: Pool, now: float) -> tuple[bytes, bytes]:
-    retry = max(1, math.ceil(pool.next_check_in(now)))
-    return (b"retry-after", str(retry).encode())
+def _retry_after(pool: Pool, now: float) -> list[tuple[bytes, bytes]]:
+    """Retry-After as the next check's time; none when no backend is checked (an empty pool, or all
+    in maintenance), as HAProxy's 503 with no server has none: only an operator changes that."""
+    wait = pool.next_check_in(now)
+    return [] if wait is None else [(b"retry-after", str(max(1, math.ceil(wait))).encode())]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.core.pool import CheckResult, Pool
+from dispatcher.core.pool import Admin, CheckResult, Pool
 from dispatcher.core.reply import REDIRECT_START, DateHeader, Reply, path_and_query, reply_for, serialise
 from dispatcher.settings.config import HealthSettings, parse_backend
 
@@ -71,6 +71,17 @@ def test_no_backend_gives_503_with_retry_after_until_next_check() -> None:
     assert (reply.status, dict(reply.headers)[b"retry-after"]) == (503, b"3")
     assert refused(b"GET", b"/", pool, 12.2).headers[-1] == (b"retry-after", b"1")
     assert reply.reason == b"Service Unavailable"
+
+
+def test_no_retry_after_when_no_check_can_bring_a_backend_back() -> None:
+    """An empty pool (routes' named pools only), or one whose every backend an operator put in
+    maintenance: no check is due, so a 503 names no time to retry (HAProxy's has none either)."""
+    empty = Pool([], HealthSettings())
+    assert b"retry-after" not in dict(refused(b"GET", b"/", empty, 10.0).headers)
+    pool = Pool([parse_backend("t", "http://a", "a")], HealthSettings())
+    pool.set_admin(pool.backends[0], Admin.MAINT)
+    reply = refused(b"GET", b"/", pool, 10.0)
+    assert reply.status == 503 and b"retry-after" not in dict(reply.headers)
 
 
 def test_redirect_tails_finish_a_valid_response() -> None:
