@@ -11,9 +11,9 @@ report: the check fails with reason `bad_load`, since a backend that lies about 
 attract traffic by it. Python's float() reads more (`1_000`, Arabic-Indic digits, the JSON string
 "3"), which no other reader of the protocol would: refused, so that a backend is not read two ways.
 Header `X-Load-State` or "state" takes HAProxy agent-check's words: `drain` asks to be drained, and so
-do `maint` and `down` (no new traffic at once; health stays the checks' word, and maintenance the
-operator's); `ready`, `up` or no state on a later response ends it. Any other word is a bad report,
-not a silent "ready".
+do `maint` and the down words `down`, `fail` and `stopped` (no new traffic at once; health stays the
+checks' word, and maintenance the operator's); `ready`, `up` or no state on a later response ends it.
+Any other word is a bad report, not a silent "ready".
 A load stream's event (`parse_event`) carries the same figure as its data: a number, or a JSON object
 with "load" and optionally "state".
 """
@@ -47,6 +47,9 @@ def parse_report(headers: list[tuple[bytes, bytes]], body: bytes) -> Report:
             state_header = value
     if load_header is not None and state_header is None and not body:
         return Report(_header_number(load_header), False)  # the usual answer, on every check
+    # A UTF-8 byte order mark, as some serialisers write one (.NET's): JSON readers may ignore it
+    # (RFC 8259 §8.1), as the event stream's parse does. Left in, `{"load": 4}` behind it read as 0.
+    body = body.removeprefix(_BOM)
     parsed = _json_object(body) if body else None
     drain = _drain(state_header, parsed)
     if load_header is not None:
@@ -60,6 +63,8 @@ def parse_report(headers: list[tuple[bytes, bytes]], body: bytes) -> Report:
         raise BadLoad(f"load {body.decode('utf-8', 'replace').strip()[:40]!r} is not a number")
     return Report(0.0, drain)
 
+
+_BOM = b"\xef\xbb\xbf"
 
 # The two forms nearly every event takes, a bare number or {"load": N}, read without json (4 us of
 # the 8 an event cost): the same figure the full parse gives, and nothing it would refuse (JSON
@@ -105,21 +110,30 @@ def _json_object(body: bytes) -> dict[str, object] | None:
     return value if isinstance(value, dict) else None
 
 
-# HAProxy agent-check's words (its `maint` and `down` taken as drain: see the module's docstring).
-_STATES = {"drain": True, "maint": True, "down": True, "ready": False, "up": False}
+# HAProxy agent-check's words (its `maint` and its down words, `down`, `fail` and `stopped`, taken as
+# drain: see the module's docstring).
+_STATES = {
+    "drain": True,
+    "maint": True,
+    "down": True,
+    "fail": True,
+    "stopped": True,
+    "ready": False,
+    "up": False,
+}
 
 
 def _drain(header: bytes | None, parsed: dict[str, object] | None) -> bool:
     if header is not None:
         word: object = header.decode("latin-1").strip()
-    elif parsed is not None and "state" in parsed:
+    elif parsed is not None and parsed.get("state") is not None:  # JSON null: no state, as absent
         word = parsed["state"]
     else:
         return False
     drain = _STATES.get(word.lower()) if isinstance(word, str) else None
     if drain is None:
         shown = json.dumps(word) if header is None else repr(word)
-        raise BadLoad(f"state {shown} is not one of drain, maint, down, ready, up")
+        raise BadLoad(f"state {shown} is not one of drain, maint, down, fail, stopped, ready, up")
     return drain
 
 

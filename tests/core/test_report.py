@@ -28,6 +28,13 @@ from dispatcher.core.report import BadLoad, Report, parse_event, parse_report
         ([], b"12abc", Report(0.0, False)),
         ([], b'{"status": "ok"', Report(0.0, False)),  # broken JSON that is no load report
         ([(b"x-load", b"-0")], b"", Report(0.0, False)),
+        # HAProxy's down words `fail` and `stopped` too; JSON null is no state, as the key left out.
+        ([(b"x-load", b"1"), (b"x-load-state", b"stopped")], b"", Report(1.0, True)),
+        ([], b'{"load": 2, "state": "fail"}', Report(2.0, True)),
+        ([], b'{"load": 2, "state": null}', Report(2.0, False)),
+        # A UTF-8 byte order mark before the body (.NET's serialisers write one) is not the body's.
+        ([], b'\xef\xbb\xbf{"load": 4}', Report(4.0, False)),
+        ([], b"\xef\xbb\xbf12", Report(12.0, False)),
     ],
 )
 def test_report(headers: list[tuple[bytes, bytes]], body: bytes, expected: Report) -> None:
@@ -97,7 +104,10 @@ def test_event(data: str, expected: Report) -> None:
         ("٣", "load '٣' is not a number"),
         ('{"load": "3"}', 'load "3" is not a number'),
         ("inf", "load 'inf' is not a finite number >= 0"),
-        ('{"load": 1, "state": "bogus"}', 'state "bogus" is not one of drain, maint, down, ready, up'),
+        (
+            '{"load": 1, "state": "bogus"}',
+            'state "bogus" is not one of drain, maint, down, fail, stopped, ready, up',
+        ),
     ],
 )
 def test_bad_event_is_refused_with_its_reason(data: str, reason: str) -> None:
