@@ -14,10 +14,10 @@ the checks' parsing alone cost the front door about 4 % of its requests a second
 One reader per connection: llhttp keeps the connection's state between answers (after a kept-alive
 answer it expects the next one). `begin()` clears what one check collected.
 
-A load stream (issue 6): a `200` whose Content-Type is `text/event-stream` is whole as soon as its
-head is (`streaming`); llhttp goes on taking its body apart (chunked, or until the close) and the
-body's bytes collect in `stream` for the event parser (`sse`), unbounded here because that parser
-bounds what it holds; `ended` once the body or the connection ends.
+A load stream (issue 6): a `200` whose Content-Type is `text/event-stream`, without a Content-Length,
+is whole as soon as its head is (`streaming`); llhttp goes on taking its body apart (chunked, or until
+the close) and the body's bytes collect in `stream` for the event parser (`sse`), unbounded here
+because that parser bounds what it holds; `ended` once the body or the connection ends.
 """
 
 from __future__ import annotations
@@ -26,6 +26,16 @@ import httptools
 
 # A health response is small; anything past this is not kept (the check fails as `protocol`).
 MAX_HEALTH_BODY = 64 * 1024
+
+
+def is_event_stream(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The answer's Content-Type is `text/event-stream`. With a Content-Length it is no stream but a
+    whole body of events (Flask's `Response("data: 3\\n\\n", mimetype="text/event-stream")`): read as a
+    polled answer, its last event the report, rather than as a stream that ends at once every time."""
+    return any(
+        name.lower() == b"content-type" and value.lower().lstrip().startswith(b"text/event-stream")
+        for name, value in headers
+    )
 
 
 class BadAnswer(Exception):
@@ -139,9 +149,8 @@ class AnswerReader:
             return
         if self.done or status != 200:
             return
-        for name, value in self.headers:
-            if name.lower() == b"content-type" and value.lower().lstrip().startswith(b"text/event-stream"):
-                self.status, self.done, self.streaming = 200, True, True
+        if is_event_stream(self.headers) and not any(n.lower() == b"content-length" for n, _ in self.headers):
+            self.status, self.done, self.streaming = 200, True, True
 
     def on_body(self, data: bytes) -> None:
         if self._cut:

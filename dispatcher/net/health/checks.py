@@ -26,7 +26,7 @@ from dispatcher.core.health_state import Admin
 from dispatcher.core.pool import Backend, CheckResult, Pool
 from dispatcher.core.report import Report
 from dispatcher.net.health.client import CheckClient, CheckFailed, answer_within, tls_context
-from dispatcher.net.health.logs import DebugLog
+from dispatcher.net.health.logs import DebugLog, StreamTroubles
 from dispatcher.net.health.probe import Probe
 from dispatcher.net.health.schedule import Timetable, first_check_at, next_check_at, stream_silence
 from dispatcher.net.health.stream import LoadStream, StreamFailed, StreamReader, read_tls
@@ -52,6 +52,7 @@ class HealthChecks:
         self._tls: tuple[HealthSettings, ssl.SSLContext] | None = None
         self._streams = StreamReader(self, self._silence)
         self._debug = DebugLog.wanted()
+        self._troubles = StreamTroubles()
 
     def _silence(self, stream: LoadStream) -> float:
         """How long the stream may be quiet: its backend's interval + timeout (its own, if it sets them)."""
@@ -278,4 +279,5 @@ class HealthChecks:
             self.finish(probe, result, now)
         else:
             result = CheckResult(False, 0.0, reason=failure.reason, detail=failure.detail, timed=False)
+            self._troubles.failed(probe.backend, failure.reason, failure.detail, now)
             self._record(probe.backend, result, now)

@@ -23,7 +23,9 @@ import trio
 from dispatcher import __version__
 from dispatcher.core.pool import Backend, CheckResult
 from dispatcher.core.reply import CHECK_HEADER
-from dispatcher.core.report import BadLoad, parse_report
+from dispatcher.core.report import BadLoad, Report, parse_event, parse_report
+from dispatcher.protocol.answer import is_event_stream
+from dispatcher.protocol.sse import BadStream, EventReader
 from dispatcher.settings.config import ConfigError, HealthSettings
 
 USER_AGENT = f"dispatcher-health/{__version__}".encode()
@@ -170,7 +172,19 @@ class CheckClient:
         if not 200 <= status < 300:
             return CheckResult(False, duration, reason="status", detail=f"status {status}")
         try:
-            report = parse_report(headers, body)
+            report = events_report(body) if is_event_stream(headers) else parse_report(headers, body)
         except BadLoad as error:
             return CheckResult(False, duration, reason="bad_load", detail=str(error))
         return CheckResult(True, duration, load=report.load, self_drain=report.drain)
+
+
+def events_report(body: bytes) -> Report:
+    """A whole `text/event-stream` body (`answer.is_event_stream`): its last event is the load, as it
+    would have been the stream's latest report."""
+    try:
+        events = EventReader().feed(body)
+    except BadStream as error:
+        raise BadLoad(f"event-stream answer: {error}") from None
+    if not events:
+        raise BadLoad("event-stream answer without a whole event (data lines, then a blank line)")
+    return parse_event(events[-1])

@@ -34,6 +34,37 @@ def log_transition(backend: Backend, before: str, after: str, result: CheckResul
     log.log(level, "backend %s is %s (was %s)%s", backend.name, after, before, why)
 
 
+# A live load stream that breaks is logged at most once per backend per this many seconds. Each
+# break is one failed check, and a backend whose every stream breaks after its first event (a stream
+# that ends, a heartbeat slower than interval + timeout) passes and fails in turn: it never falls, and
+# no state change would say a word of it.
+STREAM_WARN_EVERY = 60.0
+
+
+class StreamTroubles:
+    """The warning line for a live load stream that failed, rate-limited per backend."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def failed(self, backend: Backend, reason: str, detail: str, now: float) -> None:
+        name = backend.name
+        if now - self._last.get(name, -math.inf) < STREAM_WARN_EVERY:
+            self._skipped[name] = self._skipped.get(name, 0) + 1
+            return
+        self._last[name] = now
+        skipped = self._skipped.pop(name, 0)
+        more = f" ({skipped} more in the last {STREAM_WARN_EVERY:g}s)" if skipped else ""
+        log.warning(
+            "backend %s: load stream failed: %s (%s); a failed check, connecting again at the next%s",
+            name,
+            reason,
+            detail,
+            more,
+        )
+
+
 class DebugLog:
     """Debug lines of checks and stream events, rate-limited per backend."""
 

@@ -71,6 +71,15 @@ def test_comments_are_heard_but_are_no_events() -> None:
     assert reader.feed(b"") == [] and not reader.heard
 
 
+def test_bytes_that_are_not_utf8_read_as_replacement_characters() -> None:
+    """The standard decodes a stream with UTF-8 decode (U+FFFD for a bad byte), and a browser keeps
+    such a stream: a comment with a Latin-1 byte is a heartbeat, not the stream's end."""
+    reader = EventReader()
+    assert reader.feed(b"data: 2\n\n: caf\xe9\n") == ["2"]
+    assert reader.feed(b": caf\xe9\n") == [] and reader.heard
+    assert reader.feed(b"data: \xff\n\n") == ["\ufffd"]  # data: a bad load (parse_event's word)
+
+
 def test_data_lines_join_and_other_event_types_are_skipped() -> None:
     """Two data lines join with LF; `event: other` is not ours; `event: load` and `id`/`retry` are."""
     reader = EventReader()
@@ -211,12 +220,14 @@ class StreamingBackend:
     """A backend whose health path answers with a load stream that the test writes to.
 
     `plain`: it ignores `Accept` and answers an ordinary `200` with `X-Load` (a backend that does not
-    stream). `send()` writes bytes to the open stream; `end()` finishes it (the last chunk, then the
-    connection closes)."""
+    stream). `events_body`: it answers `text/event-stream` with a Content-Length and these bytes, a
+    whole body of events (Flask's `Response(..., mimetype="text/event-stream")`). `send()` writes bytes
+    to the open stream; `end()` finishes it (the last chunk, then the connection closes)."""
 
     name: str
     first: bytes = b"data: 1\n\n"
     plain: bool = False
+    events_body: bytes | None = None
     tls: ssl.SSLContext | None = None
     port: int = 0
     connections: int = 0
@@ -259,7 +270,7 @@ class StreamingBackend:
                     return
                 accept = dict(event.headers).get(b"accept", b"")
                 self.accepts.append(accept)
-                if self.plain or b"text/event-stream" not in accept:
+                if self.plain or self.events_body is not None or b"text/event-stream" not in accept:
                     await self._answer_plain(stream, conn)
                     continue
                 await self._stream(stream, conn)
@@ -272,8 +283,13 @@ class StreamingBackend:
     async def _answer_plain(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
         while not isinstance(conn.next_event(), h11.EndOfMessage):
             pass
-        headers = [("x-load", "5"), ("content-length", "0")]
+        body = self.events_body or b""
+        headers = [("x-load", "5"), ("content-length", str(len(body)))]
+        if self.events_body is not None:
+            headers = [("content-type", "text/event-stream"), ("content-length", str(len(body)))]
         await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
+        if body:
+            await stream.send_all(conn.send(h11.Data(data=body)))
         await stream.send_all(conn.send(h11.EndOfMessage()))
         conn.start_next_cycle()
 
@@ -392,6 +408,25 @@ async def test_end_of_stream_fails_the_check_and_reconnects(
     await wait_for(pool, lambda: backend.connections == 2)
 
 
+async def test_a_stream_that_keeps_breaking_is_warned_about_once_a_minute(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each stream ends after its first event: a pass, then a failure, in turn, so the backend never
+    falls and no state change is logged. A warning says so, once a minute, with how many it left out."""
+    caplog.set_level(logging.WARNING, logger="dispatcher.health")
+    backend = StreamingBackend("s1")
+    pool = await streaming(nursery, backend)
+    state = pool.by_name["s1"]
+    for connections in range(1, 40):
+        await wait_for(pool, lambda: backend.connections == connections)  # noqa: B023
+        await backend.end()
+    lines = [r.getMessage() for r in caplog.records if "load stream failed" in r.getMessage()]
+    assert state.state == "up" and state.checks_failed >= 38
+    assert 2 <= len(lines) <= 3, lines
+    assert lines[0].startswith("backend s1: load stream failed: protocol (load stream ended)")
+    assert "more in the last 60s" in lines[1]
+
+
 async def test_a_backend_that_ignores_accept_is_polled_as_before(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -401,6 +436,28 @@ async def test_a_backend_that_ignores_accept_is_polled_as_before(
     state = pool.by_name["s1"]
     await wait_for(pool, lambda: state.checks_passed == 3)
     assert (state.source, state.load, backend.connections, state.stream_events) == ("poll", 5.0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("body", "load", "reason"),
+    [(b"data: 1\n\ndata: 3\n\n", 3.0, None), (b"data: 2", None, "bad_load"), (b"", None, "bad_load")],
+    ids=["last event", "no whole event", "empty"],
+)
+async def test_an_event_stream_with_a_length_is_a_polled_answer_its_last_event_the_load(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, body: bytes, load: float, reason: str
+) -> None:
+    """A body of events with a Content-Length ends by itself: read as a stream, it ended at once every
+    time, a failed check every other interval that never took the backend down. It is a polled check,
+    on one kept-alive connection, whose load is its last event's; without a whole event it fails."""
+    backend = StreamingBackend("s1", events_body=body)
+    await nursery.start(backend.serve)
+    pool = pool_for([backend], health(interval=2.0, timeout=1.0))  # type: ignore[list-item]
+    nursery.start_soon(HealthChecks(pool).run)
+    state = pool.by_name["s1"]
+    await wait_for(pool, lambda: state.checks_passed + state.checks_failed == 4)
+    assert state.last_check is not None and state.last_check.reason == reason
+    if reason is None:
+        assert (state.source, state.load, state.checks_failed, backend.connections) == ("poll", load, 0, 0)
 
 
 async def test_a_drain_asked_on_the_stream_applies_at_once_and_ends_with_a_ready_event(
@@ -581,12 +638,7 @@ HEAD_CHUNKED = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-
     ("head", "body", "reason"),
     [
         (HEAD_CHUNKED, b"9\r\ndata: 4\n\n\r\n0\r\n\r\n", "protocol"),  # the last chunk in the same read
-        (
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 9\r\n\r\n",
-            b"data: 4\n\n",
-            "protocol",
-        ),
-        (HEAD_CHUNKED, b"9\r\ndata: 4\n\n\r\na\r\ndata: \xff\xfe\n\n\r\n", "protocol"),  # then not UTF-8
+        (HEAD_CHUNKED, b"9\r\ndata: 4\n\n\r\na\r\ndata: \xff\xfe\n\n\r\n", "bad_load"),  # then not UTF-8
         (
             HEAD_CHUNKED,
             b"9\r\ndata: 4\n\n\r\n" + b"%x\r\n" % (MAX_LINE + 1) + b"x" * (MAX_LINE + 1) + b"\r\n",
@@ -595,7 +647,7 @@ HEAD_CHUNKED = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-
         (HEAD_CHUNKED, b"9\r\ndata: 4\n\n\r\nd\r\ndata: hello\n\n\r\n", "bad_load"),  # then a bad load
         (HEAD_CHUNKED, b"9\r\ndata: 4\n\n\r\n2\x00garbage", "protocol"),  # then bad framing
     ],
-    ids=["chunked end", "length end", "not utf-8", "long line", "bad load", "bad framing"],
+    ids=["chunked end", "not utf-8", "long line", "bad load", "bad framing"],
 )
 def test_events_read_whole_before_the_end_or_bad_bytes_in_the_same_read_are_reports(
     head: bytes, body: bytes, reason: str
