@@ -140,6 +140,19 @@ class HealthChecks:
             self._schedule_next(probe, now)
             return
         stream = probe.stream
+        if (
+            stream is not None
+            and not stream.first
+            and probe.client.settings.path != probe.backend.spec.health.path
+        ):
+            # A reload moved the health path: the stream is the old path's answer, which would live on
+            # and leave the new path never asked. It ends, and the new path is asked: at once over
+            # plain HTTP, at the next check over TLS (its task must close the old connection first).
+            self._stop_stream(probe)
+            if probe.tls is not None:
+                self._schedule_next(probe, now)
+                return
+            stream = None
         if stream is not None and not stream.first:  # the stream answers this check by living
             self.finish(probe, CheckResult(True, 0.0, self_drain=stream.drain, timed=False), now)
             return
@@ -230,6 +243,10 @@ class HealthChecks:
         probe = self._probes.get(backend.name)
         if after != "maint" or probe is None or probe.stream is None:
             return
+        self._stop_stream(probe)
+
+    def _stop_stream(self, probe: Probe) -> None:
+        """Close the backend's load stream now, without a failed check."""
         self._end_stream(probe)
         if probe.tls is not None and probe.scope is not None:
             probe.scope.cancel()  # a TLS stream is read in its check's task, which closes it

@@ -232,6 +232,7 @@ class StreamingBackend:
     port: int = 0
     connections: int = 0
     accepts: list[bytes] = field(default_factory=list)
+    paths: list[bytes] = field(default_factory=list)
     _outbox: trio.MemorySendChannel[bytes | None] | None = None
     connected: trio.Event = field(default_factory=trio.Event)
     closed: trio.Event = field(default_factory=trio.Event)
@@ -270,6 +271,7 @@ class StreamingBackend:
                     return
                 accept = dict(event.headers).get(b"accept", b"")
                 self.accepts.append(accept)
+                self.paths.append(event.target)
                 if self.plain or self.events_body is not None or b"text/event-stream" not in accept:
                     await self._answer_plain(stream, conn)
                     continue
@@ -406,6 +408,24 @@ async def test_end_of_stream_fails_the_check_and_reconnects(
     assert state.last_check_at == ended
     assert state.last_check is not None and state.last_check.reason == "protocol"
     await wait_for(pool, lambda: backend.connections == 2)
+
+
+async def test_a_reload_that_moves_the_health_path_ends_the_stream_of_the_old_one(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A live stream answers every check by living: a reload's new health path was never asked, for as
+    long as the old stream lasted. At the next check the old stream ends (no failed check) and the new
+    path is asked, and streams."""
+    backend = StreamingBackend("s1")
+    pool = await streaming(nursery, backend)
+    state = pool.by_name["s1"]
+    passed = state.checks_passed
+    pool.reconcile([replace(state.spec, health_overrides=(("path", "/v2/health"),))])
+    with trio.fail_after(10):  # virtual seconds: before, the old stream lived on and this never came
+        await wait_for(pool, lambda: backend.connections == 2)
+    assert backend.paths == [b"/health", b"/v2/health"]
+    await wait_for(pool, lambda: state.checks_passed == passed + 1)  # the new stream's first event
+    assert (state.checks_failed, state.source, state.state) == (0, "stream", "up")
 
 
 async def test_a_stream_that_keeps_breaking_is_warned_about_once_a_minute(
