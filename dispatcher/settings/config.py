@@ -42,6 +42,7 @@ from dispatcher.settings.values import (
     format_duration,
     fraction,
     ip_address_port,
+    network,
     non_negative_duration,
     one_of,
     parse_address,
@@ -506,13 +507,7 @@ def _trusted(key: str, value: object) -> tuple[str, ...]:
     if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
         raise ConfigError(key, value, "must be a list of addresses or CIDR networks")
     for text in values:
-        try:
-            network = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            raise ConfigError(key, text, "must be an address or CIDR network, as 10.0.0.0/8") from None
-        if str(network) != text and str(network.network_address) != text:
-            # Host bits set (10.0.0.1/8): which network was meant cannot be guessed.
-            raise ConfigError(key, text, f"has host bits set: write {network} for the network")
+        network(key, text)
     return tuple(values)
 
 

@@ -26,15 +26,15 @@ from urllib.parse import urlsplit
 
 from dispatcher.settings.values import (
     ConfigError,
+    Network,
     boolean,
     file_path,
+    network,
     positive_duration,
     split_url,
     url_path,
     weight,
 )
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # RFC 9110 §5.6.2: a header or cookie name is a token; RFC 6265 §4.1.1 the same for a cookie's name.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -436,16 +436,11 @@ def _cookie_value(key: str, text: str) -> str:
 
 
 def _networks(key: str, value: object) -> tuple[Network, ...]:
-    def network(each_key: str, text: str) -> str:
-        try:
-            found = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            raise ConfigError(each_key, text, "must be an address or CIDR network, as 10.0.0.0/8") from None
-        if text not in (str(found), str(found.network_address)):
-            raise ConfigError(each_key, text, f"has host bits set: write {found} for the network")
+    def checked(each_key: str, text: str) -> str:
+        network(each_key, text)
         return text
 
-    return tuple(ipaddress.ip_network(text, strict=False) for text in _strings(key, value, network))
+    return tuple(ipaddress.ip_network(text) for text in _strings(key, value, checked))
 
 
 def unreachable(routes: Sequence[RouteSpec]) -> list[str]:

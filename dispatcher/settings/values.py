@@ -232,3 +232,23 @@ def split_url(key: str, url: str) -> SplitResult:
     if port is not None and port != "" and not 0 < int(port) < 65536:
         raise ConfigError(key, url, "the port must be a number from 1 to 65535")
     return parts
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def network(key: str, text: str) -> Network:
+    """An address or CIDR network in any spelling ipaddress reads (`2001:DB8::/32`, `2001:0db8::/32`,
+    `::ffff:10.0.0.0/104`), as nginx's `set_real_ip_from` takes it. Host bits set (`10.0.0.1/8`) are
+    refused, not silently widened or narrowed: which network was meant is the operator's to say, and
+    trust (trusted proxies, a route's clients) is the wrong place to guess."""
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        pass
+    try:
+        wide = ipaddress.ip_network(text, strict=False)
+    except ValueError as error:
+        # ipaddress says which part is wrong ("'33' is not a valid netmask"); one line, as the CLI prints.
+        raise ConfigError(key, text, f"must be an address or CIDR network, as 10.0.0.0/8: {error}") from None
+    raise ConfigError(key, text, f"has host bits set: write {wide} for the network")

@@ -808,3 +808,32 @@ def test_a_route_host_loses_its_final_dot_and_may_hold_an_underscore(written: st
     """As the front door reads a Host field: a final dot ignored (the README said so, and the file
     refused it), `_` in a name (a request could carry it, and no route could be written for it)."""
     assert only_route(f'[[routes]]\npool = "web"\nhosts = ["{written}"]').hosts == (host,)
+
+
+@pytest.mark.parametrize(
+    ("written", "network"),
+    [
+        ("2001:DB8::/32", "2001:db8::/32"),
+        ("2001:0db8::/32", "2001:db8::/32"),
+        ("2001:db8:0:0::/64", "2001:db8::/64"),
+        ("::FFFF:10.0.0.0/104", "::ffff:a00:0/104"),
+        ("10.0.0.0/255.0.0.0", "10.0.0.0/8"),
+    ],
+)
+def test_a_network_may_be_written_in_any_spelling_ipaddress_reads(written: str, network: str) -> None:
+    """Upper case, leading zeros, uncompressed: the same network, as nginx's set_real_ip_from takes
+    it. They were refused as having host bits set, which none of them has."""
+    settings = load(
+        f'[[routes]]\nclients = ["{written}"]\npool = "beta"\n', f'trusted_proxies = ["{written}"]\n'
+    )
+    assert settings.routes[0].clients == (ipaddress.ip_network(network),)
+    assert settings.trusted_proxies == (written,)
+
+
+@pytest.mark.parametrize("key", ["trusted_proxies", "clients"])
+def test_host_bits_are_still_refused_with_the_network_to_write(key: str) -> None:
+    if key == "clients":
+        error = error_of('[[routes]]\nclients = ["10.0.0.1/8"]\npool = "beta"\n')
+    else:
+        error = error_of("", 'trusted_proxies = ["10.0.0.1/8"]\n')
+    assert error.reason == "has host bits set: write 10.0.0.0/8 for the network"
