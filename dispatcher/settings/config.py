@@ -1006,6 +1006,14 @@ def warnings(settings: Settings) -> list[str]:
             for i, route in enumerate(settings.routes)
             if route.countries
         ]
+    if settings.country_header is not None and not settings.trusted_proxies:
+        # Believed only from a trusted peer (a client must not choose its region), so with none
+        # it is never read: the header's routes match only by geoip_db, or never.
+        found.append(
+            f"country_header = {settings.country_header!r}: no trusted_proxies, so it is read from "
+            "no one (only a trusted edge's header is believed): set trusted_proxies to the edge's "
+            "addresses"
+        )
     used = {pool for route in settings.routes for pool in route.pools}
     found += [f"pools.{pool.name}: no route sends to it" for pool in settings.pools if pool.name not in used]
     takes_all = next((i for i, route in enumerate(settings.routes) if _takes_every_request(route)), None)

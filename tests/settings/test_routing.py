@@ -578,7 +578,7 @@ def two_routes(earlier: str, later: str) -> Settings:
     """Routes `first` and `second`, where a country can be known (else routes on countries are warned
     about for that)."""
     text = f'[[routes]]\nname = "first"\n{earlier}\n[[routes]]\nname = "second"\n{later}'
-    return load(text, top='country_header = "CF-IPCountry"\n')
+    return load(text, top='country_header = "CF-IPCountry"\ntrusted_proxies = ["10.0.0.0/8"]\n')
 
 
 UNREACHABLE = [
@@ -655,7 +655,18 @@ def test_a_route_on_countries_with_no_source_of_countries_is_warned_about() -> N
     assert warnings(load(route)) == [
         "routes[0] (eu): countries, but neither geoip_db nor country_header is set: it never matches"
     ]
-    assert warnings(load(route, top='country_header = "CF-IPCountry"\n')) == []
+    trusted = 'country_header = "CF-IPCountry"\ntrusted_proxies = ["10.0.0.0/8"]\n'
+    assert warnings(load(route, top=trusted)) == []
+
+
+def test_a_country_header_with_no_trusted_proxy_is_warned_about() -> None:
+    """The header is believed only from a trusted peer: with none, it is read from no one, and its
+    routes never match, which the operator of a CDN setup who forgot the edge's addresses must hear."""
+    route = '[[routes]]\nname = "eu"\ncountries = ["DE"]\npool = "web"\n[[routes]]\npool = "beta"'
+    assert warnings(load(route, top='country_header = "CF-IPCountry"\n')) == [
+        "country_header = 'cf-ipcountry': no trusted_proxies, so it is read from no one (only a trusted "
+        "edge's header is believed): set trusted_proxies to the edge's addresses"
+    ]
 
 
 def test_a_pool_no_route_sends_to_is_warned_about() -> None:
