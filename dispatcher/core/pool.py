@@ -511,7 +511,10 @@ class Pool:
         self._step_health(backend, Event.PASS if result.passed else Event.FAIL)
         if result.passed:
             backend.self_drain = result.self_drain
-        if not starting and before == "down" and backend.health is Health.UP:
+        # Back up from down ramps; so does the first pass after leaving maint (a fresh start, but of
+        # one backend, which the others' loads would send every request to), as HAProxy's slowstart.
+        back = not starting or backend.resumed_from is not None
+        if back and before == "down" and backend.health is Health.UP:
             self._begin_ramp(backend, now)
         self._changed(backend, before, result, starting)
 
@@ -523,8 +526,9 @@ class Pool:
         )
 
     def _begin_ramp(self, backend: Backend, now: float) -> None:
-        """A backend back from down reports a low load and would take every request: ramp its weight
-        (HAProxy `slowstart`, Envoy `slow_start_window`). At start all backends begin together: no ramp."""
+        """A backend back from down (or out of maint) reports a low load and would take every request:
+        ramp its weight (HAProxy `slowstart`, Envoy `slow_start_window`). At start all backends begin
+        together: no ramp."""
         if self.slow_start > 0:
             backend.ramp, backend.up_at = MIN_RAMP, now
 

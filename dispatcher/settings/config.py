@@ -716,7 +716,9 @@ class Settings:
         "keep backends added or removed through the admin API (POST/DELETE /backends) across a reload",
     )
     slow_start: float = setting(
-        0.0, DURATION_OR_OFF, "ramp a recovered backend's weight from 10% to 100% over this time; 0s is off"
+        0.0,
+        DURATION_OR_OFF,
+        "ramp a recovered (or out of maint) backend's weight from 10% to 100% over this time; 0s is off",
     )
     workers: int = setting(1, COUNT, "front-door processes sharing the port (SO_REUSEPORT); checks run once")
     policy: str = setting(DEFAULT_POLICY, POLICY, f"how a backend is chosen: {', '.join(POLICIES)}")

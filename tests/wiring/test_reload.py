@@ -101,6 +101,23 @@ def test_slow_start_ramps_a_recovered_backends_weight() -> None:
     assert b1.ramp == 1.0
 
 
+def test_slow_start_ramps_a_backend_out_of_maint_too() -> None:
+    """maint then ready: the backend starts over (unchecked while in maint), and its first passing
+    check brings it back at 10 % of its weight, as back from down, not at once at its whole weight
+    (HAProxy's slowstart applies when a server leaves maintenance)."""
+    specs = [parse_backend("t", f"http://10.0.0.{i}", f"b{i}") for i in range(2)]
+    pool = Pool(specs, HealthSettings(rise=2, fall=1), slow_start=10.0)
+    b0, _ = pool.backends
+    for now in (0.0, 1.0):
+        for backend in pool.backends:
+            pool.record_check(backend, CheckResult(True, 0.0, load=5.0), now=now)
+    pool.set_admin(b0, Admin.MAINT)
+    pool.set_admin(b0, Admin.READY)
+    pool.record_check(b0, CheckResult(True, 0.0, load=0.0), now=5.0)
+    assert (b0.state, b0.ramp) == ("up", MIN_RAMP)
+    assert pool.advance_ramps(now=10.0) and b0.ramp == pytest.approx(0.5)
+
+
 async def test_sighup_reloads_the_config_file_and_refuses_a_bad_one(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
