@@ -107,18 +107,29 @@ _DURATION = re.compile(r"(?P<sign>-)?(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+) *(
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
+# The longest duration anything takes: 2^31 - 1 seconds, 68 years, the largest delay-seconds a client
+# must read (RFC 9111 §1.2.2) and a cookie's Max-Age bound. Past it, `retry_after = 1e300` became a
+# Retry-After of 301 digits and `grace_period = 1e300` a shutdown that never ends.
+MAX_DURATION = 2**31 - 1
+
+
 def parse_duration(key: str, value: object) -> float:
-    """Seconds, from a number of seconds or a string with a unit: `2s`, `500ms`, `1.5s`, `1m`, `1h`.
-    Not range-checked (`-1s` is -1.0): that is `positive_duration`'s and `non_negative_duration`'s."""
+    """Seconds, from a number of seconds or a string with a unit: `2s`, `500ms`, `1.5s`, `1m`, `1h`, at
+    most MAX_DURATION either way. Not checked for its sign (`-1s` is -1.0): that is `positive_duration`'s
+    and `non_negative_duration`'s."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
-    if match is None:
-        raise ConfigError(
-            key, value, "expected a duration: seconds, or a number with ms, s, m or h (2s, 500ms)"
-        )
-    seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"]]
-    return -seconds if match["sign"] else seconds
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
+        if match is None:
+            raise ConfigError(
+                key, value, "expected a duration: seconds, or a number with ms, s, m or h (2s, 500ms)"
+            )
+        seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"]]
+        seconds = -seconds if match["sign"] else seconds
+    if not abs(seconds) <= MAX_DURATION:  # inf and nan too (TOML's 1e400 is inf)
+        raise ConfigError(key, value, f"must be a duration of at most 68 years ({MAX_DURATION}s)")
+    return seconds
 
 
 def positive_duration(key: str, value: object) -> float:

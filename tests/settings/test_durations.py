@@ -147,3 +147,21 @@ async def test_a_timeout_not_shorter_than_the_interval_warns_at_start_and_reload
     caplog.clear()
     dispatcher.running.reload(replace(settings, health=health(interval=2.0, timeout=1.0)))
     assert timeout_warnings(caplog) == []
+
+
+@pytest.mark.parametrize(("table", "key", "flag", "_"), DURATIONS, ids=IDS)
+@pytest.mark.parametrize("value", ["1e300", "inf", "nan", '"1000000h"'])
+def test_a_duration_past_68_years_is_refused_in_the_file(
+    table: str | None, key: str, flag: str, _: Callable[[Settings], float], value: str
+) -> None:
+    """2^31 - 1 seconds at most, as a client's delay-seconds: `retry_after = 1e300` had become a
+    Retry-After of 301 digits, and 1e400 (inf in TOML) a reason saying it was not greater than 0."""
+    text = f"[{table}]\n{key} = {value}\n" if table else f"{key} = {value}\n"
+    with pytest.raises(ConfigError) as caught:
+        apply(Settings(), parse_toml(text))
+    assert caught.value.reason == "must be a duration of at most 68 years (2147483647s)"
+
+
+def test_the_longest_duration_is_taken() -> None:
+    assert parse_duration("k", 2**31 - 1) == 2**31 - 1
+    assert parse_duration("k", "1h") == 3600.0
