@@ -27,6 +27,7 @@ from dispatcher.core.stats import ServerStats
 from dispatcher.expose import access_log
 from dispatcher.expose.catalogue import router_counts
 from dispatcher.expose.render import Metrics
+from dispatcher.net import geoip
 from dispatcher.net.admin import AdminApi
 from dispatcher.net.discovery import Discovery
 from dispatcher.net.frontdoor import FrontDoor
@@ -44,7 +45,7 @@ log = logging.getLogger("dispatcher")
 # Settings that a reload cannot change in a running process: they need a restart.
 # The access log is opened where the front door serves, once (SIGUSR1 reopens the same path).
 RESTART_ONLY: tuple[str, ...] = ("listen", "admin_listen", "max_connections", "reuse_port", "workers")
-RESTART_ONLY += ("access_log", "access_log_format", "geoip_db")
+RESTART_ONLY += ("access_log", "access_log_format")
 # How often slow-start weights grow and the drain shares are refreshed (Pool.tick).
 RAMP_STEP = 0.5
 
@@ -88,6 +89,7 @@ class Running:
         new = replace(new, **{key: getattr(old, key) for key in RESTART_ONLY})
         try:
             config.check(new)  # the CLI has checked a file; a caller with settings of its own may not have
+            self._reopen_geoip(old, new)
         except config.ConfigError as error:
             log.error("reload refused, the running config stays: %s", error)
             return
@@ -104,6 +106,20 @@ class Running:
             self.nursery.start_soon(self._swap_once_checked, fresh, staged, new, given, self._reloads)
         else:
             self._swap(new, given, "reloaded")
+
+    def _reopen_geoip(self, old: Settings, new: Settings) -> None:
+        """The GeoIP database is opened again at each reload, as nginx's geoip2 module reads it: a
+        `geoipupdate` then a SIGHUP puts the new data in force (the routes switch to it with the
+        reload's router). With --workers each new worker opens it itself. A file that cannot be used
+        refuses the reload (ConfigError), and the running routes keep the database they have."""
+        if self.front is None or (old.geoip_db is None and new.geoip_db is None):
+            return  # --workers; or none configured (a caller may have given a country_of of its own)
+        database = geoip.CountryDatabase.open(new.geoip_db) if new.geoip_db is not None else None
+        if database is not None:
+            log.info("%s", database.describe())
+        # The one it replaces is closed when nothing holds it: the running router's look-ups use it
+        # until the reload's router takes over.
+        self.country_of = database.country_of if database is not None else None
 
     def _open_pools(self, new: Settings) -> list[Pool]:
         """The pools a reload adds, made and checked now, before any route can send to them: the

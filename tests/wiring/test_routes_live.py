@@ -36,6 +36,7 @@ from tests.helpers import (
     start_dispatcher,
     wait_for,
 )
+from tests.net.test_geoip import place, write_database
 
 TOKEN = "pools-t0ken"
 PATIENCE = 20.0  # virtual seconds: ten health-check rounds; a broken dispatcher fails, never hangs
@@ -780,3 +781,20 @@ async def test_a_reload_that_changes_a_fallbacks_kind_starts_a_series_of_its_own
         assert (await client.get("/beta/x")).status_code == 503
         assert (await scrape(site)).value(name, pool="beta", fallback="page") == 3
         assert (await scrape(site)).value(name, pool="beta", fallback="redirect") == 1
+
+
+async def test_a_reload_reads_the_geoip_database_again(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """geoipupdate rewrites the file, then a SIGHUP: the new data is in force, as nginx's geoip2 reads
+    it at reload. Before, the file was opened once at start and a reload only checked it."""
+    mmdb = tmp_path / "GeoLite2-Country.mmdb"
+    write_database(mmdb, records={"127.0.0.0/8": {"country": place("FR", "France")}})
+    eu = '[[routes]]\nname = "de"\ncountries = ["DE"]\npool = "beta"\n'
+    top = f'geoip_db = "{mmdb}"'
+    site = await start_site(nursery, tmp_path, names=("main1", "beta1"), parts=(BETA, eu), top=top)
+    for code, name, pool in (("FR", "France", "main1"), ("DE", "Germany", "beta1")):
+        write_database(mmdb, records={"127.0.0.0/8": {"country": place(code, name)}})
+        site.dispatcher.running.reload(settings_of(site.path))
+        async with site.client() as client:
+            assert (await client.get("/a")).headers["location"] == site.url(pool) + "/a", code
