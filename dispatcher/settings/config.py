@@ -13,6 +13,7 @@ naming the key and the value, so the CLI can print one line and exit 2 instead o
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import re
@@ -51,6 +52,7 @@ from dispatcher.settings.values import (
     positive_duration,
     split_url,
     token,
+    unknown_setting,
     url_path,
     whole_number,
 )
@@ -367,14 +369,23 @@ def _backends(key: str, entries: object) -> _Entries:
     return specs
 
 
+_ENTRY_KEYS = ("url", "name", "weight", "health")
+
+
+def _top_level(but: Sequence[str] = ()) -> tuple[str, ...]:
+    """The top level's keys (`header_timeout`, `[health]`'s table is `health`), but those of `but`:
+    one of them inside a table was most likely written below its header by mistake."""
+    return tuple(name for name in (each.name for each in dataclasses.fields(Settings)) if name not in but)
+
+
 def _backend_entry(key: str, entry: object) -> BackendSpec | ServiceSpec:
     if isinstance(entry, str):
         return _service_or_backend(key, entry, None, None)
     if not isinstance(entry, Mapping):
         raise ConfigError(key, entry, "must be a table with a url")
     for name in entry:
-        if name not in ("url", "name", "weight", "health"):
-            raise ConfigError(f"{key}.{name}", entry[name], "unknown setting")
+        if name not in _ENTRY_KEYS:
+            raise unknown_setting(f"{key}.{name}", entry[name], name, _ENTRY_KEYS, _top_level())
     if "url" not in entry:
         raise ConfigError(f"{key}.url", None, "missing")
     spec = _service_or_backend(key, entry["url"], entry.get("name"), entry.get("weight"))
@@ -465,7 +476,7 @@ def _pool(key: str, name: str, table: object) -> PoolSpec:
         raise ConfigError(key, table, "must be a table with backends")
     for each in table:
         if each not in _POOL_KEYS:
-            raise ConfigError(f"{key}.{each}", table[each], "unknown setting")
+            raise unknown_setting(f"{key}.{each}", table[each], each, _POOL_KEYS, _top_level(_POOL_KEYS))
     if not table.get("backends"):
         raise ConfigError(f"{key}.backends", table.get("backends"), "a pool needs one backend or more")
     entries = _backends(f"{key}.backends", table["backends"])
@@ -592,7 +603,9 @@ def _sni_certificate(key: str, entry: object) -> SniCertificate:
         raise ConfigError(key, entry, "must be a table with cert, key and names")
     for field_name in entry:
         if field_name not in ("cert", "key", "names", "ca"):
-            raise ConfigError(f"{key}.{field_name}", entry[field_name], "unknown setting")
+            raise unknown_setting(
+                f"{key}.{field_name}", entry[field_name], field_name, ("cert", "key", "names", "ca")
+            )
     names = entry.get("names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ConfigError(f"{key}.names", names, "must be a list of the server names it serves")
@@ -950,11 +963,11 @@ def _check_pools(settings: Settings) -> None:
                 raise ConfigError(key, wanted, f"no such pool (pools: {', '.join(sorted(names))})")
     seen: dict[str, str] = {}
     for each in settings.all_pools:
-        for spec in each.backends:
+        for index, spec in enumerate(each.backends):
             if spec.name in seen and seen[spec.name] != each.name:
                 where = "backends" if each.name == DEFAULT_POOL else f"pools.{each.name}.backends"
                 reason = f"backend name already used in pool {seen[spec.name]}: names are unique"
-                raise ConfigError(where, spec.name, reason)
+                raise ConfigError(f"{where}[{index}].name", spec.name, reason)
             seen[spec.name] = each.name
     for named in settings.pools:
         if named.services:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dispatcher.settings.values import ConfigError
+from dispatcher.settings.values import ConfigError, unknown_setting
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -142,7 +142,7 @@ def lay(target: D, values: Mapping[str, Any], prefix: str = "") -> D:
     fields = {each.name: each for each in dataclasses.fields(target) if _declares(each)}
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(prefix + key, value, "unknown setting")
+            raise unknown_setting(prefix + key, value, key, list(fields))
     changes = {
         name: _read(each, getattr(target, name), values[name], prefix + name)
         for name, each in fields.items()

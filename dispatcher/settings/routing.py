@@ -32,6 +32,7 @@ from dispatcher.settings.values import (
     network,
     positive_duration,
     split_url,
+    unknown_setting,
     url_path,
     weight,
 )
@@ -303,7 +304,8 @@ def _route(key: str, entry: object, index: int) -> RouteSpec:
             f"{key}.name", name, "must be letters, digits, - _ . (it names metrics and a cookie)"
         )
     if ("pool" in entry) == ("split" in entry):
-        raise ConfigError(key, dict(entry), "needs exactly one of pool = NAME or split = [...]")
+        given = "both pool and split" if "pool" in entry else "neither pool nor split"
+        raise ConfigError(key, None, f"needs exactly one of pool = NAME or split = [...]; it has {given}")
     pool = _pool_name(f"{key}.pool", entry["pool"]) if "pool" in entry else None
     split = _split(f"{key}.split", entry["split"]) if "split" in entry else ()
     if "cookie" in entry and not split:
@@ -346,7 +348,7 @@ def _route(key: str, entry: object, index: int) -> RouteSpec:
 def _known(key: str, table: Mapping[str, Any], names: Sequence[str]) -> None:
     for name in table:
         if name not in names:
-            raise ConfigError(f"{key}.{name}", table[name], "unknown setting")
+            raise unknown_setting(f"{key}.{name}", table[name], name, names)
 
 
 def _pool_name(key: str, value: object) -> str:

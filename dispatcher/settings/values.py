@@ -8,6 +8,7 @@ Rules: no I/O, nothing of the package imported; a parser takes `(key, value)`, r
 from __future__ import annotations
 
 import datetime
+import difflib
 import ipaddress
 import math
 import re
@@ -263,3 +264,18 @@ def network(key: str, text: str) -> Network:
         # ipaddress says which part is wrong ("'33' is not a valid netmask"); one line, as the CLI prints.
         raise ConfigError(key, text, f"must be an address or CIDR network, as 10.0.0.0/8: {error}") from None
     raise ConfigError(key, text, f"has host bits set: write {wide} for the network")
+
+
+# A top-level setting written below a [table] or [[table]] header: TOML puts it in that table.
+_BELOW_A_TABLE = "; a key written below a [table] belongs to that table in TOML: move it above the first one"
+
+
+def unknown_setting(
+    key: str, value: object, name: str, known: Sequence[str], top_level: Sequence[str] = ()
+) -> ConfigError:
+    """`unknown setting`, with the known name it is closest to (`trusted_proxy`, the flag's
+    `country-header`), or, for a key of the top level found in a table, why it is there."""
+    if name in top_level:
+        return ConfigError(key, value, "unknown setting" + _BELOW_A_TABLE)
+    close = difflib.get_close_matches(name.replace("-", "_"), list(known), n=1, cutoff=0.75)
+    return ConfigError(key, value, "unknown setting" + (f"; did you mean {close[0]}?" if close else ""))

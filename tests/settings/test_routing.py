@@ -251,6 +251,17 @@ def test_bad_top_level_values_name_their_key(top: str, key: str) -> None:
     assert error_of("", top).key == key
 
 
+@pytest.mark.parametrize(
+    ("route", "given"),
+    [('path_prefix = "/a"', "neither pool nor split"), ('pool = "web"\nsplit = [{ pool = "beta" }]', "both")],
+)
+def test_a_route_without_one_destination_says_which_it_lacks(route: str, given: str) -> None:
+    """One line that says what is wrong, not the whole route as a Python dict."""
+    error = error_of(f"[[routes]]\n{route}\n")
+    assert (error.key, error.value) == ("routes[0]", None)
+    assert error.reason.startswith("needs exactly one of pool = NAME or split = [...]; it has " + given)
+
+
 def test_pools_must_be_tables() -> None:
     """`pools = 1` is not a table of pools."""
     assert error_of("", "pools = 1\n", base="").key == "pools"
@@ -475,18 +486,18 @@ def test_a_route_may_name_the_default_pool() -> None:
     [
         (
             '[pools.more]\nbackends = [{ url = "http://10.0.9.1", name = "web1" }]',
-            "pools.more.backends",
+            "pools.more.backends[0].name",
             "web",
         ),
         (
             '[pools.more]\nbackends = [{ url = "http://10.0.9.1", name = "main1" }]',
-            "pools.more.backends",
+            "pools.more.backends[0].name",
             "default",
         ),
         # Two backends named by their address alike: the same host:port in two pools.
         (
             '[pools.more]\nbackends = ["http://10.0.1.1:80"]\n[pools.most]\nbackends = ["http://10.0.1.1"]',
-            "pools.most.backends",
+            "pools.most.backends[0].name",
             "more",
         ),
     ],
@@ -848,3 +859,58 @@ def test_host_bits_are_still_refused_with_the_network_to_write(key: str) -> None
     else:
         error = error_of("", 'trusted_proxies = ["10.0.0.1/8"]\n')
     assert error.reason == "has host bits set: write 10.0.0.0/8 for the network"
+
+
+BELOW = (
+    "unknown setting; a key written below a [table] belongs to that table in TOML: "
+    "move it above the first one"
+)
+
+
+@pytest.mark.parametrize(
+    ("top", "text", "key", "reason"),
+    [
+        (
+            'trusted_proxy = ["10.0.0.0/8"]\n',
+            "",
+            "trusted_proxy",
+            "unknown setting; did you mean trusted_proxies?",
+        ),
+        (
+            'country-header = "CF-IPCountry"\n',
+            "",
+            "country-header",
+            "unknown setting; did you mean country_header?",
+        ),
+        (
+            "",
+            '[pools.web2]\npolcy = "p2c"\nbackends = ["http://10.0.5.1"]\n',
+            "pools.web2.polcy",
+            "unknown setting; did you mean policy?",
+        ),
+        (
+            "",
+            '[[routes]]\npath_prefx = "/a"\npool = "web"\n',
+            "routes[0].path_prefx",
+            "unknown setting; did you mean path_prefix?",
+        ),
+        (
+            "",
+            '[[backends]]\nurl = "http://10.0.0.9"\nheader_timeout = "5s"\n',
+            "backends[1].header_timeout",
+            BELOW,
+        ),
+        (
+            "",
+            '[pools.web2]\nbackends = ["http://10.0.5.1"]\nlisten = "0.0.0.0:80"\n',
+            "pools.web2.listen",
+            BELOW,
+        ),
+        ("wibble = 1\n", "", "wibble", "unknown setting"),
+    ],
+)
+def test_an_unknown_setting_says_what_was_meant(top: str, text: str, key: str, reason: str) -> None:
+    """A near miss names the setting it is closest to (a flag's spelling too); a top-level key found
+    inside a table says why it is there, the TOML slip of writing it below a table's header."""
+    error = error_of(text, top)
+    assert (error.key, error.reason) == (key, reason)
