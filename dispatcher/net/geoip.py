@@ -36,6 +36,8 @@ KEY = "geoip_db"
 # Codes of this many addresses are remembered (each entry ~200 bytes: ~1 MB). A client that cycles
 # through more addresses than this only costs the uncached ~9 µs per request.
 CACHE_SIZE = 4096
+# MaxMind's database types whose records have no country (GeoLite2-ASN, GeoIP2-ISP, ...).
+_NO_COUNTRIES = ("ASN", "ISP", "Domain", "Connection-Type", "Anonymous-IP", "Anonymous-Plus")
 
 
 class CountryDatabase:
@@ -73,6 +75,16 @@ class CountryDatabase:
         week; a date months old says the updater stopped)."""
         built = "on an unknown date" if self.build_date is None else f"{self.build_date:%Y-%m-%d}"
         return f"{self.database_type}, built {built}, IPv{self.ip_version} ({self.path})"
+
+    def warning(self) -> str | None:
+        """What to warn of at start and reload: a MaxMind database that holds no countries (an ASN,
+        ISP or Domain file opened by mistake), whose every look-up would quietly find none."""
+        if any(word in self.database_type for word in _NO_COUNTRIES):
+            return (
+                f"{KEY}: {self.database_type} holds no countries: routes' countries never match with "
+                "it (use a Country, City or Enterprise database)"
+            )
+        return None
 
     def close(self) -> None:
         """Unmap the file; look-ups after this return None."""

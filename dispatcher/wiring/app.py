@@ -117,6 +117,8 @@ class Running:
         database = geoip.CountryDatabase.open(new.geoip_db) if new.geoip_db is not None else None
         if database is not None:
             log.info("%s", database.describe())
+            if database.warning() is not None:
+                log.warning("%s", database.warning())
         # The one it replaces is closed when nothing holds it: the running router's look-ups use it
         # until the reload's router takes over.
         self.country_of = database.country_of if database is not None else None
@@ -250,7 +252,11 @@ class Running:
         self.admin.set_token(new.admin_token)
         count = sum(len(pool.backends) for pool in self._pools())
         log.info(
-            "%s: %s (%d added, %d removed)", why, _backends(count), len(added) + more, len(removed) + fewer
+            "%s: %s (%d added, %d removed)",
+            why,
+            _backends(count, len(self._pools().by_pool), len(new.routes)),
+            len(added) + more,
+            len(removed) + fewer,
         )
         if count == 0:  # a start refuses a file with none; here the admin API's removals left none
             log.warning("%s: no backend is left in any pool: every request gets its pool's fallback", why)
@@ -403,8 +409,13 @@ async def _tick(pools: Pools) -> None:
             pool.tick(now)
 
 
-def _backends(count: int) -> str:
-    return f"{count} backend{'' if count == 1 else 's'}"
+def _backends(count: int, pools: int = 1, routes: int = 0) -> str:
+    """`3 backends`; with named pools or routes, `5 backends in 3 pools, 4 routes`: a reload that
+    changed only routes or pools says so in its line, not only `(0 added, 0 removed)`."""
+    text = f"{count} backend{'' if count == 1 else 's'}"
+    if pools > 1 or routes:
+        text += f" in {pools} pool{'' if pools == 1 else 's'}, {routes} route{'' if routes == 1 else 's'}"
+    return text
 
 
 def _bound_port(listeners: Sequence[trio.SocketListener]) -> int:
@@ -501,7 +512,7 @@ def _log_start(settings: Settings, backends: int) -> None:
         settings.workers,
         "s" if settings.workers > 1 else "",
         settings.admin_listen,
-        _backends(backends),
+        _backends(backends, 1 + len(settings.pools), len(settings.routes)),
     )
 
 

@@ -506,6 +506,8 @@ async def _app(
     database = geoip.CountryDatabase.open(settings.geoip_db) if settings.geoip_db is not None else None
     if database is not None:
         log.info("%s", database.describe())
+        if database.warning() is not None:
+            log.warning("%s", database.warning())
     try:
         country_of = database.country_of if database is not None else None
         await app.run(settings, stop, country_of=country_of, task_status=task_status)

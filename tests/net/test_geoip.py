@@ -191,3 +191,17 @@ def test_any_bytes_open_as_a_database_or_a_config_error(
     else:
         assert database.describe()
         database.close()
+
+
+def test_a_database_without_countries_is_warned_about(tmp_path: Path) -> None:
+    """An ASN file opened by mistake opens fine and finds no country for anyone: a warning says so."""
+    path = tmp_path / "GeoLite2-ASN.mmdb"
+    writer = MMDBWriter(ip_version=6, database_type="GeoLite2-ASN", ipv4_compatible=True)
+    writer.insert_network(IPSet(["203.0.113.0/24"]), {"autonomous_system_number": 64496})
+    writer.to_db_file(str(path))
+    asn = CountryDatabase.open(path)
+    assert asn.warning() == (
+        "geoip_db: GeoLite2-ASN holds no countries: routes' countries never match with it "
+        "(use a Country, City or Enterprise database)"
+    )
+    assert CountryDatabase.open(write_database(tmp_path / "c.mmdb")).warning() is None

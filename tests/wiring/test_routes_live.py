@@ -537,7 +537,8 @@ async def test_a_pool_a_reload_adds_takes_its_routes_only_once_its_backends_have
         assert list(site.pools) == ["default", "beta", "fresh"]
         answer = await client.get("/fresh/a")
         assert (answer.status_code, fresh.backends[0].state) == (503, "down")
-    assert "reloaded: 3 backends (1 added, 1 removed)" in [record.getMessage() for record in caplog.records]
+    logged = [record.getMessage() for record in caplog.records]
+    assert "reloaded: 3 backends in 3 pools, 3 routes (1 added, 1 removed)" in logged, logged
 
 
 async def test_a_reload_whose_routes_name_an_unknown_pool_is_refused_and_the_running_config_stays(
