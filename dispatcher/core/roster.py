@@ -47,6 +47,12 @@ class Roster:
         joining = (spec for name, spec in self.added.items() if self.pools.get(name) == pool)
         return kept + tuple(spec for spec in joining if spec.name not in names)
 
+    def set_aside(self, settings: Settings) -> list[tuple[str, str]]:
+        """The added backends (name, pool) whose pool `settings` no longer has: kept here, not run
+        (they return if their pool does), which the reload's log says."""
+        pools = {pool.name for pool in settings.all_pools}
+        return [(name, pool) for name, pool in self.pools.items() if pool not in pools]
+
     def over_pools(self, settings: Settings) -> Settings:
         """`settings` with every named pool's backends overlaid (the default pool's are the caller's:
         its given list is the file's or DNS's)."""

@@ -96,6 +96,14 @@ class Running:
         _warn_about(new)
         if not new.keep_runtime_backends:
             self.roster.clear()
+        for name, pool in self.roster.set_aside(new):
+            log.warning(
+                "reload: backend %s, added through the admin API to pool %s, is set aside: the file "
+                "has no pool %s now (it comes back if the pool does)",
+                name,
+                pool,
+                pool,
+            )
         new = self.roster.over_pools(new)  # the named pools' runtime changes (the default's: `_swap`)
         given = self.discovery.reconfigure(new) if self.discovery is not None else new.backends
         new = _reload_tls(self.front, old, new)

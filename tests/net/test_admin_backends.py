@@ -281,6 +281,25 @@ async def test_a_reload_keeps_a_named_pools_runtime_changes_only_when_told(
         await wait_for(web, lambda: list(web.by_name) == (["extra"] if keep else ["w1"]))
 
 
+async def test_a_kept_runtime_backend_whose_pool_leaves_the_file_is_said_to_be_set_aside(
+    nursery: trio.Nursery, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With keep_runtime_backends, a backend posted to pool `web` is kept across reloads; when `web`
+    leaves the file it can run nowhere, and it went without a word (the log said only `1 removed`)."""
+    dispatcher, _, extra = await web_pool(nursery)
+    running = dispatcher.running
+    kept = replace(running.settings, keep_runtime_backends=True)
+    running.reload(kept)
+    async with httpx.AsyncClient() as http:
+        await post(http, dispatcher, {"url": extra.url, "name": "extra", "pool": "web"}, headers=AUTH)
+    caplog.set_level(logging.WARNING, "dispatcher")
+    running.reload(replace(kept, pools=(), routes=()))
+    assert (
+        "reload: backend extra, added through the admin API to pool web, is set aside: the file has no "
+        "pool web now (it comes back if the pool does)"
+    ) in [record.getMessage() for record in caplog.records]
+
+
 async def test_a_posted_name_that_a_path_cannot_hold_is_escaped_in_the_location(
     nursery: trio.Nursery, autojump_clock: Any
 ) -> None:
