@@ -340,19 +340,22 @@ class StreamPacer:
     def __init__(self, heartbeat: float, coalesce: float) -> None:
         self.heartbeat = heartbeat
         self.coalesce = coalesce
-        self._sent: LoadReport | None = None
+        self._sent: bytes | None = None  # the last event written
         self._last_event = -float("inf")
         self._last_write = -float("inf")
 
     def step(self, now: float, report: LoadReport) -> tuple[bytes, float, bool]:
         """The bytes to write now (maybe none), how long to wait before the next step, and whether a
-        change should end that wait early (not within a coalescing window: it would only spin)."""
-        if report != self._sent:
+        change should end that wait early (not within a coalescing window: it would only spin).
+        Reports are compared as the event they make: a `load=` figure of NaN, never equal to itself,
+        was sent again at every step instead of once (the dispatcher refuses it, as it should)."""
+        event = report_event(report)
+        if event != self._sent:
             window_ends = self._last_event + self.coalesce
             if now < window_ends:
                 return b"", window_ends - now, False
-            self._sent, self._last_event, self._last_write = report, now, now
-            return report_event(report), self.heartbeat, True
+            self._sent, self._last_event, self._last_write = event, now, now
+            return event, self.heartbeat, True
         if now >= self._last_write + self.heartbeat:
             self._last_write = now
             return HEARTBEAT_COMMENT, self.heartbeat, True

@@ -492,6 +492,19 @@ def test_heartbeat_follows_a_heartbeat_of_quiet_and_no_sooner() -> None:
     assert pacer.step(12.0, LoadReport(1, False)) == (b"", 0.5, True)
 
 
+def test_a_nan_figure_is_sent_once_then_only_heartbeats() -> None:
+    """A `load=` callable that returns NaN (never equal to itself) was an event at every step, a flood
+    of them; it is one event (which the dispatcher refuses as a bad load), then heartbeats."""
+    pacer = StreamPacer(heartbeat=1.0, coalesce=0.25)
+
+    def nan() -> LoadReport:  # a new float each time, as a callable returns one
+        return LoadReport(float("nan"), False)
+
+    assert pacer.step(10.0, nan())[0].startswith(b"data: ")
+    assert pacer.step(10.5, nan()) == (b"", 0.5, True)
+    assert pacer.step(11.0, nan()) == (b":\n\n", 1.0, True)
+
+
 @pytest.mark.parametrize(
     ("accept", "streams"),
     [
