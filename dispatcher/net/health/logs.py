@@ -41,24 +41,37 @@ def log_transition(backend: Backend, before: str, after: str, result: CheckResul
 STREAM_WARN_EVERY = 60.0
 
 
+class PerBackend:
+    """At most one line per backend per `every` seconds, and how many were left out since."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def allow(self, name: str, now: float) -> int | None:
+        """None: too soon, the line is left out (and counted); else the count left out before it."""
+        if now - self._last.get(name, -math.inf) < self.every:
+            self._skipped[name] = self._skipped.get(name, 0) + 1
+            return None
+        self._last[name] = now
+        return self._skipped.pop(name, 0)
+
+
 class StreamTroubles:
     """The warning line for a live load stream that failed, rate-limited per backend."""
 
     def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._skipped: dict[str, int] = {}
+        self._limit = PerBackend(STREAM_WARN_EVERY)
 
     def failed(self, backend: Backend, reason: str, detail: str, now: float) -> None:
-        name = backend.name
-        if now - self._last.get(name, -math.inf) < STREAM_WARN_EVERY:
-            self._skipped[name] = self._skipped.get(name, 0) + 1
+        skipped = self._limit.allow(backend.name, now)
+        if skipped is None:
             return
-        self._last[name] = now
-        skipped = self._skipped.pop(name, 0)
         more = f" ({skipped} more in the last {STREAM_WARN_EVERY:g}s)" if skipped else ""
         log.warning(
             "backend %s: load stream failed: %s (%s); a failed check, connecting again at the next%s",
-            name,
+            backend.name,
             reason,
             detail,
             more,
@@ -69,8 +82,7 @@ class DebugLog:
     """Debug lines of checks and stream events, rate-limited per backend."""
 
     def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._skipped: dict[str, int] = {}
+        self._limit = PerBackend(DEBUG_EVERY)
 
     @staticmethod
     def wanted() -> DebugLog | None:
@@ -90,11 +102,9 @@ class DebugLog:
 
     def _line(self, backend: Backend, message: str, *args: object) -> None:
         now, name = trio.current_time(), backend.name
-        if now - self._last.get(name, -math.inf) < DEBUG_EVERY:
-            self._skipped[name] = self._skipped.get(name, 0) + 1
+        skipped = self._limit.allow(name, now)
+        if skipped is None:
             return
-        self._last[name] = now
-        skipped = self._skipped.pop(name, 0)
         more = f" ({skipped} more since the last line)" if skipped else ""
         estimate = f"; estimate {backend.effective_load(now):.2f}, drain {backend.rate:.1f}/s"
         log.debug("backend %s: " + message + estimate + more, name, *args)
