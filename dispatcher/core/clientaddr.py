@@ -213,15 +213,20 @@ def trusted_country(
 ) -> str | None:
     """The country a trusted edge put in `header` (Cloudflare's `cf-ipcountry`), upper-cased; None when
     there is no such header, the peer is not trusted (a client's own copy is ignored), or the value is
-    not two ASCII letters (Cloudflare's `T1` for Tor). With several lines the last is taken: an edge
-    that adds rather than replaces adds after what the client sent."""
+    not two ASCII letters (Cloudflare's `T1` for Tor), or says the edge does not know (`XX`, as
+    Cloudflare writes it): then a GeoIP database, if there is one, is asked instead. With several lines
+    the last is taken: an edge that adds rather than replaces adds after what the client sent."""
     if header is None or peer not in trusted:
         return None
     value = None
     for name, line in headers:
         if name == header:
             value = line
-    return None if value is None else country_code(value.strip(b" \t").decode("latin-1"))
+    code = None if value is None else country_code(value.strip(b" \t").decode("latin-1"))
+    return None if code == UNKNOWN_COUNTRY else code
+
+
+UNKNOWN_COUNTRY = "XX"  # ISO 3166's user-assigned code, which edges (Cloudflare) send for "no country"
 
 
 def country_code(value: object) -> str | None:

@@ -344,6 +344,8 @@ def test_countries_from_a_database_of_the_client_address() -> None:
         (EDGE, "FR", None, "default"),
         (EDGE, "FR", "DE", "default"),  # the edge saw the real client: its header comes first
         (EDGE, "T1", "DE", "web"),  # not a country (Cloudflare's Tor): the database answers
+        (EDGE, "XX", "DE", "web"),  # the edge does not know (Cloudflare's XX): the database answers
+        (EDGE, "xx", None, "default"),
         (EDGE, None, "DE", "web"),
         ("198.51.100.1", "DE", None, "default"),  # a client's own header is not believed
         ("198.51.100.1", "DE", "FR", "default"),
