@@ -999,6 +999,16 @@ def _check_tls(settings: Settings) -> None:
         raise ConfigError("tls.hsts", format_duration(tls.hsts), reason)
 
 
+# Codes that look like countries and never are one in a MaxMind database or an edge's header: ISO
+# 3166's reserved and user-assigned codes people write.
+_NO_SUCH_COUNTRY = {
+    "UK": "the United Kingdom is GB",
+    "EU": "EU is a continent in GeoIP databases, not a country",
+    "XX": "XX is an edge's 'unknown'",
+    "ZZ": "ZZ is 'unknown region'",
+}
+
+
 def warnings(settings: Settings) -> list[str]:
     """What is allowed but probably not meant, for the log at start and at each reload: a check timeout
     not shorter than its interval, in [health] and in each backend that sets either itself."""
@@ -1021,6 +1031,12 @@ def warnings(settings: Settings) -> list[str]:
             for i, route in enumerate(settings.routes)
             if route.countries
         ]
+    found += [
+        f"routes[{i}] ({route.name}): countries has {code}, which no client's country is: {why}"
+        for i, route in enumerate(settings.routes)
+        for code in sorted(route.countries)
+        if (why := _NO_SUCH_COUNTRY.get(code)) is not None
+    ]
     if settings.country_header is not None and not settings.trusted_proxies:
         # Believed only from a trusted peer (a client must not choose its region), so with none
         # it is never read: the header's routes match only by geoip_db, or never.

@@ -914,3 +914,13 @@ def test_an_unknown_setting_says_what_was_meant(top: str, text: str, key: str, r
     inside a table says why it is there, the TOML slip of writing it below a table's header."""
     error = error_of(text, top)
     assert (error.key, error.reason) == (key, reason)
+
+
+def test_a_code_that_is_no_country_is_warned_about() -> None:
+    """UK for GB is the usual slip; EU is a continent; XX and ZZ say "unknown": none matches anyone."""
+    route = '[[routes]]\nname = "eu"\ncountries = ["UK", "DE", "EU"]\npool = "web"\n[[routes]]\npool = "beta"'
+    assert warnings(load(route, top='geoip_db = "x.mmdb"\n')) == [
+        "routes[0] (eu): countries has EU, which no client's country is: EU is a continent in GeoIP "
+        "databases, not a country",
+        "routes[0] (eu): countries has UK, which no client's country is: the United Kingdom is GB",
+    ]
