@@ -111,7 +111,8 @@ class FrontDoor:
                 grace = format_duration(self.settings.grace_period)
                 log.info("shutting down: %s grace for exchanges in flight", grace)
             listen_scope.cancel()
-            self.close_idle()
+            if not self.settings.idle_close_on_response:
+                self.close_idle()  # else each idle one waits for its next request (answered, closing)
             for listener in listeners:
                 for stream in drain_backlog(listener):  # queued clients are served, not reset
                     handlers.start_soon(self.handle, stream, False)

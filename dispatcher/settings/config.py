@@ -695,6 +695,17 @@ class Settings:
     header_timeout: float = setting(DEFAULT_HEADER_TIMEOUT, DURATION, "to send a request head")
     keepalive_timeout: float = setting(DEFAULT_KEEPALIVE_TIMEOUT, DURATION, "idle keep-alive")
     grace_period: float = setting(DEFAULT_GRACE_PERIOD, DURATION, "on SIGTERM")
+    # HAProxy's `option idle-close-on-response` (2.6): at a stop (and for the old workers of a
+    # --workers reload) an idle keep-alive connection is kept until its next request, which is
+    # answered with `Connection: close`, instead of being closed at once. A client that reuses a
+    # connection without retrying on a closed one (Python's http.client) then loses no request; the
+    # stop waits on idle connections for up to the grace period.
+    idle_close_on_response: bool = setting(
+        False,
+        SWITCH,
+        "at a stop or reload, answer an idle connection's next request with Connection: close "
+        "instead of closing it at once (HAProxy idle-close-on-response)",
+    )
     max_discard: int = setting(
         DEFAULT_MAX_DISCARD,
         WHOLE,

@@ -134,7 +134,16 @@ FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "TLS",
         ("--tls-cert", "--tls-key", "--tls-ca", "--tls-certificate", "--tls-redirect-listen", "--tls-hsts"),
     ),
-    ("timeouts and limits", ("--header-timeout", "--keepalive-timeout", "--grace-period", "--max-discard")),
+    (
+        "timeouts and limits",
+        (
+            "--header-timeout",
+            "--keepalive-timeout",
+            "--grace-period",
+            "--idle-close-on-response",
+            "--max-discard",
+        ),
+    ),
     ("admin API", ("--admin-token", "--admin-insecure")),
     ("logs", ("--log-level", "--log-format", "--access-log", "--access-log-format")),
 )

@@ -283,6 +283,40 @@ async def test_request_reaching_an_idle_keep_alive_connection_as_shutdown_begins
     assert lost == [], f"{len(lost)} of 20 requests lost: {dict(outcomes)}; {lost[:3]}"
 
 
+async def test_with_idle_close_on_response_an_idle_connection_is_answered_then_closed(
+    nursery: trio.Nursery,
+) -> None:
+    """HAProxy's idle-close-on-response: the stop leaves an idle kept-alive connection open; the
+    request the client sends on it later is answered, with `Connection: close`, and the connection
+    closes after it. Without the option the same connection is closed at once (end of stream)."""
+    [backend] = await start_backends(nursery, 0)
+    for option in (True, False):
+        async with trio.open_nursery() as inner:
+            settings = replace(
+                settings_for([backend], health=health(interval=3600.0)), idle_close_on_response=option
+            )
+            dispatcher = await start_dispatcher(inner, settings)
+            await wait_all_up(dispatcher)
+            async with await trio.open_tcp_stream("127.0.0.1", dispatcher.port) as stream:
+                await stream.send_all(request_head("/first", "Host: f"))
+                await receive_responses(stream, 1)
+                await trio.testing.wait_all_tasks_blocked()  # idle, waiting for a head
+                dispatcher.stop.set()
+                await trio.testing.wait_all_tasks_blocked()  # the stop has run: listener closed
+                if not option:
+                    with trio.fail_after(5):
+                        assert await stream.receive_some(65536) == b""  # closed idle, at once
+                    continue
+                await stream.send_all(request_head("/second", "Host: f"))
+                received = b""
+                with trio.fail_after(5):
+                    while chunk := await stream.receive_some(65536):
+                        received += chunk
+                [response] = parse_responses(received)[0]
+                assert (response.status, response.header(b"connection")) == (307, b"close")
+                assert response.header(b"location") == f"{backend.url}/second".encode()
+
+
 @dataclass
 class Tally:
     """Requests by outcome, as the clients saw them during a shutdown."""
